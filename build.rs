@@ -1,0 +1,51 @@
+//! Builds the CO-RE BPF object and generates the Rust side of the ABI.
+//!
+//! `bpf/egress.h` is the single source of truth for every struct and constant
+//! shared with the kernel: bindgen turns it into `$OUT_DIR/abi.rs`, and
+//! libbpf-cargo compiles `bpf/egress.bpf.c` into a skeleton in
+//! `$OUT_DIR/egress.skel.rs`.
+
+use std::env;
+use std::path::PathBuf;
+
+use libbpf_cargo::SkeletonBuilder;
+
+const ABI_HEADER: &str = "bpf/egress.h";
+const PROGRAM: &str = "bpf/egress.bpf.c";
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let arch_include = format!("-I/usr/include/{}-linux-gnu", target_arch());
+
+    SkeletonBuilder::new()
+        .source(PROGRAM)
+        .clang_args([arch_include.as_str(), "-Ibpf", "-Wall", "-Werror"])
+        .build_and_generate(out.join("egress.skel.rs"))
+        .expect("compile bpf/egress.bpf.c (needs clang and libelf; see README)");
+
+    bindgen::Builder::default()
+        .header(ABI_HEADER)
+        .clang_arg(&arch_include)
+        .allowlist_file(".*/egress\\.h")
+        .derive_default(true)
+        .derive_debug(true)
+        .derive_copy(true)
+        .prepend_enum_name(false)
+        .constified_enum_module("egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop")
+        .generate()
+        .expect("bindgen bpf/egress.h")
+        .write_to_file(out.join("abi.rs"))
+        .expect("write abi.rs");
+
+    for path in [ABI_HEADER, PROGRAM] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+}
+
+fn target_arch() -> String {
+    match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("x86_64") | Err(_) => "x86_64".into(),
+        Ok("aarch64") => "aarch64".into(),
+        Ok(other) => other.into(),
+    }
+}

@@ -1,0 +1,205 @@
+//! Ring buffer bytes -> [`Event`]. Every record is checked against the ABI
+//! (kind, version, size) before its body is read; anything else is a
+//! [`DecodeError`], counted by the caller, never a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use thiserror::Error;
+
+use super::clock::BootClock;
+use super::event::{Event, Hook, SockEvent, Verdict};
+use crate::kernel::abi;
+
+const AF_INET: u16 = libc::AF_INET as u16;
+const AF_INET6: u16 = libc::AF_INET6 as u16;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Truncated(usize),
+    #[error("record version {0} is not the ABI version {expected}", expected = abi::EGRESS_ABI_VERSION)]
+    Version(u8),
+    #[error("unknown record kind {0}")]
+    Kind(u16),
+    #[error("record kind {kind} declares {declared} bytes, expected {expected}, got {actual}")]
+    Size {
+        kind: u16,
+        declared: u16,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("unknown hook {0}")]
+    Hook(u8),
+    #[error("unknown verdict {0}")]
+    Verdict(u8),
+}
+
+/// Read a `T` from the start of `bytes`; the caller has checked the length.
+fn read<T: Copy>(bytes: &[u8]) -> T {
+    debug_assert!(bytes.len() >= std::mem::size_of::<T>());
+    // SAFETY: length checked by every caller; T is a plain bindgen struct
+    // valid for any bit pattern; read_unaligned has no alignment needs.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+pub fn decode(bytes: &[u8], clock: BootClock) -> Result<Event, DecodeError> {
+    let header_len = std::mem::size_of::<abi::event_header>();
+    if bytes.len() < header_len {
+        return Err(DecodeError::Truncated(bytes.len()));
+    }
+    let header: abi::event_header = read(bytes);
+    if u32::from(header.version) != abi::EGRESS_ABI_VERSION {
+        return Err(DecodeError::Version(header.version));
+    }
+    match u32::from(header.kind) {
+        abi::event_kind::EVENT_KIND_SOCK => {
+            check_size::<abi::sock_event>(&header, bytes)?;
+            decode_sock(read(bytes), clock).map(Event::Sock)
+        }
+        _ => Err(DecodeError::Kind(header.kind)),
+    }
+}
+
+fn check_size<T>(header: &abi::event_header, bytes: &[u8]) -> Result<(), DecodeError> {
+    let expected = std::mem::size_of::<T>();
+    if usize::from(header.size) != expected || bytes.len() < expected {
+        return Err(DecodeError::Size {
+            kind: header.kind,
+            declared: header.size,
+            expected,
+            actual: bytes.len(),
+        });
+    }
+    Ok(())
+}
+
+fn decode_sock(raw: abi::sock_event, clock: BootClock) -> Result<SockEvent, DecodeError> {
+    let hook = Hook::from_raw(u32::from(raw.hdr.hook)).ok_or(DecodeError::Hook(raw.hdr.hook))?;
+    let verdict = Verdict::from_raw(u32::from(raw.verdict)).ok_or(DecodeError::Verdict(raw.verdict))?;
+    let has_addresses = hook != Hook::SockCreate;
+    let dst = has_addresses
+        .then(|| ip(raw.family, &raw.dst_ip).map(|a| (a, raw.dst_port)))
+        .flatten();
+    // The source is only known once the socket is bound.
+    let src = has_addresses
+        .then(|| ip(raw.family, &raw.src_ip).map(|a| (a, raw.src_port)))
+        .flatten()
+        .filter(|(a, port)| *port != 0 || !a.is_unspecified());
+    Ok(SockEvent {
+        hook,
+        time: clock.to_wall(raw.hdr.ts_ns),
+        cgroup_id: raw.cgroup_id,
+        scope_cgroup_id: raw.scope_cgroup_id,
+        sock_cookie: raw.sock_cookie,
+        pid: raw.pid,
+        tgid: raw.tgid,
+        family: raw.family,
+        sock_type: raw.sock_type,
+        protocol: raw.protocol,
+        src,
+        dst,
+        verdict,
+        comm: comm(&raw.comm),
+    })
+}
+
+fn ip(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
+    }
+}
+
+/// The task's comm: NUL-terminated, and not guaranteed to be UTF-8.
+fn comm(raw: &[libc::c_char; 16]) -> String {
+    let bytes: Vec<u8> = raw
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn sample() -> abi::sock_event {
+        let mut ev = abi::sock_event::default();
+        ev.hdr.kind = abi::event_kind::EVENT_KIND_SOCK as u16;
+        ev.hdr.size = std::mem::size_of::<abi::sock_event>() as u16;
+        ev.hdr.version = abi::EGRESS_ABI_VERSION as u8;
+        ev.hdr.hook = abi::egress_hook::HOOK_CONNECT4 as u8;
+        ev.family = AF_INET;
+        ev.dst_ip[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.dst_port = 8080;
+        ev.pid = 42;
+        ev.tgid = 42;
+        for (d, s) in ev.comm.iter_mut().zip(b"curl\0") {
+            *d = *s as libc::c_char;
+        }
+        ev
+    }
+
+    #[test]
+    fn decodes_a_connect4_record() {
+        let Event::Sock(ev) = decode(&as_bytes(&sample()), BootClock::calibrate()).unwrap();
+        assert_eq!(ev.hook, Hook::Connect4);
+        assert_eq!(ev.dst, Some(("127.0.0.1".parse().unwrap(), 8080)));
+        assert_eq!(ev.src, None);
+        assert_eq!(ev.comm, "curl");
+        assert_eq!(ev.verdict, Verdict::Allowed);
+    }
+
+    #[test]
+    fn rejects_what_it_does_not_understand() {
+        let clock = BootClock::calibrate();
+        let good = as_bytes(&sample());
+        assert!(matches!(decode(&good[..8], clock), Err(DecodeError::Truncated(8))));
+        assert!(matches!(decode(&good[..40], clock), Err(DecodeError::Size { .. })));
+        let mut v = sample();
+        v.hdr.version = 99;
+        assert_eq!(decode(&as_bytes(&v), clock), Err(DecodeError::Version(99)));
+        let mut k = sample();
+        k.hdr.kind = 77;
+        assert_eq!(decode(&as_bytes(&k), clock), Err(DecodeError::Kind(77)));
+        let mut hk = sample();
+        hk.hdr.hook = 200;
+        assert_eq!(decode(&as_bytes(&hk), clock), Err(DecodeError::Hook(200)));
+        let mut vd = sample();
+        vd.verdict = 9;
+        assert_eq!(decode(&as_bytes(&vd), clock), Err(DecodeError::Verdict(9)));
+    }
+
+    #[test]
+    fn no_input_panics() {
+        // Every prefix of a valid record and a sweep of byte patterns.
+        let clock = BootClock::calibrate();
+        let good = as_bytes(&sample());
+        for len in 0..=good.len() {
+            let _ = decode(&good[..len], clock);
+        }
+        for fill in 0..=255u8 {
+            let _ = decode(&vec![fill; 200], clock);
+        }
+    }
+
+    #[test]
+    fn decodes_ipv6_and_non_utf8_comm() {
+        let mut ev = sample();
+        ev.hdr.hook = abi::egress_hook::HOOK_CONNECT6 as u8;
+        ev.family = AF_INET6;
+        ev.dst_ip = Ipv6Addr::LOCALHOST.octets();
+        ev.comm[0] = 0xffu8 as libc::c_char;
+        let Event::Sock(d) = decode(&as_bytes(&ev), BootClock::calibrate()).unwrap();
+        assert_eq!(d.dst, Some((IpAddr::V6(Ipv6Addr::LOCALHOST), 8080)));
+        assert!(d.comm.starts_with('\u{fffd}'));
+    }
+}

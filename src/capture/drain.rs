@@ -1,0 +1,100 @@
+//! The ring buffer reader thread.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::kernel::MapHandle;
+use tokio::sync::mpsc;
+
+use super::clock::BootClock;
+use super::decode::decode;
+use super::event::Event;
+use crate::kernel::{EventRing, KernelError};
+use crate::metrics::{DropReason, Metrics};
+
+/// How long one epoll wait lasts: bounds how quickly a stop is noticed.
+const POLL: Duration = Duration::from_millis(100);
+/// Initial capacity of a batch handed downstream.
+const BATCH: usize = 1024;
+
+pub struct DrainHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DrainHandle {
+    /// Stop polling, drain what is left in the ring buffer, and wait.
+    pub fn stop_and_join(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!(event = "egress_reader_unavailable", "ring buffer reader thread panicked");
+            }
+        }
+    }
+}
+
+/// Start the reader thread. Batches go to `tx`; when `tx` is full the thread
+/// waits, the ring buffer fills, and the kernel counts what it cannot store
+/// (`ringbuf_full`): back-pressure is visible, never silent.
+pub fn spawn_drain(
+    events: MapHandle,
+    clock: BootClock,
+    tx: mpsc::Sender<Vec<Event>>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<DrainHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("ringbuf-drain".into())
+        .spawn(move || {
+            if let Err(e) = drain_loop(&events, clock, &tx, &metrics, &thread_stop) {
+                tracing::error!(event = "egress_reader_unavailable", error = %e, "ring buffer reader stopped");
+            }
+        })?;
+    Ok(DrainHandle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn drain_loop(
+    events: &MapHandle,
+    clock: BootClock,
+    tx: &mpsc::Sender<Vec<Event>>,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) -> Result<(), KernelError> {
+    let batch = RefCell::new(Vec::with_capacity(BATCH));
+    let mut last_warn: Option<Instant> = None;
+    let ring = EventRing::new(events, |bytes: &[u8]| match decode(bytes, clock) {
+        Ok(ev) => batch.borrow_mut().push(ev),
+        Err(e) => {
+            metrics.dropped(DropReason::ParseFailure, 1);
+            if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(event = "egress_parse_failure", error = %e, "undecodable ring buffer record (counted)");
+                last_warn = Some(Instant::now());
+            }
+        }
+    })?;
+
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        if stopping {
+            ring.consume()?; // what arrived before the stop request
+        } else {
+            ring.poll(POLL)?;
+        }
+        // A batch is bounded by what one ring buffer holds.
+        let full = std::mem::replace(&mut *batch.borrow_mut(), Vec::with_capacity(BATCH));
+        if !full.is_empty() && tx.blocking_send(full).is_err() {
+            return Ok(()); // pipeline gone: shutting down
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}

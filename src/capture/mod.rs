@@ -1,0 +1,13 @@
+//! Capture stage: drain the kernel ring buffer on a dedicated thread (epoll,
+//! no busy polling), decode each record, and pass batches of [`Event`]s down
+//! the pipeline. Parse failures are counted here, where they happen.
+
+mod clock;
+mod decode;
+mod drain;
+mod event;
+
+pub use clock::BootClock;
+pub use decode::{decode, DecodeError};
+pub use drain::{spawn_drain, DrainHandle};
+pub use event::{Event, Hook, SockEvent, Verdict};

@@ -1,0 +1,106 @@
+//! `clawker-egress check`: everything the daemon needs from the host, each
+//! failure one sentence with its fix.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use super::CommonArgs;
+use crate::config::Config;
+use crate::kernel;
+
+/// Effective capability bits the daemon needs (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+pub struct Finding {
+    pub ok: bool,
+    pub line: String,
+}
+
+fn finding(ok: bool, line: impl Into<String>) -> Finding {
+    Finding {
+        ok,
+        line: line.into(),
+    }
+}
+
+/// Run every check; the result is one finding per line.
+pub fn preflight(config: &Config) -> Vec<Finding> {
+    let mut out = vec![privileges()];
+    out.push(match Path::new("/sys/kernel/btf/vmlinux").exists() {
+        true => finding(true, "kernel BTF: /sys/kernel/btf/vmlinux present"),
+        false => finding(false, "kernel BTF missing: CO-RE programs need a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+    });
+    out.push(match cgroup_dir(config) {
+        Ok(p) => finding(true, format!("cgroup v2: attaching to {}", p.display())),
+        Err(e) => finding(false, e.to_string()),
+    });
+    out.push(match kernel::ensure_bpffs(&kernel::bpffs_root()) {
+        Ok(()) => finding(true, "bpffs: mounted at /sys/fs/bpf"),
+        Err(e) => finding(false, e.to_string()),
+    });
+    out.push(match kernel::ringbuf_supported() {
+        true => finding(true, "ring buffer maps: supported"),
+        false => finding(false, "ring buffer maps unsupported: a Linux kernel >= 5.8 is required"),
+    });
+    out
+}
+
+fn privileges() -> Finding {
+    let caps = effective_caps().unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    let bpf = has(CAP_BPF) || has(CAP_SYS_ADMIN);
+    let ok = bpf && has(CAP_NET_ADMIN) && (has(CAP_PERFMON) || has(CAP_SYS_ADMIN));
+    if ok {
+        finding(true, "privileges: CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN effective")
+    } else {
+        finding(false, "insufficient privileges: run as root or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN (and CAP_SYS_ADMIN to mount bpffs)")
+    }
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Fail early, with the fix, when the daemon lacks privileges.
+pub fn require_privileges() -> Result<()> {
+    let f = privileges();
+    if !f.ok {
+        bail!("{}", f.line);
+    }
+    Ok(())
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The cgroup directory to attach to: configured, or the v2 root.
+pub fn cgroup_dir(config: &Config) -> Result<PathBuf> {
+    let dir = match &config.cgroup_root {
+        Some(p) => p.clone(),
+        None => kernel::cgroup2_root()?,
+    };
+    let fs = nix::sys::statfs::statfs(&dir)
+        .map_err(|e| anyhow::anyhow!("cgroup root {}: {e}: create it or pass an existing cgroup v2 directory", dir.display()))?;
+    if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+        bail!("{} is not a cgroup v2 directory: pass one under the cgroup2 mount (see /proc/mounts)", dir.display());
+    }
+    Ok(dir)
+}
+
+pub fn check(args: &CommonArgs) -> Result<()> {
+    let config = Config::load(args.config.as_deref(), &args.overrides())?;
+    let findings = preflight(&config);
+    for f in &findings {
+        println!("{} {}", if f.ok { "ok  " } else { "FAIL" }, f.line);
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    if failed > 0 {
+        bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Command line: one file per subcommand; this file only declares them.
+
+mod check;
+mod detach;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Output, Overrides, Scope};
+
+pub use check::check;
+pub use detach::detach;
+pub use run::run;
+
+#[derive(Debug, Parser)]
+#[command(name = "clawker-egress", version, about = "eBPF egress monitor for AI agent containers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the BPF programs and stream records until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Preflight: can this host run the daemon? One line per finding.
+    Check(CommonArgs),
+    /// Remove the programs and pinned maps from the cgroup.
+    Detach(CommonArgs),
+    /// Print the version and the kernel ABI version.
+    Version,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// cgroup v2 directory to attach to (default: the host's v2 root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, value_name = "PATH")]
+    pub pin_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, value_enum)]
+    pub output: Option<Output>,
+    /// OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Prometheus endpoint address (default 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Ring buffer size in bytes (power of two, >= 4096).
+    #[arg(long, value_name = "BYTES")]
+    pub ringbuf_bytes: Option<u32>,
+    #[arg(long, value_enum)]
+    pub scope: Option<Scope>,
+}
+
+impl CommonArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            cgroup_root: self.cgroup_root.clone(),
+            pin_root: self.pin_root.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl RunArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            output: self.output,
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            metrics_listen: self.metrics_listen,
+            ringbuf_bytes: self.ringbuf_bytes,
+            scope: self.scope,
+            ..self.common.overrides()
+        }
+    }
+}

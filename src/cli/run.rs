@@ -1,0 +1,145 @@
+//! `clawker-egress run`: wire the stages together and run until a signal.
+//!
+//! ```text
+//! kernel (attach) -> capture (drain thread) -> pipeline (record, attribute)
+//!                                            -> export (one task per sink)
+//! metrics: every stage counts into one registry, served over HTTP
+//! ```
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::check::{cgroup_dir, require_privileges};
+use super::RunArgs;
+use crate::attribute::{Attributor, CgroupIndex};
+use crate::capture::{spawn_drain, BootClock, Hook};
+use crate::config::{Config, Output, Scope};
+use crate::export::{run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
+use crate::kernel::{self, abi, Attached, AttachOptions, RingbufFill};
+use crate::metrics::{self, KernelReading, Metrics};
+use crate::pipeline::Pipeline;
+
+/// Batches buffered between stages.
+const STAGE_QUEUE: usize = 256;
+
+pub async fn run(args: &RunArgs) -> Result<()> {
+    let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
+    crate::logging::init(&config.log_level);
+    require_privileges()?;
+    let cgroup = cgroup_dir(&config)?;
+    let cgroup2_root = kernel::cgroup2_root()?;
+    if config.pin_root.starts_with(kernel::bpffs_root()) {
+        kernel::ensure_bpffs(&kernel::bpffs_root())?;
+    }
+    let scope = config.effective_scope();
+    let attached = kernel::load_and_attach(&AttachOptions {
+        cgroup: cgroup.clone(),
+        pin_root: config.pin_root.clone(),
+        ringbuf_bytes: config.ringbuf_bytes,
+        scope_mode: match scope {
+            Scope::Containers => abi::egress_scope_mode::SCOPE_ENROLLED,
+            _ => abi::egress_scope_mode::SCOPE_ALL,
+        },
+    })
+    .with_context(|| format!("attach to {}", cgroup.display()))?;
+    tracing::info!(
+        event = "attached",
+        cgroup = %cgroup.display(),
+        cgroup_id = attached.cgroup_id,
+        pins = %attached.pins.dir.display(),
+        links_created = attached.links_created,
+        links_reused = attached.links_reused,
+        scope = ?scope,
+        "BPF programs attached"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let refresh = kernel_refresher(&attached, metrics.clone())?;
+    let listener = metrics::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("metrics endpoint {}", config.metrics_listen))?;
+    tracing::info!(event = "metrics_listening", addr = %listener.local_addr()?, "Prometheus endpoint up");
+    tokio::spawn(metrics::serve(listener, metrics.clone(), refresh.clone()));
+    tokio::spawn(refresh_periodically(refresh.clone()));
+
+    let (sink_tx, sinks) = start_sinks(&config, metrics.clone())?;
+    let (event_tx, event_rx) = mpsc::channel(STAGE_QUEUE);
+    let drain = spawn_drain(
+        kernel::MapHandle::try_from(&attached.events).context("ring buffer handle")?,
+        BootClock::calibrate(),
+        event_tx,
+        metrics.clone(),
+    )?;
+    let attributor = Attributor::new(CgroupIndex::new(cgroup2_root));
+    let pipeline = tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(event_rx));
+
+    wait_for_shutdown().await?;
+    tracing::info!(event = "shutting_down", "draining the ring buffer and flushing sinks; programs stay attached");
+    tokio::task::spawn_blocking(move || drain.stop_and_join()).await?;
+    pipeline.await?;
+    for sink in sinks {
+        sink.await?;
+    }
+    refresh();
+    tracing::info!(event = "stopped", "clawker-egress stopped");
+    Ok(())
+}
+
+fn start_sinks(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<(Vec<mpsc::Sender<Batch>>, Vec<JoinHandle<()>>)> {
+    let (tx, rx) = mpsc::channel(STAGE_QUEUE);
+    let task = match config.output {
+        Output::Stdout => tokio::spawn(run_sink(StdoutSink::new(metrics), rx)),
+        Output::Otlp => {
+            let sink = OtlpSink::new(OtlpOptions::new(&config.otlp_endpoint), metrics)
+                .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+            tokio::spawn(run_sink(sink, rx))
+        }
+    };
+    Ok((vec![tx], vec![task]))
+}
+
+/// Reads the kernel counters into the metrics registry.
+fn kernel_refresher(attached: &Attached, metrics: Arc<Metrics>) -> Result<metrics::Refresh> {
+    let drops = kernel::MapHandle::try_from(&attached.drops).context("drop counter handle")?;
+    let fill = RingbufFill::new(&attached.events, attached.ringbuf_bytes)
+        .context("map ring buffer positions")?;
+    Ok(Arc::new(move || {
+        let totals = kernel::read_drops(&drops);
+        let mut reading = KernelReading {
+            ringbuf_used_bytes: fill.used_bytes(),
+            ringbuf_size_bytes: fill.size_bytes(),
+            ..Default::default()
+        };
+        for hook in Hook::ALL {
+            let i = hook.raw() as usize;
+            reading.ringbuf_drops[i] = totals.get(i).copied().unwrap_or(0);
+        }
+        metrics.observe_kernel(&reading);
+    }))
+}
+
+/// Kernel drops also surface between scrapes, with a warning when they grow.
+async fn refresh_periodically(refresh: metrics::Refresh) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        refresh();
+    }
+}
+
+async fn wait_for_shutdown() -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

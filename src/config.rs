@@ -1,0 +1,199 @@
+//! Configuration: defaults <- TOML file <- `CLAWKER_EGRESS_*` environment
+//! <- command-line flags. An unknown key or a bad value is an error that
+//! names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "CLAWKER_EGRESS_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// One JSON object per line on standard output.
+    Stdout,
+    /// OTLP/gRPC logs to --otlp-endpoint.
+    Otlp,
+}
+
+/// Which processes are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `all` with an explicit --cgroup-root, `containers` at the host root.
+    Auto,
+    /// Every process under the attach cgroup.
+    All,
+    /// Only container cgroups (and their sub-cgroups).
+    Containers,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// cgroup v2 directory to attach to; default: the v2 root from /proc/mounts.
+    pub cgroup_root: Option<PathBuf>,
+    pub output: Output,
+    pub otlp_endpoint: String,
+    pub metrics_listen: SocketAddr,
+    /// Ring buffer size in bytes: a power of two, at least 4096 (P6: 1 MiB).
+    pub ringbuf_bytes: u32,
+    /// Where maps and links are pinned (a bpffs directory).
+    pub pin_root: PathBuf,
+    pub scope: Scope,
+    /// tracing filter, e.g. "info" or "clawker_egress=debug".
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cgroup_root: None,
+            output: Output::Stdout,
+            otlp_endpoint: "http://127.0.0.1:4317".into(),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            ringbuf_bytes: crate::kernel::abi::EGRESS_RINGBUF_DEFAULT_BYTES,
+            pin_root: PathBuf::from("/sys/fs/bpf/clawker-egress"),
+            scope: Scope::Auto,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Flags given on the command line; `None` means "not given".
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_root: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Output>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ringbuf_bytes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_root: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig.merge(Env::prefixed(ENV_PREFIX))
+            .merge(Serialized::defaults(flags))
+            .extract::<Config>()
+            .map_err(|e| ConfigError::Invalid(one_line(&e)))
+            .and_then(Config::validated)
+    }
+
+    fn validated(self) -> Result<Config, ConfigError> {
+        if self.ringbuf_bytes < 4096 || !self.ringbuf_bytes.is_power_of_two() {
+            return Err(ConfigError::Invalid(format!(
+                "ringbuf_bytes = {}: must be a power of two of at least 4096",
+                self.ringbuf_bytes
+            )));
+        }
+        if self.output == Output::Otlp && !self.otlp_endpoint.starts_with("http") {
+            return Err(ConfigError::Invalid(format!(
+                "otlp_endpoint = {:?}: must be an http:// or https:// URL",
+                self.otlp_endpoint
+            )));
+        }
+        Ok(self)
+    }
+
+    /// `Auto` resolved: everything under an explicit root, else containers.
+    pub fn effective_scope(&self) -> Scope {
+        match (self.scope, &self.cgroup_root) {
+            (Scope::Auto, Some(_)) => Scope::All,
+            (Scope::Auto, None) => Scope::Containers,
+            (s, _) => s,
+        }
+    }
+}
+
+/// figment errors can span lines; a CLI error is one line.
+fn one_line(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| e.to_string().replace('\n', " "))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_stdout_mode() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.output, Output::Stdout);
+        assert_eq!(c.ringbuf_bytes, 1 << 20);
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load_toml("ouput = \"otlp\"\n").unwrap_err().to_string();
+        assert!(err.contains("ouput"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = load_toml("output = \"kafka\"\n").unwrap_err().to_string();
+        assert!(err.contains("output"), "{err}");
+        let err = load_toml("ringbuf_bytes = 5000\n").unwrap_err().to_string();
+        assert!(err.contains("ringbuf_bytes"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "output = \"otlp\"\nringbuf_bytes = 8192\n").unwrap();
+        let flags = Overrides {
+            output: Some(Output::Stdout),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&path), &flags).unwrap();
+        assert_eq!(c.output, Output::Stdout);
+        assert_eq!(c.ringbuf_bytes, 8192);
+    }
+
+    #[test]
+    fn scope_auto_follows_the_root() {
+        let mut c = Config::default();
+        assert_eq!(c.effective_scope(), Scope::Containers);
+        c.cgroup_root = Some("/sys/fs/cgroup/unified/x".into());
+        assert_eq!(c.effective_scope(), Scope::All);
+    }
+}

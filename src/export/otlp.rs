@@ -1,0 +1,288 @@
+//! OTLP/gRPC logs: one LogRecord per record, built with opentelemetry-proto
+//! and sent with tonic, behind our own bounded queue so that every loss is
+//! counted (the SDK's batch processor drops silently when full).
+//!
+//! Retries follow the OTLP spec: UNAVAILABLE and friends are retried with
+//! backoff, forever while the queue has room (a restarting collector loses
+//! nothing); a request the receiver rejects is not retried; a
+//! `partial_success` counts its rejected records and is not retried either.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use super::{Batch, Sink};
+use crate::metrics::Metrics;
+use crate::record::{key, Record, Value};
+
+const SINK: &str = "otlp";
+
+#[derive(Debug, Clone)]
+pub struct OtlpOptions {
+    pub endpoint: String,
+    /// Records held while the collector is slow or away.
+    pub queue_records: usize,
+    /// Records per export request: well under the collector's 4 MiB limit.
+    pub batch_records: usize,
+    /// How long a shutdown may spend delivering what is queued.
+    pub shutdown_grace: Duration,
+}
+
+impl OtlpOptions {
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        OtlpOptions {
+            endpoint: endpoint.into(),
+            queue_records: 100_000,
+            batch_records: 1_000,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Record>>,
+    wake: Notify,
+    closing: std::sync::atomic::AtomicBool,
+}
+
+pub struct OtlpSink {
+    shared: Arc<Shared>,
+    opts: OtlpOptions,
+    metrics: Arc<Metrics>,
+    exporter: Option<JoinHandle<()>>,
+}
+
+impl OtlpSink {
+    /// The connection is lazy: a collector that is down at start-up is a
+    /// degraded sink (records queue, then count), not a failed daemon.
+    pub fn new(opts: OtlpOptions, metrics: Arc<Metrics>) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(opts.endpoint.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
+        });
+        let exporter = tokio::spawn(export_loop(
+            LogsServiceClient::new(channel),
+            shared.clone(),
+            opts.clone(),
+            metrics.clone(),
+        ));
+        Ok(OtlpSink {
+            shared,
+            opts,
+            metrics,
+            exporter: Some(exporter),
+        })
+    }
+}
+
+impl Sink for OtlpSink {
+    fn name(&self) -> &'static str {
+        SINK
+    }
+
+    async fn send(&mut self, batch: Batch) {
+        let mut lost = 0u64;
+        if let Ok(mut q) = self.shared.queue.lock() {
+            for r in batch.iter() {
+                if q.len() >= self.opts.queue_records {
+                    lost += 1;
+                } else {
+                    q.push_back(r.clone());
+                }
+            }
+        }
+        if lost > 0 {
+            self.metrics.sink_failure(SINK, "queue_full", lost);
+        }
+        self.shared.wake.notify_one();
+    }
+
+    async fn flush(&mut self) {
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        if let Some(task) = self.exporter.take() {
+            let _ = tokio::time::timeout(self.opts.shutdown_grace, task).await;
+        }
+        let left = self.shared.queue.lock().map(|q| q.len()).unwrap_or(0);
+        if left > 0 {
+            self.metrics.sink_failure(SINK, "shutdown", left as u64);
+            tracing::warn!(event = "sink_failure", sink = SINK, records = left, "records still queued at shutdown were lost");
+        }
+    }
+}
+
+fn take_batch(shared: &Shared, max: usize) -> Vec<Record> {
+    let Ok(mut q) = shared.queue.lock() else {
+        return Vec::new();
+    };
+    let n = q.len().min(max);
+    q.drain(..n).collect()
+}
+
+async fn export_loop(
+    mut client: LogsServiceClient<Channel>,
+    shared: Arc<Shared>,
+    opts: OtlpOptions,
+    metrics: Arc<Metrics>,
+) {
+    let resource = resource();
+    let mut outage = false;
+    loop {
+        let batch = take_batch(&shared, opts.batch_records);
+        if batch.is_empty() {
+            if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            // Wake on new records, or re-check the closing flag now and then.
+            let _ = tokio::time::timeout(Duration::from_millis(200), shared.wake.notified()).await;
+            continue;
+        }
+        let request = request(&resource, &batch);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match client.export(request.clone()).await {
+                Ok(resp) => {
+                    if outage {
+                        tracing::info!(event = "collector_available", "OTLP collector reachable again");
+                        outage = false;
+                    }
+                    let rejected = resp
+                        .into_inner()
+                        .partial_success
+                        .map(|p| p.rejected_log_records.max(0) as u64)
+                        .unwrap_or(0);
+                    metrics.exported(SINK, batch.len() as u64 - rejected.min(batch.len() as u64));
+                    if rejected > 0 {
+                        metrics.sink_failure(SINK, "rejected", rejected);
+                    }
+                    break;
+                }
+                Err(status) if retryable(status.code()) => {
+                    if !outage {
+                        tracing::warn!(event = "collector_unavailable", endpoint = %opts.endpoint, error = %status.message(), "OTLP export failed; retrying with backoff");
+                        outage = true;
+                    }
+                    if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                        metrics.sink_failure(SINK, "shutdown", batch.len() as u64);
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(status) => {
+                    tracing::warn!(event = "sink_failure", sink = SINK, code = ?status.code(), error = %status.message(), "collector rejected a batch");
+                    metrics.sink_failure(SINK, "rejected", batch.len() as u64);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Transient per the OTLP spec (RESOURCE_EXHAUSTED is treated as transient
+/// too: the collector's memory_limiter answers with it while it sheds load).
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::DataLoss
+            | Code::ResourceExhausted
+            | Code::Unknown
+    )
+}
+
+fn string_kv(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn resource() -> Resource {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    Resource {
+        attributes: vec![
+            string_kv("service.name", "clawker-egress"),
+            string_kv("service.version", env!("CARGO_PKG_VERSION")),
+            string_kv("host.name", host),
+        ],
+        ..Default::default()
+    }
+}
+
+fn request(resource: &Resource, batch: &[Record]) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(resource.clone()),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: "clawker-egress".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                log_records: batch.iter().map(log_record).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// One record as an OTLP LogRecord: Timestamp is the event time (never 0).
+pub fn log_record(r: &Record) -> LogRecord {
+    let observed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let event_time = match r.unix_nanos() {
+        0 => observed,
+        t => t,
+    };
+    let mut attributes = Vec::with_capacity(24);
+    attributes.push(string_kv(key::SOURCE, r.source.name()));
+    attributes.extend(r.fields().map(|(k, v)| KeyValue {
+        key: k.to_owned(),
+        value: Some(AnyValue {
+            value: Some(match v {
+                Value::Str(s) => any_value::Value::StringValue(s.clone()),
+                Value::Int(n) => any_value::Value::IntValue(*n),
+            }),
+        }),
+        ..Default::default()
+    }));
+    LogRecord {
+        time_unix_nano: event_time,
+        observed_time_unix_nano: observed,
+        severity_number: SeverityNumber::Info as i32,
+        severity_text: "INFO".into(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(r.body())),
+        }),
+        attributes,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,68 @@
+//! One JSON object per line on standard output: the embedded default, so
+//! the daemon is useful with no stack running.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+
+use super::{Batch, Sink};
+use crate::metrics::Metrics;
+
+pub struct StdoutSink<W: AsyncWrite + Unpin + Send + 'static = tokio::io::Stdout> {
+    out: BufWriter<W>,
+    metrics: Arc<Metrics>,
+    line: Vec<u8>,
+}
+
+impl StdoutSink {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        StdoutSink::with_writer(tokio::io::stdout(), metrics)
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> StdoutSink<W> {
+    pub fn with_writer(out: W, metrics: Arc<Metrics>) -> Self {
+        StdoutSink {
+            out: BufWriter::with_capacity(256 * 1024, out),
+            metrics,
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    async fn write_batch(&mut self, batch: &Batch) -> std::io::Result<()> {
+        for record in batch.iter() {
+            self.line.clear();
+            // Serializing our own Record cannot fail; if it ever did, the
+            // record is lost and counted, not the daemon.
+            if serde_json::to_writer(&mut self.line, record).is_err() {
+                self.metrics.sink_failure("stdout", "serialize", 1);
+                continue;
+            }
+            self.line.push(b'\n');
+            self.out.write_all(&self.line).await?;
+        }
+        // Flush per batch: a reader (jq, a test) sees records promptly.
+        self.out.flush().await
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    async fn send(&mut self, batch: Batch) {
+        match self.write_batch(&batch).await {
+            Ok(()) => self.metrics.exported("stdout", batch.len() as u64),
+            Err(e) => {
+                // A closed pipe loses the batch: counted, and said once per batch.
+                self.metrics.sink_failure("stdout", "write", batch.len() as u64);
+                tracing::warn!(event = "sink_failure", sink = "stdout", error = %e, "stdout write failed");
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        let _ = self.out.flush().await;
+    }
+}

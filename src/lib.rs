@@ -1,0 +1,17 @@
+//! clawker-egress: eBPF egress monitoring for AI agent containers.
+//!
+//! Data path, one direction: [`kernel`] (load/attach) -> [`capture`] (ring
+//! buffer drain, decode) -> [`pipeline`] ([`record`] + [`attribute`]) ->
+//! [`export`] (sinks). [`metrics`] counts every stage; [`config`] and [`cli`]
+//! sit at the edge.
+
+pub mod attribute;
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod export;
+pub mod kernel;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod record;

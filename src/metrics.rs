@@ -1,0 +1,262 @@
+//! The daemon's own counters, scraped by Prometheus. Every loss anywhere in
+//! the pipeline ends up in `clawker_egress_events_dropped_total{reason}`;
+//! the stage that loses a record counts it through this module.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::capture::{Hook, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The kernel could not reserve ring buffer space.
+    RingbufFull,
+    /// A ring buffer record user space could not decode.
+    ParseFailure,
+    /// A sink gave up on a record (queue full, rejected, retries exhausted).
+    SinkFailure,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::RingbufFull => "ringbuf_full",
+            DropReason::ParseFailure => "parse_failure",
+            DropReason::SinkFailure => "sink_failure",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    hook: &'static str,
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabels {
+    hook: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkCauseLabels {
+    sink: &'static str,
+    cause: &'static str,
+}
+
+/// A reading of the kernel-side counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelReading {
+    /// Failed ring buffer reservations per hook, indexed by `Hook::raw()`.
+    pub ringbuf_drops: [u64; Hook::ALL.len()],
+    pub ringbuf_used_bytes: u64,
+    pub ringbuf_size_bytes: u64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    events: Family<EventLabels, Counter>,
+    dropped: Family<ReasonLabels, Counter>,
+    kernel_drops: Family<HookLabels, Counter>,
+    exported: Family<SinkLabels, Counter>,
+    sink_failures: Family<SinkCauseLabels, Counter>,
+    unattributed: Counter,
+    ringbuf_used: Gauge,
+    ringbuf_size: Gauge,
+    /// Kernel drop totals already folded into the counters.
+    kernel_seen: Mutex<[u64; Hook::ALL.len()]>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("clawker_egress");
+        let m = Metrics {
+            events: Family::default(),
+            dropped: Family::default(),
+            kernel_drops: Family::default(),
+            exported: Family::default(),
+            sink_failures: Family::default(),
+            unattributed: Counter::default(),
+            ringbuf_used: Gauge::default(),
+            ringbuf_size: Gauge::default(),
+            kernel_seen: Mutex::new([0; Hook::ALL.len()]),
+            registry: Registry::default(),
+        };
+        registry.register("events", "Events decoded from the kernel, by hook and verdict", m.events.clone());
+        registry.register(
+            "events_dropped",
+            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure)",
+            m.dropped.clone(),
+        );
+        registry.register("kernel_ringbuf_drops", "Failed ring buffer reservations in the kernel, by hook", m.kernel_drops.clone());
+        registry.register("records_exported", "Records a sink delivered", m.exported.clone());
+        registry.register("sink_failures", "Records a sink gave up on, by sink and cause", m.sink_failures.clone());
+        registry.register("unattributed", "Records about a container that no identity could be found for", m.unattributed.clone());
+        registry.register("ringbuf_used_bytes", "Bytes in the ring buffer not yet read", m.ringbuf_used.clone());
+        registry.register("ringbuf_size_bytes", "Size of the ring buffer", m.ringbuf_size.clone());
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("abi", crate::kernel::abi::EGRESS_ABI_VERSION.to_string()),
+            ]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn event(&self, hook: Hook, verdict: Verdict) {
+        self.events
+            .get_or_create(&EventLabels {
+                hook: hook.name(),
+                verdict: verdict.name(),
+            })
+            .inc();
+    }
+
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn exported(&self, sink: &'static str, n: u64) {
+        self.exported.get_or_create(&SinkLabels { sink }).inc_by(n);
+    }
+
+    /// A sink lost `n` records: counted as a drop and by cause.
+    pub fn sink_failure(&self, sink: &'static str, cause: &'static str, n: u64) {
+        self.sink_failures
+            .get_or_create(&SinkCauseLabels { sink, cause })
+            .inc_by(n);
+        self.dropped(DropReason::SinkFailure, n);
+    }
+
+    pub fn unattributed(&self) {
+        self.unattributed.inc();
+    }
+
+    /// Fold a reading of the kernel counters in (monotonic deltas).
+    pub fn observe_kernel(&self, reading: &KernelReading) {
+        let Ok(mut seen) = self.kernel_seen.lock() else {
+            return;
+        };
+        for hook in Hook::ALL {
+            let i = hook.raw() as usize;
+            let delta = reading.ringbuf_drops[i].saturating_sub(seen[i]);
+            if delta > 0 {
+                seen[i] = reading.ringbuf_drops[i];
+                self.kernel_drops
+                    .get_or_create(&HookLabels { hook: hook.name() })
+                    .inc_by(delta);
+                self.dropped(DropReason::RingbufFull, delta);
+            }
+        }
+        self.ringbuf_used
+            .set(i64::try_from(reading.ringbuf_used_bytes).unwrap_or(i64::MAX));
+        self.ringbuf_size
+            .set(i64::try_from(reading.ringbuf_size_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Total of `events_dropped` for one reason (tests, logs).
+    pub fn dropped_total(&self, reason: DropReason) -> u64 {
+        self.dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .get()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Called before each scrape so kernel counters are current.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Clone)]
+struct ServerState {
+    metrics: Arc<Metrics>,
+    refresh: Refresh,
+}
+
+/// Serve `/metrics` and `/healthz` on an already bound listener.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, refresh: Refresh) {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(ServerState { metrics, refresh });
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(event = "metrics_unavailable", error = %e, "metrics endpoint stopped");
+    }
+}
+
+async fn scrape(State(state): State<ServerState>) -> impl IntoResponse {
+    (state.refresh)();
+    (
+        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}
+
+/// Bind the metrics address early so a bad address is a start-up error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_drops_fold_in_as_deltas() {
+        let m = Metrics::new();
+        let mut r = KernelReading::default();
+        r.ringbuf_drops[Hook::Sendmsg4.raw() as usize] = 5;
+        m.observe_kernel(&r);
+        m.observe_kernel(&r);
+        r.ringbuf_drops[Hook::Connect4.raw() as usize] = 2;
+        m.observe_kernel(&r);
+        assert_eq!(m.dropped_total(DropReason::RingbufFull), 7);
+        let text = m.encode();
+        assert!(text.contains("clawker_egress_events_dropped_total{reason=\"ringbuf_full\"} 7"), "{text}");
+        assert!(text.contains("clawker_egress_kernel_ringbuf_drops_total{hook=\"sendmsg4\"} 5"));
+        assert!(text.contains("clawker_egress_build_info{"));
+    }
+}

@@ -1,0 +1,339 @@
+//! Helpers for the root integration tests: real cgroups, a real daemon, real
+//! traffic on loopback. Each test gets its own cgroup and pin directory, so
+//! tests run in parallel without seeing each other.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Root-only tests: skip loudly outside root, fail under CI (which is root).
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: CI must run the root tests as root");
+    }
+    eprintln!("SKIPPED {test}: needs root (BPF, cgroups); run `sudo -E cargo test`");
+    false
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+}
+
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A cgroup v2 directory owned by one test, removed on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        Self::under(&cgroup2_root(), name)
+    }
+
+    pub fn under(parent: &Path, name: &str) -> Self {
+        let path = parent.join(unique(name));
+        std::fs::create_dir_all(&path).expect("create test cgroup");
+        TestCgroup { path }
+    }
+
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).unwrap().ino()
+    }
+
+    /// A command that runs inside this cgroup: `sh` moves itself in, then
+    /// execs the program (so comm is the program's own name).
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.path.display()))
+            .arg("sh")
+            .arg(program)
+            .args(args);
+        cmd
+    }
+
+    /// Run a Python snippet inside the cgroup and wait for it; returns stdout.
+    pub fn python(&self, script: &str) -> String {
+        let out = self
+            .command("python3", &["-c", script])
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        kill_all_in(&self.path);
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn kill_all_in(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_all_in(&e.path());
+            }
+        }
+    }
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_clawker-egress")
+}
+
+/// A running daemon whose stdout JSON lines are collected as they arrive.
+pub struct Daemon {
+    pub child: Child,
+    pub metrics_port: u16,
+    pub pin_root: PathBuf,
+    records: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct DaemonOptions {
+    pub cgroup_root: Option<PathBuf>,
+    pub pin_root: PathBuf,
+    pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Run the daemon itself inside this cgroup (self-traffic tests).
+    pub run_inside: Option<PathBuf>,
+}
+
+impl DaemonOptions {
+    /// Attached to one test cgroup: everything under it is in scope.
+    pub fn for_cgroup(cg: &TestCgroup) -> Self {
+        DaemonOptions {
+            cgroup_root: Some(cg.path.clone()),
+            ..Self::host_root()
+        }
+    }
+
+    /// Attached at the host's cgroup v2 root (scope: containers).
+    pub fn host_root() -> Self {
+        DaemonOptions {
+            cgroup_root: None,
+            pin_root: PathBuf::from("/sys/fs/bpf").join(unique("clawker-egress-test")),
+            extra: Vec::new(),
+            env: Vec::new(),
+            run_inside: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.extra.push(a.into());
+        self
+    }
+}
+
+impl Daemon {
+    pub fn start(opts: DaemonOptions) -> Daemon {
+        Self::start_on_port(opts, free_port())
+    }
+
+    pub fn start_on_port(opts: DaemonOptions, metrics_port: u16) -> Daemon {
+        let mut cmd = match &opts.run_inside {
+            Some(cg) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cg.display()))
+                    .arg("sh")
+                    .arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.arg("run")
+            .arg("--pin-root")
+            .arg(&opts.pin_root)
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics_port}"));
+        if let Some(root) = &opts.cgroup_root {
+            cmd.arg("--cgroup-root").arg(root);
+        }
+        cmd.args(&opts.extra)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn clawker-egress");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let r = records.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                r.lock().unwrap().push(v);
+            }
+        });
+        let e = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[daemon] {line}");
+                e.lock().unwrap().push(line);
+            }
+        });
+        let mut d = Daemon {
+            child,
+            metrics_port,
+            pin_root: opts.pin_root,
+            records,
+            stderr,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited early ({status}): {:?}", self.stderr_lines());
+            }
+            if http_get(&format!("http://127.0.0.1:{}/healthz", self.metrics_port)).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon not ready after 30 s: {:?}", self.stderr_lines());
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait until `pred` holds for the records seen so far.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let recs = self.records();
+            if pred(&recs) {
+                return recs;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; {} records: {:#?}", recs.len(), &recs[recs.len().saturating_sub(10)..]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).unwrap_or_default()
+    }
+
+    /// One sample of a metric with exactly these labels (0 when absent).
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        metric_value(&self.metrics(), name_and_labels)
+    }
+
+    /// SIGTERM and wait: the daemon drains and exits 0.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<Value>) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // reader thread catches up
+        let recs = self.records();
+        (status, recs)
+    }
+
+    /// SIGTERM, and leave the programs attached for the caller to inspect.
+    pub fn stop_keeping_pins(mut self) -> (std::process::ExitStatus, Vec<Value>) {
+        self.pin_root = PathBuf::new();
+        self.stop()
+    }
+
+    /// SIGKILL: no drain, programs stay attached.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.pin_root = PathBuf::new(); // keep the pins for the next daemon
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.pin_root.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.pin_root);
+        }
+    }
+}
+
+pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name_and_labels).then(|| v.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn http_get(url: &str) -> Option<String> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .new_agent();
+    let mut resp = agent.get(url).call().ok()?;
+    resp.body_mut().read_to_string().ok()
+}
+
+/// Records made by one process.
+pub fn by_pid(recs: &[Value], pid: u32) -> Vec<Value> {
+    recs.iter().filter(|r| r["pid"] == pid).cloned().collect()
+}

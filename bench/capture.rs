@@ -1,1 +1,200 @@
-fn main(){}
+//! Capture benchmarks. Prints figures; asserts nothing.
+//!
+//! (a) connect()+close() rate on loopback from one cgroup, with the daemon
+//!     attached vs detached, interleaved rounds in one run -> a ratio;
+//! (b) records/s user space decodes and serializes as stdout JSON lines.
+//!
+//! Run: `sudo cargo bench --bench capture` (part (a) needs root).
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clawker_egress::capture::{decode, BootClock, Event};
+use clawker_egress::kernel::abi;
+use clawker_egress::record::Record;
+
+const ROUNDS: usize = 5;
+const CONNECTS_PER_ROUND: usize = 20_000;
+const RECORDS: usize = 1_000_000;
+
+fn main() {
+    println!("clawker-egress capture bench");
+    decode_and_serialize();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED connect-rate bench: needs root (BPF attach, cgroups)");
+        return;
+    }
+    connect_rate();
+}
+
+fn sample_bytes() -> Vec<u8> {
+    let mut ev = abi::sock_event::default();
+    ev.hdr.kind = abi::event_kind::EVENT_KIND_SOCK as u16;
+    ev.hdr.size = std::mem::size_of::<abi::sock_event>() as u16;
+    ev.hdr.version = abi::EGRESS_ABI_VERSION as u8;
+    ev.hdr.hook = abi::egress_hook::HOOK_CONNECT4 as u8;
+    ev.hdr.ts_ns = BootClock::now_boot_ns();
+    ev.family = libc::AF_INET as u16;
+    ev.sock_type = libc::SOCK_STREAM as u16;
+    ev.protocol = libc::IPPROTO_TCP as u16;
+    ev.dst_ip[..4].copy_from_slice(&[127, 0, 0, 1]);
+    ev.dst_port = 443;
+    ev.pid = 4242;
+    ev.tgid = 4242;
+    ev.cgroup_id = 12345;
+    for (d, s) in ev.comm.iter_mut().zip(b"python3\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: reading the bytes of a plain repr(C) value.
+    unsafe { std::slice::from_raw_parts((&ev as *const abi::sock_event).cast::<u8>(), std::mem::size_of_val(&ev)) }.to_vec()
+}
+
+fn decode_and_serialize() {
+    let bytes = sample_bytes();
+    let clock = BootClock::calibrate();
+    let mut out = std::io::BufWriter::new(std::io::sink());
+    let mut line = Vec::with_capacity(512);
+    let start = Instant::now();
+    for _ in 0..RECORDS {
+        let Ok(Event::Sock(ev)) = decode(&bytes, clock) else {
+            panic!("sample must decode");
+        };
+        let record = Record::from_sock(&ev);
+        line.clear();
+        serde_json::to_writer(&mut line, &record).expect("serialize");
+        line.push(b'\n');
+        out.write_all(&line).expect("write");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "decode+serialize: {RECORDS} records in {secs:.2} s = {:.0} records/s ({} bytes/line)",
+        RECORDS as f64 / secs,
+        line.len()
+    );
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("cgroup2 mount")
+}
+
+fn connect_rate() {
+    let root = cgroup2_root();
+    let cg = root.join(format!("clawker-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).expect("bench cgroup");
+    let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-{}", std::process::id()));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    // The bench process itself moves into the cgroup: its connects are the
+    // measured traffic.
+    std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
+
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        off.push(rate(addr));
+        let daemon = start_daemon(&root, &cg, &pins);
+        on.push(rate(addr));
+        stop_daemon(daemon, &cg, &pins);
+    }
+    std::fs::write(root.join("cgroup.procs"), std::process::id().to_string()).expect("leave cgroup");
+    let _ = std::fs::remove_dir(&cg);
+    let (m_off, m_on) = (median(&mut off), median(&mut on));
+    println!("connect+close, detached: {m_off:.0}/s (rounds: {})", fmt(&off));
+    println!("connect+close, attached: {m_on:.0}/s (rounds: {})", fmt(&on));
+    println!(
+        "connect-rate ratio attached/detached: {:.3} (cost {:.1} %)",
+        m_on / m_off,
+        (1.0 - m_on / m_off) * 100.0
+    );
+}
+
+/// Successful connect()+close() per second (failures are not counted).
+fn rate(addr: std::net::SocketAddr) -> f64 {
+    let start = Instant::now();
+    let mut ok = 0usize;
+    for _ in 0..CONNECTS_PER_ROUND {
+        if let Ok(s) = TcpStream::connect(addr) {
+            ok += 1;
+            drop(s);
+        }
+    }
+    if ok < CONNECTS_PER_ROUND {
+        println!("  note: {} connects failed in this round", CONNECTS_PER_ROUND - ok);
+    }
+    ok as f64 / start.elapsed().as_secs_f64()
+}
+
+fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
+    // The daemon runs in the root cgroup, outside the measured one.
+    let bin = env!("CARGO_BIN_EXE_clawker-egress");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", root.display()))
+        .arg("sh")
+        .arg(bin)
+        .args(["run", "--metrics-listen", "127.0.0.1:0", "--cgroup-root"])
+        .arg(cg)
+        .arg("--pin-root")
+        .arg(pins)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start daemon");
+    // Attached once the links are pinned.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let links = std::fs::read_dir(pins).ok().and_then(|mut d| d.next()).is_some();
+        if links && bpftool_attachments(cg) == 7 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn stop_daemon(mut child: Child, cg: &Path, pins: &Path) {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = Command::new(env!("CARGO_BIN_EXE_clawker-egress"))
+        .args(["detach", "--cgroup-root"])
+        .arg(cg)
+        .arg("--pin-root")
+        .arg(pins)
+        .stdout(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(pins);
+}
+
+fn bpftool_attachments(cg: &Path) -> usize {
+    Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cg)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).matches("egress_").count())
+        .unwrap_or(0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn fmt(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
+}

@@ -105,18 +105,46 @@ impl Metrics {
             kernel_seen: Mutex::new([0; Hook::ALL.len()]),
             registry: Registry::default(),
         };
-        registry.register("events", "Events decoded from the kernel, by hook and verdict", m.events.clone());
+        registry.register(
+            "events",
+            "Events decoded from the kernel, by hook and verdict",
+            m.events.clone(),
+        );
         registry.register(
             "events_dropped",
             "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure)",
             m.dropped.clone(),
         );
-        registry.register("kernel_ringbuf_drops", "Failed ring buffer reservations in the kernel, by hook", m.kernel_drops.clone());
-        registry.register("records_exported", "Records a sink delivered", m.exported.clone());
-        registry.register("sink_failures", "Records a sink gave up on, by sink and cause", m.sink_failures.clone());
-        registry.register("unattributed", "Records about a container that no identity could be found for", m.unattributed.clone());
-        registry.register("ringbuf_used_bytes", "Bytes in the ring buffer not yet read", m.ringbuf_used.clone());
-        registry.register("ringbuf_size_bytes", "Size of the ring buffer", m.ringbuf_size.clone());
+        registry.register(
+            "kernel_ringbuf_drops",
+            "Failed ring buffer reservations in the kernel, by hook",
+            m.kernel_drops.clone(),
+        );
+        registry.register(
+            "records_exported",
+            "Records a sink delivered",
+            m.exported.clone(),
+        );
+        registry.register(
+            "sink_failures",
+            "Records a sink gave up on, by sink and cause",
+            m.sink_failures.clone(),
+        );
+        registry.register(
+            "unattributed",
+            "Records about a container that no identity could be found for",
+            m.unattributed.clone(),
+        );
+        registry.register(
+            "ringbuf_used_bytes",
+            "Bytes in the ring buffer not yet read",
+            m.ringbuf_used.clone(),
+        );
+        registry.register(
+            "ringbuf_size_bytes",
+            "Size of the ring buffer",
+            m.ringbuf_size.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -230,7 +258,10 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, ref
 async fn scrape(State(state): State<ServerState>) -> impl IntoResponse {
     (state.refresh)();
     (
-        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }
@@ -255,7 +286,10 @@ mod tests {
         m.observe_kernel(&r);
         assert_eq!(m.dropped_total(DropReason::RingbufFull), 7);
         let text = m.encode();
-        assert!(text.contains("clawker_egress_events_dropped_total{reason=\"ringbuf_full\"} 7"), "{text}");
+        assert!(
+            text.contains("clawker_egress_events_dropped_total{reason=\"ringbuf_full\"} 7"),
+            "{text}"
+        );
         assert!(text.contains("clawker_egress_kernel_ringbuf_drops_total{hook=\"sendmsg4\"} 5"));
         assert!(text.contains("clawker_egress_build_info{"));
     }

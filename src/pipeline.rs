@@ -19,7 +19,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(attributor: Attributor, metrics: Arc<Metrics>, sinks: Vec<mpsc::Sender<Batch>>) -> Self {
+    pub fn new(
+        attributor: Attributor,
+        metrics: Arc<Metrics>,
+        sinks: Vec<mpsc::Sender<Batch>>,
+    ) -> Self {
         Pipeline {
             attributor,
             metrics,
@@ -31,7 +35,7 @@ impl Pipeline {
     /// senders then lets every sink flush and finish.
     pub async fn run(mut self, mut events: mpsc::Receiver<Vec<Event>>) {
         while let Some(batch) = events.recv().await {
-            let records: Vec<Record> = batch.into_iter().map(|e| self.to_record(e)).collect();
+            let records: Vec<Record> = batch.into_iter().map(|e| self.record_of(e)).collect();
             let batch = Arc::new(records);
             for sink in &self.sinks {
                 // Back-pressure: a slow sink slows the drain; the kernel then
@@ -41,7 +45,7 @@ impl Pipeline {
         }
     }
 
-    fn to_record(&mut self, event: Event) -> Record {
+    fn record_of(&mut self, event: Event) -> Record {
         match event {
             Event::Sock(ev) => {
                 self.metrics.event(ev.hook, ev.verdict);

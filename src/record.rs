@@ -39,9 +39,28 @@ pub mod key {
 
     /// Every key, for the prefix-conflict check.
     pub const ALL: &[&str] = &[
-        TIMESTAMP, SOURCE, VERDICT, HOOK, L4_PROTO, L7_PROTO, IP_VERSION, SRC_IP, SRC_PORT,
-        DST_IP, DST_PORT, DST_HOST, CGROUP_ID, PID, COMM, CONTAINER_ID, CONTAINER_NAME,
-        CONTAINER_IMAGE, AGENT, PROJECT, EVENT, EXIT_CODE,
+        TIMESTAMP,
+        SOURCE,
+        VERDICT,
+        HOOK,
+        L4_PROTO,
+        L7_PROTO,
+        IP_VERSION,
+        SRC_IP,
+        SRC_PORT,
+        DST_IP,
+        DST_PORT,
+        DST_HOST,
+        CGROUP_ID,
+        PID,
+        COMM,
+        CONTAINER_ID,
+        CONTAINER_NAME,
+        CONTAINER_IMAGE,
+        AGENT,
+        PROJECT,
+        EVENT,
+        EXIT_CODE,
     ];
 }
 
@@ -208,7 +227,11 @@ impl Record {
             let _ = write!(out, "[{pid}]");
         }
         if let (Some(ip), Some(port)) = (self.get_str(key::DST_IP), self.get_int(key::DST_PORT)) {
-            let ip = if ip.contains(':') { format!("[{ip}]") } else { ip.to_owned() };
+            let ip = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.to_owned()
+            };
             let _ = write!(out, " -> {ip}:{port}");
         }
         if let Some(agent) = self.get_str(key::AGENT) {
@@ -265,8 +288,8 @@ fn ip_version(family: u16) -> Option<u32> {
 
 /// tcp | udp | icmp | raw | other:<n>
 fn l4_proto(ev: &SockEvent) -> String {
-    let raw_socket = i32::from(ev.sock_type) == libc::SOCK_RAW
-        || i32::from(ev.family) == libc::AF_PACKET;
+    let raw_socket =
+        i32::from(ev.sock_type) == libc::SOCK_RAW || i32::from(ev.family) == libc::AF_PACKET;
     if raw_socket {
         return "raw".into();
     }
@@ -313,7 +336,12 @@ mod tests {
 
     #[test]
     fn json_line_has_the_schema_keys() {
-        let ev = sock(Hook::Connect6, libc::AF_INET6, libc::SOCK_STREAM, libc::IPPROTO_TCP);
+        let ev = sock(
+            Hook::Connect6,
+            libc::AF_INET6,
+            libc::SOCK_STREAM,
+            libc::IPPROTO_TCP,
+        );
         let json: serde_json::Value = serde_json::to_value(Record::from_sock(&ev)).unwrap();
         assert_eq!(json["@timestamp"], "2023-11-14T22:13:20.123456789Z");
         assert_eq!(json["clawker.source"], "egress");
@@ -342,7 +370,12 @@ mod tests {
 
     #[test]
     fn body_is_one_printable_line() {
-        let ev = sock(Hook::Connect6, libc::AF_INET6, libc::SOCK_STREAM, libc::IPPROTO_TCP);
+        let ev = sock(
+            Hook::Connect6,
+            libc::AF_INET6,
+            libc::SOCK_STREAM,
+            libc::IPPROTO_TCP,
+        );
         let body = Record::from_sock(&ev).body();
         assert_eq!(body, "ALLOWED tcp curl\u{fffd}x[9] -> [::1]:443");
     }

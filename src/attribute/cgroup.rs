@@ -27,7 +27,9 @@ pub fn container_id_from_path(path: &str) -> Option<String> {
 }
 
 fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// cgroup id -> path below the v2 root, filled by scanning the hierarchy.
@@ -92,7 +94,10 @@ mod tests {
 
     #[test]
     fn cgroupfs_layout() {
-        assert_eq!(container_id_from_path(&format!("/docker/{ID}")), Some(ID.into()));
+        assert_eq!(
+            container_id_from_path(&format!("/docker/{ID}")),
+            Some(ID.into())
+        );
     }
 
     #[test]
@@ -109,7 +114,11 @@ mod tests {
 
     #[test]
     fn host_paths_name_no_container() {
-        for p in ["/", "/user.slice/user-0.slice/session-1.scope", "/system.slice/docker.service"] {
+        for p in [
+            "/",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/system.slice/docker.service",
+        ] {
             assert_eq!(container_id_from_path(p), None, "{p}");
         }
     }
@@ -121,7 +130,10 @@ mod tests {
         fs::create_dir_all(&child).unwrap();
         let ino = fs::metadata(&child).unwrap().ino();
         let mut idx = CgroupIndex::new(dir.path());
-        assert_eq!(idx.path_of(ino), Some(PathBuf::from(format!("/docker/{ID}"))));
+        assert_eq!(
+            idx.path_of(ino),
+            Some(PathBuf::from(format!("/docker/{ID}")))
+        );
         assert_eq!(idx.path_of(1), None);
     }
 }

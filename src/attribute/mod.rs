@@ -20,7 +20,11 @@ impl Attributor {
     /// `scope_cgroup_id` (the enrolled container cgroup) wins over the leaf:
     /// a container's own sub-cgroups are the container.
     pub fn attribute(&mut self, record: &mut Record, cgroup_id: u64, scope_cgroup_id: u64) {
-        let id = if scope_cgroup_id != 0 { scope_cgroup_id } else { cgroup_id };
+        let id = if scope_cgroup_id != 0 {
+            scope_cgroup_id
+        } else {
+            cgroup_id
+        };
         if let Some(container) = self
             .cgroups
             .path_of(id)

@@ -75,7 +75,8 @@ fn check_size<T>(header: &abi::event_header, bytes: &[u8]) -> Result<(), DecodeE
 
 fn decode_sock(raw: abi::sock_event, clock: BootClock) -> Result<SockEvent, DecodeError> {
     let hook = Hook::from_raw(u32::from(raw.hdr.hook)).ok_or(DecodeError::Hook(raw.hdr.hook))?;
-    let verdict = Verdict::from_raw(u32::from(raw.verdict)).ok_or(DecodeError::Verdict(raw.verdict))?;
+    let verdict =
+        Verdict::from_raw(u32::from(raw.verdict)).ok_or(DecodeError::Verdict(raw.verdict))?;
     let has_addresses = hook != Hook::SockCreate;
     let dst = has_addresses
         .then(|| ip(raw.family, &raw.dst_ip).map(|a| (a, raw.dst_port)))
@@ -105,7 +106,9 @@ fn decode_sock(raw: abi::sock_event, clock: BootClock) -> Result<SockEvent, Deco
 
 fn ip(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
     match family {
-        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
         AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
         _ => None,
     }
@@ -127,8 +130,10 @@ mod tests {
 
     fn as_bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain repr(C) value.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn sample() -> abi::sock_event {
@@ -162,8 +167,14 @@ mod tests {
     fn rejects_what_it_does_not_understand() {
         let clock = BootClock::calibrate();
         let good = as_bytes(&sample());
-        assert!(matches!(decode(&good[..8], clock), Err(DecodeError::Truncated(8))));
-        assert!(matches!(decode(&good[..40], clock), Err(DecodeError::Size { .. })));
+        assert!(matches!(
+            decode(&good[..8], clock),
+            Err(DecodeError::Truncated(8))
+        ));
+        assert!(matches!(
+            decode(&good[..40], clock),
+            Err(DecodeError::Size { .. })
+        ));
         let mut v = sample();
         v.hdr.version = 99;
         assert_eq!(decode(&as_bytes(&v), clock), Err(DecodeError::Version(99)));
@@ -187,7 +198,7 @@ mod tests {
             let _ = decode(&good[..len], clock);
         }
         for fill in 0..=255u8 {
-            let _ = decode(&vec![fill; 200], clock);
+            let _ = decode(&[fill; 200], clock);
         }
     }
 

@@ -31,7 +31,10 @@ impl DrainHandle {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
-                tracing::error!(event = "egress_reader_unavailable", "ring buffer reader thread panicked");
+                tracing::error!(
+                    event = "egress_reader_unavailable",
+                    "ring buffer reader thread panicked"
+                );
             }
         }
     }

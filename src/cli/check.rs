@@ -32,7 +32,10 @@ pub fn preflight(config: &Config) -> Vec<Finding> {
     let mut out = vec![privileges()];
     out.push(match Path::new("/sys/kernel/btf/vmlinux").exists() {
         true => finding(true, "kernel BTF: /sys/kernel/btf/vmlinux present"),
-        false => finding(false, "kernel BTF missing: CO-RE programs need a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+        false => finding(
+            false,
+            "kernel BTF missing: CO-RE programs need a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        ),
     });
     out.push(match cgroup_dir(config) {
         Ok(p) => finding(true, format!("cgroup v2: attaching to {}", p.display())),
@@ -44,7 +47,10 @@ pub fn preflight(config: &Config) -> Vec<Finding> {
     });
     out.push(match kernel::ringbuf_supported() {
         true => finding(true, "ring buffer maps: supported"),
-        false => finding(false, "ring buffer maps unsupported: a Linux kernel >= 5.8 is required"),
+        false => finding(
+            false,
+            "ring buffer maps unsupported: a Linux kernel >= 5.8 is required",
+        ),
     });
     out
 }
@@ -55,7 +61,10 @@ fn privileges() -> Finding {
     let bpf = has(CAP_BPF) || has(CAP_SYS_ADMIN);
     let ok = bpf && has(CAP_NET_ADMIN) && (has(CAP_PERFMON) || has(CAP_SYS_ADMIN));
     if ok {
-        finding(true, "privileges: CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN effective")
+        finding(
+            true,
+            "privileges: CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN effective",
+        )
     } else {
         finding(false, "insufficient privileges: run as root or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN (and CAP_SYS_ADMIN to mount bpffs)")
     }
@@ -84,10 +93,17 @@ pub fn cgroup_dir(config: &Config) -> Result<PathBuf> {
         Some(p) => p.clone(),
         None => kernel::cgroup2_root()?,
     };
-    let fs = nix::sys::statfs::statfs(&dir)
-        .map_err(|e| anyhow::anyhow!("cgroup root {}: {e}: create it or pass an existing cgroup v2 directory", dir.display()))?;
-    if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
-        bail!("{} is not a cgroup v2 directory: pass one under the cgroup2 mount (see /proc/mounts)", dir.display());
+    let fs = nix::sys::statfs::statfs(&dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cgroup root {}: {e}: create it or pass an existing cgroup v2 directory",
+            dir.display()
+        )
+    })?;
+    if fs.filesystem_type().0 != CGROUP2_SUPER_MAGIC {
+        bail!(
+            "{} is not a cgroup v2 directory: pass one under the cgroup2 mount (see /proc/mounts)",
+            dir.display()
+        );
     }
     Ok(dir)
 }

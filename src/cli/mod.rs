@@ -15,7 +15,11 @@ pub use detach::detach;
 pub use run::run;
 
 #[derive(Debug, Parser)]
-#[command(name = "clawker-egress", version, about = "eBPF egress monitor for AI agent containers")]
+#[command(
+    name = "clawker-egress",
+    version,
+    about = "eBPF egress monitor for AI agent containers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

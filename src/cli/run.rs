@@ -19,7 +19,7 @@ use crate::attribute::{Attributor, CgroupIndex};
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
 use crate::export::{run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
-use crate::kernel::{self, abi, Attached, AttachOptions, RingbufFill};
+use crate::kernel::{self, abi, AttachOptions, Attached, RingbufFill};
 use crate::metrics::{self, KernelReading, Metrics};
 use crate::pipeline::Pipeline;
 
@@ -78,7 +78,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let pipeline = tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(event_rx));
 
     wait_for_shutdown().await?;
-    tracing::info!(event = "shutting_down", "draining the ring buffer and flushing sinks; programs stay attached");
+    tracing::info!(
+        event = "shutting_down",
+        "draining the ring buffer and flushing sinks; programs stay attached"
+    );
     tokio::task::spawn_blocking(move || drain.stop_and_join()).await?;
     pipeline.await?;
     for sink in sinks {
@@ -89,10 +92,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn start_sinks(
-    config: &Config,
-    metrics: Arc<Metrics>,
-) -> Result<(Vec<mpsc::Sender<Batch>>, Vec<JoinHandle<()>>)> {
+/// The pipeline's side of each sink (`senders`) and the sink tasks.
+type Sinks = (Vec<mpsc::Sender<Batch>>, Vec<JoinHandle<()>>);
+
+fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
     let (tx, rx) = mpsc::channel(STAGE_QUEUE);
     let task = match config.output {
         Output::Stdout => tokio::spawn(run_sink(StdoutSink::new(metrics), rx)),

@@ -123,7 +123,12 @@ impl Sink for OtlpSink {
         let left = self.shared.queue.lock().map(|q| q.len()).unwrap_or(0);
         if left > 0 {
             self.metrics.sink_failure(SINK, "shutdown", left as u64);
-            tracing::warn!(event = "sink_failure", sink = SINK, records = left, "records still queued at shutdown were lost");
+            tracing::warn!(
+                event = "sink_failure",
+                sink = SINK,
+                records = left,
+                "records still queued at shutdown were lost"
+            );
         }
     }
 }
@@ -160,7 +165,10 @@ async fn export_loop(
             match client.export(request.clone()).await {
                 Ok(resp) => {
                     if outage {
-                        tracing::info!(event = "collector_available", "OTLP collector reachable again");
+                        tracing::info!(
+                            event = "collector_available",
+                            "OTLP collector reachable again"
+                        );
                         outage = false;
                     }
                     let rejected = resp

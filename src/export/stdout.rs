@@ -56,7 +56,8 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
             Ok(()) => self.metrics.exported("stdout", batch.len() as u64),
             Err(e) => {
                 // A closed pipe loses the batch: counted, and said once per batch.
-                self.metrics.sink_failure("stdout", "write", batch.len() as u64);
+                self.metrics
+                    .sink_failure("stdout", "write", batch.len() as u64);
                 tracing::warn!(event = "sink_failure", sink = "stdout", error = %e, "stdout write failed");
             }
         }

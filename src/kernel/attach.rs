@@ -206,7 +206,8 @@ fn attach_all(
         let name = prog.name().to_string_lossy().into_owned();
         let path = pins.links().join(&name);
         if path.exists() {
-            let mut link = Link::open(&path).map_err(bpf_err(format!("open pinned link {name}")))?;
+            let mut link =
+                Link::open(&path).map_err(bpf_err(format!("open pinned link {name}")))?;
             link.update_prog(&prog)
                 .map_err(bpf_err(format!("update link {name}")))?;
             reused += 1;

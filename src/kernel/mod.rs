@@ -8,10 +8,10 @@ mod mounts;
 mod ring;
 mod scope;
 
-pub use attach::{detach, load_and_attach, Attached, AttachOptions, KernelError, PinLayout};
+pub use attach::{detach, load_and_attach, AttachOptions, Attached, KernelError, PinLayout};
 pub use fill::RingbufFill;
-pub use mounts::{bpffs_root, cgroup2_root, ensure_bpffs, MountError};
 pub use libbpf_rs::MapHandle;
+pub use mounts::{bpffs_root, cgroup2_root, ensure_bpffs, MountError};
 pub use ring::{read_drops, EventRing};
 pub use scope::ScopedCgroups;
 

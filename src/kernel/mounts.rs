@@ -15,7 +15,10 @@ pub enum MountError {
     #[error("cannot read /proc/mounts: {0}")]
     ProcMounts(#[source] std::io::Error),
     #[error("{path} is not a BPF filesystem and mounting one failed ({errno}): run `mount -t bpf bpf {path}` as root")]
-    NoBpffs { path: String, errno: nix::errno::Errno },
+    NoBpffs {
+        path: String,
+        errno: nix::errno::Errno,
+    },
 }
 
 /// The mount point of the cgroup v2 hierarchy, read from /proc/mounts (it is
@@ -49,7 +52,7 @@ pub fn bpffs_root() -> PathBuf {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 
@@ -82,12 +85,16 @@ cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
 cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
 cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 ";
-    const UNIFIED: &str = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate 0 0\n";
+    const UNIFIED: &str =
+        "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate 0 0\n";
     const V1_ONLY: &str = "cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n";
 
     #[test]
     fn finds_the_unified_hierarchy_on_hybrid_hosts() {
-        assert_eq!(cgroup2_root_in(HYBRID), Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(
+            cgroup2_root_in(HYBRID),
+            Some("/sys/fs/cgroup/unified".into())
+        );
     }
 
     #[test]

@@ -37,7 +37,11 @@ impl ScopedCgroups {
     pub fn ids(&self) -> Vec<u64> {
         self.map
             .keys()
-            .filter_map(|k| k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
+            .filter_map(|k| {
+                k.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_ne_bytes)
+            })
             .collect()
     }
 }

@@ -31,7 +31,9 @@ fn main() {
         .derive_debug(true)
         .derive_copy(true)
         .prepend_enum_name(false)
-        .constified_enum_module("egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop")
+        .constified_enum_module(
+            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop",
+        )
         .generate()
         .expect("bindgen bpf/egress.h")
         .write_to_file(out.join("abi.rs"))

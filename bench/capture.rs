@@ -50,7 +50,13 @@ fn sample_bytes() -> Vec<u8> {
         *d = *s as libc::c_char;
     }
     // SAFETY: reading the bytes of a plain repr(C) value.
-    unsafe { std::slice::from_raw_parts((&ev as *const abi::sock_event).cast::<u8>(), std::mem::size_of_val(&ev)) }.to_vec()
+    unsafe {
+        std::slice::from_raw_parts(
+            (&ev as *const abi::sock_event).cast::<u8>(),
+            std::mem::size_of_val(&ev),
+        )
+    }
+    .to_vec()
 }
 
 fn decode_and_serialize() {
@@ -111,11 +117,18 @@ fn connect_rate() {
         on.push(rate(addr));
         stop_daemon(daemon, &cg, &pins);
     }
-    std::fs::write(root.join("cgroup.procs"), std::process::id().to_string()).expect("leave cgroup");
+    std::fs::write(root.join("cgroup.procs"), std::process::id().to_string())
+        .expect("leave cgroup");
     let _ = std::fs::remove_dir(&cg);
     let (m_off, m_on) = (median(&mut off), median(&mut on));
-    println!("connect+close, detached: {m_off:.0}/s (rounds: {})", fmt(&off));
-    println!("connect+close, attached: {m_on:.0}/s (rounds: {})", fmt(&on));
+    println!(
+        "connect+close, detached: {m_off:.0}/s (rounds: {})",
+        fmt(&off)
+    );
+    println!(
+        "connect+close, attached: {m_on:.0}/s (rounds: {})",
+        fmt(&on)
+    );
     println!(
         "connect-rate ratio attached/detached: {:.3} (cost {:.1} %)",
         m_on / m_off,
@@ -134,7 +147,10 @@ fn rate(addr: std::net::SocketAddr) -> f64 {
         }
     }
     if ok < CONNECTS_PER_ROUND {
-        println!("  note: {} connects failed in this round", CONNECTS_PER_ROUND - ok);
+        println!(
+            "  note: {} connects failed in this round",
+            CONNECTS_PER_ROUND - ok
+        );
     }
     ok as f64 / start.elapsed().as_secs_f64()
 }
@@ -144,7 +160,10 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
     let bin = env!("CARGO_BIN_EXE_clawker-egress");
     let child = Command::new("sh")
         .arg("-c")
-        .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", root.display()))
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            root.display()
+        ))
         .arg("sh")
         .arg(bin)
         .args(["run", "--metrics-listen", "127.0.0.1:0", "--cgroup-root"])
@@ -158,7 +177,10 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
     // Attached once the links are pinned.
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let links = std::fs::read_dir(pins).ok().and_then(|mut d| d.next()).is_some();
+        let links = std::fs::read_dir(pins)
+            .ok()
+            .and_then(|mut d| d.next())
+            .is_some();
         if links && bpftool_attachments(cg) == 7 {
             break;
         }
@@ -186,7 +208,11 @@ fn bpftool_attachments(cg: &Path) -> usize {
         .args(["cgroup", "show"])
         .arg(cg)
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).matches("egress_").count())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .matches("egress_")
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -196,5 +222,8 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn fmt(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|x| format!("{x:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

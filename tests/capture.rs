@@ -14,7 +14,11 @@ use support::{by_pid, require_root, Daemon, DaemonOptions, TestCgroup};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn pid_of(output: &str) -> u32 {
-    output.lines().next().and_then(|l| l.trim().parse().ok()).expect("script prints its pid first")
+    output
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("script prints its pid first")
 }
 
 fn one(recs: &[Value], hook: &str) -> Value {
@@ -32,7 +36,10 @@ fn tcp_connects_v4_and_v6_are_recorded_exactly() {
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let l6 = TcpListener::bind("[::1]:0").unwrap();
-    let (p4, p6) = (l4.local_addr().unwrap().port(), l6.local_addr().unwrap().port());
+    let (p4, p6) = (
+        l4.local_addr().unwrap().port(),
+        l6.local_addr().unwrap().port(),
+    );
     let out = cg.python(&format!(
         "import os, socket\nprint(os.getpid(), flush=True)\n\
          socket.create_connection(('127.0.0.1', {p4})).close()\n\
@@ -73,7 +80,10 @@ fn udp_connected_unconnected_and_ipv6_are_recorded() {
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
     let sink4 = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sink6 = UdpSocket::bind("[::1]:0").unwrap();
-    let (p4, p6) = (sink4.local_addr().unwrap().port(), sink6.local_addr().unwrap().port());
+    let (p4, p6) = (
+        sink4.local_addr().unwrap().port(),
+        sink6.local_addr().unwrap().port(),
+    );
     let out = cg.python(&format!(
         "import os, socket\nprint(os.getpid(), flush=True)\n\
          c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.connect(('127.0.0.1', {p4})); c.send(b'a')\n\
@@ -153,9 +163,14 @@ fn a_sibling_cgroup_is_out_of_scope() {
     );
     let outside = pid_of(&sibling.python(&script));
     let inside = pid_of(&watched.python(&script));
-    let recs = daemon.wait_for("the watched connect", WAIT, |r| !by_pid(r, inside).is_empty());
+    let recs = daemon.wait_for("the watched connect", WAIT, |r| {
+        !by_pid(r, inside).is_empty()
+    });
     std::thread::sleep(Duration::from_millis(300));
-    assert!(by_pid(&daemon.records(), outside).is_empty(), "sibling recorded: {recs:#?}");
+    assert!(
+        by_pid(&daemon.records(), outside).is_empty(),
+        "sibling recorded: {recs:#?}"
+    );
 }
 
 #[test]
@@ -172,7 +187,10 @@ fn sub_cgroups_of_the_root_are_in_scope() {
         "import os, socket\nprint(os.getpid(), flush=True)\nsocket.create_connection(('127.0.0.1', {port})).close()\n"
     )));
     let recs = daemon.wait_for("child connect", WAIT, |r| !by_pid(r, pid).is_empty());
-    assert_eq!(one(&by_pid(&recs, pid), "connect4")["cgroup_id"], child.id());
+    assert_eq!(
+        one(&by_pid(&recs, pid), "connect4")["cgroup_id"],
+        child.id()
+    );
     drop(daemon);
     drop(child);
 }
@@ -186,7 +204,11 @@ fn received_plus_kernel_drops_equals_attempts() {
     }
     const ATTEMPTS: u64 = 50_000;
     let cg = TestCgroup::new("ce-flood");
-    let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg).arg("--ringbuf-bytes").arg("4096"));
+    let daemon = Daemon::start(
+        DaemonOptions::for_cgroup(&cg)
+            .arg("--ringbuf-bytes")
+            .arg("4096"),
+    );
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sink.local_addr().unwrap().port();
     let pid = pid_of(&cg.python(&format!(
@@ -194,8 +216,14 @@ fn received_plus_kernel_drops_equals_attempts() {
          u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          for _ in range({ATTEMPTS}): u.sendto(b'x', ('127.0.0.1', {port}))\n"
     )));
-    let drops = || daemon.metric("clawker_egress_kernel_ringbuf_drops_total{hook=\"sendmsg4\"}") as u64;
-    let received = || by_pid(&daemon.records(), pid).iter().filter(|r| r["hook"] == "sendmsg4").count() as u64;
+    let drops =
+        || daemon.metric("clawker_egress_kernel_ringbuf_drops_total{hook=\"sendmsg4\"}") as u64;
+    let received = || {
+        by_pid(&daemon.records(), pid)
+            .iter()
+            .filter(|r| r["hook"] == "sendmsg4")
+            .count() as u64
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while received() + drops() < ATTEMPTS && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -203,10 +231,17 @@ fn received_plus_kernel_drops_equals_attempts() {
     let (got, lost) = (received(), drops());
     eprintln!("flood: attempts={ATTEMPTS} received={got} kernel_drops={lost}");
     assert_eq!(got + lost, ATTEMPTS, "received {got} + dropped {lost}");
-    assert!(lost > 0, "a 4 KiB ring buffer under a flood must drop (or the test proves nothing)");
-    let dropped_total = daemon.metric("clawker_egress_events_dropped_total{reason=\"ringbuf_full\"}") as u64;
+    assert!(
+        lost > 0,
+        "a 4 KiB ring buffer under a flood must drop (or the test proves nothing)"
+    );
+    let dropped_total =
+        daemon.metric("clawker_egress_events_dropped_total{reason=\"ringbuf_full\"}") as u64;
     assert_eq!(dropped_total, lost);
-    assert_eq!(daemon.metric("clawker_egress_events_dropped_total{reason=\"parse_failure\"}"), 0.0);
+    assert_eq!(
+        daemon.metric("clawker_egress_events_dropped_total{reason=\"parse_failure\"}"),
+        0.0
+    );
 }
 
 fn attachments(cgroup: &TestCgroup) -> Vec<String> {
@@ -246,13 +281,25 @@ fn kill9_restart_reuses_pins_without_gap_or_double_attach() {
     let mut opts = DaemonOptions::for_cgroup(&cg);
     opts.pin_root = pin_root;
     let second = Daemon::start(opts);
-    assert_eq!(attachments(&cg).len(), 7, "restart must not double-attach: {:?}", attachments(&cg));
+    assert_eq!(
+        attachments(&cg).len(),
+        7,
+        "restart must not double-attach: {:?}",
+        attachments(&cg)
+    );
     let after = pid_of(&cg.python(&script));
     let recs = second.wait_for("both connects", WAIT, |r| {
         !by_pid(r, during_gap).is_empty() && !by_pid(r, after).is_empty()
     });
-    assert_eq!(by_pid(&recs, during_gap).len(), 1, "the gap's connect, read from the pinned ring");
-    assert!(second.stderr_lines().iter().any(|l| l.contains("links_reused=7")));
+    assert_eq!(
+        by_pid(&recs, during_gap).len(),
+        1,
+        "the gap's connect, read from the pinned ring"
+    );
+    assert!(second
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("links_reused=7")));
 }
 
 #[test]
@@ -265,7 +312,11 @@ fn detach_removes_programs_and_pins() {
     let pin_root = opts.pin_root.clone();
     let (status, _) = Daemon::start(opts).stop_keeping_pins();
     assert!(status.success());
-    assert_eq!(attachments(&cg).len(), 7, "SIGTERM leaves enforcement attached");
+    assert_eq!(
+        attachments(&cg).len(),
+        7,
+        "SIGTERM leaves enforcement attached"
+    );
     let out = Command::new(support::bin())
         .args(["detach", "--cgroup-root"])
         .arg(&cg.path)
@@ -273,7 +324,11 @@ fn detach_removes_programs_and_pins() {
         .arg(&pin_root)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("detached 7"));
     assert!(attachments(&cg).is_empty(), "{:?}", attachments(&cg));
     let _ = std::fs::remove_dir_all(&pin_root);
@@ -288,7 +343,10 @@ fn run_expecting_failure(args: &[&str], env: &[(&str, &str)]) -> String {
     assert!(!out.status.success(), "{args:?} should fail");
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     let last = stderr.lines().last().unwrap_or("").to_owned();
-    assert!(last.starts_with("clawker-egress: error: "), "one-line reason, got: {stderr}");
+    assert!(
+        last.starts_with("clawker-egress: error: "),
+        "one-line reason, got: {stderr}"
+    );
     last
 }
 
@@ -307,19 +365,34 @@ fn bad_input_fails_with_one_line_reason() {
     assert!(e.contains("ringbuf_size"), "{e}");
 
     let e = run_expecting_failure(&["run"], &[("CLAWKER_EGRESS_OUTPUT", "kafka")]);
-    assert!(e.to_lowercase().contains("output") && e.contains("kafka"), "{e}");
+    assert!(
+        e.to_lowercase().contains("output") && e.contains("kafka"),
+        "{e}"
+    );
 
     let e = run_expecting_failure(&["run", "--config", "/nonexistent/c.toml"], &[]);
     assert!(e.contains("/nonexistent/c.toml"), "{e}");
 
     if require_root("bad_input_fails_with_one_line_reason (root part)") {
-        let e = run_expecting_failure(&["run", "--cgroup-root", "/sys/fs/cgroup/unified/does-not-exist"], &[]);
+        let e = run_expecting_failure(
+            &[
+                "run",
+                "--cgroup-root",
+                "/sys/fs/cgroup/unified/does-not-exist",
+            ],
+            &[],
+        );
         assert!(e.contains("does-not-exist"), "{e}");
         let e = run_expecting_failure(&["run", "--cgroup-root", "/tmp"], &[]);
         assert!(e.contains("not a cgroup v2 directory"), "{e}");
         // Missing privileges: the same binary as an unprivileged user.
         let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
             .arg(support::bin())
             .arg("run")
             .output()
@@ -339,5 +412,9 @@ fn check_reports_a_ready_host() {
     let out = Command::new(support::bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok")).count(), 5, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok")).count(),
+        5,
+        "{text}"
+    );
 }

@@ -9,8 +9,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use support::{require_root, Daemon, DaemonOptions, TestCgroup};
@@ -53,7 +57,11 @@ impl Receiver {
         let mut out = Vec::new();
         for req in self.requests.lock().unwrap().iter() {
             for rl in &req.resource_logs {
-                let resource = rl.resource.clone().map(|r| r.attributes).unwrap_or_default();
+                let resource = rl
+                    .resource
+                    .clone()
+                    .map(|r| r.attributes)
+                    .unwrap_or_default();
                 for sl in &rl.scope_logs {
                     for lr in &sl.log_records {
                         out.push((lr.clone(), resource.clone()));
@@ -64,21 +72,31 @@ impl Receiver {
         out
     }
 
-    fn wait_for(&self, what: &str, pred: impl Fn(&[(LogRecord, Vec<KeyValue>)]) -> bool) -> Vec<(LogRecord, Vec<KeyValue>)> {
+    fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&[(LogRecord, Vec<KeyValue>)]) -> bool,
+    ) -> Vec<(LogRecord, Vec<KeyValue>)> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let recs = self.records();
             if pred(&recs) {
                 return recs;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {} records", recs.len());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {} records",
+                recs.len()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
 fn attr<'a>(kvs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
-    kvs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    kvs.iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
 }
 
 fn s(kvs: &[KeyValue], key: &str) -> String {
@@ -103,7 +121,10 @@ fn pid_attr(r: &LogRecord) -> Option<i64> {
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn connect_script(port: u16) -> String {
@@ -131,9 +152,21 @@ fn records_arrive_as_otlp_log_records_and_the_daemon_never_records_itself() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let before = SystemTime::now();
-    let pid = i64::from(cg.python(&connect_script(port)).lines().next().unwrap().parse::<u32>().unwrap());
-    let recs = receiver.wait_for("the connect", |r| r.iter().any(|(lr, _)| pid_attr(lr) == Some(pid)));
-    let (lr, resource) = recs.iter().find(|(lr, _)| pid_attr(lr) == Some(pid)).unwrap();
+    let pid = i64::from(
+        cg.python(&connect_script(port))
+            .lines()
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap(),
+    );
+    let recs = receiver.wait_for("the connect", |r| {
+        r.iter().any(|(lr, _)| pid_attr(lr) == Some(pid))
+    });
+    let (lr, resource) = recs
+        .iter()
+        .find(|(lr, _)| pid_attr(lr) == Some(pid))
+        .unwrap();
 
     let a = &lr.attributes;
     assert_eq!(s(a, "clawker.source"), "egress");
@@ -148,20 +181,33 @@ fn records_arrive_as_otlp_log_records_and_the_daemon_never_records_itself() {
     assert_eq!(i(a, "cgroup_id") as u64, cg.id());
     assert_eq!(s(a, "comm"), "python3");
     let t = UNIX_EPOCH + Duration::from_nanos(lr.time_unix_nano);
-    assert!(t >= before - Duration::from_secs(1) && t <= SystemTime::now(), "Timestamp is the event time");
+    assert!(
+        t >= before - Duration::from_secs(1) && t <= SystemTime::now(),
+        "Timestamp is the event time"
+    );
     assert!(lr.observed_time_unix_nano >= lr.time_unix_nano);
     let body = match lr.body.as_ref().and_then(|b| b.value.as_ref()) {
         Some(any_value::Value::StringValue(b)) => b.clone(),
         other => panic!("body: {other:?}"),
     };
-    assert!(body.contains("127.0.0.1") && body.contains("ALLOWED"), "{body}");
+    assert!(
+        body.contains("127.0.0.1") && body.contains("ALLOWED"),
+        "{body}"
+    );
     assert_eq!(s(resource, "service.name"), "clawker-egress");
     assert_eq!(s(resource, "service.version"), env!("CARGO_PKG_VERSION"));
     assert!(!s(resource, "host.name").is_empty());
 
     std::thread::sleep(Duration::from_millis(500));
-    let own: Vec<_> = receiver.records().into_iter().filter(|(lr, _)| pid_attr(lr) == Some(daemon_pid)).collect();
-    assert!(own.is_empty(), "the daemon recorded its own export traffic: {own:#?}");
+    let own: Vec<_> = receiver
+        .records()
+        .into_iter()
+        .filter(|(lr, _)| pid_attr(lr) == Some(daemon_pid))
+        .collect();
+    assert!(
+        own.is_empty(),
+        "the daemon recorded its own export traffic: {own:#?}"
+    );
     assert!(daemon.metric("clawker_egress_records_exported_total{sink=\"otlp\"}") >= 1.0);
 }
 
@@ -182,13 +228,29 @@ fn a_collector_that_is_down_loses_nothing_once_it_returns() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let pids: Vec<i64> = (0..5)
-        .map(|_| i64::from(cg.python(&connect_script(port)).lines().next().unwrap().parse::<u32>().unwrap()))
+        .map(|_| {
+            i64::from(
+                cg.python(&connect_script(port))
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            )
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let receiver = Receiver::serve(addr);
     receiver.wait_for("all five connects after the collector came back", |r| {
-        pids.iter().all(|p| r.iter().any(|(lr, _)| pid_attr(lr) == Some(*p)))
+        pids.iter()
+            .all(|p| r.iter().any(|(lr, _)| pid_attr(lr) == Some(*p)))
     });
-    assert!(daemon.stderr_lines().iter().any(|l| l.contains("collector_unavailable")));
-    assert_eq!(daemon.metric("clawker_egress_events_dropped_total{reason=\"sink_failure\"}"), 0.0);
+    assert!(daemon
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("collector_unavailable")));
+    assert_eq!(
+        daemon.metric("clawker_egress_events_dropped_total{reason=\"sink_failure\"}"),
+        0.0
+    );
 }

@@ -28,7 +28,11 @@ pub fn require_root(test: &str) -> bool {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 pub fn cgroup2_root() -> PathBuf {
@@ -68,7 +72,10 @@ impl TestCgroup {
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.path.display()))
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                self.path.display()
+            ))
             .arg("sh")
             .arg(program)
             .args(args);
@@ -184,7 +191,10 @@ impl Daemon {
             Some(cg) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cg.display()))
+                    .arg(format!(
+                        "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                        cg.display()
+                    ))
                     .arg("sh")
                     .arg(bin());
                 c
@@ -258,7 +268,12 @@ impl Daemon {
     }
 
     /// Wait until `pred` holds for the records seen so far.
-    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let recs = self.records();
@@ -266,7 +281,11 @@ impl Daemon {
                 return recs;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; {} records: {:#?}", recs.len(), &recs[recs.len().saturating_sub(10)..]);
+                panic!(
+                    "timed out waiting for {what}; {} records: {:#?}",
+                    recs.len(),
+                    &recs[recs.len().saturating_sub(10)..]
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -11,17 +11,26 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 const ABI_HEADER: &str = "bpf/egress.h";
-const PROGRAM: &str = "bpf/egress.bpf.c";
+/// Each program file becomes one skeleton; they share maps by pinning.
+const PROGRAMS: &[(&str, &str)] = &[
+    ("bpf/egress.bpf.c", "egress.skel.rs"),
+    ("bpf/flow.bpf.c", "flow.skel.rs"),
+];
+const SHARED: &[&str] = &["bpf/common.bpf.h"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let arch_include = format!("-I/usr/include/{}-linux-gnu", target_arch());
 
-    SkeletonBuilder::new()
-        .source(PROGRAM)
-        .clang_args([arch_include.as_str(), "-Ibpf", "-Wall", "-Werror"])
-        .build_and_generate(out.join("egress.skel.rs"))
-        .expect("compile bpf/egress.bpf.c (needs clang and libelf; see README)");
+    for (source, skel) in PROGRAMS {
+        SkeletonBuilder::new()
+            .source(source)
+            .clang_args([arch_include.as_str(), "-Ibpf", "-Wall", "-Werror"])
+            .build_and_generate(out.join(skel))
+            .unwrap_or_else(|e| {
+                panic!("compile {source} (needs clang and libelf; see README): {e:#}")
+            });
+    }
 
     bindgen::Builder::default()
         .header(ABI_HEADER)
@@ -32,14 +41,15 @@ fn main() {
         .derive_copy(true)
         .prepend_enum_name(false)
         .constified_enum_module(
-            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop",
+            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason",
         )
         .generate()
         .expect("bindgen bpf/egress.h")
         .write_to_file(out.join("abi.rs"))
         .expect("write abi.rs");
 
-    for path in [ABI_HEADER, PROGRAM] {
+    let sources = PROGRAMS.iter().map(|(s, _)| *s);
+    for path in sources.chain(SHARED.iter().copied()).chain([ABI_HEADER]) {
         println!("cargo:rerun-if-changed={path}");
     }
 }

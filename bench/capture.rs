@@ -181,7 +181,7 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
             .ok()
             .and_then(|mut d| d.next())
             .is_some();
-        if links && bpftool_attachments(cg) == 7 {
+        if links && bpftool_attachments(cg) == 11 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -209,9 +209,8 @@ fn bpftool_attachments(cg: &Path) -> usize {
         .arg(cg)
         .output()
         .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .matches("egress_")
-                .count()
+            let out = String::from_utf8_lossy(&o.stdout);
+            out.matches("egress_").count() + out.matches("flow_").count()
         })
         .unwrap_or(0)
 }

@@ -1,61 +1,19 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /*
- * cgroup socket hooks of clawker-egress: every outbound attempt made under the
- * attach cgroup (connect, sendmsg, recvmsg, socket creation) goes through
- * decide() -- the policy seam -- and becomes one `struct sock_event` in the
- * ring buffer.
+ * Decision points of clawker-egress: the cgroup sock_addr hooks (connect,
+ * sendmsg, recvmsg) and socket creation. Every decision goes through
+ * decide() -- the policy seam. A denied attempt is one record; an allowed
+ * one becomes a flow (flow.bpf.c records it when it ends).
  */
-#include <linux/bpf.h>
-#include <linux/in.h>
-#include <stdbool.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
-#include "egress.h"
-
-/* Not in the UAPI headers BPF programs can include. */
-#define AF_INET 2
-#define AF_INET6 10
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-
-/* sock_addr and sock programs: 1 lets the operation proceed, 0 is EPERM. */
-#define SK_PASS 1
-#define SK_REJECT 0
+#include "common.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, EGRESS_RINGBUF_DEFAULT_BYTES);
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DROP_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} egress_drops SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct egress_config);
-} egress_config SEC(".maps");
-
-/* Container cgroups in scope (SCOPE_ENROLLED); the value is unused. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EGRESS_MAX_SCOPED_CGROUPS);
-	__type(key, __u64);
-	__type(value, __u8);
-} scoped_cgroups SEC(".maps");
-
 /*
- * Is the current task in scope? Returns false for the daemon itself and, in
- * SCOPE_ENROLLED mode, for every task outside an enrolled cgroup. On success
- * *scope_id is the outermost enrolled ancestor (0 in SCOPE_ALL mode): a
- * container's own sub-cgroups are attributed to the container.
+ * Is the current task in scope? Never the daemon itself; in SCOPE_ENROLLED
+ * mode only tasks under an enrolled cgroup. *scope_id is the outermost
+ * enrolled ancestor (0 in SCOPE_ALL mode): a container's own sub-cgroups
+ * are attributed to the container.
  */
 static __always_inline bool in_scope(__u64 *scope_id)
 {
@@ -82,105 +40,134 @@ static __always_inline bool in_scope(__u64 *scope_id)
 	return false;
 }
 
+/* What a decision is about. */
+struct attempt {
+	__u8 family;
+	__u8 protocol;
+	__u16 sock_type;
+	__u16 dst_port;
+	__u8 dst_ip[EGRESS_ADDR_LEN];
+};
+
 /*
  * The policy seam: every decision point asks here. Today it always allows;
  * the policy issue fills it with per-container rules.
  */
-static __always_inline __u8 decide(const struct sock_event *ev)
+static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id)
 {
-	(void)ev;
+	(void)a;
+	(void)scope_id;
 	return VERDICT_ALLOW;
 }
 
-static __always_inline void count_drop(__u32 slot)
+/* One record for an attempt that will not become a flow. */
+static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
+					 const struct attempt *a, __u64 cookie, __u8 verdict)
 {
-	__u64 *n = bpf_map_lookup_elem(&egress_drops, &slot);
-
-	if (n)
-		*n += 1;
-}
-
-static __always_inline struct sock_event *reserve(enum egress_hook hook, __u64 scope_id)
-{
-	struct sock_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct sock_event *ev = reserve_event(sizeof(*ev), hook);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
-	if (!ev) {
-		count_drop(DROP_RINGBUF_FIRST + hook);
-		return NULL;
-	}
+	if (!ev)
+		return;
 	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->hdr.kind = EVENT_KIND_SOCK;
-	ev->hdr.size = sizeof(*ev);
-	ev->hdr.version = EGRESS_ABI_VERSION;
-	ev->hdr.hook = hook;
-	ev->hdr.ts_ns = bpf_ktime_get_boot_ns();
+	fill_header(&ev->hdr, EVENT_KIND_SOCK, sizeof(*ev), hook);
 	ev->cgroup_id = bpf_get_current_cgroup_id();
 	ev->scope_cgroup_id = scope_id;
+	ev->sock_cookie = cookie;
 	ev->pid = (__u32)pid_tgid;
 	ev->tgid = pid_tgid >> 32;
+	ev->family = a->family;
+	ev->sock_type = a->sock_type;
+	ev->protocol = a->protocol;
+	ev->dst_port = a->dst_port;
+	__builtin_memcpy(ev->dst_ip, a->dst_ip, sizeof(ev->dst_ip));
+	ev->verdict = verdict;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	return ev;
+	bpf_ringbuf_submit(ev, 0);
 }
 
-static __always_inline void copy_v4(__u8 *dst, __u32 addr_be)
+static __always_inline void set_owner(struct sock_owner *o, __u64 scope_id, __u8 verdict,
+				      __u32 flags)
 {
-	__builtin_memcpy(dst, &addr_be, 4);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	o->scope_cgroup_id = scope_id;
+	o->pid = (__u32)pid_tgid;
+	o->tgid = pid_tgid >> 32;
+	o->verdict = verdict;
+	o->flags |= flags;
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
-static __always_inline void copy_v6(__u8 *dst, const __u32 *addr_be)
+/* A TCP connect starts its flow here, where the caller is known. */
+static __always_inline void start_tcp_flow(struct bpf_sock_addr *ctx, const struct attempt *a,
+					   __u64 scope_id, __u8 verdict, __u64 cookie,
+					   enum egress_hook hook)
 {
-	__u32 w[4] = { addr_be[0], addr_be[1], addr_be[2], addr_be[3] };
+	struct flow_key key = {};
+	struct flow_value val = {};
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	long err;
 
-	__builtin_memcpy(dst, w, 16);
+	key.sock_cookie = cookie;
+	key.family = a->family;
+	key.protocol = a->protocol;
+	key.remote_port = a->dst_port;
+	__builtin_memcpy(key.remote_ip, a->dst_ip, sizeof(key.remote_ip));
+	val.start_ns = bpf_ktime_get_boot_ns();
+	val.last_seen_ns = val.start_ns;
+	val.cgroup_id = bpf_get_current_cgroup_id();
+	val.scope_cgroup_id = scope_id;
+	val.pid = (__u32)pid_tgid;
+	val.tgid = pid_tgid >> 32;
+	val.verdict = verdict;
+	bpf_get_current_comm(val.comm, sizeof(val.comm));
+	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST: connect() retried on the same socket */) {
+		/* Table full: count it, and keep the attempt visible. */
+		count_drop(DROP_FLOW_TABLE_FULL);
+		emit_attempt(hook, scope_id, a, cookie, verdict);
+	}
 }
 
-/*
- * Shared body of connect/sendmsg/recvmsg. `from_msg` selects the source
- * address given by the caller (sendmsg cmsg) over the socket's own binding.
- */
 static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_hook hook,
-					bool v6, bool may_deny)
+					bool v6, bool is_connect)
 {
 	struct bpf_sock *sk = ctx->sk;
-	struct sock_event *ev;
-	__u64 scope_id;
+	struct attempt a = {};
+	struct sock_owner *owner;
+	__u64 scope_id, cookie;
 	__u8 verdict;
 
-	if (!in_scope(&scope_id))
+	if (!sk || !in_scope(&scope_id))
 		return SK_PASS;
-	ev = reserve(hook, scope_id);
-	if (!ev)
-		return SK_PASS; /* loss is counted; never block on our own failure */
-
-	ev->family = v6 ? AF_INET6 : AF_INET;
-	ev->sock_type = ctx->type;
-	ev->protocol = ctx->protocol;
-	ev->dst_port = bpf_ntohs((__u16)ctx->user_port);
-	if (v6) {
-		__u32 d[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
-			       ctx->user_ip6[3] };
-		copy_v6(ev->dst_ip, d);
-	} else {
-		copy_v4(ev->dst_ip, ctx->user_ip4);
+	{
+		__u32 d6[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
+				ctx->user_ip6[3] };
+		set_addr(a.dst_ip, &a.family, v6 ? AF_INET6 : AF_INET, d6, ctx->user_ip4);
 	}
-	if (sk) {
-		ev->sock_cookie = bpf_get_socket_cookie(ctx);
-		ev->src_port = sk->src_port;
-		if (v6) {
-			__u32 s[4] = { sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2],
-				       sk->src_ip6[3] };
-			copy_v6(ev->src_ip, s);
-		} else {
-			copy_v4(ev->src_ip, sk->src_ip4);
-		}
-	}
+	a.protocol = ctx->protocol;
+	a.sock_type = ctx->type;
+	a.dst_port = bpf_ntohs((__u16)ctx->user_port);
+	cookie = bpf_get_socket_cookie(ctx);
 
-	verdict = decide(ev);
-	ev->verdict = verdict;
-	bpf_ringbuf_submit(ev, 0);
-	if (may_deny && verdict == VERDICT_DENY)
+	verdict = decide(&a, scope_id);
+	if (verdict == VERDICT_DENY) {
+		emit_attempt(hook, scope_id, &a, cookie, verdict);
 		return SK_REJECT;
+	}
+	owner = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (a.protocol == IPPROTO_TCP) {
+		if (!is_connect)
+			return SK_PASS;
+		if (owner)
+			set_owner(owner, scope_id, verdict, SOCK_F_TCP_PENDING);
+		start_tcp_flow(ctx, &a, scope_id, verdict, cookie, hook);
+	} else if (owner) {
+		/* Datagram flows start at their first packet (flow.bpf.c). */
+		set_owner(owner, scope_id, verdict, 0);
+	}
 	return SK_PASS;
 }
 
@@ -199,38 +186,44 @@ int egress_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/sendmsg4")
 int egress_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return on_sock_addr(ctx, HOOK_SENDMSG4, false, true);
+	return on_sock_addr(ctx, HOOK_SENDMSG4, false, false);
 }
 
 SEC("cgroup/sendmsg6")
 int egress_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return on_sock_addr(ctx, HOOK_SENDMSG6, true, true);
+	return on_sock_addr(ctx, HOOK_SENDMSG6, true, false);
 }
 
-/* recvmsg programs must return 1 (verifier): they observe, never deny. */
+/*
+ * recvmsg programs must return 1 (verifier). Received datagrams are counted
+ * per flow by the cgroup_skb ingress program; these stay attached as the
+ * hook the DNS answer path will use.
+ */
 SEC("cgroup/recvmsg4")
 int egress_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return on_sock_addr(ctx, HOOK_RECVMSG4, false, false);
+	return SK_PASS;
 }
 
 SEC("cgroup/recvmsg6")
 int egress_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	return on_sock_addr(ctx, HOOK_RECVMSG6, true, false);
+	return SK_PASS;
 }
 
 /*
- * Socket creation. TCP and UDP sockets are recorded when they connect or
- * send, so here only the sockets those hooks never see are recorded: raw,
- * ICMP "ping" and every non-TCP/UDP protocol (D9).
+ * Socket creation. TCP and UDP sockets are seen when they connect or send;
+ * here only the sockets those hooks never see are recorded: raw, packet,
+ * ICMP and every non-TCP/UDP protocol (D9). Their packets become flows in
+ * flow.bpf.c, owned by whoever created the socket.
  */
 SEC("cgroup/sock_create")
 int egress_sock_create(struct bpf_sock *sk)
 {
-	struct sock_event *ev;
-	__u64 scope_id;
+	struct attempt a = {};
+	struct sock_owner *owner;
+	__u64 scope_id, cookie;
 	__u8 verdict;
 
 	if ((sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP) ||
@@ -238,14 +231,16 @@ int egress_sock_create(struct bpf_sock *sk)
 		return SK_PASS;
 	if (!in_scope(&scope_id))
 		return SK_PASS;
-	ev = reserve(HOOK_SOCK_CREATE, scope_id);
-	if (!ev)
-		return SK_PASS;
-	ev->family = sk->family;
-	ev->sock_type = sk->type;
-	ev->protocol = sk->protocol;
-	verdict = decide(ev);
-	ev->verdict = verdict;
-	bpf_ringbuf_submit(ev, 0);
-	return verdict == VERDICT_DENY ? SK_REJECT : SK_PASS;
+	a.family = sk->family;
+	a.sock_type = sk->type;
+	a.protocol = sk->protocol;
+	cookie = bpf_get_socket_cookie(sk);
+	verdict = decide(&a, scope_id);
+	emit_attempt(HOOK_SOCK_CREATE, scope_id, &a, cookie, verdict);
+	if (verdict == VERDICT_DENY)
+		return SK_REJECT;
+	owner = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (owner)
+		set_owner(owner, scope_id, verdict, 0);
+	return SK_PASS;
 }

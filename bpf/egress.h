@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define EGRESS_ABI_VERSION 1
+#define EGRESS_ABI_VERSION 2
 
 #define EGRESS_COMM_LEN 16
 #define EGRESS_ADDR_LEN 16 /* IPv4 uses the first 4 bytes, network order */
@@ -33,9 +33,14 @@
 /* How many ancestor levels are checked for an enrolled container cgroup. */
 #define EGRESS_SCOPE_MAX_DEPTH 8
 
+/* Flow table capacity (concurrent flows across every container). */
+#define EGRESS_MAX_FLOWS 65536
+
 /* Record kinds. A kind number is never reused for another shape. */
 enum event_kind {
-	EVENT_KIND_SOCK = 1, /* one socket operation seen at a cgroup hook */
+	EVENT_KIND_SOCK = 1,         /* a denied attempt, or a raw/packet socket */
+	EVENT_KIND_FLOW_END = 2,     /* a TCP connection closed (sock_ops) */
+	EVENT_KIND_SOCK_RELEASE = 3, /* a socket whose flows user space ends */
 };
 
 /* The hook that produced a record; also the index of the drop counters. */
@@ -47,7 +52,11 @@ enum egress_hook {
 	HOOK_RECVMSG4 = 4,
 	HOOK_RECVMSG6 = 5,
 	HOOK_SOCK_CREATE = 6,
-	HOOK_MAX = 7,
+	HOOK_SOCK_OPS = 7,
+	HOOK_SKB_EGRESS = 8,
+	HOOK_SKB_INGRESS = 9,
+	HOOK_SOCK_RELEASE = 10,
+	HOOK_MAX = 11,
 };
 
 /* What the policy decided (D3). */
@@ -109,7 +118,100 @@ struct egress_config {
  */
 enum egress_drop {
 	DROP_RINGBUF_FIRST = 0,
-	DROP_MAX = HOOK_MAX,
+	/* a new flow found the flow table full: it is recorded as an attempt only */
+	DROP_FLOW_TABLE_FULL = HOOK_MAX,
+	DROP_MAX,
+};
+
+/* How a flow ended. */
+enum close_reason {
+	CLOSE_NONE = 0,
+	CLOSE_FIN = 1,          /* orderly TCP close */
+	CLOSE_RST = 2,          /* TCP reset, by either side */
+	CLOSE_TIMEOUT = 3,      /* TCP retransmission or keepalive timeout */
+	CLOSE_REFUSED = 4,      /* connect() answered with RST */
+	CLOSE_UNREACHABLE = 5,  /* connect() failed: no route, ICMP unreachable */
+	CLOSE_SOCKET = 6,       /* a datagram/raw socket was closed */
+	CLOSE_IDLE = 7,         /* no packet for the idle timeout */
+	CLOSE_DENIED = 8,       /* the policy denied it: nothing flowed */
+};
+
+/*
+ * One flow: one socket talking to one remote endpoint with one protocol.
+ * IPv4 (and v4-mapped IPv6) addresses use the first 4 bytes, family AF_INET.
+ */
+struct flow_key {
+	__u64 sock_cookie;
+	__u8 remote_ip[EGRESS_ADDR_LEN];
+	__u16 remote_port; /* host order; 0 for portless protocols */
+	__u8 family;
+	__u8 protocol;     /* IPPROTO_* */
+	__u32 _pad;
+};
+
+/* flow_value.flags */
+#define FLOW_F_SYN_SENT 0x1 /* sock_ops saw the SYN: it will end this flow */
+
+/* `flows` map value: identity at creation, counters kept up to date. */
+struct flow_value {
+	__u64 start_ns;     /* boot time */
+	__u64 last_seen_ns; /* last packet (TCP: refreshed at most once a second) */
+	__u64 cgroup_id;
+	__u64 scope_cgroup_id;
+	__u64 bytes_out;    /* payload bytes (TCP: unique bytes, no retransmits) */
+	__u64 bytes_in;
+	__u64 packets_out;  /* packets on the wire (TCP: segments) */
+	__u64 packets_in;
+	__u32 pid;
+	__u32 tgid;
+	__u8 local_ip[EGRESS_ADDR_LEN];
+	__u16 local_port;
+	__u8 verdict;
+	__u8 flags;
+	__u32 _pad;
+	char comm[EGRESS_COMM_LEN];
+};
+
+/* `flow_reported` map value: what user space already reported (interim). */
+struct flow_reported {
+	__u64 bytes_out;
+	__u64 bytes_in;
+	__u64 packets_out;
+	__u64 packets_in;
+	__u64 last_report_ns;
+};
+
+/* EVENT_KIND_FLOW_END: the final state of a TCP flow. */
+struct flow_end_event {
+	struct event_header hdr;
+	struct flow_key key;
+	struct flow_value value;
+	__u64 end_ns;
+	__s32 sk_err;       /* the socket error at close (errno), 0 if none */
+	__u8 close_reason;  /* enum close_reason */
+	__u8 _pad[3];
+};
+
+/* EVENT_KIND_SOCK_RELEASE: every flow of this socket has ended. */
+struct sock_release_event {
+	struct event_header hdr;
+	__u64 sock_cookie;
+};
+
+/* sock_owner.flags */
+#define SOCK_F_HAS_FLOWS 0x1   /* datagram/raw flows exist: report the release */
+#define SOCK_F_TCP_PENDING 0x2 /* connect() allowed, no SYN yet */
+
+/* Per-socket storage: who owns a socket in scope (set in process context). */
+struct sock_owner {
+	__u64 cgroup_id;
+	__u64 scope_cgroup_id;
+	__u32 pid;
+	__u32 tgid;
+	__u32 flags;
+	__u8 verdict;
+	__u8 _pad[3];
+	char comm[EGRESS_COMM_LEN];
 };
 
 #endif /* CLAWKER_EGRESS_H */

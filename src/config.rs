@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -47,6 +48,12 @@ pub struct Config {
     pub scope: Scope,
     /// tracing filter, e.g. "info" or "clawker_egress=debug".
     pub log_level: String,
+    /// A datagram/raw flow with no packet for this long has ended ("30s").
+    #[serde(with = "humantime_serde")]
+    pub flow_idle_timeout: Duration,
+    /// An open flow gets an interim `active` record this often ("5m").
+    #[serde(with = "humantime_serde")]
+    pub flow_active_interval: Duration,
 }
 
 impl Default for Config {
@@ -60,6 +67,8 @@ impl Default for Config {
             pin_root: PathBuf::from("/sys/fs/bpf/clawker-egress"),
             scope: Scope::Auto,
             log_level: "info".into(),
+            flow_idle_timeout: Duration::from_secs(30),
+            flow_active_interval: Duration::from_secs(300),
         }
     }
 }
@@ -81,6 +90,16 @@ pub struct Overrides {
     pub pin_root: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub flow_idle_timeout: Option<Duration>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub flow_active_interval: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +140,14 @@ impl Config {
             )));
         }
         Ok(self)
+    }
+
+    pub fn flow_options(&self) -> crate::flow::FlowOptions {
+        crate::flow::FlowOptions {
+            idle_timeout: self.flow_idle_timeout,
+            active_interval: self.flow_active_interval,
+            ..Default::default()
+        }
     }
 
     /// `Auto` resolved: everything under an explicit root, else containers.

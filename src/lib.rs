@@ -1,7 +1,7 @@
 //! clawker-egress: eBPF egress monitoring for AI agent containers.
 //!
 //! Data path, one direction: [`kernel`] (load/attach) -> [`capture`] (ring
-//! buffer drain, decode) -> [`pipeline`] ([`record`] + [`attribute`]) ->
+//! buffer drain, decode) -> [`flow`] (one record per flow) -> [`pipeline`] ([`record`] + [`attribute`]) ->
 //! [`export`] (sinks). [`metrics`] counts every stage; [`config`] and [`cli`]
 //! sit at the edge.
 
@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod export;
+pub mod flow;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;

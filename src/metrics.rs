@@ -28,6 +28,9 @@ pub enum DropReason {
     ParseFailure,
     /// A sink gave up on a record (queue full, rejected, retries exhausted).
     SinkFailure,
+    /// A new flow found the kernel flow table full: no byte counts for it
+    /// (a TCP connect is still recorded as an attempt).
+    FlowTableFull,
 }
 
 impl DropReason {
@@ -36,6 +39,7 @@ impl DropReason {
             DropReason::RingbufFull => "ringbuf_full",
             DropReason::ParseFailure => "parse_failure",
             DropReason::SinkFailure => "sink_failure",
+            DropReason::FlowTableFull => "flow_table_full",
         }
     }
 }
@@ -57,6 +61,11 @@ struct HookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     sink: &'static str,
 }
@@ -72,6 +81,8 @@ struct SinkCauseLabels {
 pub struct KernelReading {
     /// Failed ring buffer reservations per hook, indexed by `Hook::raw()`.
     pub ringbuf_drops: [u64; Hook::ALL.len()],
+    /// New flows the kernel could not track (table full).
+    pub flow_table_full: u64,
     pub ringbuf_used_bytes: u64,
     pub ringbuf_size_bytes: u64,
 }
@@ -81,13 +92,14 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     dropped: Family<ReasonLabels, Counter>,
     kernel_drops: Family<HookLabels, Counter>,
+    flows: Family<StateLabels, Counter>,
     exported: Family<SinkLabels, Counter>,
     sink_failures: Family<SinkCauseLabels, Counter>,
     unattributed: Counter,
     ringbuf_used: Gauge,
     ringbuf_size: Gauge,
     /// Kernel drop totals already folded into the counters.
-    kernel_seen: Mutex<[u64; Hook::ALL.len()]>,
+    kernel_seen: Mutex<KernelReading>,
 }
 
 impl Metrics {
@@ -97,12 +109,13 @@ impl Metrics {
             events: Family::default(),
             dropped: Family::default(),
             kernel_drops: Family::default(),
+            flows: Family::default(),
             exported: Family::default(),
             sink_failures: Family::default(),
             unattributed: Counter::default(),
             ringbuf_used: Gauge::default(),
             ringbuf_size: Gauge::default(),
-            kernel_seen: Mutex::new([0; Hook::ALL.len()]),
+            kernel_seen: Mutex::new(KernelReading::default()),
             registry: Registry::default(),
         };
         registry.register(
@@ -173,6 +186,10 @@ impl Metrics {
             .inc_by(n);
     }
 
+    pub fn flow(&self, state: &'static str) {
+        self.flows.get_or_create(&StateLabels { state }).inc();
+    }
+
     pub fn exported(&self, sink: &'static str, n: u64) {
         self.exported.get_or_create(&SinkLabels { sink }).inc_by(n);
     }
@@ -196,14 +213,19 @@ impl Metrics {
         };
         for hook in Hook::ALL {
             let i = hook.raw() as usize;
-            let delta = reading.ringbuf_drops[i].saturating_sub(seen[i]);
+            let delta = reading.ringbuf_drops[i].saturating_sub(seen.ringbuf_drops[i]);
             if delta > 0 {
-                seen[i] = reading.ringbuf_drops[i];
+                seen.ringbuf_drops[i] = reading.ringbuf_drops[i];
                 self.kernel_drops
                     .get_or_create(&HookLabels { hook: hook.name() })
                     .inc_by(delta);
                 self.dropped(DropReason::RingbufFull, delta);
             }
+        }
+        let delta = reading.flow_table_full.saturating_sub(seen.flow_table_full);
+        if delta > 0 {
+            seen.flow_table_full = reading.flow_table_full;
+            self.dropped(DropReason::FlowTableFull, delta);
         }
         self.ringbuf_used
             .set(i64::try_from(reading.ringbuf_used_bytes).unwrap_or(i64::MAX));

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::attribute::Attributor;
-use crate::capture::Event;
 use crate::export::Batch;
+use crate::flow::Observation;
 use crate::metrics::Metrics;
 use crate::record::Record;
 
@@ -33,7 +33,7 @@ impl Pipeline {
 
     /// Run until the capture stage closes its channel; dropping the sink
     /// senders then lets every sink flush and finish.
-    pub async fn run(mut self, mut events: mpsc::Receiver<Vec<Event>>) {
+    pub async fn run(mut self, mut events: mpsc::Receiver<Vec<Observation>>) {
         while let Some(batch) = events.recv().await {
             let records: Vec<Record> = batch.into_iter().map(|e| self.record_of(e)).collect();
             let batch = Arc::new(records);
@@ -45,15 +45,20 @@ impl Pipeline {
         }
     }
 
-    fn record_of(&mut self, event: Event) -> Record {
-        match event {
-            Event::Sock(ev) => {
+    fn record_of(&mut self, observation: Observation) -> Record {
+        let (mut record, cgroup_id, scope_cgroup_id) = match observation {
+            Observation::Attempt(ev) => {
                 self.metrics.event(ev.hook, ev.verdict);
-                let mut record = Record::from_sock(&ev);
-                self.attributor
-                    .attribute(&mut record, ev.cgroup_id, ev.scope_cgroup_id);
-                record
+                (Record::from_sock(&ev), ev.cgroup_id, ev.scope_cgroup_id)
             }
-        }
+            Observation::Flow(f) => (
+                Record::from_flow(&f),
+                f.flow.cgroup_id,
+                f.flow.scope_cgroup_id,
+            ),
+        };
+        self.attributor
+            .attribute(&mut record, cgroup_id, scope_cgroup_id);
+        record
     }
 }

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::capture::SockEvent;
+use crate::capture::{CloseReason, Counters, SockEvent, Verdict};
+use crate::flow::{community_id, FlowRecord, FlowState};
 
 /// Schema field names: OTLP log attribute keys and stdout JSON keys alike.
 /// No key may be both a leaf and the prefix of another (`a` beside `a.b`
@@ -36,6 +37,15 @@ pub mod key {
     pub const PROJECT: &str = "project";
     pub const EVENT: &str = "event";
     pub const EXIT_CODE: &str = "exit_code";
+    pub const BYTES_OUT: &str = "bytes_out";
+    pub const BYTES_IN: &str = "bytes_in";
+    pub const PACKETS_OUT: &str = "packets_out";
+    pub const PACKETS_IN: &str = "packets_in";
+    pub const DURATION_MS: &str = "duration_ms";
+    pub const FLOW_STATE: &str = "flow_state";
+    pub const CLOSE_REASON: &str = "close_reason";
+    pub const ERRNO: &str = "errno";
+    pub const COMMUNITY_ID: &str = "community_id";
 
     /// Every key, for the prefix-conflict check.
     pub const ALL: &[&str] = &[
@@ -140,12 +150,16 @@ impl Record {
         }
     }
 
-    /// One socket operation, as the egress stream records it.
+    /// An attempt that never became a flow: denied (one record, nothing
+    /// flowed, P18) or a raw/packet socket's creation.
     pub fn from_sock(ev: &SockEvent) -> Self {
         let mut r = Record::new(ev.time, Source::Egress);
         r.set(key::VERDICT, ev.verdict.name());
         r.set(key::HOOK, ev.hook.name());
-        r.set(key::L4_PROTO, l4_proto(ev));
+        r.set(
+            key::L4_PROTO,
+            l4_proto(ev.family, ev.sock_type, ev.protocol),
+        );
         // BPF alone cannot tell the application protocol (P17).
         r.set(key::L7_PROTO, "unknown");
         if let Some(v) = ip_version(ev.family) {
@@ -170,7 +184,71 @@ impl Record {
         r.set(key::CGROUP_ID, ev.cgroup_id);
         r.set(key::PID, ev.tgid);
         r.set(key::COMM, ev.comm.as_str());
+        if ev.verdict == Verdict::Denied {
+            r.set_counters(Counters::default());
+            r.set(key::DURATION_MS, 0u64);
+            r.set(key::FLOW_STATE, FlowState::Ended.name());
+            r.set(key::CLOSE_REASON, CloseReason::Denied.name());
+        }
         r
+    }
+
+    /// One flow: at its end, or an interim report of a long one.
+    pub fn from_flow(f: &FlowRecord) -> Self {
+        let flow = &f.flow;
+        let mut r = Record::new(f.time, Source::Egress);
+        r.set(key::VERDICT, flow.verdict.name());
+        let family = if flow.remote.0.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        r.set(
+            key::L4_PROTO,
+            l4_proto(family as u16, 0, u16::from(flow.protocol)),
+        );
+        r.set(key::L7_PROTO, "unknown");
+        r.set(
+            key::IP_VERSION,
+            if flow.remote.0.is_ipv4() { 4u32 } else { 6 },
+        );
+        if let Some((ip, port)) = flow.local {
+            r.set(key::SRC_IP, ip.to_string());
+            if port != 0 {
+                r.set(key::SRC_PORT, port);
+            }
+        }
+        r.set(key::DST_IP, flow.remote.0.to_string());
+        if flow.remote.1 != 0 {
+            r.set(key::DST_PORT, flow.remote.1);
+        }
+        r.set(key::DST_HOST, "");
+        r.set(key::CGROUP_ID, flow.cgroup_id);
+        r.set(key::PID, flow.tgid);
+        r.set(key::COMM, flow.comm.as_str());
+        r.set_counters(f.delta);
+        r.set(
+            key::DURATION_MS,
+            u64::try_from(f.duration.as_millis()).unwrap_or(u64::MAX),
+        );
+        r.set(key::FLOW_STATE, f.state.name());
+        if let Some(reason) = f.close_reason {
+            r.set(key::CLOSE_REASON, reason.name());
+        }
+        if f.errno != 0 {
+            r.set(key::ERRNO, i64::from(f.errno));
+        }
+        if let Some(id) = community_id(flow) {
+            r.set(key::COMMUNITY_ID, id);
+        }
+        r
+    }
+
+    fn set_counters(&mut self, c: Counters) {
+        self.set(key::BYTES_OUT, c.bytes_out);
+        self.set(key::BYTES_IN, c.bytes_in);
+        self.set(key::PACKETS_OUT, c.packets_out);
+        self.set(key::PACKETS_IN, c.packets_in);
     }
 
     /// Set a field, replacing an earlier value of the same key.
@@ -286,14 +364,14 @@ fn ip_version(family: u16) -> Option<u32> {
     }
 }
 
-/// tcp | udp | icmp | raw | other:<n>
-fn l4_proto(ev: &SockEvent) -> String {
-    let raw_socket =
-        i32::from(ev.sock_type) == libc::SOCK_RAW || i32::from(ev.family) == libc::AF_PACKET;
+/// tcp | udp | icmp | raw | other:<n>. A raw socket is `raw` (its packets'
+/// flows carry the protocol on the wire); `sock_type` 0 means "a flow".
+fn l4_proto(family: u16, sock_type: u16, protocol: u16) -> String {
+    let raw_socket = i32::from(sock_type) == libc::SOCK_RAW || i32::from(family) == libc::AF_PACKET;
     if raw_socket {
         return "raw".into();
     }
-    match i32::from(ev.protocol) {
+    match i32::from(protocol) {
         libc::IPPROTO_TCP => "tcp".into(),
         libc::IPPROTO_UDP => "udp".into(),
         libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "icmp".into(),
@@ -359,13 +437,15 @@ mod tests {
 
     #[test]
     fn l4_proto_names() {
-        let p = |t, p| l4_proto(&sock(Hook::SockCreate, libc::AF_INET, t, p));
+        let p = |t: i32, p: i32| l4_proto(libc::AF_INET as u16, t as u16, p as u16);
         assert_eq!(p(libc::SOCK_DGRAM, libc::IPPROTO_UDP), "udp");
         assert_eq!(p(libc::SOCK_RAW, libc::IPPROTO_ICMP), "raw");
         assert_eq!(p(libc::SOCK_DGRAM, libc::IPPROTO_ICMP), "icmp");
         assert_eq!(p(libc::SOCK_STREAM, 132), "other:132");
-        let packet = sock(Hook::SockCreate, libc::AF_PACKET, libc::SOCK_DGRAM, 0);
-        assert_eq!(l4_proto(&packet), "raw");
+        assert_eq!(
+            l4_proto(libc::AF_PACKET as u16, libc::SOCK_DGRAM as u16, 0),
+            "raw"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@ use serde_json::Value;
 use support::{by_pid, require_root, Daemon, DaemonOptions, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(10);
+/// cgroup programs attached per cgroup: 7 decision hooks + 4 flow hooks.
+const PROGRAMS: usize = 11;
 
 fn pid_of(output: &str) -> u32 {
     output
@@ -21,9 +23,15 @@ fn pid_of(output: &str) -> u32 {
         .expect("script prints its pid first")
 }
 
-fn one(recs: &[Value], hook: &str) -> Value {
-    let found: Vec<&Value> = recs.iter().filter(|r| r["hook"] == hook).collect();
-    assert_eq!(found.len(), 1, "exactly one {hook} record in {recs:#?}");
+/// The one record whose `field` equals `value`.
+fn one(recs: &[Value], field: &str, value: impl Into<Value>) -> Value {
+    let value = value.into();
+    let found: Vec<&Value> = recs.iter().filter(|r| r[field] == value).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one record with {field}={value} in {recs:#?}"
+    );
     found[0].clone()
 }
 
@@ -49,7 +57,7 @@ fn tcp_connects_v4_and_v6_are_recorded_exactly() {
     let recs = daemon.wait_for("two connects", WAIT, |r| by_pid(r, pid).len() >= 2);
     let mine = by_pid(&recs, pid);
 
-    let v4 = one(&mine, "connect4");
+    let v4 = one(&mine, "ip_version", 4);
     assert_eq!(v4["dst_ip"], "127.0.0.1");
     assert_eq!(v4["dst_port"], p4);
     assert_eq!(v4["ip_version"], 4);
@@ -62,11 +70,15 @@ fn tcp_connects_v4_and_v6_are_recorded_exactly() {
     assert_eq!(v4["cgroup_id"], cg.id());
     assert!(v4["@timestamp"].as_str().unwrap().ends_with('Z'));
 
-    let v6 = one(&mine, "connect6");
+    assert_eq!(v4["flow_state"], "ended");
+    assert_eq!(v4["src_ip"], "127.0.0.1");
+    assert!(v4["community_id"].as_str().unwrap().starts_with("1:"));
+
+    let v6 = one(&mine, "ip_version", 6);
     assert_eq!(v6["dst_ip"], "::1");
     assert_eq!(v6["dst_port"], p6);
-    assert_eq!(v6["ip_version"], 6);
     assert_eq!(v6["l4_proto"], "tcp");
+    assert_eq!(v6["flow_state"], "ended");
     let (status, _) = daemon.stop();
     assert!(status.success(), "SIGTERM exits 0: {status}");
 }
@@ -93,17 +105,22 @@ fn udp_connected_unconnected_and_ipv6_are_recorded() {
     let pid = pid_of(&out);
     let recs = daemon.wait_for("three udp records", WAIT, |r| by_pid(r, pid).len() >= 3);
     let mine = by_pid(&recs, pid);
-    let connected = one(&mine, "connect4");
-    assert_eq!(connected["l4_proto"], "udp");
-    assert_eq!(connected["dst_port"], p4);
-    let unconnected = one(&mine, "sendmsg4");
-    assert_eq!(unconnected["l4_proto"], "udp");
-    assert_eq!(unconnected["dst_ip"], "127.0.0.1");
-    assert_eq!(unconnected["dst_port"], p4);
-    let v6 = one(&mine, "sendmsg6");
+    // One flow per socket: the connected and the unconnected v4 sockets,
+    // and the v6 one; each ended when its socket closed.
+    let v4: Vec<&Value> = mine.iter().filter(|r| r["ip_version"] == 4).collect();
+    assert_eq!(v4.len(), 2, "{mine:#?}");
+    for r in v4 {
+        assert_eq!(r["l4_proto"], "udp");
+        assert_eq!(r["dst_ip"], "127.0.0.1");
+        assert_eq!(r["dst_port"], p4);
+        assert_eq!(r["bytes_out"], 1);
+        assert_eq!(r["packets_out"], 1);
+        assert_eq!(r["close_reason"], "socket_closed");
+    }
+    let v6 = one(&mine, "ip_version", 6);
     assert_eq!(v6["dst_ip"], "::1");
     assert_eq!(v6["dst_port"], p6);
-    assert_eq!(v6["ip_version"], 6);
+    assert_eq!(v6["bytes_out"], 1);
     assert_eq!(mine.len(), 3, "nothing else from this process: {mine:#?}");
 }
 
@@ -120,11 +137,20 @@ fn raw_sockets_are_recorded_at_creation() {
          r.sendto(b'\\x08\\x00\\xf7\\xff\\x00\\x00\\x00\\x00', ('127.0.0.1', 0))\n",
     );
     let pid = pid_of(&out);
-    let recs = daemon.wait_for("raw socket record", WAIT, |r| !by_pid(r, pid).is_empty());
-    let raw = one(&by_pid(&recs, pid), "sock_create");
+    let recs = daemon.wait_for("raw socket and its flow", WAIT, |r| {
+        by_pid(r, pid).len() >= 2
+    });
+    let mine = by_pid(&recs, pid);
+    let raw = one(&mine, "hook", "sock_create");
     assert_eq!(raw["l4_proto"], "raw");
     assert_eq!(raw["comm"], "python3");
     assert_eq!(raw["verdict"], "ALLOWED");
+    // What it sent is a flow too: an 8-byte ICMP echo.
+    let icmp = one(&mine, "l4_proto", "icmp");
+    assert_eq!(icmp["dst_ip"], "127.0.0.1");
+    assert_eq!(icmp["bytes_out"], 8);
+    assert_eq!(icmp["packets_out"], 1);
+    assert_eq!(icmp["close_reason"], "socket_closed");
 }
 
 #[test]
@@ -144,8 +170,11 @@ fn a_refused_connect_is_still_recorded() {
     let pid = pid_of(&out);
     assert_eq!(out.lines().nth(1), Some("111"), "ECONNREFUSED");
     let recs = daemon.wait_for("refused connect", WAIT, |r| !by_pid(r, pid).is_empty());
-    let rec = one(&by_pid(&recs, pid), "connect4");
-    assert_eq!(rec["dst_port"], port);
+    let rec = one(&by_pid(&recs, pid), "dst_port", port);
+    assert_eq!(rec["close_reason"], "refused");
+    assert_eq!(rec["errno"], 111);
+    assert_eq!(rec["bytes_out"], 0);
+    assert_eq!(rec["bytes_in"], 0);
 }
 
 #[test]
@@ -188,7 +217,7 @@ fn sub_cgroups_of_the_root_are_in_scope() {
     )));
     let recs = daemon.wait_for("child connect", WAIT, |r| !by_pid(r, pid).is_empty());
     assert_eq!(
-        one(&by_pid(&recs, pid), "connect4")["cgroup_id"],
+        one(&by_pid(&recs, pid), "dst_port", port)["cgroup_id"],
         child.id()
     );
     drop(daemon);
@@ -209,19 +238,17 @@ fn received_plus_kernel_drops_equals_attempts() {
             .arg("--ringbuf-bytes")
             .arg("4096"),
     );
-    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = sink.local_addr().unwrap().port();
+    // Raw socket creations: one ring record each, as fast as Python goes.
     let pid = pid_of(&cg.python(&format!(
         "import os, socket\nprint(os.getpid(), flush=True)\n\
-         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         for _ in range({ATTEMPTS}): u.sendto(b'x', ('127.0.0.1', {port}))\n"
+         for _ in range({ATTEMPTS}): socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()\n"
     )));
     let drops =
-        || daemon.metric("clawker_egress_kernel_ringbuf_drops_total{hook=\"sendmsg4\"}") as u64;
+        || daemon.metric("clawker_egress_kernel_ringbuf_drops_total{hook=\"sock_create\"}") as u64;
     let received = || {
         by_pid(&daemon.records(), pid)
             .iter()
-            .filter(|r| r["hook"] == "sendmsg4")
+            .filter(|r| r["hook"] == "sock_create")
             .count() as u64
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -252,7 +279,7 @@ fn attachments(cgroup: &TestCgroup) -> Vec<String> {
         .expect("bpftool (apt-get install bpftool)");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("egress_"))
+        .filter(|l| l.contains("egress_") || l.contains("flow_"))
         .map(str::to_owned)
         .collect()
 }
@@ -266,9 +293,13 @@ fn kill9_restart_reuses_pins_without_gap_or_double_attach() {
     let opts = DaemonOptions::for_cgroup(&cg);
     let pin_root = opts.pin_root.clone();
     let first = Daemon::start(opts);
-    assert_eq!(attachments(&cg).len(), 7, "one attachment per hook");
+    assert_eq!(attachments(&cg).len(), PROGRAMS, "one attachment per hook");
     first.kill9();
-    assert_eq!(attachments(&cg).len(), 7, "programs outlive the daemon");
+    assert_eq!(
+        attachments(&cg).len(),
+        PROGRAMS,
+        "programs outlive the daemon"
+    );
 
     // While no daemon runs, the kernel still records into the pinned ring.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -283,7 +314,7 @@ fn kill9_restart_reuses_pins_without_gap_or_double_attach() {
     let second = Daemon::start(opts);
     assert_eq!(
         attachments(&cg).len(),
-        7,
+        PROGRAMS,
         "restart must not double-attach: {:?}",
         attachments(&cg)
     );
@@ -299,7 +330,7 @@ fn kill9_restart_reuses_pins_without_gap_or_double_attach() {
     assert!(second
         .stderr_lines()
         .iter()
-        .any(|l| l.contains("links_reused=7")));
+        .any(|l| l.contains(&format!("links_reused={PROGRAMS}"))));
 }
 
 #[test]
@@ -314,7 +345,7 @@ fn detach_removes_programs_and_pins() {
     assert!(status.success());
     assert_eq!(
         attachments(&cg).len(),
-        7,
+        PROGRAMS,
         "SIGTERM leaves enforcement attached"
     );
     let out = Command::new(support::bin())
@@ -329,7 +360,7 @@ fn detach_removes_programs_and_pins() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("detached 7"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("detached {PROGRAMS}")));
     assert!(attachments(&cg).is_empty(), "{:?}", attachments(&cg));
     let _ = std::fs::remove_dir_all(&pin_root);
 }

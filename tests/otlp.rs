@@ -171,7 +171,10 @@ fn records_arrive_as_otlp_log_records_and_the_daemon_never_records_itself() {
     let a = &lr.attributes;
     assert_eq!(s(a, "clawker.source"), "egress");
     assert_eq!(s(a, "verdict"), "ALLOWED");
-    assert_eq!(s(a, "hook"), "connect4");
+    assert_eq!(s(a, "flow_state"), "ended");
+    assert_eq!(s(a, "close_reason"), "fin");
+    assert_eq!(i(a, "bytes_out"), 0);
+    assert!(s(a, "community_id").starts_with("1:"));
     assert_eq!(s(a, "l4_proto"), "tcp");
     assert_eq!(s(a, "l7_proto"), "unknown");
     assert_eq!(i(a, "ip_version"), 4);

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use super::clock::BootClock;
-use super::event::{Event, Hook, SockEvent, Verdict};
+use super::event::{CloseReason, Counters, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict};
 use crate::kernel::abi;
 
 const AF_INET: u16 = libc::AF_INET as u16;
@@ -32,6 +32,10 @@ pub enum DecodeError {
     Hook(u8),
     #[error("unknown verdict {0}")]
     Verdict(u8),
+    #[error("unknown close reason {0}")]
+    CloseReason(u8),
+    #[error("flow key of unknown address family {0}")]
+    Family(u8),
 }
 
 /// Read a `T` from the start of `bytes`; the caller has checked the length.
@@ -55,6 +59,17 @@ pub fn decode(bytes: &[u8], clock: BootClock) -> Result<Event, DecodeError> {
         abi::event_kind::EVENT_KIND_SOCK => {
             check_size::<abi::sock_event>(&header, bytes)?;
             decode_sock(read(bytes), clock).map(Event::Sock)
+        }
+        abi::event_kind::EVENT_KIND_FLOW_END => {
+            check_size::<abi::flow_end_event>(&header, bytes)?;
+            decode_flow_end(read(bytes)).map(Event::FlowEnd)
+        }
+        abi::event_kind::EVENT_KIND_SOCK_RELEASE => {
+            check_size::<abi::sock_release_event>(&header, bytes)?;
+            let raw: abi::sock_release_event = read(bytes);
+            Ok(Event::SockRelease {
+                sock_cookie: raw.sock_cookie,
+            })
         }
         _ => Err(DecodeError::Kind(header.kind)),
     }
@@ -101,6 +116,52 @@ fn decode_sock(raw: abi::sock_event, clock: BootClock) -> Result<SockEvent, Deco
         dst,
         verdict,
         comm: comm(&raw.comm),
+    })
+}
+
+fn decode_flow_end(raw: abi::flow_end_event) -> Result<FlowEnd, DecodeError> {
+    let reason = CloseReason::from_raw(u32::from(raw.close_reason))
+        .ok_or(DecodeError::CloseReason(raw.close_reason))?;
+    Ok(FlowEnd {
+        flow: decode_flow(&raw.key, &raw.value)?,
+        end_ns: raw.end_ns,
+        reason,
+        sk_err: raw.sk_err,
+    })
+}
+
+/// A flow table entry (from a FLOW_END record or read from the map).
+pub fn decode_flow(
+    key: &abi::flow_key,
+    value: &abi::flow_value,
+) -> Result<FlowSnapshot, DecodeError> {
+    let remote =
+        ip(u16::from(key.family), &key.remote_ip).ok_or(DecodeError::Family(key.family))?;
+    let verdict =
+        Verdict::from_raw(u32::from(value.verdict)).ok_or(DecodeError::Verdict(value.verdict))?;
+    let local = ip(u16::from(key.family), &value.local_ip)
+        .filter(|a| !a.is_unspecified() || value.local_port != 0)
+        .map(|a| (a, value.local_port));
+    Ok(FlowSnapshot {
+        sock_cookie: key.sock_cookie,
+        remote: (remote, key.remote_port),
+        local,
+        protocol: key.protocol,
+        start_ns: value.start_ns,
+        last_seen_ns: value.last_seen_ns,
+        cgroup_id: value.cgroup_id,
+        scope_cgroup_id: value.scope_cgroup_id,
+        pid: value.pid,
+        tgid: value.tgid,
+        comm: comm(&value.comm),
+        verdict,
+        syn_sent: u32::from(value.flags) & abi::FLOW_F_SYN_SENT != 0,
+        counters: Counters {
+            bytes_out: value.bytes_out,
+            bytes_in: value.bytes_in,
+            packets_out: value.packets_out,
+            packets_in: value.packets_in,
+        },
     })
 }
 
@@ -155,7 +216,9 @@ mod tests {
 
     #[test]
     fn decodes_a_connect4_record() {
-        let Event::Sock(ev) = decode(&as_bytes(&sample()), BootClock::calibrate()).unwrap();
+        let Ok(Event::Sock(ev)) = decode(&as_bytes(&sample()), BootClock::calibrate()) else {
+            panic!("a sock event");
+        };
         assert_eq!(ev.hook, Hook::Connect4);
         assert_eq!(ev.dst, Some(("127.0.0.1".parse().unwrap(), 8080)));
         assert_eq!(ev.src, None);
@@ -203,13 +266,44 @@ mod tests {
     }
 
     #[test]
+    fn decodes_a_flow_end_record() {
+        let mut ev = abi::flow_end_event::default();
+        ev.hdr.kind = abi::event_kind::EVENT_KIND_FLOW_END as u16;
+        ev.hdr.size = std::mem::size_of::<abi::flow_end_event>() as u16;
+        ev.hdr.version = abi::EGRESS_ABI_VERSION as u8;
+        ev.hdr.hook = abi::egress_hook::HOOK_SOCK_OPS as u8;
+        ev.key.family = AF_INET as u8;
+        ev.key.protocol = libc::IPPROTO_TCP as u8;
+        ev.key.remote_ip[..4].copy_from_slice(&[10, 0, 0, 1]);
+        ev.key.remote_port = 443;
+        ev.value.bytes_out = 3 << 20;
+        ev.value.flags = abi::FLOW_F_SYN_SENT as u8;
+        ev.close_reason = abi::close_reason::CLOSE_REFUSED as u8;
+        let Ok(Event::FlowEnd(end)) = decode(&as_bytes(&ev), BootClock::calibrate()) else {
+            panic!("a flow end");
+        };
+        assert_eq!(end.reason, CloseReason::Refused);
+        assert_eq!(end.flow.remote, ("10.0.0.1".parse().unwrap(), 443));
+        assert_eq!(end.flow.counters.bytes_out, 3 << 20);
+        assert!(end.flow.syn_sent);
+        assert_eq!(end.flow.local, None);
+        ev.close_reason = 99;
+        assert_eq!(
+            decode(&as_bytes(&ev), BootClock::calibrate()),
+            Err(DecodeError::CloseReason(99))
+        );
+    }
+
+    #[test]
     fn decodes_ipv6_and_non_utf8_comm() {
         let mut ev = sample();
         ev.hdr.hook = abi::egress_hook::HOOK_CONNECT6 as u8;
         ev.family = AF_INET6;
         ev.dst_ip = Ipv6Addr::LOCALHOST.octets();
         ev.comm[0] = 0xffu8 as libc::c_char;
-        let Event::Sock(d) = decode(&as_bytes(&ev), BootClock::calibrate()).unwrap();
+        let Ok(Event::Sock(d)) = decode(&as_bytes(&ev), BootClock::calibrate()) else {
+            panic!("a sock event");
+        };
         assert_eq!(d.dst, Some((IpAddr::V6(Ipv6Addr::LOCALHOST), 8080)));
         assert!(d.comm.starts_with('\u{fffd}'));
     }

@@ -15,10 +15,14 @@ pub enum Hook {
     Recvmsg4,
     Recvmsg6,
     SockCreate,
+    SockOps,
+    SkbEgress,
+    SkbIngress,
+    SockRelease,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 11] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
@@ -26,6 +30,10 @@ impl Hook {
         Hook::Recvmsg4,
         Hook::Recvmsg6,
         Hook::SockCreate,
+        Hook::SockOps,
+        Hook::SkbEgress,
+        Hook::SkbIngress,
+        Hook::SockRelease,
     ];
 
     pub fn from_raw(raw: u32) -> Option<Hook> {
@@ -37,6 +45,10 @@ impl Hook {
             h::HOOK_RECVMSG4 => Hook::Recvmsg4,
             h::HOOK_RECVMSG6 => Hook::Recvmsg6,
             h::HOOK_SOCK_CREATE => Hook::SockCreate,
+            h::HOOK_SOCK_OPS => Hook::SockOps,
+            h::HOOK_SKB_EGRESS => Hook::SkbEgress,
+            h::HOOK_SKB_INGRESS => Hook::SkbIngress,
+            h::HOOK_SOCK_RELEASE => Hook::SockRelease,
             _ => return None,
         })
     }
@@ -51,6 +63,10 @@ impl Hook {
             Hook::Recvmsg4 => h::HOOK_RECVMSG4,
             Hook::Recvmsg6 => h::HOOK_RECVMSG6,
             Hook::SockCreate => h::HOOK_SOCK_CREATE,
+            Hook::SockOps => h::HOOK_SOCK_OPS,
+            Hook::SkbEgress => h::HOOK_SKB_EGRESS,
+            Hook::SkbIngress => h::HOOK_SKB_INGRESS,
+            Hook::SockRelease => h::HOOK_SOCK_RELEASE,
         }
     }
 
@@ -63,6 +79,10 @@ impl Hook {
             Hook::Recvmsg4 => "recvmsg4",
             Hook::Recvmsg6 => "recvmsg6",
             Hook::SockCreate => "sock_create",
+            Hook::SockOps => "sock_ops",
+            Hook::SkbEgress => "skb_egress",
+            Hook::SkbIngress => "skb_ingress",
+            Hook::SockRelease => "sock_release",
         }
     }
 }
@@ -114,8 +134,112 @@ pub struct SockEvent {
     pub comm: String,
 }
 
+/// How a flow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Fin,
+    Rst,
+    Timeout,
+    Refused,
+    Unreachable,
+    /// A datagram or raw socket was closed.
+    SocketClosed,
+    /// No packet for the idle timeout.
+    Idle,
+    Denied,
+}
+
+impl CloseReason {
+    pub fn from_raw(raw: u32) -> Option<CloseReason> {
+        use crate::kernel::abi::close_reason as c;
+        Some(match raw {
+            c::CLOSE_FIN => CloseReason::Fin,
+            c::CLOSE_RST => CloseReason::Rst,
+            c::CLOSE_TIMEOUT => CloseReason::Timeout,
+            c::CLOSE_REFUSED => CloseReason::Refused,
+            c::CLOSE_UNREACHABLE => CloseReason::Unreachable,
+            c::CLOSE_SOCKET => CloseReason::SocketClosed,
+            c::CLOSE_IDLE => CloseReason::Idle,
+            c::CLOSE_DENIED => CloseReason::Denied,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Fin => "fin",
+            CloseReason::Rst => "rst",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Refused => "refused",
+            CloseReason::Unreachable => "unreachable",
+            CloseReason::SocketClosed => "socket_closed",
+            CloseReason::Idle => "idle",
+            CloseReason::Denied => "denied",
+        }
+    }
+}
+
+/// Byte and packet counts of a flow (totals or deltas).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+}
+
+impl Counters {
+    /// `self - earlier`, never below zero.
+    pub fn since(self, earlier: Counters) -> Counters {
+        Counters {
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            packets_out: self.packets_out.saturating_sub(earlier.packets_out),
+            packets_in: self.packets_in.saturating_sub(earlier.packets_in),
+        }
+    }
+}
+
+/// One flow as the kernel's flow table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowSnapshot {
+    pub sock_cookie: u64,
+    pub remote: (IpAddr, u16),
+    pub local: Option<(IpAddr, u16)>,
+    /// IPPROTO_* of the flow's packets.
+    pub protocol: u8,
+    /// Boot-time nanoseconds, as the kernel stamped them.
+    pub start_ns: u64,
+    pub last_seen_ns: u64,
+    pub cgroup_id: u64,
+    pub scope_cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub verdict: Verdict,
+    /// TCP: the SYN went out, so sock_ops will end this flow.
+    pub syn_sent: bool,
+    pub counters: Counters,
+}
+
+/// A TCP flow the kernel saw close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowEnd {
+    pub flow: FlowSnapshot,
+    pub end_ns: u64,
+    pub reason: CloseReason,
+    /// errno of the socket at close, 0 if none.
+    pub sk_err: i32,
+}
+
 /// Everything the capture stage hands downstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// A denied attempt, or a raw/packet socket's creation.
     Sock(SockEvent),
+    FlowEnd(FlowEnd),
+    /// A socket whose datagram flows are now over.
+    SockRelease {
+        sock_cookie: u64,
+    },
 }

@@ -8,6 +8,6 @@ mod drain;
 mod event;
 
 pub use clock::BootClock;
-pub use decode::{decode, DecodeError};
+pub use decode::{decode, decode_flow, DecodeError};
 pub use drain::{spawn_drain, DrainHandle};
-pub use event::{Event, Hook, SockEvent, Verdict};
+pub use event::{CloseReason, Counters, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict};

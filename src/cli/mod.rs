@@ -67,6 +67,12 @@ pub struct RunArgs {
     pub ringbuf_bytes: Option<u32>,
     #[arg(long, value_enum)]
     pub scope: Option<Scope>,
+    /// End a datagram/raw flow after this long without a packet (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub flow_idle_timeout: Option<std::time::Duration>,
+    /// Interim `active` record interval for open flows (e.g. 5m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub flow_active_interval: Option<std::time::Duration>,
 }
 
 impl CommonArgs {
@@ -87,6 +93,8 @@ impl RunArgs {
             metrics_listen: self.metrics_listen,
             ringbuf_bytes: self.ringbuf_bytes,
             scope: self.scope,
+            flow_idle_timeout: self.flow_idle_timeout,
+            flow_active_interval: self.flow_active_interval,
             ..self.common.overrides()
         }
     }

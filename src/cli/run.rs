@@ -19,7 +19,8 @@ use crate::attribute::{Attributor, CgroupIndex};
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
 use crate::export::{run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
-use crate::kernel::{self, abi, AttachOptions, Attached, RingbufFill};
+use crate::flow::FlowStage;
+use crate::kernel::{self, abi, AttachOptions, Attached, FlowMaps, RingbufFill};
 use crate::metrics::{self, KernelReading, Metrics};
 use crate::pipeline::Pipeline;
 
@@ -68,14 +69,23 @@ pub async fn run(args: &RunArgs) -> Result<()> {
 
     let (sink_tx, sinks) = start_sinks(&config, metrics.clone())?;
     let (event_tx, event_rx) = mpsc::channel(STAGE_QUEUE);
+    let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
+    let clock = BootClock::calibrate();
+    let flows = FlowStage::new(
+        FlowMaps::new(&attached.flows, &attached.flow_reported)?,
+        clock,
+        config.flow_options(),
+        metrics.clone(),
+    );
+    let flow_stage = tokio::spawn(flows.run(event_rx, flow_tx));
     let drain = spawn_drain(
         kernel::MapHandle::try_from(&attached.events).context("ring buffer handle")?,
-        BootClock::calibrate(),
+        clock,
         event_tx,
         metrics.clone(),
     )?;
     let attributor = Attributor::new(CgroupIndex::new(cgroup2_root));
-    let pipeline = tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(event_rx));
+    let pipeline = tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx));
 
     wait_for_shutdown().await?;
     tracing::info!(
@@ -83,6 +93,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         "draining the ring buffer and flushing sinks; programs stay attached"
     );
     tokio::task::spawn_blocking(move || drain.stop_and_join()).await?;
+    flow_stage.await?;
     pipeline.await?;
     for sink in sinks {
         sink.await?;
@@ -124,6 +135,8 @@ fn kernel_refresher(attached: &Attached, metrics: Arc<Metrics>) -> Result<metric
             let i = hook.raw() as usize;
             reading.ringbuf_drops[i] = totals.get(i).copied().unwrap_or(0);
         }
+        let full = abi::egress_drop::DROP_FLOW_TABLE_FULL as usize;
+        reading.flow_table_full = totals.get(full).copied().unwrap_or(0);
         metrics.observe_kernel(&reading);
     }))
 }

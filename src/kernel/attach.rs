@@ -22,11 +22,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenObject};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, Object, OpenObject};
 use thiserror::Error;
 
 use super::abi;
-use super::skel::{EgressSkel, EgressSkelBuilder, OpenEgressSkel};
+use super::flow_skel::FlowSkelBuilder;
+use super::skel::EgressSkelBuilder;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -89,6 +90,8 @@ pub struct Attached {
     pub drops: MapHandle,
     pub config: MapHandle,
     pub scoped_cgroups: MapHandle,
+    pub flows: MapHandle,
+    pub flow_reported: MapHandle,
     pub ringbuf_bytes: u32,
     /// Links that already existed and were updated in place (a restart).
     pub links_reused: usize,
@@ -96,7 +99,9 @@ pub struct Attached {
 }
 
 /// Load the programs and attach them to `opts.cgroup`, reusing whatever a
-/// previous daemon left pinned.
+/// previous daemon left pinned. Two BPF objects (decisions, flow
+/// accounting) share their maps through the pins: the first creates them,
+/// the second reuses them.
 pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     validate_ringbuf_size(opts.ringbuf_bytes)?;
     let cgroup = File::open(&opts.cgroup).map_err(|source| KernelError::Cgroup {
@@ -115,29 +120,48 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         fs::create_dir_all(&dir).map_err(|source| KernelError::PinDir { path: dir, source })?;
     }
 
-    let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, opts, &pins)?;
+    let mut egress_storage = MaybeUninit::uninit();
+    let mut open = EgressSkelBuilder::default()
+        .open(&mut egress_storage)
+        .map_err(bpf_err("open egress BPF object"))?;
+    prepare(open.open_object_mut(), opts, &pins)?;
+    let egress = open
+        .load()
+        .map_err(bpf_err("load egress programs (see `clawker-egress check`)"))?;
 
-    let (links_reused, links_created) = attach_all(&skel, cgroup.as_raw_fd(), &pins)?;
+    let mut flow_storage = MaybeUninit::uninit();
+    let mut open = FlowSkelBuilder::default()
+        .open(&mut flow_storage)
+        .map_err(bpf_err("open flow BPF object"))?;
+    prepare(open.open_object_mut(), opts, &pins)?;
+    let flow = open
+        .load()
+        .map_err(bpf_err("load flow programs (see `clawker-egress check`)"))?;
+
+    // Decisions first: flow accounting only follows sockets they admitted.
+    let (r1, c1) = attach_all(egress.object(), cgroup.as_raw_fd(), &pins)?;
+    let (r2, c2) = attach_all(flow.object(), cgroup.as_raw_fd(), &pins)?;
     let config = abi::egress_config {
         self_tgid: std::process::id(),
         scope_mode: opts.scope_mode,
     };
-    write_config(&skel, &config)?;
+    write_config(&egress.maps.egress_config, &config)?;
 
     let handle = |m: &libbpf_rs::MapMut, name: &str| {
         MapHandle::try_from(m).map_err(bpf_err(format!("map handle for {name}")))
     };
     Ok(Attached {
         cgroup_id,
-        events: handle(&skel.maps.events, "events")?,
-        drops: handle(&skel.maps.egress_drops, "egress_drops")?,
-        config: handle(&skel.maps.egress_config, "egress_config")?,
-        scoped_cgroups: handle(&skel.maps.scoped_cgroups, "scoped_cgroups")?,
+        events: handle(&egress.maps.events, "events")?,
+        drops: handle(&egress.maps.egress_drops, "egress_drops")?,
+        config: handle(&egress.maps.egress_config, "egress_config")?,
+        scoped_cgroups: handle(&egress.maps.scoped_cgroups, "scoped_cgroups")?,
+        flows: handle(&egress.maps.flows, "flows")?,
+        flow_reported: handle(&egress.maps.flow_reported, "flow_reported")?,
         ringbuf_bytes: opts.ringbuf_bytes,
         pins,
-        links_reused,
-        links_created,
+        links_reused: r1 + r2,
+        links_created: c1 + c2,
     })
 }
 
@@ -148,27 +172,25 @@ fn validate_ringbuf_size(bytes: u32) -> Result<(), KernelError> {
     Ok(())
 }
 
-fn load<'obj>(
-    storage: &'obj mut MaybeUninit<OpenObject>,
+/// Size the ring buffer and point every map at its pin: an existing
+/// compatible pin is reused, a missing one is created and pinned on load.
+fn prepare(
+    open: &mut OpenObject,
     opts: &AttachOptions,
     pins: &PinLayout,
-) -> Result<EgressSkel<'obj>, KernelError> {
-    let mut open: OpenEgressSkel = EgressSkelBuilder::default()
-        .open(storage)
-        .map_err(bpf_err("open BPF object"))?;
-    open.maps
-        .events
-        .set_max_entries(opts.ringbuf_bytes)
-        .map_err(bpf_err("size ring buffer"))?;
-    for mut map in open.open_object_mut().maps_mut() {
+) -> Result<(), KernelError> {
+    for mut map in open.maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
+        if name == "events" {
+            map.set_max_entries(opts.ringbuf_bytes)
+                .map_err(bpf_err("size ring buffer"))?;
+        }
         let path = pins.maps().join(&name);
         unpin_if_incompatible(&path, &map)?;
         map.set_pin_path(&path)
             .map_err(bpf_err(format!("pin path for map {name}")))?;
     }
-    open.load()
-        .map_err(bpf_err("load BPF programs (see `clawker-egress check`)"))
+    Ok(())
 }
 
 /// A pinned map whose definition differs from ours (another ring buffer size,
@@ -197,12 +219,12 @@ fn unpin_if_incompatible(path: &Path, ours: &libbpf_rs::OpenMapMut) -> Result<()
 
 /// Attach every program, or update its pinned link in place.
 fn attach_all(
-    skel: &EgressSkel,
+    object: &Object,
     cgroup_fd: i32,
     pins: &PinLayout,
 ) -> Result<(usize, usize), KernelError> {
     let (mut reused, mut created) = (0, 0);
-    for prog in skel.object().progs_mut() {
+    for prog in object.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
         let path = pins.links().join(&name);
         if path.exists() {
@@ -223,7 +245,7 @@ fn attach_all(
     Ok((reused, created))
 }
 
-fn write_config(skel: &EgressSkel, config: &abi::egress_config) -> Result<(), KernelError> {
+fn write_config(map: &libbpf_rs::MapMut, config: &abi::egress_config) -> Result<(), KernelError> {
     let key = 0u32.to_ne_bytes();
     // SAFETY: egress_config is a plain repr(C) struct generated by bindgen.
     let value = unsafe {
@@ -232,9 +254,7 @@ fn write_config(skel: &EgressSkel, config: &abi::egress_config) -> Result<(), Ke
             std::mem::size_of::<abi::egress_config>(),
         )
     };
-    skel.maps
-        .egress_config
-        .update(&key, value, MapFlags::ANY)
+    map.update(&key, value, MapFlags::ANY)
         .map_err(bpf_err("write egress_config"))
 }
 

@@ -4,12 +4,14 @@
 
 mod attach;
 mod fill;
+mod flows;
 mod mounts;
 mod ring;
 mod scope;
 
 pub use attach::{detach, load_and_attach, AttachOptions, Attached, KernelError, PinLayout};
 pub use fill::RingbufFill;
+pub use flows::FlowMaps;
 pub use libbpf_rs::MapHandle;
 pub use mounts::{bpffs_root, cgroup2_root, ensure_bpffs, MountError};
 pub use ring::{read_drops, EventRing};
@@ -24,6 +26,11 @@ pub mod abi {
 #[allow(clippy::all, clippy::pedantic, dead_code)]
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/egress.skel.rs"));
+}
+
+#[allow(clippy::all, clippy::pedantic, dead_code)]
+mod flow_skel {
+    include!(concat!(env!("OUT_DIR"), "/flow.skel.rs"));
 }
 
 /// Does this kernel have BPF_MAP_TYPE_RINGBUF (>= 5.8)?

@@ -1,0 +1,373 @@
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+/*
+ * Per-flow accounting of clawker-egress (D7, D29, P10):
+ *  - sock_ops follows every tracked TCP connection and, when it reaches
+ *    TCP_CLOSE, emits one flow_end_event with exact payload byte counts
+ *    read from the kernel's own tcp_sock counters;
+ *  - cgroup_skb egress/ingress count datagram/raw packets per (socket,
+ *    remote endpoint) flow, and refresh TCP counters for interim reports;
+ *  - sock_release tells user space when a datagram socket's flows end.
+ * Only sockets that egress.bpf.c marked as owned (in scope) are touched.
+ */
+#include "common.bpf.h"
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define RCV_SHUTDOWN 1
+#define NSEC_PER_SEC 1000000000ULL
+#define E2BIG 7
+
+/* Kernel types read with CO-RE (the suffix is dropped when matching). */
+struct sock___ce {
+	int sk_err;
+	__u8 sk_shutdown;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock___ce {
+	__u64 bytes_sent;
+	__u64 bytes_retrans;
+	__u64 bytes_received;
+	__u32 segs_in;
+	__u32 segs_out;
+} __attribute__((preserve_access_index));
+
+struct tcp_counters {
+	__u64 bytes_out, bytes_in, packets_out, packets_in;
+	int sk_err;
+};
+
+/*
+ * Payload bytes: sent minus retransmitted (each byte once), received minus
+ * the peer's FIN (which advances the sequence space by one).
+ */
+static __always_inline bool read_tcp(void *sk, struct tcp_counters *c)
+{
+	struct tcp_sock___ce *tp = (void *)bpf_skc_to_tcp_sock(sk);
+	struct sock___ce *s = (void *)tp;
+	__u64 received;
+	__u8 shutdown;
+
+	if (!tp)
+		return false;
+	c->bytes_out = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
+	received = BPF_CORE_READ(tp, bytes_received);
+	shutdown = BPF_CORE_READ(s, sk_shutdown);
+	if ((shutdown & RCV_SHUTDOWN) && received > 0)
+		received -= 1;
+	c->bytes_in = received;
+	c->packets_out = BPF_CORE_READ(tp, segs_out);
+	c->packets_in = BPF_CORE_READ(tp, segs_in);
+	c->sk_err = BPF_CORE_READ(s, sk_err);
+	return true;
+}
+
+static __always_inline __u8 close_reason(__u32 old_state, int err)
+{
+	switch (err) {
+	case 111: /* ECONNREFUSED */
+		return CLOSE_REFUSED;
+	case 104: /* ECONNRESET */
+	case 32:  /* EPIPE */
+		return CLOSE_RST;
+	case 110: /* ETIMEDOUT */
+		return CLOSE_TIMEOUT;
+	case 100: /* ENETDOWN */
+	case 101: /* ENETUNREACH */
+	case 112: /* EHOSTDOWN */
+	case 113: /* EHOSTUNREACH */
+		return CLOSE_UNREACHABLE;
+	}
+	if (err)
+		return CLOSE_RST;
+	/* Closed with unread data or SO_LINGER 0: we sent the RST. */
+	if (old_state == BPF_TCP_ESTABLISHED || old_state == BPF_TCP_CLOSE_WAIT ||
+	    old_state == BPF_TCP_SYN_SENT)
+		return CLOSE_RST;
+	return CLOSE_FIN;
+}
+
+static __always_inline void ops_key(struct bpf_sock_ops *ctx, struct flow_key *key)
+{
+	__u32 r6[4] = { ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2],
+			ctx->remote_ip6[3] };
+
+	key->sock_cookie = bpf_get_socket_cookie(ctx);
+	set_addr(key->remote_ip, &key->family, ctx->family, r6, ctx->remote_ip4);
+	key->remote_port = bpf_ntohl(ctx->remote_port);
+	key->protocol = IPPROTO_TCP;
+}
+
+static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct sock_owner *owner;
+	struct flow_value *v;
+	struct flow_key key = {};
+
+	if (!sk)
+		return;
+	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+	if (!owner)
+		return; /* not in scope */
+	owner->flags &= ~SOCK_F_TCP_PENDING;
+	ops_key(ctx, &key);
+	v = bpf_map_lookup_elem(&flows, &key);
+	if (v)
+		v->flags |= FLOW_F_SYN_SENT;
+	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_state)
+{
+	struct flow_end_event *ev;
+	struct tcp_counters c = {};
+	struct flow_key key = {};
+	struct flow_value *v;
+
+	ops_key(ctx, &key);
+	v = bpf_map_lookup_elem(&flows, &key);
+	if (!v)
+		return;
+	ev = reserve_event(sizeof(*ev), HOOK_SOCK_OPS);
+	if (ev) {
+		__builtin_memset(ev, 0, sizeof(*ev));
+		fill_header(&ev->hdr, EVENT_KIND_FLOW_END, sizeof(*ev), HOOK_SOCK_OPS);
+		ev->key = key;
+		__builtin_memcpy(&ev->value, v, sizeof(ev->value));
+		if (ctx->sk && read_tcp(ctx->sk, &c)) {
+			ev->value.bytes_out = c.bytes_out;
+			ev->value.bytes_in = c.bytes_in;
+			ev->value.packets_out = c.packets_out;
+			ev->value.packets_in = c.packets_in;
+		}
+		{
+			__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+					ctx->local_ip6[3] };
+			__u8 fam;
+
+			set_addr(ev->value.local_ip, &fam, ctx->family, l6, ctx->local_ip4);
+		}
+		ev->value.local_port = ctx->local_port;
+		ev->end_ns = bpf_ktime_get_boot_ns();
+		ev->sk_err = c.sk_err;
+		ev->close_reason = close_reason(old_state, c.sk_err);
+		bpf_ringbuf_submit(ev, 0);
+	}
+	/* Ended exactly once: the record is out (or its loss counted). */
+	bpf_map_delete_elem(&flows, &key);
+}
+
+SEC("sockops")
+int flow_sockops(struct bpf_sock_ops *ctx)
+{
+	switch (ctx->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_tcp_connect(ctx);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ctx->args[1] == BPF_TCP_CLOSE)
+			on_tcp_close(ctx, ctx->args[0]);
+		break;
+	}
+	return 1;
+}
+
+/*
+ * TCP: refresh the flow's counters from tcp_sock at most once a second, so
+ * user space can report long flows while they are open.
+ */
+static __always_inline void refresh_tcp(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	struct tcp_counters c = {};
+	struct flow_key key = {};
+	struct flow_value *v;
+	__u32 d6[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
+	__u64 now;
+
+	key.sock_cookie = bpf_get_socket_cookie(skb);
+	set_addr(key.remote_ip, &key.family, sk->family, d6, sk->dst_ip4);
+	key.remote_port = bpf_ntohs(sk->dst_port);
+	key.protocol = IPPROTO_TCP;
+	v = bpf_map_lookup_elem(&flows, &key);
+	if (!v)
+		return;
+	now = bpf_ktime_get_boot_ns();
+	if (now - v->last_seen_ns < NSEC_PER_SEC)
+		return;
+	v->last_seen_ns = now;
+	if (!v->local_port) {
+		__u32 s6[4] = { sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3] };
+		__u8 fam;
+
+		set_addr(v->local_ip, &fam, sk->family, s6, sk->src_ip4);
+		v->local_port = sk->src_port;
+	}
+	if (read_tcp(sk, &c)) {
+		v->bytes_out = c.bytes_out;
+		v->bytes_in = c.bytes_in;
+		v->packets_out = c.packets_out;
+		v->packets_in = c.packets_in;
+	}
+}
+
+/* A datagram or raw packet: its flow key, payload length and local end. */
+struct pkt {
+	struct flow_key key;
+	__u8 local_ip[EGRESS_ADDR_LEN];
+	__u16 local_port;
+	__u32 payload;
+};
+
+static __always_inline bool parse(struct __sk_buff *skb, bool egress, struct pkt *p)
+{
+	__u32 l4_off;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return false;
+		l4_off = ip.ihl * 4;
+		p->key.family = AF_INET;
+		p->key.protocol = ip.protocol;
+		p->payload = bpf_ntohs(ip.tot_len) - l4_off;
+		__builtin_memcpy(p->key.remote_ip, egress ? &ip.daddr : &ip.saddr, 4);
+		__builtin_memcpy(p->local_ip, egress ? &ip.saddr : &ip.daddr, 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return false;
+		l4_off = sizeof(ip6);
+		p->key.family = AF_INET6;
+		p->key.protocol = ip6.nexthdr;
+		p->payload = bpf_ntohs(ip6.payload_len);
+		__builtin_memcpy(p->key.remote_ip, egress ? &ip6.daddr : &ip6.saddr, 16);
+		__builtin_memcpy(p->local_ip, egress ? &ip6.saddr : &ip6.daddr, 16);
+	} else {
+		return false;
+	}
+	if (p->key.protocol == IPPROTO_UDP) {
+		struct udphdr udp;
+
+		if (bpf_skb_load_bytes(skb, l4_off, &udp, sizeof(udp)))
+			return false;
+		p->key.remote_port = bpf_ntohs(egress ? udp.dest : udp.source);
+		p->local_port = bpf_ntohs(egress ? udp.source : udp.dest);
+		p->payload = p->payload > sizeof(udp) ? p->payload - sizeof(udp) : 0;
+	}
+	p->key.sock_cookie = bpf_get_socket_cookie(skb);
+	return true;
+}
+
+/* A datagram socket talking to a new endpoint starts a flow (egress only). */
+static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_owner *o)
+{
+	struct flow_value val = {};
+	long err;
+
+	val.start_ns = bpf_ktime_get_boot_ns();
+	val.last_seen_ns = val.start_ns;
+	val.cgroup_id = o->cgroup_id;
+	val.scope_cgroup_id = o->scope_cgroup_id;
+	val.pid = o->pid;
+	val.tgid = o->tgid;
+	val.verdict = o->verdict;
+	__builtin_memcpy(val.comm, o->comm, sizeof(val.comm));
+	__builtin_memcpy(val.local_ip, p->local_ip, sizeof(val.local_ip));
+	val.local_port = p->local_port;
+	err = bpf_map_update_elem(&flows, &p->key, &val, BPF_NOEXIST);
+	if (err == -E2BIG) {
+		count_drop(DROP_FLOW_TABLE_FULL);
+		return NULL;
+	}
+	o->flags |= SOCK_F_HAS_FLOWS;
+	return bpf_map_lookup_elem(&flows, &p->key);
+}
+
+static __always_inline void count_datagram(struct __sk_buff *skb, struct sock_owner *o,
+					   bool egress)
+{
+	struct pkt p = {};
+	struct flow_value *v;
+	__u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+
+	if (!parse(skb, egress, &p))
+		return;
+	v = bpf_map_lookup_elem(&flows, &p.key);
+	if (!v) {
+		if (!egress)
+			return; /* inbound traffic the container did not start */
+		v = start_flow(&p, o);
+		if (!v)
+			return;
+	}
+	v->last_seen_ns = bpf_ktime_get_boot_ns();
+	if (egress) {
+		__sync_fetch_and_add(&v->bytes_out, p.payload);
+		__sync_fetch_and_add(&v->packets_out, segs);
+	} else {
+		__sync_fetch_and_add(&v->bytes_in, p.payload);
+		__sync_fetch_and_add(&v->packets_in, segs);
+	}
+}
+
+static __always_inline int account(struct __sk_buff *skb, bool egress)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct sock_owner *owner;
+
+	if (!sk)
+		return SK_PASS;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return SK_PASS;
+	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+	if (!owner)
+		return SK_PASS; /* not a socket in scope: the cheap common exit */
+	if (sk->protocol == IPPROTO_TCP)
+		refresh_tcp(skb, sk);
+	else
+		count_datagram(skb, owner, egress);
+	return SK_PASS;
+}
+
+SEC("cgroup_skb/egress")
+int flow_egress(struct __sk_buff *skb)
+{
+	return account(skb, true);
+}
+
+SEC("cgroup_skb/ingress")
+int flow_ingress(struct __sk_buff *skb)
+{
+	return account(skb, false);
+}
+
+/*
+ * A socket with datagram flows (or a TCP connect that never sent its SYN)
+ * is gone: user space ends its flows. TCP flows that reached sock_ops end
+ * there instead, so most TCP sockets emit nothing here.
+ */
+SEC("cgroup/sock_release")
+int flow_sock_release(struct bpf_sock *sk)
+{
+	struct sock_owner *owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+	struct sock_release_event *ev;
+
+	if (!owner || !(owner->flags & (SOCK_F_HAS_FLOWS | SOCK_F_TCP_PENDING)))
+		return SK_PASS;
+	ev = reserve_event(sizeof(*ev), HOOK_SOCK_RELEASE);
+	if (!ev)
+		return SK_PASS;
+	fill_header(&ev->hdr, EVENT_KIND_SOCK_RELEASE, sizeof(*ev), HOOK_SOCK_RELEASE);
+	ev->sock_cookie = bpf_get_socket_cookie(sk);
+	bpf_ringbuf_submit(ev, 0);
+	return SK_PASS;
+}

@@ -1,0 +1,235 @@
+//! The flow stage task: between capture and the record stage.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{FlowRecord, FlowState, Observation};
+use crate::capture::{decode_flow, BootClock, CloseReason, Counters, Event, FlowEnd, FlowSnapshot};
+use crate::kernel::{abi, FlowMaps};
+use crate::metrics::{DropReason, Metrics};
+
+#[derive(Debug, Clone, Copy)]
+pub struct FlowOptions {
+    /// A datagram/raw flow with no packet for this long has ended.
+    pub idle_timeout: Duration,
+    /// An open flow gets an interim `active` record this often.
+    pub active_interval: Duration,
+    /// How often the flow table is swept for idle and long flows.
+    pub sweep_every: Duration,
+}
+
+impl Default for FlowOptions {
+    fn default() -> Self {
+        FlowOptions {
+            idle_timeout: Duration::from_secs(30),
+            active_interval: Duration::from_secs(300),
+            sweep_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Released sockets are handled this soon (one table sweep covers many).
+const RELEASE_LATENCY: Duration = Duration::from_millis(100);
+
+pub struct FlowStage {
+    maps: FlowMaps,
+    clock: BootClock,
+    opts: FlowOptions,
+    metrics: Arc<Metrics>,
+    /// Sockets released since the last sweep: their datagram flows end.
+    released: HashSet<u64>,
+    last_sweep: Instant,
+}
+
+impl FlowStage {
+    pub fn new(maps: FlowMaps, clock: BootClock, opts: FlowOptions, metrics: Arc<Metrics>) -> Self {
+        FlowStage {
+            maps,
+            clock,
+            opts,
+            metrics,
+            released: HashSet::new(),
+            last_sweep: Instant::now(),
+        }
+    }
+
+    /// Run until capture closes its channel. Open flows stay in the pinned
+    /// table for the next daemon to end.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Vec<Event>>,
+        tx: mpsc::Sender<Vec<Observation>>,
+    ) {
+        let mut tick = tokio::time::interval(RELEASE_LATENCY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let out = tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(events) => self.on_events(events),
+                    None => return,
+                },
+                _ = tick.tick() => self.maybe_sweep(),
+            };
+            if !out.is_empty() && tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn on_events(&mut self, events: Vec<Event>) -> Vec<Observation> {
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            match event {
+                Event::Sock(ev) => out.push(Observation::Attempt(ev)),
+                Event::FlowEnd(end) => out.push(self.tcp_ended(end)),
+                Event::SockRelease { sock_cookie } => {
+                    self.released.insert(sock_cookie);
+                }
+            }
+        }
+        out
+    }
+
+    fn maybe_sweep(&mut self) -> Vec<Observation> {
+        let due = self.last_sweep.elapsed() >= self.opts.sweep_every;
+        if !due && self.released.is_empty() {
+            return Vec::new();
+        }
+        self.sweep()
+    }
+
+    /// One pass over the open flows: end what is over, report what is long.
+    fn sweep(&mut self) -> Vec<Observation> {
+        self.last_sweep = Instant::now();
+        let now = BootClock::now_boot_ns();
+        let released = std::mem::take(&mut self.released);
+        let mut out = Vec::new();
+        for (key, value) in self.maps.open_flows() {
+            let Ok(flow) = decode_flow(&key, &value) else {
+                self.metrics.dropped(DropReason::ParseFailure, 1);
+                continue;
+            };
+            let is_tcp = i32::from(flow.protocol) == libc::IPPROTO_TCP;
+            let gone = released.contains(&flow.sock_cookie);
+            let idle = now.saturating_sub(flow.last_seen_ns) >= nanos(self.opts.idle_timeout);
+            let ending = match (is_tcp, gone, idle) {
+                // A connect that never sent its SYN: sock_ops will not see it.
+                (true, true, _) if !flow.syn_sent => Some((CloseReason::Unreachable, now)),
+                (true, _, _) => None,
+                (false, true, _) => Some((CloseReason::SocketClosed, now)),
+                (false, false, true) => Some((CloseReason::Idle, flow.last_seen_ns)),
+                (false, false, false) => None,
+            };
+            let record = match ending {
+                Some((reason, end_ns)) => self.end(&key, reason, end_ns),
+                None => self.interim(&key, flow, now),
+            };
+            out.extend(record.map(Observation::Flow));
+        }
+        out
+    }
+
+    /// End a flow user space owns; `None` if the kernel ended it first.
+    fn end(&self, key: &abi::flow_key, reason: CloseReason, end_ns: u64) -> Option<FlowRecord> {
+        let value = self.maps.take(key)?;
+        let flow = decode_flow(key, &value).ok()?;
+        Some(self.ended(flow, key, reason, end_ns, 0))
+    }
+
+    fn tcp_ended(&self, end: FlowEnd) -> Observation {
+        let key = raw_key(&end.flow);
+        Observation::Flow(self.ended(end.flow, &key, end.reason, end.end_ns, end.sk_err))
+    }
+
+    fn ended(
+        &self,
+        flow: FlowSnapshot,
+        key: &abi::flow_key,
+        reason: CloseReason,
+        end_ns: u64,
+        errno: i32,
+    ) -> FlowRecord {
+        let baseline = self.maps.reported(key).map(counters_of).unwrap_or_default();
+        self.maps.forget_reported(key);
+        self.metrics.flow(FlowState::Ended.name());
+        FlowRecord {
+            state: FlowState::Ended,
+            time: self.clock.to_wall(end_ns),
+            duration: Duration::from_nanos(end_ns.saturating_sub(flow.start_ns)),
+            delta: flow.counters.since(baseline),
+            close_reason: Some(reason),
+            errno: if reason == CloseReason::Fin { 0 } else { errno },
+            flow,
+        }
+    }
+
+    /// An `active` record when the flow has been open for another interval.
+    fn interim(&self, key: &abi::flow_key, flow: FlowSnapshot, now: u64) -> Option<FlowRecord> {
+        let reported = self.maps.reported(key);
+        let since = reported.map_or(flow.start_ns, |r| r.last_report_ns);
+        if now.saturating_sub(since) < nanos(self.opts.active_interval) {
+            return None;
+        }
+        let baseline = reported.map(counters_of).unwrap_or_default();
+        let mark = abi::flow_reported {
+            bytes_out: flow.counters.bytes_out,
+            bytes_in: flow.counters.bytes_in,
+            packets_out: flow.counters.packets_out,
+            packets_in: flow.counters.packets_in,
+            last_report_ns: now,
+        };
+        if let Err(e) = self.maps.set_reported(key, &mark) {
+            // Without a baseline the next record would repeat these bytes.
+            tracing::warn!(event = "flow_report_failed", error = %e, "interim record skipped");
+            return None;
+        }
+        self.metrics.flow(FlowState::Active.name());
+        Some(FlowRecord {
+            state: FlowState::Active,
+            time: self.clock.to_wall(now),
+            duration: Duration::from_nanos(now.saturating_sub(flow.start_ns)),
+            delta: flow.counters.since(baseline),
+            close_reason: None,
+            errno: 0,
+            flow,
+        })
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn counters_of(r: abi::flow_reported) -> Counters {
+    Counters {
+        bytes_out: r.bytes_out,
+        bytes_in: r.bytes_in,
+        packets_out: r.packets_out,
+        packets_in: r.packets_in,
+    }
+}
+
+/// The kernel key of a decoded flow (the inverse of `decode_flow`'s key part).
+fn raw_key(flow: &FlowSnapshot) -> abi::flow_key {
+    let mut key = abi::flow_key {
+        sock_cookie: flow.sock_cookie,
+        remote_port: flow.remote.1,
+        protocol: flow.protocol,
+        ..Default::default()
+    };
+    match flow.remote.0 {
+        IpAddr::V4(a) => {
+            key.family = libc::AF_INET as u8;
+            key.remote_ip[..4].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            key.family = libc::AF_INET6 as u8;
+            key.remote_ip = a.octets();
+        }
+    }
+    key
+}

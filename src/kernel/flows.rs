@@ -1,0 +1,86 @@
+//! The flow table as user space sees it: read every open flow, take (read
+//! and delete, atomically) a flow that ended, and keep the per-flow
+//! baseline of what interim records already reported.
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::abi;
+use super::attach::KernelError;
+
+pub struct FlowMaps {
+    flows: MapHandle,
+    reported: MapHandle,
+}
+
+fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: plain repr(C) bindgen structs, read as bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+fn from_bytes<T: Copy + Default>(b: &[u8]) -> Option<T> {
+    (b.len() >= std::mem::size_of::<T>()).then(|| {
+        // SAFETY: length checked; T is valid for any bit pattern.
+        unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) }
+    })
+}
+
+impl FlowMaps {
+    pub fn new(flows: &MapHandle, reported: &MapHandle) -> Result<Self, KernelError> {
+        let dup = |m: &MapHandle, what: &str| {
+            MapHandle::try_from(m).map_err(|source| KernelError::Bpf {
+                what: format!("{what} handle"),
+                source,
+            })
+        };
+        Ok(FlowMaps {
+            flows: dup(flows, "flows")?,
+            reported: dup(reported, "flow_reported")?,
+        })
+    }
+
+    /// Every open flow. Entries that vanish while iterating are skipped.
+    pub fn open_flows(&self) -> Vec<(abi::flow_key, abi::flow_value)> {
+        self.flows
+            .keys()
+            .filter_map(|k| {
+                let key: abi::flow_key = from_bytes(&k)?;
+                let value = self.flows.lookup(&k, MapFlags::ANY).ok().flatten()?;
+                Some((key, from_bytes(&value)?))
+            })
+            .collect()
+    }
+
+    /// Remove a flow and return its final state; `None` if another path
+    /// (the kernel's TCP close) already ended it. Exactly one taker wins.
+    pub fn take(&self, key: &abi::flow_key) -> Option<abi::flow_value> {
+        let value = self.flows.lookup_and_delete(bytes_of(key)).ok().flatten()?;
+        from_bytes(&value)
+    }
+
+    pub fn reported(&self, key: &abi::flow_key) -> Option<abi::flow_reported> {
+        let value = self
+            .reported
+            .lookup(bytes_of(key), MapFlags::ANY)
+            .ok()
+            .flatten()?;
+        from_bytes(&value)
+    }
+
+    pub fn set_reported(
+        &self,
+        key: &abi::flow_key,
+        value: &abi::flow_reported,
+    ) -> Result<(), KernelError> {
+        self.reported
+            .update(bytes_of(key), bytes_of(value), MapFlags::ANY)
+            .map_err(|source| KernelError::Bpf {
+                what: "update flow_reported".into(),
+                source,
+            })
+    }
+
+    /// Drop the baseline of a flow that ended (absent is fine).
+    pub fn forget_reported(&self, key: &abi::flow_key) {
+        let _ = self.reported.delete(bytes_of(key));
+    }
+}

@@ -356,3 +356,47 @@ pub fn http_get(url: &str) -> Option<String> {
 pub fn by_pid(recs: &[Value], pid: u32) -> Vec<Value> {
     recs.iter().filter(|r| r["pid"] == pid).cloned().collect()
 }
+
+/// A loopback TCP server the test owns. Per connection: read `expect` bytes
+/// (or until EOF when `None`), write `reply` bytes, close.
+pub struct TcpServer {
+    pub port: u16,
+}
+
+impl TcpServer {
+    pub fn spawn(bind: &str, expect: Option<usize>, reply: usize) -> TcpServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(bind).expect("bind test server");
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut seen = 0usize;
+                    while expect.is_none_or(|n| seen < n) {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => seen += n,
+                        }
+                    }
+                    let chunk = vec![b'r'; 64 * 1024];
+                    let mut left = reply;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if conn.write_all(&chunk[..n]).is_err() {
+                            break;
+                        }
+                        left -= n;
+                    }
+                });
+            }
+        });
+        TcpServer { port }
+    }
+}
+
+/// Sum an integer field over records.
+pub fn sum(recs: &[Value], field: &str) -> u64 {
+    recs.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
+}

@@ -634,8 +634,7 @@ fn stack_routes_records_into_data_streams() {
     let (s, v) = http("POST", &otlp, Some(&payload));
     assert_eq!(s, 200, "OTLP/HTTP export: {v}");
     assert!(
-        v.get("partialSuccess")
-            .map_or(true, |p| p.get("rejectedLogRecords").is_none()),
+        !matches!(v.get("partialSuccess"), Some(p) if p.get("rejectedLogRecords").is_some()),
         "{v}"
     );
     // CoreDNS: one Docker json-file line and one raw line, appended after start.

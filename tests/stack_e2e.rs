@@ -87,7 +87,7 @@ fn preconditions(test: &str, needs_root: bool, commands: &[&str]) -> bool {
         panic!("{test}: {why} (CI never skips the stack tests)");
     }
     loud(&format!(
-        "SKIPPED {test}: {why} (install them and run as root: `sudo -E cargo test --test stack_e2e`)"
+        "SKIPPED {test}: {why} (`sudo -E cargo test --test stack_e2e` with them installed)"
     ));
     false
 }

@@ -197,8 +197,9 @@ struct Stack {
 
 impl Stack {
     fn new(name: &str) -> Stack {
+        reap_stale_servers();
         let dir = tempfile::Builder::new()
-            .prefix(&format!("clawker-{name}-"))
+            .prefix(&format!("clawker-{name}-{}-", std::process::id()))
             .tempdir()
             .expect("tempdir");
         Stack {
@@ -228,6 +229,54 @@ impl Drop for Stack {
                 "stack test failed: logs kept in {}",
                 kept.display()
             ));
+        }
+    }
+}
+
+/// Servers left behind by an earlier test process that was killed (its work
+/// directory and pid files survive): stop them so their ports are free.
+/// Directories of the current process (parallel tests) are left alone.
+fn reap_stale_servers() {
+    let me = format!("-{}-", std::process::id());
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with("clawker-stack-") || name.contains(&me) {
+            continue;
+        }
+        for (what, pidfile, marker) in [
+            (
+                "opensearch",
+                "opensearch/opensearch.pid",
+                "ClawkerOpenSearch",
+            ),
+            ("prometheus", "prometheus/prometheus.pid", "prometheus"),
+            ("collector", "collector-a.pid", "otelcol-clawker"),
+            ("collector", "collector-b.pid", "otelcol-clawker"),
+        ] {
+            let path = e.path().join(pidfile);
+            let Some(pid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(marker) {
+                loud(&format!(
+                    "stack: stopping stale {sub} (pid {pid}) from {}",
+                    e.path().display()
+                ));
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+                for _ in 0..60 {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
         }
     }
 }
@@ -282,6 +331,7 @@ fn start_collector(
         cmd.env(k, v);
     }
     let child = cmd.spawn().expect("start the collector");
+    std::fs::write(stack.path(&format!("{name}.pid")), child.id().to_string()).unwrap();
     stack.children.push((name.into(), child));
     let health = format!("http://127.0.0.1:{}/", ports.health);
     let logfile = stack.path(&format!("{name}.log"));

@@ -1,8 +1,10 @@
 //! Capture benchmarks. Prints figures; asserts nothing.
 //!
 //! (a) connect()+close() rate on loopback from one cgroup, with the daemon
-//!     attached vs detached, interleaved rounds in one run -> a ratio;
-//! (b) records/s user space decodes and serializes as stdout JSON lines.
+//!     (decisions + per-flow byte accounting) attached vs detached,
+//!     interleaved rounds in one run -> a ratio;
+//! (b) bytes/s over one long loopback TCP flow, attached vs detached -> a ratio;
+//! (c) records/s user space decodes and serializes as stdout JSON lines.
 //!
 //! Run: `sudo cargo bench --bench capture` (part (a) needs root).
 
@@ -19,6 +21,7 @@ use clawker_egress::record::Record;
 const ROUNDS: usize = 5;
 const CONNECTS_PER_ROUND: usize = 20_000;
 const RECORDS: usize = 1_000_000;
+const BULK_BYTES: usize = 2 << 30;
 
 fn main() {
     println!("clawker-egress capture bench");
@@ -106,17 +109,37 @@ fn connect_rate() {
             drop(s);
         }
     });
+    let sink = bulk_sink();
     // The bench process itself moves into the cgroup: its connects are the
     // measured traffic.
     std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
 
     let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut bulk_off, mut bulk_on) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         off.push(rate(addr));
+        bulk_off.push(throughput(sink));
         let daemon = start_daemon(&root, &cg, &pins);
         on.push(rate(addr));
+        bulk_on.push(throughput(sink));
         stop_daemon(daemon, &cg, &pins);
     }
+    let (b_off, b_on) = (median(&mut bulk_off), median(&mut bulk_on));
+    println!(
+        "one TCP flow, detached: {:.0} MB/s (rounds: {})",
+        b_off / 1e6,
+        fmt_mb(&bulk_off)
+    );
+    println!(
+        "one TCP flow, attached: {:.0} MB/s (rounds: {})",
+        b_on / 1e6,
+        fmt_mb(&bulk_on)
+    );
+    println!(
+        "throughput ratio attached/detached: {:.3} (cost {:.1} %)",
+        b_on / b_off,
+        (1.0 - b_on / b_off) * 100.0
+    );
     std::fs::write(root.join("cgroup.procs"), std::process::id().to_string())
         .expect("leave cgroup");
     let _ = std::fs::remove_dir(&cg);
@@ -153,6 +176,48 @@ fn rate(addr: std::net::SocketAddr) -> f64 {
         );
     }
     ok as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A loopback server that reads and discards everything.
+fn bulk_sink() -> std::net::SocketAddr {
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("sink");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 * 1024];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// Bytes/s of one TCP flow carrying BULK_BYTES.
+fn throughput(addr: std::net::SocketAddr) -> f64 {
+    let chunk = vec![0u8; 256 * 1024];
+    let Ok(mut conn) = TcpStream::connect(addr) else {
+        return 0.0;
+    };
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < BULK_BYTES {
+        if conn.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    drop(conn);
+    sent as f64 / start.elapsed().as_secs_f64()
+}
+
+fn fmt_mb(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{:.0}", x / 1e6))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {

@@ -206,6 +206,7 @@ struct sock_release_event {
 struct sock_owner {
 	__u64 cgroup_id;
 	__u64 scope_cgroup_id;
+	__u64 tcp_refreshed_ns; /* last refresh of the TCP flow's counters */
 	__u32 pid;
 	__u32 tgid;
 	__u32 flags;

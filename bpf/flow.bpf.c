@@ -180,15 +180,22 @@ int flow_sockops(struct bpf_sock_ops *ctx)
 
 /*
  * TCP: refresh the flow's counters from tcp_sock at most once a second, so
- * user space can report long flows while they are open.
+ * user space can report long flows while they are open. The throttle lives
+ * in the socket's own storage: a bulk transfer costs one storage lookup and
+ * a clock read per packet, and a flow-table lookup once a second.
  */
-static __always_inline void refresh_tcp(struct __sk_buff *skb, struct bpf_sock *sk)
+static __always_inline void refresh_tcp(struct __sk_buff *skb, struct bpf_sock *sk,
+					struct sock_owner *owner)
 {
 	struct tcp_counters c = {};
 	struct flow_key key = {};
 	struct flow_value *v;
+	__u64 now = bpf_ktime_get_boot_ns();
+
+	if (now - owner->tcp_refreshed_ns < NSEC_PER_SEC)
+		return;
+	owner->tcp_refreshed_ns = now;
 	__u32 d6[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
-	__u64 now;
 
 	key.sock_cookie = bpf_get_socket_cookie(skb);
 	set_addr(key.remote_ip, &key.family, sk->family, d6, sk->dst_ip4);
@@ -196,9 +203,6 @@ static __always_inline void refresh_tcp(struct __sk_buff *skb, struct bpf_sock *
 	key.protocol = IPPROTO_TCP;
 	v = bpf_map_lookup_elem(&flows, &key);
 	if (!v)
-		return;
-	now = bpf_ktime_get_boot_ns();
-	if (now - v->last_seen_ns < NSEC_PER_SEC)
 		return;
 	v->last_seen_ns = now;
 	if (!v->local_port) {
@@ -332,7 +336,7 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 	if (!owner)
 		return SK_PASS; /* not a socket in scope: the cheap common exit */
 	if (sk->protocol == IPPROTO_TCP)
-		refresh_tcp(skb, sk);
+		refresh_tcp(skb, sk, owner);
 	else
 		count_datagram(skb, owner, egress);
 	return SK_PASS;

@@ -266,7 +266,7 @@ fn reap_stale_servers() {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains(marker) {
                 loud(&format!(
-                    "stack: stopping stale {sub} (pid {pid}) from {}",
+                    "stack: stopping stale {what} (pid {pid}) from {}",
                     e.path().display()
                 ));
                 let _ = Command::new("kill").arg(pid.to_string()).status();

@@ -54,6 +54,16 @@ pub struct Config {
     /// An open flow gets an interim `active` record this often ("5m").
     #[serde(with = "humantime_serde")]
     pub flow_active_interval: Duration,
+    /// The Docker engine's API socket (attribution).
+    pub docker_socket: PathBuf,
+    /// Docker label whose value is a record's `agent` (D17: verbatim).
+    pub agent_label: String,
+    /// Docker label whose value is a record's `project`.
+    pub project_label: String,
+    /// Longest a record of a just-started container waits for its
+    /// identity before it goes out unattributed ("500ms").
+    #[serde(with = "humantime_serde")]
+    pub attribution_wait: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +79,10 @@ impl Default for Config {
             log_level: "info".into(),
             flow_idle_timeout: Duration::from_secs(30),
             flow_active_interval: Duration::from_secs(300),
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            agent_label: "dev.clawker.agent".into(),
+            project_label: "dev.clawker.project".into(),
+            attribution_wait: Duration::from_millis(500),
         }
     }
 }
@@ -139,7 +153,24 @@ impl Config {
                 self.otlp_endpoint
             )));
         }
+        if self.agent_label.is_empty()
+            || self.project_label.is_empty()
+            || self.agent_label == self.project_label
+        {
+            return Err(ConfigError::Invalid(format!(
+                "agent_label = {:?}, project_label = {:?}: must be two different, non-empty label keys",
+                self.agent_label, self.project_label
+            )));
+        }
         Ok(self)
+    }
+
+    /// Which Docker labels name the agent and the project.
+    pub fn label_policy(&self) -> crate::attribute::LabelPolicy {
+        crate::attribute::LabelPolicy {
+            agent_key: self.agent_label.clone(),
+            project_key: self.project_label.clone(),
+        }
     }
 
     pub fn flow_options(&self) -> crate::flow::FlowOptions {
@@ -214,6 +245,21 @@ mod tests {
         let c = Config::load(Some(&path), &flags).unwrap();
         assert_eq!(c.output, Output::Stdout);
         assert_eq!(c.ringbuf_bytes, 8192);
+    }
+
+    #[test]
+    fn attribution_settings_load_from_toml() {
+        let c = load_toml(
+            "docker_socket = \"/run/alt.sock\"\nagent_label = \"x.agent\"\nattribution_wait = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.docker_socket, PathBuf::from("/run/alt.sock"));
+        assert_eq!(c.label_policy().agent_key, "x.agent");
+        assert_eq!(c.label_policy().project_key, "dev.clawker.project");
+        assert_eq!(c.attribution_wait, Duration::from_secs(2));
+        let err =
+            load_toml("project_label = \"x.agent\"\nagent_label = \"x.agent\"\n").unwrap_err();
+        assert!(err.to_string().contains("agent_label"), "{err}");
     }
 
     #[test]

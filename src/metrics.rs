@@ -15,6 +15,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -87,6 +88,10 @@ pub struct KernelReading {
     pub ringbuf_size_bytes: u64,
 }
 
+/// Seconds; a new container is usually known within milliseconds.
+const ATTRIBUTION_WAIT_BUCKETS: [f64; 10] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
 pub struct Metrics {
     registry: Registry,
     events: Family<EventLabels, Counter>,
@@ -96,6 +101,9 @@ pub struct Metrics {
     exported: Family<SinkLabels, Counter>,
     sink_failures: Family<SinkCauseLabels, Counter>,
     unattributed: Counter,
+    docker_outages: Counter,
+    docker_up: Gauge,
+    attribution_wait: Histogram,
     ringbuf_used: Gauge,
     ringbuf_size: Gauge,
     /// Kernel drop totals already folded into the counters.
@@ -113,6 +121,9 @@ impl Metrics {
             exported: Family::default(),
             sink_failures: Family::default(),
             unattributed: Counter::default(),
+            docker_outages: Counter::default(),
+            docker_up: Gauge::default(),
+            attribution_wait: Histogram::new(ATTRIBUTION_WAIT_BUCKETS),
             ringbuf_used: Gauge::default(),
             ringbuf_size: Gauge::default(),
             kernel_seen: Mutex::new(KernelReading::default()),
@@ -147,6 +158,21 @@ impl Metrics {
             "unattributed",
             "Records about a container that no identity could be found for",
             m.unattributed.clone(),
+        );
+        registry.register(
+            "docker_outages",
+            "Times the Docker engine became unreachable (identities served from cache meanwhile)",
+            m.docker_outages.clone(),
+        );
+        registry.register(
+            "docker_up",
+            "1 while the Docker engine answers and its events are followed",
+            m.docker_up.clone(),
+        );
+        registry.register(
+            "attribution_wait_seconds",
+            "How long records of a container not yet known waited for its identity",
+            m.attribution_wait.clone(),
         );
         registry.register(
             "ringbuf_used_bytes",
@@ -204,6 +230,18 @@ impl Metrics {
 
     pub fn unattributed(&self) {
         self.unattributed.inc();
+    }
+
+    pub fn docker_outage(&self) {
+        self.docker_outages.inc();
+    }
+
+    pub fn docker_up(&self, up: bool) {
+        self.docker_up.set(i64::from(up));
+    }
+
+    pub fn attribution_wait(&self, waited: std::time::Duration) {
+        self.attribution_wait.observe(waited.as_secs_f64());
     }
 
     /// Fold a reading of the kernel counters in (monotonic deltas).

@@ -1,8 +1,13 @@
 //! The transform stage between capture and the sinks: events become
 //! records, records get their identity, and each batch fans out to every
-//! sink. Data flows one way: nothing here calls back into capture.
+//! sink. Data flows one way: nothing here calls back into capture, and
+//! attribution is only read or asked, never waited on.
+//!
+//! Two inputs: observations from the kernel, and container lifecycle
+//! records from the attribution stage (already attributed at their source).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -31,22 +36,63 @@ impl Pipeline {
         }
     }
 
-    /// Run until the capture stage closes its channel; dropping the sink
-    /// senders then lets every sink flush and finish.
-    pub async fn run(mut self, mut events: mpsc::Receiver<Vec<Observation>>) {
-        while let Some(batch) = events.recv().await {
-            let records: Vec<Record> = batch.into_iter().map(|e| self.record_of(e)).collect();
-            let batch = Arc::new(records);
-            for sink in &self.sinks {
-                // Back-pressure: a slow sink slows the drain; the kernel then
-                // counts what the ring buffer could not hold.
-                let _ = sink.send(batch.clone()).await;
+    /// Run until the capture stage closes its channel, then release what
+    /// is held; dropping the sink senders lets every sink flush and finish.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Vec<Observation>>,
+        mut lifecycle: mpsc::Receiver<Record>,
+    ) {
+        let mut changes = self.attributor.changes();
+        let mut lifecycle_open = true;
+        let mut changes_open = true;
+        loop {
+            let mut out = Vec::new();
+            let deadline = self.attributor.next_deadline();
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into());
+            tokio::select! {
+                batch = events.recv() => match batch {
+                    Some(batch) => {
+                        for observation in batch {
+                            self.offer(observation, &mut out);
+                        }
+                    }
+                    None => break,
+                },
+                record = lifecycle.recv(), if lifecycle_open => match record {
+                    Some(r) => out.push(r),
+                    None => lifecycle_open = false,
+                },
+                changed = changes.changed(), if changes_open => {
+                    changes_open = changed.is_ok();
+                    self.attributor.release(Instant::now(), &mut out);
+                }
+                _ = sleep, if deadline.is_some() => self.attributor.release(Instant::now(), &mut out),
             }
+            self.send(out).await;
+        }
+        let mut out = Vec::new();
+        while let Ok(r) = lifecycle.try_recv() {
+            out.push(r);
+        }
+        self.attributor.flush(&mut out);
+        self.send(out).await;
+    }
+
+    async fn send(&self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        let batch = Arc::new(records);
+        for sink in &self.sinks {
+            // Back-pressure: a slow sink slows the drain; the kernel then
+            // counts what the ring buffer could not hold.
+            let _ = sink.send(batch.clone()).await;
         }
     }
 
-    fn record_of(&mut self, observation: Observation) -> Record {
-        let (mut record, cgroup_id, scope_cgroup_id) = match observation {
+    fn offer(&mut self, observation: Observation, out: &mut Vec<Record>) {
+        let (record, cgroup_id, scope_cgroup_id) = match observation {
             Observation::Attempt(ev) => {
                 self.metrics.event(ev.hook, ev.verdict);
                 (Record::from_sock(&ev), ev.cgroup_id, ev.scope_cgroup_id)
@@ -58,7 +104,6 @@ impl Pipeline {
             ),
         };
         self.attributor
-            .attribute(&mut record, cgroup_id, scope_cgroup_id);
-        record
+            .offer(record, cgroup_id, scope_cgroup_id, out);
     }
 }

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::check::{cgroup_dir, require_privileges};
 use super::RunArgs;
-use crate::attribute::{Attributor, CgroupIndex};
+use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller};
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
 use crate::export::{run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
@@ -84,8 +84,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         event_tx,
         metrics.clone(),
     )?;
-    let attributor = Attributor::new(CgroupIndex::new(cgroup2_root));
-    let pipeline = tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx));
+    let (attributor, lifecycle, attribution) =
+        start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?.split();
+    let pipeline =
+        tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, lifecycle));
 
     wait_for_shutdown().await?;
     tracing::info!(
@@ -95,12 +97,44 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     tokio::task::spawn_blocking(move || drain.stop_and_join()).await?;
     flow_stage.await?;
     pipeline.await?;
+    drop(attribution);
     for sink in sinks {
         sink.await?;
     }
     refresh();
     tracing::info!(event = "stopped", "clawker-egress stopped");
     Ok(())
+}
+
+/// Follow Docker for identities; in `containers` scope, container cgroups
+/// are enrolled in the kernel's scope map as they appear.
+fn start_attribution(
+    config: &Config,
+    attached: &Attached,
+    scope: Scope,
+    cgroup2_root: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+) -> Result<Attribution> {
+    let enroller: Option<Box<dyn Enroller>> = match scope {
+        Scope::Containers => Some(Box::new(
+            kernel::ScopedCgroups::new(&attached.scoped_cgroups)
+                .context("scoped_cgroups handle")?,
+        )),
+        _ => None,
+    };
+    let source = DockerSource::new(
+        config.docker_socket.to_string_lossy(),
+        config.label_policy(),
+    );
+    Ok(Attribution::start(
+        source,
+        AttributionOptions {
+            cgroup2_root,
+            enroller,
+            wait: config.attribution_wait,
+        },
+        metrics,
+    ))
 }
 
 /// The pipeline's side of each sink (`senders`) and the sink tasks.

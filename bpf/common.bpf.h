@@ -73,6 +73,29 @@ struct {
 	__type(value, struct flow_reported);
 } flow_reported SEC(".maps");
 
+/* Which compiled rule set governs each scope cgroup (see egress.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESS_MAX_SCOPED_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct container_policy);
+} container_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EGRESS_MAX_POLICIES * EGRESS_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct policy_rule);
+} policy_rules SEC(".maps");
+
+/* Audited break-glass: policy off for a scope cgroup until it expires. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESS_MAX_SCOPED_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct bypass_entry);
+} bypass SEC(".maps");
+
 /* Who owns each socket in scope; freed with the socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);

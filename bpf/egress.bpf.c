@@ -49,20 +49,89 @@ struct attempt {
 	__u8 dst_ip[EGRESS_ADDR_LEN];
 };
 
-/*
- * The policy seam: every decision point asks here. Today it always allows;
- * the policy issue fills it with per-container rules.
- */
-static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id)
+static __always_inline bool port_matches(const struct policy_rule *r, __u16 port)
 {
-	(void)a;
-	(void)scope_id;
-	return VERDICT_ALLOW;
+	if (r->port_lo == 0 && r->port_hi == 0)
+		return true;
+	return port >= r->port_lo && port <= r->port_hi;
+}
+
+static __always_inline bool addr_matches(const struct policy_rule *r, const struct attempt *a)
+{
+	__u32 ra[4], aa[4];
+
+	if (r->kind == RULE_ANY)
+		return true;
+	if (r->family != a->family)
+		return false;
+	__builtin_memcpy(ra, r->addr, sizeof(ra));
+	__builtin_memcpy(aa, a->dst_ip, sizeof(aa));
+	for (int w = 0; w < 4; w++) {
+		int bits = (int)r->prefix_len - 32 * w;
+		__u32 mask;
+
+		if (bits <= 0)
+			break;
+		mask = bits >= 32 ? 0xffffffffu : ~((1u << (32 - bits)) - 1);
+		if ((bpf_ntohl(ra[w]) ^ bpf_ntohl(aa[w])) & mask)
+			return false;
+	}
+	return true;
+}
+
+/* First matching rule of the container's rule set, else its default. */
+static __always_inline __u8 evaluate(const struct container_policy *cp, const struct attempt *a)
+{
+	__u32 base = cp->rule_set * EGRESS_MAX_RULES;
+
+	for (__u32 i = 0; i < EGRESS_MAX_RULES; i++) {
+		__u32 key = base + i;
+		struct policy_rule *r = bpf_map_lookup_elem(&policy_rules, &key);
+
+		if (!r || r->kind == RULE_END)
+			break;
+		if (r->protocol && r->protocol != a->protocol)
+			continue;
+		if (port_matches(r, a->dst_port) && addr_matches(r, a))
+			return r->action;
+	}
+	return cp->default_action;
+}
+
+/*
+ * The policy seam: every decision point asks here. An active bypass wins
+ * (recorded as BYPASSED); a cgroup without a policy is observed only; raw
+ * and other non-TCP/UDP sockets get the policy's raw action. In audit mode a
+ * DENY is returned with EVENT_F_AUDIT set and the caller lets it through.
+ */
+static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id, bool raw,
+				   __u8 *flags)
+{
+	struct bypass_entry *b = bpf_map_lookup_elem(&bypass, &scope_id);
+	struct container_policy *cp;
+	__u8 verdict;
+
+	*flags = 0;
+	if (b && b->until_ns > bpf_ktime_get_boot_ns())
+		return VERDICT_BYPASS;
+	cp = bpf_map_lookup_elem(&container_policy, &scope_id);
+	if (!cp)
+		return VERDICT_ALLOW;
+	verdict = raw ? cp->raw_action : evaluate(cp, a);
+	if (verdict == VERDICT_DENY && cp->mode == POLICY_AUDIT)
+		*flags = EVENT_F_AUDIT;
+	return verdict;
+}
+
+static __always_inline bool enforced_deny(__u8 verdict, __u8 flags)
+{
+	return verdict == VERDICT_DENY && !(flags & EVENT_F_AUDIT);
 }
 
 /* One record for an attempt that will not become a flow. */
 static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
-					 const struct attempt *a, __u64 cookie, __u8 verdict)
+					 const struct attempt *a, __u64 cookie, __u8 verdict,
+					 __u8 flags)
 {
 	struct sock_event *ev = reserve_event(sizeof(*ev), hook);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -82,6 +151,7 @@ static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
 	ev->dst_port = a->dst_port;
 	__builtin_memcpy(ev->dst_ip, a->dst_ip, sizeof(ev->dst_ip));
 	ev->verdict = verdict;
+	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_ringbuf_submit(ev, 0);
 }
@@ -96,13 +166,13 @@ static __always_inline void set_owner(struct sock_owner *o, __u64 scope_id, __u8
 	o->pid = (__u32)pid_tgid;
 	o->tgid = pid_tgid >> 32;
 	o->verdict = verdict;
-	o->flags |= flags;
+	o->flags = (o->flags & ~SOCK_F_AUDIT) | flags;
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
 /* A TCP connect starts its flow here, where the caller is known. */
 static __always_inline void start_tcp_flow(struct bpf_sock_addr *ctx, const struct attempt *a,
-					   __u64 scope_id, __u8 verdict, __u64 cookie,
+					   __u64 scope_id, __u8 verdict, __u8 flags, __u64 cookie,
 					   enum egress_hook hook)
 {
 	struct flow_key key = {};
@@ -122,12 +192,13 @@ static __always_inline void start_tcp_flow(struct bpf_sock_addr *ctx, const stru
 	val.pid = (__u32)pid_tgid;
 	val.tgid = pid_tgid >> 32;
 	val.verdict = verdict;
+	val.flags = (flags & EVENT_F_AUDIT) ? FLOW_F_AUDIT : 0;
 	bpf_get_current_comm(val.comm, sizeof(val.comm));
 	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
 	if (err && err != -17 /* EEXIST: connect() retried on the same socket */) {
 		/* Table full: count it, and keep the attempt visible. */
 		count_drop(DROP_FLOW_TABLE_FULL);
-		emit_attempt(hook, scope_id, a, cookie, verdict);
+		emit_attempt(hook, scope_id, a, cookie, verdict, flags);
 	}
 }
 
@@ -138,7 +209,7 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 	struct attempt a = {};
 	struct sock_owner *owner;
 	__u64 scope_id, cookie;
-	__u8 verdict;
+	__u8 verdict, flags;
 
 	if (!sk || !in_scope(&scope_id))
 		return SK_PASS;
@@ -152,9 +223,9 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 	a.dst_port = bpf_ntohs((__u16)ctx->user_port);
 	cookie = bpf_get_socket_cookie(ctx);
 
-	verdict = decide(&a, scope_id);
-	if (verdict == VERDICT_DENY) {
-		emit_attempt(hook, scope_id, &a, cookie, verdict);
+	verdict = decide(&a, scope_id, false, &flags);
+	if (enforced_deny(verdict, flags)) {
+		emit_attempt(hook, scope_id, &a, cookie, verdict, flags);
 		return SK_REJECT;
 	}
 	owner = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -163,10 +234,10 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 			return SK_PASS;
 		if (owner)
 			set_owner(owner, scope_id, verdict, SOCK_F_TCP_PENDING);
-		start_tcp_flow(ctx, &a, scope_id, verdict, cookie, hook);
+		start_tcp_flow(ctx, &a, scope_id, verdict, flags, cookie, hook);
 	} else if (owner) {
 		/* Datagram flows start at their first packet (flow.bpf.c). */
-		set_owner(owner, scope_id, verdict, 0);
+		set_owner(owner, scope_id, verdict, (flags & EVENT_F_AUDIT) ? SOCK_F_AUDIT : 0);
 	}
 	return SK_PASS;
 }
@@ -224,7 +295,7 @@ int egress_sock_create(struct bpf_sock *sk)
 	struct attempt a = {};
 	struct sock_owner *owner;
 	__u64 scope_id, cookie;
-	__u8 verdict;
+	__u8 verdict, flags;
 
 	if ((sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP) ||
 	    (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP))
@@ -235,12 +306,12 @@ int egress_sock_create(struct bpf_sock *sk)
 	a.sock_type = sk->type;
 	a.protocol = sk->protocol;
 	cookie = bpf_get_socket_cookie(sk);
-	verdict = decide(&a, scope_id);
-	emit_attempt(HOOK_SOCK_CREATE, scope_id, &a, cookie, verdict);
-	if (verdict == VERDICT_DENY)
+	verdict = decide(&a, scope_id, true, &flags);
+	emit_attempt(HOOK_SOCK_CREATE, scope_id, &a, cookie, verdict, flags);
+	if (enforced_deny(verdict, flags))
 		return SK_REJECT;
 	owner = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (owner)
-		set_owner(owner, scope_id, verdict, 0);
+		set_owner(owner, scope_id, verdict, (flags & EVENT_F_AUDIT) ? SOCK_F_AUDIT : 0);
 	return SK_PASS;
 }

@@ -66,6 +66,12 @@ enum egress_verdict {
 	VERDICT_BYPASS = 2,
 };
 
+/* Policy limits: rule sets in the kernel and rules per set. */
+#define EGRESS_MAX_POLICIES 256
+#define EGRESS_MAX_RULES 64
+#define EGRESS_BYPASS_REASON_LEN 128
+#define EGRESS_USER_LEN 32
+
 /* Which processes are recorded (and, later, enforced). */
 enum egress_scope_mode {
 	/* everything under the attach cgroup (an explicit --cgroup-root) */
@@ -100,9 +106,12 @@ struct sock_event {
 	__u16 sock_type;       /* SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, ... */
 	__u16 protocol;        /* IPPROTO_* (or ETH_P_* for AF_PACKET) */
 	__u8 verdict;          /* enum egress_verdict */
-	__u8 _pad0;
+	__u8 flags;            /* EVENT_F_* */
 	char comm[EGRESS_COMM_LEN];
 };
+
+/* sock_event.flags */
+#define EVENT_F_AUDIT 0x1 /* DENY decided in audit mode: not enforced */
 
 /* Single-entry array `egress_config`, written by user space at start-up. */
 struct egress_config {
@@ -151,6 +160,7 @@ struct flow_key {
 
 /* flow_value.flags */
 #define FLOW_F_SYN_SENT 0x1 /* sock_ops saw the SYN: it will end this flow */
+#define FLOW_F_AUDIT 0x2    /* its DENY verdict was not enforced (audit mode) */
 
 /* `flows` map value: identity at creation, counters kept up to date. */
 struct flow_value {
@@ -201,6 +211,7 @@ struct sock_release_event {
 /* sock_owner.flags */
 #define SOCK_F_HAS_FLOWS 0x1   /* datagram/raw flows exist: report the release */
 #define SOCK_F_TCP_PENDING 0x2 /* connect() allowed, no SYN yet */
+#define SOCK_F_AUDIT 0x4       /* its last decision was an unenforced DENY */
 
 /* Per-socket storage: who owns a socket in scope (set in process context). */
 struct sock_owner {
@@ -213,6 +224,56 @@ struct sock_owner {
 	__u8 verdict;
 	__u8 _pad[3];
 	char comm[EGRESS_COMM_LEN];
+};
+
+/* policy_rule.kind */
+enum rule_kind {
+	RULE_END = 0,  /* no more rules in this set */
+	RULE_ANY = 1,  /* any destination */
+	RULE_CIDR = 2, /* addr/prefix_len of `family` */
+};
+
+/* One rule of a compiled rule set; first match wins. */
+struct policy_rule {
+	__u8 kind;       /* enum rule_kind */
+	__u8 family;     /* AF_INET / AF_INET6 (RULE_CIDR) */
+	__u8 prefix_len;
+	__u8 protocol;   /* IPPROTO_*, 0 = any */
+	__u16 port_lo;   /* host order; 0..0 = any port */
+	__u16 port_hi;
+	__u8 action;     /* VERDICT_ALLOW or VERDICT_DENY */
+	__u8 _pad[3];
+	__u8 addr[EGRESS_ADDR_LEN];
+};
+
+/* policy_mode */
+enum policy_mode {
+	POLICY_ENFORCE = 0,
+	POLICY_AUDIT = 1, /* decide and record, never block */
+};
+
+/*
+ * `container_policy` value, keyed by the scope cgroup id (0: everything in
+ * SCOPE_ALL mode). Rules are policy_rules[rule_set * EGRESS_MAX_RULES + i].
+ * A reload writes a fresh rule set and then swaps this value in one update:
+ * every decision sees one whole policy.
+ */
+struct container_policy {
+	__u32 rule_set;
+	__u8 mode;           /* enum policy_mode */
+	__u8 default_action; /* VERDICT_ALLOW or VERDICT_DENY */
+	__u8 raw_action;     /* for raw, packet and other non-TCP/UDP sockets */
+	__u8 _pad;
+};
+
+/* `bypass` value, keyed by the scope cgroup id: policy off until `until_ns`. */
+struct bypass_entry {
+	__u64 until_ns;   /* boot time */
+	__u64 started_ns; /* boot time */
+	__u32 uid;        /* who asked */
+	__u32 _pad;
+	char user[EGRESS_USER_LEN];
+	char reason[EGRESS_BYPASS_REASON_LEN];
 };
 
 #endif /* CLAWKER_EGRESS_H */

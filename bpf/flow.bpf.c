@@ -283,6 +283,7 @@ static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_
 	val.pid = o->pid;
 	val.tgid = o->tgid;
 	val.verdict = o->verdict;
+	val.flags = (o->flags & SOCK_F_AUDIT) ? FLOW_F_AUDIT : 0;
 	__builtin_memcpy(val.comm, o->comm, sizeof(val.comm));
 	__builtin_memcpy(val.local_ip, p->local_ip, sizeof(val.local_ip));
 	val.local_port = p->local_port;

@@ -46,6 +46,7 @@ pub mod key {
     pub const CLOSE_REASON: &str = "close_reason";
     pub const ERRNO: &str = "errno";
     pub const COMMUNITY_ID: &str = "community_id";
+    pub const ENFORCED: &str = "enforced";
 
     /// Every key, for the prefix-conflict check.
     pub const ALL: &[&str] = &[
@@ -71,6 +72,16 @@ pub mod key {
         PROJECT,
         EVENT,
         EXIT_CODE,
+        BYTES_OUT,
+        BYTES_IN,
+        PACKETS_OUT,
+        PACKETS_IN,
+        DURATION_MS,
+        FLOW_STATE,
+        CLOSE_REASON,
+        ERRNO,
+        COMMUNITY_ID,
+        ENFORCED,
     ];
 }
 
@@ -99,6 +110,13 @@ impl Source {
 pub enum Value {
     Str(String),
     Int(i64),
+    Bool(bool),
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
 }
 
 impl From<&str> for Value {
@@ -185,6 +203,7 @@ impl Record {
         r.set(key::PID, ev.tgid);
         r.set(key::COMM, ev.comm.as_str());
         if ev.verdict == Verdict::Denied {
+            r.set(key::ENFORCED, !ev.audit);
             r.set_counters(Counters::default());
             r.set(key::DURATION_MS, 0u64);
             r.set(key::FLOW_STATE, FlowState::Ended.name());
@@ -198,6 +217,10 @@ impl Record {
         let flow = &f.flow;
         let mut r = Record::new(f.time, Source::Egress);
         r.set(key::VERDICT, flow.verdict.name());
+        if flow.verdict == Verdict::Denied {
+            // Only audit mode lets a denied flow through.
+            r.set(key::ENFORCED, !flow.audit);
+        }
         let family = if flow.remote.0.is_ipv4() {
             libc::AF_INET
         } else {
@@ -343,6 +366,7 @@ impl Serialize for Record {
             match v {
                 Value::Str(s) => map.serialize_entry(k, s)?,
                 Value::Int(n) => map.serialize_entry(k, n)?,
+                Value::Bool(b) => map.serialize_entry(k, b)?,
             }
         }
         map.end()
@@ -399,6 +423,7 @@ mod tests {
             src: None,
             dst: Some(("::1".parse().unwrap(), 443)),
             verdict: Verdict::Allowed,
+            audit: false,
             comm: "curl\nx".into(),
         }
     }

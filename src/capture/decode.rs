@@ -115,6 +115,7 @@ fn decode_sock(raw: abi::sock_event, clock: BootClock) -> Result<SockEvent, Deco
         src,
         dst,
         verdict,
+        audit: u32::from(raw.flags) & abi::EVENT_F_AUDIT != 0,
         comm: comm(&raw.comm),
     })
 }
@@ -156,6 +157,7 @@ pub fn decode_flow(
         comm: comm(&value.comm),
         verdict,
         syn_sent: u32::from(value.flags) & abi::FLOW_F_SYN_SENT != 0,
+        audit: u32::from(value.flags) & abi::FLOW_F_AUDIT != 0,
         counters: Counters {
             bytes_out: value.bytes_out,
             bytes_in: value.bytes_in,

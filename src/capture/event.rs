@@ -131,6 +131,8 @@ pub struct SockEvent {
     pub src: Option<(IpAddr, u16)>,
     pub dst: Option<(IpAddr, u16)>,
     pub verdict: Verdict,
+    /// A DENY decided in audit mode: recorded, not enforced.
+    pub audit: bool,
     pub comm: String,
 }
 
@@ -219,6 +221,8 @@ pub struct FlowSnapshot {
     pub verdict: Verdict,
     /// TCP: the SYN went out, so sock_ops will end this flow.
     pub syn_sent: bool,
+    /// Its DENY verdict was decided in audit mode (not enforced).
+    pub audit: bool,
     pub counters: Counters,
 }
 

@@ -278,6 +278,7 @@ pub fn log_record(r: &Record) -> LogRecord {
             value: Some(match v {
                 Value::Str(s) => any_value::Value::StringValue(s.clone()),
                 Value::Int(n) => any_value::Value::IntValue(*n),
+                Value::Bool(b) => any_value::Value::BoolValue(*b),
             }),
         }),
         ..Default::default()

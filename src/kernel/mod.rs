@@ -6,6 +6,7 @@ mod attach;
 mod fill;
 mod flows;
 mod mounts;
+mod policy;
 mod ring;
 mod scope;
 
@@ -14,6 +15,7 @@ pub use fill::RingbufFill;
 pub use flows::FlowMaps;
 pub use libbpf_rs::MapHandle;
 pub use mounts::{bpffs_root, cgroup2_root, ensure_bpffs, MountError};
+pub use policy::PolicyMaps;
 pub use ring::{read_drops, EventRing};
 pub use scope::ScopedCgroups;
 

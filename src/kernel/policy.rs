@@ -1,0 +1,162 @@
+//! Policy maps: compiled rule sets, which set governs each scope cgroup,
+//! and audited bypasses. Written by the daemon (policy) and by the `bypass`
+//! command (through the pins); read by `decide()` in the kernel.
+
+use std::path::Path;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::abi;
+use super::attach::KernelError;
+
+pub struct PolicyMaps {
+    container_policy: MapHandle,
+    policy_rules: MapHandle,
+    bypass: MapHandle,
+}
+
+fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: plain repr(C) bindgen structs, read as bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+fn from_bytes<T: Copy>(b: &[u8]) -> Option<T> {
+    (b.len() >= std::mem::size_of::<T>()).then(|| {
+        // SAFETY: length checked; T is valid for any bit pattern.
+        unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) }
+    })
+}
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> KernelError {
+    let what = what.into();
+    move |source| KernelError::Bpf { what, source }
+}
+
+impl PolicyMaps {
+    pub fn new(
+        container_policy: &MapHandle,
+        policy_rules: &MapHandle,
+        bypass: &MapHandle,
+    ) -> Result<Self, KernelError> {
+        Ok(PolicyMaps {
+            container_policy: MapHandle::try_from(container_policy)
+                .map_err(map_err("container_policy handle"))?,
+            policy_rules: MapHandle::try_from(policy_rules)
+                .map_err(map_err("policy_rules handle"))?,
+            bypass: MapHandle::try_from(bypass).map_err(map_err("bypass handle"))?,
+        })
+    }
+
+    /// Open the maps a running (or stopped) daemon pinned: the `bypass`
+    /// command writes through these.
+    pub fn open_pinned(maps_dir: &Path) -> Result<Self, KernelError> {
+        let open = |name: &str| {
+            MapHandle::from_pinned_path(maps_dir.join(name)).map_err(map_err(format!(
+                "open pinned map {name} (is the daemon attached?)"
+            )))
+        };
+        Ok(PolicyMaps {
+            container_policy: open("container_policy")?,
+            policy_rules: open("policy_rules")?,
+            bypass: open("bypass")?,
+        })
+    }
+
+    /// Write a whole rule set (terminated by RULE_END) into slot `set`.
+    pub fn write_rule_set(&self, set: u32, rules: &[abi::policy_rule]) -> Result<(), KernelError> {
+        let max = abi::EGRESS_MAX_RULES as usize;
+        if rules.len() >= max || set >= abi::EGRESS_MAX_POLICIES {
+            return Err(KernelError::Bpf {
+                what: format!(
+                    "rule set {set} with {} rules (max {} sets of {} rules)",
+                    rules.len(),
+                    abi::EGRESS_MAX_POLICIES,
+                    max - 1
+                ),
+                source: libbpf_rs::Error::from(std::io::Error::from(
+                    std::io::ErrorKind::InvalidInput,
+                )),
+            });
+        }
+        let end = abi::policy_rule::default(); // kind RULE_END
+        for (i, rule) in rules.iter().chain(std::iter::once(&end)).enumerate() {
+            let key = set * abi::EGRESS_MAX_RULES + i as u32;
+            self.policy_rules
+                .update(&key.to_ne_bytes(), bytes_of(rule), MapFlags::ANY)
+                .map_err(map_err("write policy rule"))?;
+        }
+        Ok(())
+    }
+
+    /// Point a scope cgroup at a rule set: one map update, so a decision
+    /// sees the old policy or the new one, never a mix.
+    pub fn assign(
+        &self,
+        scope_cgroup_id: u64,
+        policy: &abi::container_policy,
+    ) -> Result<(), KernelError> {
+        self.container_policy
+            .update(
+                &scope_cgroup_id.to_ne_bytes(),
+                bytes_of(policy),
+                MapFlags::ANY,
+            )
+            .map_err(map_err(format!(
+                "assign policy to cgroup {scope_cgroup_id}"
+            )))
+    }
+
+    pub fn unassign(&self, scope_cgroup_id: u64) {
+        let _ = self.container_policy.delete(&scope_cgroup_id.to_ne_bytes());
+    }
+
+    pub fn assignments(&self) -> Vec<(u64, abi::container_policy)> {
+        self.container_policy
+            .keys()
+            .filter_map(|k| {
+                let id = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
+                let v = self
+                    .container_policy
+                    .lookup(&k, MapFlags::ANY)
+                    .ok()
+                    .flatten()?;
+                Some((id, from_bytes(&v)?))
+            })
+            .collect()
+    }
+
+    pub fn set_bypass(
+        &self,
+        scope_cgroup_id: u64,
+        entry: &abi::bypass_entry,
+    ) -> Result<(), KernelError> {
+        self.bypass
+            .update(
+                &scope_cgroup_id.to_ne_bytes(),
+                bytes_of(entry),
+                MapFlags::ANY,
+            )
+            .map_err(map_err(format!("bypass cgroup {scope_cgroup_id}")))
+    }
+
+    /// End a bypass; returns what it was, if there was one.
+    pub fn clear_bypass(&self, scope_cgroup_id: u64) -> Option<abi::bypass_entry> {
+        let v = self
+            .bypass
+            .lookup_and_delete(&scope_cgroup_id.to_ne_bytes())
+            .ok()
+            .flatten()?;
+        from_bytes(&v)
+    }
+
+    pub fn bypasses(&self) -> Vec<(u64, abi::bypass_entry)> {
+        self.bypass
+            .keys()
+            .filter_map(|k| {
+                let id = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
+                let v = self.bypass.lookup(&k, MapFlags::ANY).ok().flatten()?;
+                Some((id, from_bytes(&v)?))
+            })
+            .collect()
+    }
+}

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(cli::run(args))),
+        Command::Bypass(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cli::bypass(args))),
         Command::Check(args) => cli::check(args),
         Command::Detach(args) => cli::detach(args),
         Command::Version => {

@@ -47,6 +47,10 @@ pub mod key {
     pub const ERRNO: &str = "errno";
     pub const COMMUNITY_ID: &str = "community_id";
     pub const ENFORCED: &str = "enforced";
+    pub const BYPASS_UID: &str = "bypass_uid";
+    pub const BYPASS_USER: &str = "bypass_user";
+    pub const BYPASS_REASON: &str = "bypass_reason";
+    pub const BYPASS_UNTIL: &str = "bypass_until";
 
     /// Every key, for the prefix-conflict check.
     pub const ALL: &[&str] = &[
@@ -82,6 +86,10 @@ pub mod key {
         ERRNO,
         COMMUNITY_ID,
         ENFORCED,
+        BYPASS_UID,
+        BYPASS_USER,
+        BYPASS_REASON,
+        BYPASS_UNTIL,
     ];
 }
 

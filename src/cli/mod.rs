@@ -1,5 +1,6 @@
 //! Command line: one file per subcommand; this file only declares them.
 
+mod bypass;
 mod check;
 mod detach;
 mod run;
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Output, Overrides, Scope};
 
+pub use bypass::{bypass, BypassArgs};
 pub use check::check;
 pub use detach::detach;
 pub use run::run;
@@ -33,6 +35,9 @@ pub enum Command {
     Check(CommonArgs),
     /// Remove the programs and pinned maps from the cgroup.
     Detach(CommonArgs),
+    /// Audited break-glass: let a container's traffic through (still
+    /// recorded, as BYPASSED) until it expires or `--off`.
+    Bypass(BypassArgs),
     /// Print the version and the kernel ABI version.
     Version,
 }

@@ -18,11 +18,13 @@ use super::RunArgs;
 use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller};
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
+use crate::enforce::BypassWatcher;
 use crate::export::{run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
 use crate::flow::FlowStage;
-use crate::kernel::{self, abi, AttachOptions, Attached, FlowMaps, RingbufFill};
+use crate::kernel::{self, abi, AttachOptions, Attached, FlowMaps, PolicyMaps, RingbufFill};
 use crate::metrics::{self, KernelReading, Metrics};
 use crate::pipeline::Pipeline;
+use crate::record::Record;
 
 /// Batches buffered between stages.
 const STAGE_QUEUE: usize = 256;
@@ -86,8 +88,17 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     )?;
     let (attributor, lifecycle, attribution) =
         start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?.split();
+    // Control-path records (lifecycle, bypass audit) share one channel.
+    let (control_tx, control_rx) = mpsc::channel(1024);
+    tokio::spawn(forward(lifecycle, control_tx.clone()));
+    let policy_maps = PolicyMaps::new(
+        &attached.container_policy,
+        &attached.policy_rules,
+        &attached.bypass,
+    )?;
+    tokio::spawn(BypassWatcher::new(policy_maps, clock).run(control_tx));
     let pipeline =
-        tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, lifecycle));
+        tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, control_rx));
 
     wait_for_shutdown().await?;
     tracing::info!(
@@ -104,6 +115,14 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     refresh();
     tracing::info!(event = "stopped", "clawker-egress stopped");
     Ok(())
+}
+
+async fn forward(mut from: mpsc::Receiver<Record>, to: mpsc::Sender<Record>) {
+    while let Some(r) = from.recv().await {
+        if to.send(r).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Follow Docker for identities; in `containers` scope, container cgroups

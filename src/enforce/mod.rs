@@ -1,0 +1,9 @@
+//! Control path: the policy and bypass state the kernel enforces. Compiles
+//! rule sets into the kernel's policy maps, swaps them atomically on reload,
+//! and turns bypass changes into audit (`overseer`) records.
+
+mod bypass;
+mod rules;
+
+pub use bypass::{request_bypass, BypassRequest, BypassWatcher};
+pub use rules::{KernelRuleSet, RuleSetWriter};

@@ -1,0 +1,148 @@
+//! Compiled rule sets and their atomic installation.
+
+use crate::kernel::{abi, KernelError, PolicyMaps};
+
+/// One container's (or the default) policy, in kernel form.
+#[derive(Debug, Clone, Default)]
+pub struct KernelRuleSet {
+    pub audit: bool,
+    pub default_allow: bool,
+    pub raw_allow: bool,
+    /// First match wins; at most EGRESS_MAX_RULES - 1.
+    pub rules: Vec<abi::policy_rule>,
+}
+
+impl KernelRuleSet {
+    fn header(&self, rule_set: u32) -> abi::container_policy {
+        let action = |allow: bool| {
+            (if allow {
+                abi::egress_verdict::VERDICT_ALLOW
+            } else {
+                abi::egress_verdict::VERDICT_DENY
+            }) as u8
+        };
+        abi::container_policy {
+            rule_set,
+            mode: (if self.audit {
+                abi::policy_mode::POLICY_AUDIT
+            } else {
+                abi::policy_mode::POLICY_ENFORCE
+            }) as u8,
+            default_action: action(self.default_allow),
+            raw_action: action(self.raw_allow),
+            _pad: 0,
+        }
+    }
+}
+
+/// Installs rule sets: each install writes a slot no live decision uses,
+/// then repoints the cgroup in a single map update.
+pub struct RuleSetWriter {
+    maps: PolicyMaps,
+    next_slot: u32,
+}
+
+impl RuleSetWriter {
+    pub fn new(maps: PolicyMaps) -> Self {
+        // Start after every slot a previous daemon left in use.
+        let used = maps
+            .assignments()
+            .iter()
+            .map(|(_, p)| p.rule_set + 1)
+            .max()
+            .unwrap_or(0);
+        RuleSetWriter {
+            maps,
+            next_slot: used % abi::EGRESS_MAX_POLICIES,
+        }
+    }
+
+    /// Enforce `set` for `scope_cgroup_id` (0: everything in SCOPE_ALL mode).
+    pub fn install(
+        &mut self,
+        scope_cgroup_id: u64,
+        set: &KernelRuleSet,
+    ) -> Result<(), KernelError> {
+        let slot = self.take_slot();
+        self.maps.write_rule_set(slot, &set.rules)?;
+        self.maps.assign(scope_cgroup_id, &set.header(slot))
+    }
+
+    pub fn remove(&mut self, scope_cgroup_id: u64) {
+        self.maps.unassign(scope_cgroup_id);
+    }
+
+    /// The next slot not referenced by any assignment.
+    fn take_slot(&mut self) -> u32 {
+        let in_use: std::collections::HashSet<u32> = self
+            .maps
+            .assignments()
+            .iter()
+            .map(|(_, p)| p.rule_set)
+            .collect();
+        for _ in 0..abi::EGRESS_MAX_POLICIES {
+            let slot = self.next_slot;
+            self.next_slot = (self.next_slot + 1) % abi::EGRESS_MAX_POLICIES;
+            if !in_use.contains(&slot) {
+                return slot;
+            }
+        }
+        // Every slot in use: reuse the next one (a cgroup may briefly see a
+        // mixed set; only possible beyond EGRESS_MAX_POLICIES containers).
+        tracing::warn!(
+            event = "policy_slots_exhausted",
+            "all kernel rule-set slots are in use"
+        );
+        self.next_slot
+    }
+}
+
+/// A CIDR rule in kernel form.
+pub fn cidr_rule(
+    net: std::net::IpAddr,
+    prefix_len: u8,
+    protocol: u8,
+    ports: Option<(u16, u16)>,
+    allow: bool,
+) -> abi::policy_rule {
+    let mut r = abi::policy_rule {
+        kind: abi::rule_kind::RULE_CIDR as u8,
+        prefix_len,
+        protocol,
+        action: if allow {
+            abi::egress_verdict::VERDICT_ALLOW
+        } else {
+            abi::egress_verdict::VERDICT_DENY
+        } as u8,
+        ..Default::default()
+    };
+    if let Some((lo, hi)) = ports {
+        r.port_lo = lo;
+        r.port_hi = hi;
+    }
+    match net {
+        std::net::IpAddr::V4(a) => {
+            r.family = libc::AF_INET as u8;
+            r.addr[..4].copy_from_slice(&a.octets());
+        }
+        std::net::IpAddr::V6(a) => {
+            r.family = libc::AF_INET6 as u8;
+            r.addr = a.octets();
+        }
+    }
+    r
+}
+
+/// A rule for any destination (protocol/port still apply).
+pub fn any_rule(protocol: u8, ports: Option<(u16, u16)>, allow: bool) -> abi::policy_rule {
+    let mut r = cidr_rule(
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
+        0,
+        protocol,
+        ports,
+        allow,
+    );
+    r.kind = abi::rule_kind::RULE_ANY as u8;
+    r.family = 0;
+    r
+}

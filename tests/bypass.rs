@@ -1,0 +1,125 @@
+//! Issue 6 (bypass): audited break-glass on the real kernel. During a
+//! bypass every flow is still recorded, as BYPASSED; start, early stop and
+//! expiry are overseer records saying who, when, why and until when.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{by_pid, require_root, Daemon, DaemonOptions, TcpServer, TestCgroup};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn bypass_cmd(daemon_opts: &DaemonOptions, cg: &TestCgroup, extra: &[&str]) -> String {
+    let out = Command::new(support::bin())
+        .arg("bypass")
+        .arg("--cgroup-root")
+        .arg(&cg.path)
+        .arg("--pin-root")
+        .arg(&daemon_opts.pin_root)
+        .arg("--cgroup")
+        .arg(&cg.path)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bypass {extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn connect(cg: &TestCgroup, port: u16) -> u32 {
+    let out = cg.python(&format!(
+        "import os, socket\nprint(os.getpid(), flush=True)\nsocket.create_connection(('127.0.0.1', {port})).close()\n"
+    ));
+    out.lines().next().unwrap().trim().parse().unwrap()
+}
+
+fn overseer(recs: &[Value], event: &str) -> Vec<Value> {
+    recs.iter()
+        .filter(|r| r["clawker.source"] == "overseer" && r["event"] == event)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
+    if !require_root("a_bypass_is_recorded_enforced_as_bypassed_and_audited") {
+        return;
+    }
+    let cg = TestCgroup::new("ce-bypass");
+    let opts = DaemonOptions::for_cgroup(&cg);
+    let pin_root = opts.pin_root.clone();
+    let daemon = Daemon::start(opts);
+    let opts = DaemonOptions {
+        pin_root,
+        ..DaemonOptions::for_cgroup(&cg)
+    };
+    let server = TcpServer::spawn("127.0.0.1:0", None, 0);
+
+    let out = bypass_cmd(
+        &opts,
+        &cg,
+        &["--for", "15m", "--reason", "incident 42: debug proxy"],
+    );
+    assert!(out.contains("bypass on"), "{out}");
+    let during = connect(&cg, server.port);
+    let recs = daemon.wait_for("bypassed flow and start record", WAIT, |r| {
+        !by_pid(r, during).is_empty() && !overseer(r, "bypass_start").is_empty()
+    });
+    assert_eq!(
+        by_pid(&recs, during)[0]["verdict"],
+        "BYPASSED",
+        "still recorded during bypass"
+    );
+    let start = &overseer(&recs, "bypass_start")[0];
+    assert_eq!(start["bypass_reason"], "incident 42: debug proxy");
+    assert_eq!(start["bypass_uid"], 0);
+    assert_eq!(start["bypass_user"], "root");
+    assert!(start["bypass_until"].as_str().unwrap().ends_with('Z'));
+
+    let out = bypass_cmd(&opts, &cg, &["--off"]);
+    assert!(out.contains("bypass ended"), "{out}");
+    daemon.wait_for("stop record", WAIT, |r| {
+        !overseer(r, "bypass_stop").is_empty()
+    });
+    let after = connect(&cg, server.port);
+    let recs = daemon.wait_for("flow after the bypass", WAIT, |r| {
+        !by_pid(r, after).is_empty()
+    });
+    assert_eq!(by_pid(&recs, after)[0]["verdict"], "ALLOWED");
+
+    // A short bypass expires by itself, and says so.
+    bypass_cmd(&opts, &cg, &["--for", "1s", "--reason", "short"]);
+    let recs = daemon.wait_for("expiry record", WAIT, |r| {
+        !overseer(r, "bypass_expired").is_empty()
+    });
+    assert_eq!(
+        overseer(&recs, "bypass_expired")[0]["bypass_reason"],
+        "short"
+    );
+    let late = connect(&cg, server.port);
+    let recs = daemon.wait_for("flow after expiry", WAIT, |r| !by_pid(r, late).is_empty());
+    assert_eq!(by_pid(&recs, late)[0]["verdict"], "ALLOWED");
+}
+
+#[test]
+fn a_bypass_needs_a_reason_and_a_bound() {
+    let run = |args: &[&str]| {
+        Command::new(support::bin())
+            .arg("bypass")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--cgroup", "/tmp", "--for", "5m"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reason is required"));
+    let out = run(&["--cgroup", "/tmp", "--for", "48h", "--reason", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 24h"));
+}

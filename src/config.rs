@@ -153,6 +153,12 @@ impl Config {
                 self.otlp_endpoint
             )));
         }
+        if self.attribution_wait > Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(format!(
+                "attribution_wait = {:?}: at most 60s (records wait in memory)",
+                self.attribution_wait
+            )));
+        }
         if self.agent_label.is_empty()
             || self.project_label.is_empty()
             || self.agent_label == self.project_label

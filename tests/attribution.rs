@@ -6,8 +6,19 @@
 mod support;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 
 use serde_json::Value;
 use support::docker::{
@@ -231,6 +242,15 @@ fn hostile_labels_are_bounded_and_safely_encoded() {
     let _engine = engine();
     let daemon = daemon();
     let server = listener();
+    let collector = OtlpLogs::serve();
+    let otlp = Daemon::start(
+        DaemonOptions::host_root()
+            .arg("--output")
+            .arg("otlp")
+            .arg("--otlp-endpoint")
+            .arg(format!("http://{}", collector.addr)),
+    );
+    wait_attribution_ready(&otlp);
     let huge = "\u{3b1}".repeat(32 * 1024); // 64 KiB of two-byte chars
     let odd = "quote\" back\\slash\nnew line\r\ttab \u{202e}rtl\u{202c} zwj\u{200d} \u{1f980} \u{fffd}\u{ffff} end";
     let c = Spec::new(
@@ -256,6 +276,99 @@ fn hostile_labels_are_bounded_and_safely_encoded() {
             "a prefix, cut on a char boundary"
         );
         assert_eq!(r["project"], odd, "verbatim otherwise");
+    }
+    // The same over OTLP: string attributes, a one-line body.
+    let logs = collector.wait_for(|l| {
+        l.iter()
+            .filter(|r| attr(r, "container_id") == Some(c.id.clone()))
+            .count()
+            >= 2
+    });
+    for r in logs
+        .iter()
+        .filter(|r| attr(r, "container_id") == Some(c.id.clone()))
+    {
+        let agent = attr(r, "agent").expect("agent attribute");
+        assert!(agent.len() <= 256 && huge.starts_with(agent.trim_end_matches('\u{2026}')));
+        assert_eq!(attr(r, "project").as_deref(), Some(odd));
+        let Some(Any::StringValue(body)) = r.body.as_ref().and_then(|b| b.value.clone()) else {
+            panic!("body is a string: {r:?}");
+        };
+        assert!(
+            !body.chars().any(char::is_control),
+            "no control characters: {body:?}"
+        );
+    }
+}
+
+/// A minimal OTLP logs receiver on loopback, for the hostile-label test.
+struct OtlpLogs {
+    addr: SocketAddr,
+    got: LogStore,
+}
+
+#[derive(Clone, Default)]
+struct LogStore(Arc<Mutex<Vec<LogRecord>>>);
+
+#[tonic::async_trait]
+impl LogsService for LogStore {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().unwrap();
+        for rl in req.into_inner().resource_logs {
+            for sl in rl.scope_logs {
+                got.extend(sl.log_records);
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+impl OtlpLogs {
+    fn serve() -> OtlpLogs {
+        let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let got = LogStore::default();
+        let svc = got.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(
+                tonic::transport::Server::builder()
+                    .add_service(LogsServiceServer::new(svc))
+                    .serve(addr),
+            )
+        });
+        OtlpLogs { addr, got }
+    }
+
+    fn wait_for(&self, pred: impl Fn(&[LogRecord]) -> bool) -> Vec<LogRecord> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.got.0.lock().unwrap().clone();
+            if pred(&got) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "OTLP records never arrived");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn attr(r: &LogRecord, key: &str) -> Option<String> {
+    match r
+        .attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?
+    {
+        Any::StringValue(s) => Some(s.clone()),
+        _ => None,
     }
 }
 
@@ -359,4 +472,69 @@ fn a_dockerd_restart_neither_stops_capture_nor_attribution() {
     assert_eq!(unavailable(&daemon), 1);
     assert_eq!(daemon.metric("clawker_egress_docker_outages_total"), 1.0);
     assert_eq!(daemon.metric("clawker_egress_docker_up"), 1.0);
+}
+
+/// Label keys Docker events cannot carry (`name` is the container's name
+/// there): identities then come from `inspect` only, and a container's
+/// first records wait for it in the side queue. Also: keys are configurable.
+#[test]
+fn custom_label_keys_resolve_through_lookups() {
+    if !require_root("custom_label_keys_resolve_through_lookups") {
+        return;
+    }
+    let _engine = engine();
+    let mut opts = DaemonOptions::host_root();
+    opts.env = vec![
+        ("CLAWKER_EGRESS_AGENT_LABEL".into(), "name".into()),
+        (
+            "CLAWKER_EGRESS_PROJECT_LABEL".into(),
+            "com.example.team".into(),
+        ),
+    ];
+    let daemon = Daemon::start(opts);
+    wait_attribution_ready(&daemon);
+    let server = listener();
+    let port = server.port;
+    let containers: Vec<_> = (0..10)
+        .map(|i| {
+            std::thread::spawn(move || {
+                Spec::new("ce-custom", format!("{}; sleep 30", connect_once(port)))
+                    .label("name", &format!("custom-{i}"))
+                    .label("com.example.team", "team")
+                    .label(AGENT, "not-this-one")
+                    .run()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("docker run"))
+        .collect();
+    let recs = daemon.wait_for("10 flows", WAIT, |r| to_port(r, port).len() >= 10);
+    let mine = to_port(&recs, port);
+    let metrics = daemon.metrics();
+    let count = support::metric_value(&metrics, "clawker_egress_attribution_wait_seconds_count");
+    let sum = support::metric_value(&metrics, "clawker_egress_attribution_wait_seconds_sum");
+    eprintln!(
+        "LOOKUP PATH: {} flows, {} unattributed; {count} cgroups waited, {:.1} ms on average",
+        mine.len(),
+        mine.iter().filter(|r| r.get("agent").is_none()).count(),
+        if count > 0.0 {
+            sum * 1000.0 / count
+        } else {
+            0.0
+        }
+    );
+    for c in &containers {
+        let r = egress_of(&recs, &c.id);
+        assert_eq!(r.len(), 1);
+        assert!(
+            r[0]["agent"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("custom-")),
+            "{:#?}",
+            r[0]
+        );
+        assert_eq!(r[0]["project"], "team");
+    }
+    assert_eq!(daemon.metric("clawker_egress_unattributed_total"), 0.0);
 }

@@ -120,9 +120,10 @@ impl Attributor {
             return;
         }
         let now = Instant::now();
+        let deadline = now.checked_add(self.wait).unwrap_or(now);
         let held = self.held.entry(key).or_insert_with(|| Held {
             since: now,
-            deadline: now + self.wait,
+            deadline,
             records: Vec::new(),
         });
         if held.records.is_empty() {
@@ -166,7 +167,7 @@ impl Attributor {
             let Some(held) = self.held.remove(&key) else {
                 continue;
             };
-            self.held_records -= held.records.len();
+            self.held_records = self.held_records.saturating_sub(held.records.len());
             self.metrics
                 .attribution_wait(now.saturating_duration_since(held.since));
             for mut record in held.records {
@@ -190,7 +191,14 @@ impl Attributor {
 
     /// Shutdown: everything held goes out now.
     pub fn flush(&mut self, out: &mut Vec<Record>) {
-        self.release(Instant::now() + self.wait + Duration::from_secs(1), out);
+        // The latest deadline: every held record counts as expired.
+        let far = self
+            .held
+            .values()
+            .map(|h| h.deadline)
+            .chain([Instant::now()])
+            .max();
+        self.release(far.unwrap_or_else(Instant::now), out);
     }
 
     pub fn held(&self) -> usize {

@@ -443,3 +443,7 @@ fn now_nanos() -> i64 {
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+#[path = "tests/overseer.rs"]
+mod tests;

@@ -16,4 +16,5 @@ pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod record;

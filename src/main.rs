@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(cli::bypass(args))),
         Command::Check(args) => cli::check(args),
         Command::Detach(args) => cli::detach(args),
+        Command::Policy(args) => cli::policy(args),
         Command::Version => {
             println!(
                 "clawker-egress {} (kernel ABI v{})",

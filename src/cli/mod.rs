@@ -3,6 +3,7 @@
 mod bypass;
 mod check;
 mod detach;
+mod policy;
 mod run;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use crate::config::{Output, Overrides, Scope};
 pub use bypass::{bypass, BypassArgs};
 pub use check::check;
 pub use detach::detach;
+pub use policy::{policy, PolicyArgs, PolicyCommand};
 pub use run::run;
 
 #[derive(Debug, Parser)]
@@ -38,6 +40,8 @@ pub enum Command {
     /// Audited break-glass: let a container's traffic through (still
     /// recorded, as BYPASSED) until it expires or `--off`.
     Bypass(BypassArgs),
+    /// Egress policy files, offline: `check FILE`, `explain`.
+    Policy(PolicyArgs),
     /// Print the version and the kernel ABI version.
     Version,
 }

@@ -52,6 +52,11 @@ pub fn parse_policy(text: &str, file: &str, base_dir: &Path) -> Result<Policy, P
         };
         policy.projects = projects(&ctx, v, &mut warnings)?;
     }
+    if policy.default.rules.is_empty() && policy.projects.is_empty() {
+        warnings.push(format!(
+            "{file}:1:1: no rules at all: every connection gets the default action"
+        ));
+    }
     policy.warnings = warnings;
     Ok(policy)
 }
@@ -157,8 +162,8 @@ fn clawker_rules(
             let path = src.scalar(path, "clawker_file")?;
             let full: PathBuf = ctx.base_dir.join(path.as_str());
             clawker::firewall_rules_from_file(&full, scope, warnings).map_err(|e| match e {
-                PolicyError::Read { reason, .. } => {
-                    src.err_scalar(path, format!("clawker_file: {reason}"))
+                PolicyError::Read { file, reason } => {
+                    src.err_scalar(path, format!("clawker_file: cannot read {file}: {reason}"))
                 }
                 other => other,
             })

@@ -145,7 +145,8 @@ impl Src {
         f: impl Fn(&str) -> Result<T, String>,
     ) -> Result<T, PolicyError> {
         let s = self.scalar(node, what)?;
-        f(s.as_str()).map_err(|reason| self.err_scalar(s, format!("{what}: {reason}")))
+        // The parsers name the value themselves ("port 0: …").
+        f(s.as_str()).map_err(|reason| self.err_scalar(s, reason))
     }
 }
 

@@ -1,0 +1,190 @@
+//! `policy check FILE` and `policy explain`: offline, no root, no kernel.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use crate::policy::{Mode, Policy, Proto, Resolved, RuleSet, Target};
+
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file: a summary and warnings, or one
+    /// `file:line:column: reason` line and a non-zero exit.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Say which rule decides a connection and why.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// Policy file.
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// The container's agent label value (omit for none).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// The container's project label value (omit for none).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Destination: host:port, ipv4:port or [ipv6]:port (port optional for icmp).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dst: String,
+    /// The address a host name resolved to, so CIDR rules are checked too.
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<IpAddr>,
+    /// L4 protocol of the attempt.
+    #[arg(long, default_value = "tcp", value_parser = parse_proto)]
+    pub proto: Proto,
+}
+
+pub fn policy(args: &PolicyArgs) -> Result<()> {
+    match &args.command {
+        PolicyCommand::Check { file } => check(file),
+        PolicyCommand::Explain(a) => explain(a),
+    }
+}
+
+/// A rejected file is one `file:line:column: reason` line on stderr, with no
+/// prefix, so editors and CI annotators can jump to it.
+fn load_or_exit(file: &Path) -> Policy {
+    match Policy::load(file) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn check(file: &Path) -> Result<()> {
+    let policy = load_or_exit(file);
+    for line in summary(file, &policy) {
+        println!("{line}");
+    }
+    for w in &policy.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn summary(file: &Path, p: &Policy) -> Vec<String> {
+    let mut out = vec![format!(
+        "{}: ok (mode {}, raw_sockets {}, {} project(s))",
+        file.display(),
+        p.mode,
+        p.raw_sockets,
+        p.projects.len()
+    )];
+    out.push(format!("default: {}", set_summary(&p.default)));
+    for (name, proj) in &p.projects {
+        out.push(format!("project {name}: {}", set_summary(&proj.rules)));
+        for (agent, set) in &proj.agents {
+            out.push(format!("  agent {agent}: {}", set_summary(set)));
+        }
+    }
+    out
+}
+
+fn set_summary(set: &RuleSet) -> String {
+    let default = set
+        .default_action
+        .map_or("inherited".to_string(), |a| a.to_string());
+    format!("{} rule(s), default_action {default}", set.rules.len())
+}
+
+fn explain(a: &ExplainArgs) -> Result<()> {
+    let policy = load_or_exit(&a.file);
+    let target = target(&a.dst, a.ip, a.proto)?;
+    let resolved = policy.rules_for(a.agent.as_deref(), a.project.as_deref());
+    print_explanation(&resolved, &target, &a.dst);
+    Ok(())
+}
+
+fn print_explanation(r: &Resolved, t: &Target, dst: &str) {
+    let d = r.decide(t);
+    println!(
+        "scope:    {} ({} rule(s), mode {})",
+        r.scope,
+        r.rules.len(),
+        r.mode
+    );
+    println!("target:   {dst} {}", t.proto);
+    println!("decision: {}", d.action);
+    match &d.rule {
+        Some(origin) => println!("rule:     {origin}"),
+        None => println!("rule:     none ({})", r.default_from),
+    }
+    println!("reason:   {}", d.reason);
+    if r.mode == Mode::Audit {
+        println!("note:     audit mode: a deny is recorded (enforced=false), never blocked");
+    }
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        "icmp" | "icmpv6" => Ok(Proto::Icmp),
+        _ => Err(format!("{s:?}: expected tcp, udp or icmp")),
+    }
+}
+
+/// `host:port`, `1.2.3.4:port`, `[2001:db8::1]:port`; a bare address or
+/// host only for ICMP (port 0).
+fn target(dst: &str, ip: Option<IpAddr>, proto: Proto) -> Result<Target> {
+    let (host, port) = split_host_port(dst)?;
+    let port = match (port, proto) {
+        (Some(p), _) => p,
+        (None, Proto::Icmp) => 0,
+        (None, _) => bail!("--dst {dst:?}: missing :port"),
+    };
+    let parsed_ip = host.parse::<IpAddr>().ok();
+    Ok(Target {
+        host: parsed_ip.is_none().then(|| host.to_string()),
+        ip: parsed_ip.or(ip),
+        port,
+        proto,
+    })
+}
+
+fn split_host_port(dst: &str) -> Result<(&str, Option<u16>)> {
+    if let Some(rest) = dst.strip_prefix('[') {
+        let Some((addr, tail)) = rest.split_once(']') else {
+            bail!("--dst {dst:?}: missing ']'");
+        };
+        return Ok((addr, port_suffix(dst, tail)?));
+    }
+    if dst.parse::<IpAddr>().is_ok() {
+        return Ok((dst, None));
+    }
+    match dst.rsplit_once(':') {
+        Some((host, p)) => Ok((host, Some(port_number(dst, p)?))),
+        None => Ok((dst, None)),
+    }
+}
+
+fn port_suffix(dst: &str, tail: &str) -> Result<Option<u16>> {
+    match tail.strip_prefix(':') {
+        Some(p) => Ok(Some(port_number(dst, p)?)),
+        None if tail.is_empty() => Ok(None),
+        None => bail!("--dst {dst:?}: expected ]:port"),
+    }
+}
+
+fn port_number(dst: &str, p: &str) -> Result<u16> {
+    match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("--dst {dst:?}: port {p:?} is not within 1-65535"),
+    }
+}

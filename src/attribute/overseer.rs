@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 
 use super::cache::LabelCache;
 use super::cgroup::{cgroup_alive, container_cgroup, container_cgroup_of_pid, CgroupIndex};
@@ -68,6 +68,9 @@ pub struct Overseer<S: ContainerSource> {
     classifier: CgroupIndex,
     steps: HashMap<String, VecDeque<Step>>,
     inspections: JoinSet<Inspected>,
+    /// Which container each lookup task is for (a task that panicked still
+    /// has its queue moved on).
+    tasks: HashMap<tokio::task::Id, String>,
     cursor: Option<i64>,
     recent: VecDeque<(i64, String, &'static str)>,
 }
@@ -91,6 +94,7 @@ impl<S: ContainerSource> Overseer<S> {
             root: cgroup_root,
             steps: HashMap::new(),
             inspections: JoinSet::new(),
+            tasks: HashMap::new(),
             cursor: None,
             recent: VecDeque::new(),
         }
@@ -208,10 +212,8 @@ impl<S: ContainerSource> Overseer<S> {
                     Some(req) => self.on_request(req, true).await,
                     None => return Exit::Shutdown,
                 },
-                Some(done) = self.inspections.join_next(), if !self.inspections.is_empty() => {
-                    if let Ok(done) = done {
-                        self.on_inspected(done).await;
-                    }
+                Some(done) = self.inspections.join_next_with_id(), if !self.inspections.is_empty() => {
+                    self.on_joined(done).await;
                 }
                 _ = tick.tick() => self.cache.purge(),
             }
@@ -229,10 +231,8 @@ impl<S: ContainerSource> Overseer<S> {
                     Some(req) => self.on_request(req, false).await,
                     None => return Exit::Shutdown,
                 },
-                Some(done) = self.inspections.join_next(), if !self.inspections.is_empty() => {
-                    if let Ok(done) = done {
-                        self.on_inspected(done).await;
-                    }
+                Some(done) = self.inspections.join_next_with_id(), if !self.inspections.is_empty() => {
+                    self.on_joined(done).await;
                 }
             }
         }
@@ -336,11 +336,12 @@ impl<S: ContainerSource> Overseer<S> {
                 Some(Step::Inspecting) => return,
                 Some(step @ Step::Inspect) => {
                     *step = Step::Inspecting;
-                    let (source, id) = (self.source.clone(), id.to_owned());
-                    self.inspections.spawn(async move {
-                        let r = source.inspect(&id).await;
-                        (id, r)
+                    let (source, owned) = (self.source.clone(), id.to_owned());
+                    let task = self.inspections.spawn(async move {
+                        let r = source.inspect(&owned).await;
+                        (owned, r)
                     });
+                    self.tasks.insert(task.id(), id.to_owned());
                     return;
                 }
                 Some(_) => {
@@ -350,6 +351,22 @@ impl<S: ContainerSource> Overseer<S> {
                 }
             }
         }
+    }
+
+    async fn on_joined(&mut self, done: Result<(tokio::task::Id, Inspected), JoinError>) {
+        let (task, inspected) = match done {
+            Ok((task, inspected)) => (task, Some(inspected)),
+            Err(e) => (e.id(), None),
+        };
+        let Some(container) = self.tasks.remove(&task) else {
+            return;
+        };
+        let inspected = inspected.unwrap_or_else(|| {
+            let detail = "lookup task failed".to_owned();
+            let runtime = self.source.runtime();
+            (container, Err(SourceError::Runtime { runtime, detail }))
+        });
+        self.on_inspected(inspected).await;
     }
 
     async fn on_inspected(&mut self, (id, result): Inspected) {

@@ -46,6 +46,8 @@ pub struct Config {
     /// Where maps and links are pinned (a bpffs directory).
     pub pin_root: PathBuf,
     pub scope: Scope,
+    /// Egress policy (YAML, docs/POLICY.md); none: observe only, block nothing.
+    pub policy_file: Option<PathBuf>,
     /// tracing filter, e.g. "info" or "clawker_egress=debug".
     pub log_level: String,
     /// A datagram/raw flow with no packet for this long has ended ("30s").
@@ -76,6 +78,7 @@ impl Default for Config {
             ringbuf_bytes: crate::kernel::abi::EGRESS_RINGBUF_DEFAULT_BYTES,
             pin_root: PathBuf::from("/sys/fs/bpf/clawker-egress"),
             scope: Scope::Auto,
+            policy_file: None,
             log_level: "info".into(),
             flow_idle_timeout: Duration::from_secs(30),
             flow_active_interval: Duration::from_secs(300),
@@ -104,6 +107,8 @@ pub struct Overrides {
     pub pin_root: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "humantime_serde::option"

@@ -51,6 +51,8 @@ pub mod key {
     pub const BYPASS_USER: &str = "bypass_user";
     pub const BYPASS_REASON: &str = "bypass_reason";
     pub const BYPASS_UNTIL: &str = "bypass_until";
+    pub const POLICY_FILE: &str = "policy_file";
+    pub const ERROR: &str = "error";
 
     /// Every key, for the prefix-conflict check.
     pub const ALL: &[&str] = &[
@@ -90,6 +92,8 @@ pub mod key {
         BYPASS_USER,
         BYPASS_REASON,
         BYPASS_UNTIL,
+        POLICY_FILE,
+        ERROR,
     ];
 }
 

@@ -76,6 +76,9 @@ pub struct RunArgs {
     pub ringbuf_bytes: Option<u32>,
     #[arg(long, value_enum)]
     pub scope: Option<Scope>,
+    /// Egress policy file (YAML); reloaded on SIGHUP and on change.
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policy_file: Option<PathBuf>,
     /// End a datagram/raw flow after this long without a packet (e.g. 30s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub flow_idle_timeout: Option<std::time::Duration>,
@@ -102,6 +105,7 @@ impl RunArgs {
             metrics_listen: self.metrics_listen,
             ringbuf_bytes: self.ringbuf_bytes,
             scope: self.scope,
+            policy_file: self.policy_file.clone(),
             flow_idle_timeout: self.flow_idle_timeout,
             flow_active_interval: self.flow_active_interval,
             ..self.common.overrides()

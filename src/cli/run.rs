@@ -18,12 +18,13 @@ use super::RunArgs;
 use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller};
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
-use crate::enforce::BypassWatcher;
+use crate::enforce::{BypassWatcher, PolicyController, RuleSetWriter, Targets};
 use crate::export::{run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
 use crate::flow::FlowStage;
 use crate::kernel::{self, abi, AttachOptions, Attached, FlowMaps, PolicyMaps, RingbufFill};
 use crate::metrics::{self, KernelReading, Metrics};
 use crate::pipeline::Pipeline;
+use crate::policy::Policy;
 use crate::record::Record;
 
 /// Batches buffered between stages.
@@ -39,6 +40,11 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         kernel::ensure_bpffs(&kernel::bpffs_root())?;
     }
     let scope = config.effective_scope();
+    // Validate the policy before touching the kernel.
+    let policy = match &config.policy_file {
+        Some(path) => Some(Policy::load(path)?),
+        None => None,
+    };
     let attached = kernel::load_and_attach(&AttachOptions {
         cgroup: cgroup.clone(),
         pin_root: config.pin_root.clone(),
@@ -96,7 +102,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         &attached.policy_rules,
         &attached.bypass,
     )?;
-    tokio::spawn(BypassWatcher::new(policy_maps, clock).run(control_tx));
+    tokio::spawn(BypassWatcher::new(policy_maps, clock).run(control_tx.clone()));
+    if let (Some(path), Some(policy)) = (&config.policy_file, policy) {
+        start_policy(path, policy, &attached, control_tx)?;
+    }
     let pipeline =
         tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, control_rx));
 
@@ -114,6 +123,37 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     }
     refresh();
     tracing::info!(event = "stopped", "clawker-egress stopped");
+    Ok(())
+}
+
+/// Enforce the policy (already validated before attaching).
+fn start_policy(
+    path: &std::path::Path,
+    policy: Policy,
+    attached: &Attached,
+    out: mpsc::Sender<Record>,
+) -> Result<()> {
+    let maps = PolicyMaps::new(
+        &attached.container_policy,
+        &attached.policy_rules,
+        &attached.bypass,
+    )?;
+    // Per-container rule sets follow attribution (see enforce::Directory);
+    // until that is wired, every cgroup in scope gets the default section.
+    let targets = Targets::Everything;
+    let controller = PolicyController::start(
+        path.to_path_buf(),
+        policy,
+        RuleSetWriter::new(maps),
+        targets,
+        out,
+    );
+    let (keep, changes) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        let _keep = keep;
+        controller.run(changes).await
+    });
+    tracing::info!(event = "policy_loaded", file = %path.display(), "policy in force");
     Ok(())
 }
 

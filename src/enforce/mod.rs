@@ -3,7 +3,11 @@
 //! and turns bypass changes into audit (`overseer`) records.
 
 mod bypass;
+mod compile;
+mod controller;
 mod rules;
 
 pub use bypass::{request_bypass, BypassRequest, BypassWatcher};
+pub use compile::{compile, CompileNotes};
+pub use controller::{Directory, PolicyController, Targets};
 pub use rules::{KernelRuleSet, RuleSetWriter};

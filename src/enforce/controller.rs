@@ -1,0 +1,176 @@
+//! Keeps the kernel's policy in step with the policy file and with the
+//! containers in scope. A reload (SIGHUP or a changed file) parses the
+//! whole file first: an invalid file changes nothing in the kernel and is
+//! reported (log + overseer record); a valid one is installed container by
+//! container, each swap a single map update.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use super::compile::compile;
+use super::rules::RuleSetWriter;
+use crate::policy::Policy;
+use crate::record::{key, Record, Source};
+
+/// Who is in scope, with the labels their policy is chosen by.
+pub trait Directory: Send + Sync + 'static {
+    /// (scope cgroup id, agent, project) of every container in scope.
+    fn containers(&self) -> Vec<(u64, Option<String>, Option<String>)>;
+}
+
+/// Where rules apply: one rule set for everything under an explicit
+/// cgroup root (the default section), or one per container.
+pub enum Targets {
+    Everything,
+    Containers(Box<dyn Directory>),
+}
+
+pub struct PolicyController {
+    path: PathBuf,
+    writer: RuleSetWriter,
+    targets: Targets,
+    policy: Policy,
+    stamp: Option<(SystemTime, u64)>,
+    /// What each cgroup has now, to reinstall only on change.
+    installed: HashMap<u64, (Option<String>, Option<String>)>,
+    out: mpsc::Sender<Record>,
+}
+
+impl PolicyController {
+    /// Install `policy` (loaded from `path` before anything was attached:
+    /// an invalid file is a start-up error that changes nothing).
+    pub fn start(
+        path: PathBuf,
+        policy: Policy,
+        writer: RuleSetWriter,
+        targets: Targets,
+        out: mpsc::Sender<Record>,
+    ) -> Self {
+        let stamp = file_stamp(&path);
+        let mut c = PolicyController {
+            path,
+            writer,
+            targets,
+            policy,
+            stamp,
+            installed: HashMap::new(),
+            out,
+        };
+        c.install_all(true);
+        c
+    }
+
+    /// Follow SIGHUP, file changes and container changes until shutdown.
+    pub async fn run(mut self, mut containers_changed: watch::Receiver<u64>) {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!(event = "policy_reload_unavailable", "cannot watch SIGHUP");
+            return;
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload("SIGHUP").await,
+                _ = tick.tick() => {
+                    if file_stamp(&self.path) != self.stamp {
+                        self.reload("file changed").await;
+                    }
+                }
+                changed = containers_changed.changed(), if watching => {
+                    watching = changed.is_ok();
+                    self.install_all(false);
+                }
+            }
+        }
+    }
+
+    async fn reload(&mut self, why: &str) {
+        self.stamp = file_stamp(&self.path);
+        match Policy::load(&self.path) {
+            Ok(policy) => {
+                self.policy = policy;
+                self.install_all(true);
+                tracing::info!(event = "policy_loaded", file = %self.path.display(), why, "policy reloaded");
+                self.audit(
+                    "policy_loaded",
+                    format!("policy {} loaded ({why})", self.path.display()),
+                    None,
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::error!(event = "policy_rejected", error = %e, "invalid policy file; the previous policy stays in force");
+                self.audit(
+                    "policy_rejected",
+                    format!("policy rejected, previous policy stays: {e}"),
+                    Some(e.to_string()),
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn audit(&self, event: &'static str, body: String, error: Option<String>) {
+        let mut r = Record::new(SystemTime::now(), Source::Overseer).with_body(body);
+        r.set(key::EVENT, event);
+        r.set(key::POLICY_FILE, self.path.display().to_string());
+        if let Some(e) = error {
+            r.set(key::ERROR, e);
+        }
+        let _ = self.out.send(r).await;
+    }
+
+    /// Install every target's rules; `all` forces a reinstall (new policy).
+    fn install_all(&mut self, all: bool) {
+        let targets: Vec<(u64, Option<String>, Option<String>)> = match &self.targets {
+            Targets::Everything => vec![(0, None, None)],
+            Targets::Containers(dir) => dir.containers(),
+        };
+        let live: HashSet<u64> = targets.iter().map(|t| t.0).collect();
+        for (id, agent, project) in targets {
+            let labels = (agent, project);
+            if !all && self.installed.get(&id) == Some(&labels) {
+                continue;
+            }
+            let resolved = self
+                .policy
+                .rules_for(labels.0.as_deref(), labels.1.as_deref());
+            let (set, notes) = compile(&resolved);
+            if notes.truncated > 0 {
+                tracing::warn!(
+                    event = "policy_truncated",
+                    cgroup_id = id,
+                    rules = notes.truncated,
+                    "rules beyond the kernel limit were dropped"
+                );
+            }
+            match self.writer.install(id, &set) {
+                Ok(()) => {
+                    self.installed.insert(id, labels);
+                }
+                Err(e) => {
+                    tracing::error!(event = "policy_install_failed", cgroup_id = id, error = %e, "policy not installed for this cgroup")
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .installed
+            .keys()
+            .filter(|id| !live.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.writer.remove(id);
+            self.installed.remove(&id);
+        }
+    }
+}
+
+fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}

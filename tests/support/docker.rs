@@ -79,9 +79,16 @@ impl Container {
             .expect("a pid")
     }
 
-    /// The container's own cgroup v2 directory (cgroupfs driver).
+    /// The container's own cgroup v2 directory, from its init process
+    /// (`/docker/<id>` with cgroupfs, `/system.slice/docker-<id>.scope`
+    /// with systemd).
     pub fn cgroup_dir(&self, v2_root: &Path) -> PathBuf {
-        v2_root.join("docker").join(&self.id)
+        let text = std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid())).unwrap();
+        let rel = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup v2 path");
+        v2_root.join(rel.trim_start_matches('/'))
     }
 
     pub fn remove(&self) {
@@ -180,6 +187,11 @@ fn dockerd_pid() -> Option<i32> {
 /// Stop dockerd (containers live on: --live-restore) and wait until its
 /// API is gone. Call with [`engine_exclusive`] held.
 pub fn stop_dockerd() {
+    assert_eq!(
+        docker_ok(&["info", "--format", "{{.LiveRestoreEnabled}}"]),
+        "true",
+        "the engine must run with --live-restore (scripts/docker-env starts it so)"
+    );
     let pid = dockerd_pid().expect("dockerd pid file");
     // SAFETY: plain kill(2) on the engine this test suite started.
     unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -115,8 +115,14 @@ static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id, bool
 	if (b && b->until_ns > bpf_ktime_get_boot_ns())
 		return VERDICT_BYPASS;
 	cp = bpf_map_lookup_elem(&container_policy, &scope_id);
+	if (!cp) {
+		/* A container whose labels are not known yet: the default section. */
+		__u64 fallback = 0;
+
+		cp = bpf_map_lookup_elem(&container_policy, &fallback);
+	}
 	if (!cp)
-		return VERDICT_ALLOW;
+		return VERDICT_ALLOW; /* no policy: observe only */
 	verdict = raw ? cp->raw_action : evaluate(cp, a);
 	if (verdict == VERDICT_DENY && cp->mode == POLICY_AUDIT)
 		*flags = EVENT_F_AUDIT;

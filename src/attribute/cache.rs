@@ -157,6 +157,24 @@ impl LabelCache {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Live enrolled container cgroups, with the identity when known: the
+    /// targets of per-container policy.
+    pub fn enrolled(&self) -> Vec<(u64, Option<Arc<Identity>>)> {
+        let inner = self.read();
+        inner
+            .by_cgroup
+            .iter()
+            .filter(|(_, b)| b.enrolled && b.dead_until.is_none())
+            .map(|(id, b)| {
+                let identity = inner
+                    .containers
+                    .get(&b.container)
+                    .and_then(|e| e.identity.clone());
+                (*id, identity)
+            })
+            .collect()
+    }
+
     pub fn lookup_cgroup(&self, cgroup_id: u64) -> Lookup {
         let inner = self.read();
         let Some(b) = inner.by_cgroup.get(&cgroup_id) else {

@@ -15,10 +15,10 @@ use tokio::task::JoinHandle;
 
 use super::check::{cgroup_dir, require_privileges};
 use super::RunArgs;
-use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller};
+use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
-use crate::enforce::{BypassWatcher, PolicyController, RuleSetWriter, Targets};
+use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
 use crate::export::{run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
 use crate::flow::FlowStage;
 use crate::kernel::{self, abi, AttachOptions, Attached, FlowMaps, PolicyMaps, RingbufFill};
@@ -92,8 +92,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         event_tx,
         metrics.clone(),
     )?;
-    let (attributor, lifecycle, attribution) =
-        start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?.split();
+    let attribution = start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?;
+    let label_cache = attribution.cache.clone();
+    let (attributor, lifecycle, attribution) = attribution.split();
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
     tokio::spawn(forward(lifecycle, control_tx.clone()));
@@ -104,7 +105,11 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     )?;
     tokio::spawn(BypassWatcher::new(policy_maps, clock).run(control_tx.clone()));
     if let (Some(path), Some(policy)) = (&config.policy_file, policy) {
-        start_policy(path, policy, &attached, control_tx)?;
+        let targets = match scope {
+            Scope::Containers => Some(label_cache),
+            _ => None,
+        };
+        start_policy(path, policy, &attached, targets, control_tx)?;
     }
     let pipeline =
         tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, control_rx));
@@ -131,6 +136,7 @@ fn start_policy(
     path: &std::path::Path,
     policy: Policy,
     attached: &Attached,
+    containers: Option<Arc<LabelCache>>,
     out: mpsc::Sender<Record>,
 ) -> Result<()> {
     let maps = PolicyMaps::new(
@@ -138,23 +144,43 @@ fn start_policy(
         &attached.policy_rules,
         &attached.bypass,
     )?;
-    // Per-container rule sets follow attribution (see enforce::Directory);
-    // until that is wired, every cgroup in scope gets the default section.
-    let targets = Targets::Everything;
-    let controller = PolicyController::start(
-        path.to_path_buf(),
-        policy,
-        RuleSetWriter::new(maps),
-        targets,
-        out,
-    );
+    // Containers scope: one rule set per container, chosen by its labels
+    // and kept current as identities arrive; else the default section.
     let (keep, changes) = tokio::sync::watch::channel(0u64);
+    let (targets, changes) = match containers {
+        Some(cache) => {
+            let changes = cache.subscribe();
+            (
+                Targets::Containers(Box::new(LabelDirectory(cache))),
+                changes,
+            )
+        }
+        None => (Targets::Everything, changes),
+    };
+    let writer = RuleSetWriter::new(maps);
+    let controller = PolicyController::start(path.to_path_buf(), policy, writer, targets, out);
     tokio::spawn(async move {
         let _keep = keep;
         controller.run(changes).await
     });
     tracing::info!(event = "policy_loaded", file = %path.display(), "policy in force");
     Ok(())
+}
+
+/// Per-container policy targets, from the label cache.
+struct LabelDirectory(Arc<LabelCache>);
+
+impl Directory for LabelDirectory {
+    fn containers(&self) -> Vec<(u64, Option<String>, Option<String>)> {
+        self.0
+            .enrolled()
+            .into_iter()
+            .map(|(id, identity)| match identity {
+                Some(i) => (id, i.agent.clone(), i.project.clone()),
+                None => (id, None, None),
+            })
+            .collect()
+    }
 }
 
 async fn forward(mut from: mpsc::Receiver<Record>, to: mpsc::Sender<Record>) {

@@ -128,7 +128,11 @@ impl PolicyController {
     fn install_all(&mut self, all: bool) {
         let targets: Vec<(u64, Option<String>, Option<String>)> = match &self.targets {
             Targets::Everything => vec![(0, None, None)],
-            Targets::Containers(dir) => dir.containers(),
+            // Key 0 holds the default section: the kernel falls back to it
+            // for a container whose labels are not known yet.
+            Targets::Containers(dir) => std::iter::once((0, None, None))
+                .chain(dir.containers())
+                .collect(),
         };
         let live: HashSet<u64> = targets.iter().map(|t| t.0).collect();
         for (id, agent, project) in targets {

@@ -7,7 +7,7 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 
 use super::model::{Action, Dst, Origin, Proto, Rule};
-use super::values::{named_proto, parse_action, parse_dst, parse_ports};
+use super::values::{named_proto, parse_action, parse_dst, parse_ports, L4};
 use super::yaml::{get, start, Src};
 use super::PolicyError;
 
@@ -114,7 +114,7 @@ fn parse_rule(
 fn check_icmp_ports(
     src: &Src,
     map: &MarkedMappingNode,
-    protos: &[(Proto, Option<u16>)],
+    protos: &[L4],
     ports: Option<(u16, u16)>,
 ) -> Result<(), PolicyError> {
     let icmp = protos.iter().any(|(p, _)| *p == Proto::Icmp);

@@ -11,7 +11,10 @@ use super::model::{Action, Dst, Mode, Proto};
 /// Named protocols: what clawker's `proto` values mean at L4. A rule's own
 /// `port` overrides the default port. `dns` is both UDP and TCP (TCP
 /// fallback for large answers), so it becomes two rules.
-const NAMED: &[(&str, &[(Proto, Option<u16>)])] = &[
+/// One L4 meaning of a named protocol: the protocol and its default port.
+pub type L4 = (Proto, Option<u16>);
+
+const NAMED: &[(&str, &[L4])] = &[
     ("any", &[(Proto::Any, None)]),
     ("tcp", &[(Proto::Tcp, None)]),
     ("udp", &[(Proto::Udp, None)]),
@@ -37,7 +40,7 @@ const NAMED: &[(&str, &[(Proto, Option<u16>)])] = &[
 
 /// The L4 protocol(s) and default port of a `proto` value
 /// (case-insensitive).
-pub fn named_proto(name: &str) -> Result<&'static [(Proto, Option<u16>)], String> {
+pub fn named_proto(name: &str) -> Result<&'static [L4], String> {
     let lower = name.trim().to_ascii_lowercase();
     NAMED
         .iter()

@@ -538,3 +538,44 @@ fn custom_label_keys_resolve_through_lookups() {
     }
     assert_eq!(daemon.metric("clawker_egress_unattributed_total"), 0.0);
 }
+
+/// `--cgroup-parent`: the first container there is found from its init
+/// process; the watcher then learns the parent, and the next container is
+/// in scope before its first connect.
+#[test]
+fn a_custom_cgroup_parent_is_learned() {
+    if !require_root("a_custom_cgroup_parent_is_learned") {
+        return;
+    }
+    let _engine = engine();
+    let daemon = daemon();
+    let server = listener();
+    let parent = support::unique("ce-parent");
+    let first = Spec::new(
+        "ce-first",
+        format!("sleep 1; {}; sleep 30", connect_once(server.port)),
+    )
+    .cgroup_parent(&format!("/{parent}"))
+    .label(AGENT, "first")
+    .run();
+    daemon.wait_for("the first container's flow", WAIT, |r| {
+        !egress_of(r, &first.id).is_empty()
+    });
+    let second = Spec::new(
+        "ce-second",
+        format!("{}; sleep 30", connect_once(server.port)),
+    )
+    .cgroup_parent(&format!("/{parent}"))
+    .label(AGENT, "second")
+    .run();
+    let recs = daemon.wait_for("the second one's first flow", WAIT, |r| {
+        !egress_of(r, &second.id).is_empty()
+    });
+    assert_eq!(egress_of(&recs, &second.id)[0]["agent"], "second");
+    assert!(daemon
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("cgroup_parent_watched")));
+    drop((first, second));
+    let _ = std::fs::remove_dir(cgroup2_root().join(&parent));
+}

@@ -101,6 +101,10 @@ impl Attribution {
             req_rx,
             metrics.clone(),
         );
+        let overseer = match &watcher {
+            Some(w) => overseer.with_parents(w.parents()),
+            None => overseer,
+        };
         let overseer = tokio::spawn(overseer.run());
         Attribution {
             attributor: Attributor::new(cache.clone(), req_tx, metrics, opts.wait),

@@ -73,6 +73,8 @@ pub struct Overseer<S: ContainerSource> {
     tasks: HashMap<tokio::task::Id, String>,
     cursor: Option<i64>,
     recent: VecDeque<(i64, String, &'static str)>,
+    /// Tells the cgroup watcher where containers' cgroups live.
+    parents: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
 impl<S: ContainerSource> Overseer<S> {
@@ -97,7 +99,14 @@ impl<S: ContainerSource> Overseer<S> {
             tasks: HashMap::new(),
             cursor: None,
             recent: VecDeque::new(),
+            parents: None,
         }
+    }
+
+    /// Report every container's cgroup parent to the cgroup watcher.
+    pub fn with_parents(mut self, parents: std::sync::mpsc::Sender<PathBuf>) -> Self {
+        self.parents = Some(parents);
+        self
     }
 
     /// Until the pipeline goes away.
@@ -394,6 +403,9 @@ impl<S: ContainerSource> Overseer<S> {
         self.cache.set_identity(info.identity, Some(info.ips));
         if let Some((cid, dir, ino)) = pid.and_then(|p| container_cgroup_of_pid(&self.root, p)) {
             if cid == id {
+                if let (Some(tx), Some(parent)) = (&self.parents, dir.parent()) {
+                    let _ = tx.send(parent.to_path_buf()); // the watcher dedupes
+                }
                 self.cache.bind(ino, &id, dir, true);
             }
         }

@@ -33,6 +33,7 @@ const POLL_MS: u16 = 200;
 pub struct CgroupWatcher {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    more: std::sync::mpsc::Sender<PathBuf>,
 }
 
 impl CgroupWatcher {
@@ -50,7 +51,9 @@ impl CgroupWatcher {
             .iter()
             .map(|p| root.join(p))
             .collect();
+        let (more, learned) = std::sync::mpsc::channel();
         let mut w = Watch {
+            learned,
             inotify,
             root,
             parents,
@@ -69,7 +72,15 @@ impl CgroupWatcher {
         Ok(CgroupWatcher {
             stop,
             thread: Some(thread),
+            more,
         })
+    }
+
+    /// Where to tell the watcher about another cgroup parent (a container
+    /// started with a custom `--cgroup-parent`): its later siblings are then
+    /// enrolled as their cgroups appear.
+    pub fn parents(&self) -> std::sync::mpsc::Sender<PathBuf> {
+        self.more.clone()
     }
 }
 
@@ -84,6 +95,7 @@ impl Drop for CgroupWatcher {
 
 struct Watch<S> {
     inotify: Inotify,
+    learned: std::sync::mpsc::Receiver<PathBuf>,
     root: PathBuf,
     /// Absolute paths of the runtime's cgroup parents.
     parents: Vec<PathBuf>,
@@ -110,6 +122,13 @@ impl<S: ContainerSource> Watch<S> {
 
     fn run(mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
+            while let Ok(parent) = self.learned.try_recv() {
+                if !self.parents.contains(&parent) && parent.starts_with(&self.root) {
+                    tracing::info!(event = "cgroup_parent_watched", dir = %parent.display(), "watching a custom container cgroup parent");
+                    self.parents.push(parent.clone());
+                    self.watch_parent(&parent);
+                }
+            }
             let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(POLL_MS)) {
                 Ok(0) | Err(Errno::EINTR) => continue,
@@ -151,12 +170,12 @@ impl<S: ContainerSource> Watch<S> {
         ) else {
             return;
         };
-        if Some(ev.wd) == self.root_wd {
+        if Some(ev.wd) == self.root_wd && ev.mask.contains(AddWatchFlags::IN_CREATE) {
             let dir = self.root.join(name);
             if self.parents.contains(&dir) {
                 self.watch_parent(&dir);
+                return;
             }
-            return;
         }
         let Some(parent) = self.dirs.get(&ev.wd) else {
             return;

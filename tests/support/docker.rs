@@ -114,6 +114,8 @@ pub struct Spec<'a> {
     /// `host` (the test's loopback listeners) or a test network.
     pub network: &'a str,
     pub script: String,
+    /// `--cgroup-parent`, when not Docker's default.
+    pub cgroup_parent: Option<String>,
 }
 
 impl<'a> Spec<'a> {
@@ -123,11 +125,17 @@ impl<'a> Spec<'a> {
             labels: Vec::new(),
             network: "host",
             script: script.into(),
+            cgroup_parent: None,
         }
     }
 
     pub fn label(mut self, k: &str, v: &str) -> Self {
         self.labels.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn cgroup_parent(mut self, p: &str) -> Self {
+        self.cgroup_parent = Some(p.into());
         self
     }
 
@@ -141,6 +149,9 @@ impl<'a> Spec<'a> {
         let name = unique(self.name_prefix);
         let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
         args.extend(["--network".into(), self.network.into()]);
+        if let Some(p) = &self.cgroup_parent {
+            args.extend(["--cgroup-parent".into(), p.clone()]);
+        }
         for (k, v) in &self.labels {
             args.extend(["--label".into(), format!("{k}={v}")]);
         }

@@ -63,7 +63,8 @@ pub struct Config {
     /// Docker label whose value is a record's `project`.
     pub project_label: String,
     /// Longest a record of a just-started container waits for its
-    /// identity before it goes out unattributed ("500ms").
+    /// identity before it goes out unattributed ("1s"). Docker answers an
+    /// inspect of a starting container only once it has started.
     #[serde(with = "humantime_serde")]
     pub attribution_wait: Duration,
 }
@@ -85,7 +86,7 @@ impl Default for Config {
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             agent_label: "dev.clawker.agent".into(),
             project_label: "dev.clawker.project".into(),
-            attribution_wait: Duration::from_millis(500),
+            attribution_wait: Duration::from_secs(1),
         }
     }
 }

@@ -126,9 +126,19 @@ impl<S: ContainerSource> Overseer<S> {
                             "container runtime back; resynchronised"
                         );
                     }
-                    backoff = BACKOFF_MIN;
+                    let followed = Instant::now();
                     if self.follow().await == Exit::Shutdown {
                         return;
+                    }
+                    // A stream that breaks at once, again and again, must
+                    // not become a busy loop of resyncs.
+                    if followed.elapsed() < BACKOFF_MAX {
+                        if self.serve_for(backoff, true).await == Exit::Shutdown {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    } else {
+                        backoff = BACKOFF_MIN;
                     }
                 }
                 Err(error) => {
@@ -138,7 +148,7 @@ impl<S: ContainerSource> Overseer<S> {
                         self.metrics.docker_outage();
                         tracing::warn!(event = "docker_unavailable", runtime, %error, "container runtime unavailable: serving cached identities, reconnecting");
                     }
-                    if self.serve_while_down(backoff).await == Exit::Shutdown {
+                    if self.serve_for(backoff, false).await == Exit::Shutdown {
                         return;
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -229,15 +239,16 @@ impl<S: ContainerSource> Overseer<S> {
         }
     }
 
-    /// While the runtime is away: lookups fail fast so no record waits.
-    async fn serve_while_down(&mut self, delay: Duration) -> Exit {
+    /// Answer requests for `delay` without following events. While the
+    /// runtime is away (`!connected`) lookups fail fast so no record waits.
+    async fn serve_for(&mut self, delay: Duration, connected: bool) -> Exit {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
                 _ = &mut sleep => return Exit::Reconnect,
                 req = self.requests.recv() => match req {
-                    Some(req) => self.on_request(req, false).await,
+                    Some(req) => self.on_request(req, connected).await,
                     None => return Exit::Shutdown,
                 },
                 Some(done) = self.inspections.join_next_with_id(), if !self.inspections.is_empty() => {

@@ -139,6 +139,21 @@ impl Metrics {
             "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure)",
             m.dropped.clone(),
         );
+        // Every reason from the first scrape, so a query or an alert on
+        // the counter has a series before anything was lost.
+        for reason in [
+            DropReason::RingbufFull,
+            DropReason::ParseFailure,
+            DropReason::SinkFailure,
+            DropReason::FlowTableFull,
+        ] {
+            m.dropped(reason, 0);
+        }
+        registry.register(
+            "flows",
+            "Flow records made, by state (ended, active: an interim report)",
+            m.flows.clone(),
+        );
         registry.register(
             "kernel_ringbuf_drops",
             "Failed ring buffer reservations in the kernel, by hook",
@@ -352,5 +367,30 @@ mod tests {
         );
         assert!(text.contains("clawker_egress_kernel_ringbuf_drops_total{hook=\"sendmsg4\"} 5"));
         assert!(text.contains("clawker_egress_build_info{"));
+    }
+
+    #[test]
+    fn drop_and_flow_counters_exist_from_the_first_scrape() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for reason in [
+            "ringbuf_full",
+            "parse_failure",
+            "sink_failure",
+            "flow_table_full",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "clawker_egress_events_dropped_total{{reason=\"{reason}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+        m.flow("ended");
+        assert!(
+            m.encode()
+                .contains("clawker_egress_flows_total{state=\"ended\"} 1"),
+            "flows registered"
+        );
     }
 }

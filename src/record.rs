@@ -118,6 +118,30 @@ impl Source {
     }
 }
 
+/// How severe a record is (OTLP severity). Flows and audit records are
+/// `Info`; the daemon's own logs carry their tracing level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Severity {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Trace => "TRACE",
+            Severity::Debug => "DEBUG",
+            Severity::Info => "INFO",
+            Severity::Warn => "WARN",
+            Severity::Error => "ERROR",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Str(String),
@@ -166,6 +190,7 @@ impl From<i64> for Value {
 pub struct Record {
     pub time: SystemTime,
     pub source: Source,
+    severity: Severity,
     body: Option<String>,
     fields: Vec<(&'static str, Value)>,
 }
@@ -175,6 +200,7 @@ impl Record {
         Record {
             time,
             source,
+            severity: Severity::Info,
             body: None,
             fields: Vec::with_capacity(20),
         }
@@ -317,6 +343,15 @@ impl Record {
     /// `clawker.source` (see [`Record::time`] and [`Record::source`]).
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, &Value)> {
         self.fields.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn with_severity(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
+    }
+
+    pub fn severity(&self) -> Severity {
+        self.severity
     }
 
     pub fn with_body(mut self, body: impl Into<String>) -> Self {

@@ -19,7 +19,7 @@ use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, 
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
-use crate::export::{run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
+use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
 use crate::flow::FlowStage;
 use crate::kernel::{self, abi, AttachOptions, Attached, FlowMaps, PolicyMaps, RingbufFill};
 use crate::metrics::{self, KernelReading, Metrics};
@@ -32,7 +32,15 @@ const STAGE_QUEUE: usize = 256;
 
 pub async fn run(args: &RunArgs) -> Result<()> {
     let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
-    crate::logging::init(&config.log_level);
+    // With OTLP output the daemon's own logs also go out, as `cp` records.
+    let (cp_layer, cp_rx) = match config.output {
+        Output::Otlp => {
+            let (layer, rx) = cp_logs::channel(cp_logs::QUEUE_RECORDS);
+            (Some(layer), Some(rx))
+        }
+        Output::Stdout => (None, None),
+    };
+    crate::logging::init_with(&config.log_level, cp_layer);
     require_privileges()?;
     let cgroup = cgroup_dir(&config)?;
     let cgroup2_root = kernel::cgroup2_root()?;
@@ -76,6 +84,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     tokio::spawn(refresh_periodically(refresh.clone()));
 
     let (sink_tx, sinks) = start_sinks(&config, metrics.clone())?;
+    let cp_logs = cp_rx
+        .map(|rx| start_cp_logs(&config, rx, metrics.clone()))
+        .transpose()?;
     let (event_tx, event_rx) = mpsc::channel(STAGE_QUEUE);
     let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
     let clock = BootClock::calibrate();
@@ -125,6 +136,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     drop(attribution);
     for sink in sinks {
         sink.await?;
+    }
+    if let Some(cp) = cp_logs {
+        cp.finish().await;
     }
     refresh();
     tracing::info!(event = "stopped", "clawker-egress stopped");
@@ -236,6 +250,20 @@ fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
         }
     };
     Ok((vec![tx], vec![task]))
+}
+
+/// The daemon's own logs: a second OTLP sink instance, fed by the layer.
+fn start_cp_logs(
+    config: &Config,
+    rx: cp_logs::CpLogReceiver,
+    metrics: Arc<Metrics>,
+) -> Result<cp_logs::CpLogs> {
+    let mut opts = OtlpOptions::new(&config.otlp_endpoint);
+    opts.name = cp_logs::CP_SINK;
+    opts.queue_records = 10_000;
+    let sink = OtlpSink::new(opts, metrics.clone())
+        .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+    Ok(cp_logs::spawn(rx, sink, metrics))
 }
 
 /// Reads the kernel counters into the metrics registry.

@@ -23,12 +23,15 @@ use tonic::Code;
 
 use super::{Batch, Sink};
 use crate::metrics::Metrics;
-use crate::record::{key, Record, Value};
+use crate::record::{key, Record, Severity, Value};
 
+/// The default instance's name (metrics `sink` label, log field `sink`).
 const SINK: &str = "otlp";
 
 #[derive(Debug, Clone)]
 pub struct OtlpOptions {
+    /// Names this instance in metrics (`sink` label) and in its own logs.
+    pub name: &'static str,
     pub endpoint: String,
     /// Records held while the collector is slow or away.
     pub queue_records: usize,
@@ -41,6 +44,7 @@ pub struct OtlpOptions {
 impl OtlpOptions {
     pub fn new(endpoint: impl Into<String>) -> Self {
         OtlpOptions {
+            name: SINK,
             endpoint: endpoint.into(),
             queue_records: 100_000,
             batch_records: 1_000,
@@ -92,7 +96,7 @@ impl OtlpSink {
 
 impl Sink for OtlpSink {
     fn name(&self) -> &'static str {
-        SINK
+        self.opts.name
     }
 
     async fn send(&mut self, batch: Batch) {
@@ -107,7 +111,8 @@ impl Sink for OtlpSink {
             }
         }
         if lost > 0 {
-            self.metrics.sink_failure(SINK, "queue_full", lost);
+            self.metrics
+                .sink_failure(self.opts.name, "queue_full", lost);
         }
         self.shared.wake.notify_one();
     }
@@ -122,10 +127,11 @@ impl Sink for OtlpSink {
         }
         let left = self.shared.queue.lock().map(|q| q.len()).unwrap_or(0);
         if left > 0 {
-            self.metrics.sink_failure(SINK, "shutdown", left as u64);
+            self.metrics
+                .sink_failure(self.opts.name, "shutdown", left as u64);
             tracing::warn!(
                 event = "sink_failure",
-                sink = SINK,
+                sink = self.opts.name,
                 records = left,
                 "records still queued at shutdown were lost"
             );
@@ -167,6 +173,7 @@ async fn export_loop(
                     if outage {
                         tracing::info!(
                             event = "collector_available",
+                            sink = opts.name,
                             "OTLP collector reachable again"
                         );
                         outage = false;
@@ -176,27 +183,30 @@ async fn export_loop(
                         .partial_success
                         .map(|p| p.rejected_log_records.max(0) as u64)
                         .unwrap_or(0);
-                    metrics.exported(SINK, batch.len() as u64 - rejected.min(batch.len() as u64));
+                    metrics.exported(
+                        opts.name,
+                        batch.len() as u64 - rejected.min(batch.len() as u64),
+                    );
                     if rejected > 0 {
-                        metrics.sink_failure(SINK, "rejected", rejected);
+                        metrics.sink_failure(opts.name, "rejected", rejected);
                     }
                     break;
                 }
                 Err(status) if retryable(status.code()) => {
                     if !outage {
-                        tracing::warn!(event = "collector_unavailable", endpoint = %opts.endpoint, error = %status.message(), "OTLP export failed; retrying with backoff");
+                        tracing::warn!(event = "collector_unavailable", sink = opts.name, endpoint = %opts.endpoint, error = %status.message(), "OTLP export failed; retrying with backoff");
                         outage = true;
                     }
                     if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
-                        metrics.sink_failure(SINK, "shutdown", batch.len() as u64);
+                        metrics.sink_failure(opts.name, "shutdown", batch.len() as u64);
                         return;
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(status) => {
-                    tracing::warn!(event = "sink_failure", sink = SINK, code = ?status.code(), error = %status.message(), "collector rejected a batch");
-                    metrics.sink_failure(SINK, "rejected", batch.len() as u64);
+                    tracing::warn!(event = "sink_failure", sink = opts.name, code = ?status.code(), error = %status.message(), "collector rejected a batch");
+                    metrics.sink_failure(opts.name, "rejected", batch.len() as u64);
                     break;
                 }
             }
@@ -286,12 +296,22 @@ pub fn log_record(r: &Record) -> LogRecord {
     LogRecord {
         time_unix_nano: event_time,
         observed_time_unix_nano: observed,
-        severity_number: SeverityNumber::Info as i32,
-        severity_text: "INFO".into(),
+        severity_number: severity_number(r.severity()) as i32,
+        severity_text: r.severity().name().into(),
         body: Some(AnyValue {
             value: Some(any_value::Value::StringValue(r.body())),
         }),
         attributes,
         ..Default::default()
+    }
+}
+
+fn severity_number(s: Severity) -> SeverityNumber {
+    match s {
+        Severity::Trace => SeverityNumber::Trace,
+        Severity::Debug => SeverityNumber::Debug,
+        Severity::Info => SeverityNumber::Info,
+        Severity::Warn => SeverityNumber::Warn,
+        Severity::Error => SeverityNumber::Error,
     }
 }

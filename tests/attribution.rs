@@ -551,6 +551,8 @@ fn a_custom_cgroup_parent_is_learned() {
     let daemon = daemon();
     let server = listener();
     let parent = support::unique("ce-parent");
+    // Declared before the containers: dropped (removed) after them.
+    let _parent_dir = RemoveDir(cgroup2_root().join(&parent));
     let first = Spec::new(
         "ce-first",
         format!("sleep 1; {}; sleep 30", connect_once(server.port)),
@@ -576,6 +578,13 @@ fn a_custom_cgroup_parent_is_learned() {
         .stderr_lines()
         .iter()
         .any(|l| l.contains("cgroup_parent_watched")));
-    drop((first, second));
-    let _ = std::fs::remove_dir(cgroup2_root().join(&parent));
+}
+
+/// A cgroup directory Docker made for a test, removed at the end.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }

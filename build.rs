@@ -15,6 +15,7 @@ const ABI_HEADER: &str = "bpf/egress.h";
 const PROGRAMS: &[(&str, &str)] = &[
     ("bpf/egress.bpf.c", "egress.skel.rs"),
     ("bpf/flow.bpf.c", "flow.skel.rs"),
+    ("bpf/dns.bpf.c", "dns.skel.rs"),
 ];
 const SHARED: &[&str] = &["bpf/common.bpf.h"];
 

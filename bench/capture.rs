@@ -252,7 +252,7 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
             .ok()
             .and_then(|mut d| d.next())
             .is_some();
-        if links && bpftool_attachments(cg) == 11 {
+        if links && bpftool_attachments(cg) == 12 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

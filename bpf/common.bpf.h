@@ -96,6 +96,22 @@ struct {
 	__type(value, struct bypass_entry);
 } bypass SEC(".maps");
 
+/* Addresses each scope cgroup learned from DNS answers (per container). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dns_key);
+	__type(value, struct dns_value);
+} dns_cache SEC(".maps");
+
+/* (rule set, name hash) -> bitmask of the set's domain rules it matches. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESS_MAX_POLICIES * EGRESS_MAX_RULES);
+	__type(key, struct domain_key);
+	__type(value, __u64);
+} domain_rules SEC(".maps");
+
 /* Who owns each socket in scope; freed with the socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);

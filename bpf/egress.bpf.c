@@ -79,10 +79,50 @@ static __always_inline bool addr_matches(const struct policy_rule *r, const stru
 	return true;
 }
 
+/*
+ * Which domain rules of the rule set match the name this scope cgroup
+ * learned `a`'s address from (a bit per rule index), 0 if none: the DNS
+ * answer was recorded in `dns_cache` before the application could read it.
+ */
+static __always_inline __u64 domain_mask(const struct container_policy *cp,
+					 const struct attempt *a, __u64 scope_id)
+{
+	struct dns_key dk = {};
+	struct domain_key rk = {};
+	struct dns_value *v;
+	__u64 mask = 0, *m;
+
+	dk.scope_cgroup_id = scope_id;
+	dk.family = a->family;
+	__builtin_memcpy(dk.addr, a->dst_ip, sizeof(dk.addr));
+	v = bpf_map_lookup_elem(&dns_cache, &dk);
+	if (!v || v->expires_ns < bpf_ktime_get_boot_ns())
+		return 0;
+	rk.rule_set = cp->rule_set;
+	for (__u32 i = 0; i < DNS_MAX_SUFFIXES; i++) {
+		if (i >= v->n_suffix)
+			break;
+		rk.hash = v->suffix[i];
+		rk.wildcard = 1;
+		m = bpf_map_lookup_elem(&domain_rules, &rk);
+		if (m)
+			mask |= *m;
+		if (i == 0) {
+			rk.wildcard = 0;
+			m = bpf_map_lookup_elem(&domain_rules, &rk);
+			if (m)
+				mask |= *m;
+		}
+	}
+	return mask;
+}
+
 /* First matching rule of the container's rule set, else its default. */
-static __always_inline __u8 evaluate(const struct container_policy *cp, const struct attempt *a)
+static __always_inline __u8 evaluate(const struct container_policy *cp, const struct attempt *a,
+				     __u64 scope_id)
 {
 	__u32 base = cp->rule_set * EGRESS_MAX_RULES;
+	__u64 domains = domain_mask(cp, a, scope_id);
 
 	for (__u32 i = 0; i < EGRESS_MAX_RULES; i++) {
 		__u32 key = base + i;
@@ -92,7 +132,9 @@ static __always_inline __u8 evaluate(const struct container_policy *cp, const st
 			break;
 		if (r->protocol && r->protocol != a->protocol)
 			continue;
-		if (port_matches(r, a->dst_port) && addr_matches(r, a))
+		if (!port_matches(r, a->dst_port))
+			continue;
+		if (r->kind == RULE_DOMAIN ? (domains >> i) & 1 : addr_matches(r, a))
 			return r->action;
 	}
 	return cp->default_action;
@@ -123,7 +165,7 @@ static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id, bool
 	}
 	if (!cp)
 		return VERDICT_ALLOW; /* no policy: observe only */
-	verdict = raw ? cp->raw_action : evaluate(cp, a);
+	verdict = raw ? cp->raw_action : evaluate(cp, a, scope_id);
 	if (verdict == VERDICT_DENY && cp->mode == POLICY_AUDIT)
 		*flags = EVENT_F_AUDIT;
 	return verdict;

@@ -41,6 +41,7 @@ enum event_kind {
 	EVENT_KIND_SOCK = 1,         /* a denied attempt, or a raw/packet socket */
 	EVENT_KIND_FLOW_END = 2,     /* a TCP connection closed (sock_ops) */
 	EVENT_KIND_SOCK_RELEASE = 3, /* a socket whose flows user space ends */
+	EVENT_KIND_DNS = 4,          /* a DNS answer a container received */
 };
 
 /* The hook that produced a record; also the index of the drop counters. */
@@ -56,7 +57,8 @@ enum egress_hook {
 	HOOK_SKB_EGRESS = 8,
 	HOOK_SKB_INGRESS = 9,
 	HOOK_SOCK_RELEASE = 10,
-	HOOK_MAX = 11,
+	HOOK_DNS = 11,
+	HOOK_MAX = 12,
 };
 
 /* What the policy decided (D3). */
@@ -228,9 +230,10 @@ struct sock_owner {
 
 /* policy_rule.kind */
 enum rule_kind {
-	RULE_END = 0,  /* no more rules in this set */
-	RULE_ANY = 1,  /* any destination */
-	RULE_CIDR = 2, /* addr/prefix_len of `family` */
+	RULE_END = 0,    /* no more rules in this set */
+	RULE_ANY = 1,    /* any destination */
+	RULE_CIDR = 2,   /* addr/prefix_len of `family` */
+	RULE_DOMAIN = 3, /* matches when `domain_rules` says so for the address's name */
 };
 
 /* One rule of a compiled rule set; first match wins. */
@@ -274,6 +277,76 @@ struct bypass_entry {
 	__u32 _pad;
 	char user[EGRESS_USER_LEN];
 	char reason[EGRESS_BYPASS_REASON_LEN];
+};
+
+/*
+ * DNS. Answers are parsed in cgroup_skb ingress, before the datagram is
+ * queued to the socket: the kernel knows which name an address came from
+ * before the application can read the answer (race-free domain rules).
+ */
+#define DNS_NAME_LEN 128
+#define DNS_MAX_ANSWERS 8
+#define DNS_MAX_SUFFIXES 16
+#define DNS_MAX_PACKET 512
+/* Answer lifetime in the kernel: the TTL, clamped (seconds). */
+#define DNS_TTL_FLOOR_S 30
+#define DNS_TTL_CEILING_S 3600
+/*
+ * Name hashes: h(i) = c[i] + DNS_HASH_PRIME * h(i+1) over the lowercase
+ * dotted name, computed from its end; the value at each label start is the
+ * hash of that suffix ("www.example.com", "example.com", "com").
+ */
+#define DNS_HASH_PRIME 1099511628211ULL
+
+struct dns_answer {
+	__u8 family; /* AF_INET / AF_INET6 */
+	__u8 _pad[3];
+	__u32 ttl;   /* seconds, as answered */
+	__u8 addr[EGRESS_ADDR_LEN];
+};
+
+/* EVENT_KIND_DNS */
+struct dns_event {
+	struct event_header hdr;
+	__u64 cgroup_id;
+	__u64 scope_cgroup_id;
+	__u64 sock_cookie;
+	__u32 pid;           /* the socket owner's process */
+	__u16 qtype;
+	__u8 rcode;
+	__u8 answer_count;   /* entries used in answers[] */
+	__u8 resolver_ip[EGRESS_ADDR_LEN];
+	__u16 resolver_port;
+	__u16 local_port;
+	__u8 family;
+	__u8 protocol;       /* IPPROTO_UDP */
+	__u8 name_len;       /* 0: the name could not be parsed */
+	__u8 _pad;
+	char qname[DNS_NAME_LEN];
+	char comm[EGRESS_COMM_LEN];
+	struct dns_answer answers[DNS_MAX_ANSWERS];
+};
+
+/* `dns_cache`: which name a scope cgroup learned an address from. */
+struct dns_key {
+	__u64 scope_cgroup_id;
+	__u8 addr[EGRESS_ADDR_LEN];
+	__u8 family;
+	__u8 _pad[7];
+};
+
+struct dns_value {
+	__u64 expires_ns; /* boot time */
+	__u64 suffix[DNS_MAX_SUFFIXES]; /* suffix hashes, whole name first */
+	__u32 n_suffix;
+	__u32 _pad;
+};
+
+/* `domain_rules`: which rules of a rule set a name (suffix) matches. */
+struct domain_key {
+	__u32 rule_set;
+	__u32 wildcard; /* 1: matches the suffix and names under it; 0: exact */
+	__u64 hash;
 };
 
 #endif /* CLAWKER_EGRESS_H */

@@ -15,7 +15,7 @@ use crate::attribute::Attributor;
 use crate::export::Batch;
 use crate::flow::Observation;
 use crate::metrics::Metrics;
-use crate::record::Record;
+use crate::record::{key, Record};
 
 pub struct Pipeline {
     attributor: Attributor,
@@ -93,10 +93,19 @@ impl Pipeline {
 
     fn offer(&mut self, observation: Observation, out: &mut Vec<Record>) {
         let (record, cgroup_id, scope_cgroup_id) = match observation {
-            Observation::Attempt(ev) => {
+            Observation::Attempt(ev, host) => {
                 self.metrics.event(ev.hook, ev.verdict);
-                (Record::from_sock(&ev), ev.cgroup_id, ev.scope_cgroup_id)
+                let mut record = Record::from_sock(&ev);
+                if let Some(host) = host {
+                    record.set(key::DST_HOST, host);
+                }
+                (record, ev.cgroup_id, ev.scope_cgroup_id)
             }
+            Observation::Dns(answer) => (
+                Record::from_dns(&answer),
+                answer.cgroup_id,
+                answer.scope_cgroup_id,
+            ),
             Observation::Flow(f) => (
                 Record::from_flow(&f),
                 f.flow.cgroup_id,

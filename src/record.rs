@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::capture::{CloseReason, Counters, SockEvent, Verdict};
+use crate::capture::{CloseReason, Counters, DnsAnswer, SockEvent, Verdict};
 use crate::flow::{community_id, FlowRecord, FlowState};
 
 /// Schema field names: OTLP log attribute keys and stdout JSON keys alike.
@@ -53,6 +53,11 @@ pub mod key {
     pub const BYPASS_UNTIL: &str = "bypass_until";
     pub const POLICY_FILE: &str = "policy_file";
     pub const ERROR: &str = "error";
+    pub const QNAME: &str = "qname";
+    pub const QTYPE: &str = "qtype";
+    pub const RCODE: &str = "rcode";
+    pub const ANSWERS: &str = "answers";
+    pub const TTL: &str = "ttl";
 
     /// Every key, for the prefix-conflict check.
     pub const ALL: &[&str] = &[
@@ -94,6 +99,11 @@ pub mod key {
         BYPASS_UNTIL,
         POLICY_FILE,
         ERROR,
+        QNAME,
+        QTYPE,
+        RCODE,
+        ANSWERS,
+        TTL,
     ];
 }
 
@@ -283,7 +293,7 @@ impl Record {
         if flow.remote.1 != 0 {
             r.set(key::DST_PORT, flow.remote.1);
         }
-        r.set(key::DST_HOST, "");
+        r.set(key::DST_HOST, f.dst_host.clone().unwrap_or_default());
         r.set(key::CGROUP_ID, flow.cgroup_id);
         r.set(key::PID, flow.tgid);
         r.set(key::COMM, flow.comm.as_str());
@@ -303,6 +313,40 @@ impl Record {
             r.set(key::COMMUNITY_ID, id);
         }
         r
+    }
+
+    /// One DNS exchange (answer received), so a tunnelling agent is
+    /// visible by its query names even when nothing else flows.
+    pub fn from_dns(d: &DnsAnswer) -> Self {
+        let mut r = Record::new(d.time, Source::Egress);
+        r.set(key::VERDICT, Verdict::Allowed.name());
+        r.set(key::L4_PROTO, "udp");
+        r.set(key::L7_PROTO, "dns");
+        r.set(
+            key::IP_VERSION,
+            if d.resolver.0.is_ipv4() { 4u32 } else { 6 },
+        );
+        r.set(key::SRC_PORT, d.local_port);
+        r.set(key::DST_IP, d.resolver.0.to_string());
+        r.set(key::DST_PORT, d.resolver.1);
+        r.set(key::DST_HOST, "");
+        r.set(key::CGROUP_ID, d.cgroup_id);
+        r.set(key::PID, d.pid);
+        r.set(key::COMM, d.comm.as_str());
+        r.set(key::QNAME, d.qname.as_str());
+        r.set(key::QTYPE, qtype_name(d.qtype));
+        r.set(key::RCODE, rcode_name(d.rcode));
+        let answers: Vec<String> = d.answers.iter().map(|(ip, _)| ip.to_string()).collect();
+        r.set(key::ANSWERS, answers.join(","));
+        if let Some(ttl) = d.answers.iter().map(|(_, t)| *t).min() {
+            r.set(key::TTL, ttl);
+        }
+        r.with_body(format!(
+            "DNS {} {} -> {}",
+            qtype_name(d.qtype),
+            printable(&d.qname),
+            answers.join(",")
+        ))
     }
 
     fn set_counters(&mut self, c: Counters) {
@@ -417,6 +461,34 @@ impl Serialize for Record {
             }
         }
         map.end()
+    }
+}
+
+fn qtype_name(t: u16) -> String {
+    match t {
+        1 => "A".into(),
+        2 => "NS".into(),
+        5 => "CNAME".into(),
+        6 => "SOA".into(),
+        12 => "PTR".into(),
+        15 => "MX".into(),
+        16 => "TXT".into(),
+        28 => "AAAA".into(),
+        33 => "SRV".into(),
+        65 => "HTTPS".into(),
+        n => format!("TYPE{n}"),
+    }
+}
+
+fn rcode_name(c: u8) -> String {
+    match c {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        n => format!("RCODE{n}"),
     }
 }
 

@@ -12,8 +12,8 @@ use serde_json::Value;
 use support::{by_pid, require_root, Daemon, DaemonOptions, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(10);
-/// cgroup programs attached per cgroup: 7 decision hooks + 4 flow hooks.
-const PROGRAMS: usize = 11;
+/// cgroup programs attached per cgroup: 7 decision hooks + 4 flow hooks + DNS.
+const PROGRAMS: usize = 12;
 
 fn pid_of(output: &str) -> u32 {
     output

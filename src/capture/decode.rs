@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use super::clock::BootClock;
-use super::event::{CloseReason, Counters, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict};
+use super::event::{
+    CloseReason, Counters, DnsAnswer, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
+};
 use crate::kernel::abi;
 
 const AF_INET: u16 = libc::AF_INET as u16;
@@ -63,6 +65,10 @@ pub fn decode(bytes: &[u8], clock: BootClock) -> Result<Event, DecodeError> {
         abi::event_kind::EVENT_KIND_FLOW_END => {
             check_size::<abi::flow_end_event>(&header, bytes)?;
             decode_flow_end(read(bytes)).map(Event::FlowEnd)
+        }
+        abi::event_kind::EVENT_KIND_DNS => {
+            check_size::<abi::dns_event>(&header, bytes)?;
+            Ok(Event::Dns(decode_dns(read(bytes), clock)))
         }
         abi::event_kind::EVENT_KIND_SOCK_RELEASE => {
             check_size::<abi::sock_release_event>(&header, bytes)?;
@@ -129,6 +135,32 @@ fn decode_flow_end(raw: abi::flow_end_event) -> Result<FlowEnd, DecodeError> {
         reason,
         sk_err: raw.sk_err,
     })
+}
+
+fn decode_dns(raw: abi::dns_event, clock: BootClock) -> DnsAnswer {
+    let name_len = usize::from(raw.name_len).min(raw.qname.len());
+    let qname: Vec<u8> = raw.qname[..name_len].iter().map(|&c| c as u8).collect();
+    let count = usize::from(raw.answer_count).min(raw.answers.len());
+    let answers = raw.answers[..count]
+        .iter()
+        .filter_map(|a| Some((ip(u16::from(a.family), &a.addr)?, a.ttl)))
+        .collect();
+    let resolver =
+        ip(u16::from(raw.family), &raw.resolver_ip).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    DnsAnswer {
+        time: clock.to_wall(raw.hdr.ts_ns),
+        cgroup_id: raw.cgroup_id,
+        scope_cgroup_id: raw.scope_cgroup_id,
+        sock_cookie: raw.sock_cookie,
+        pid: raw.pid,
+        comm: comm(&raw.comm),
+        qname: String::from_utf8_lossy(&qname).into_owned(),
+        qtype: raw.qtype,
+        rcode: raw.rcode,
+        resolver: (resolver, raw.resolver_port),
+        local_port: raw.local_port,
+        answers,
+    }
 }
 
 /// A flow table entry (from a FLOW_END record or read from the map).

@@ -19,10 +19,11 @@ pub enum Hook {
     SkbEgress,
     SkbIngress,
     SockRelease,
+    Dns,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 11] = [
+    pub const ALL: [Hook; 12] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
@@ -34,6 +35,7 @@ impl Hook {
         Hook::SkbEgress,
         Hook::SkbIngress,
         Hook::SockRelease,
+        Hook::Dns,
     ];
 
     pub fn from_raw(raw: u32) -> Option<Hook> {
@@ -49,6 +51,7 @@ impl Hook {
             h::HOOK_SKB_EGRESS => Hook::SkbEgress,
             h::HOOK_SKB_INGRESS => Hook::SkbIngress,
             h::HOOK_SOCK_RELEASE => Hook::SockRelease,
+            h::HOOK_DNS => Hook::Dns,
             _ => return None,
         })
     }
@@ -67,6 +70,7 @@ impl Hook {
             Hook::SkbEgress => h::HOOK_SKB_EGRESS,
             Hook::SkbIngress => h::HOOK_SKB_INGRESS,
             Hook::SockRelease => h::HOOK_SOCK_RELEASE,
+            Hook::Dns => h::HOOK_DNS,
         }
     }
 
@@ -83,6 +87,7 @@ impl Hook {
             Hook::SkbEgress => "skb_egress",
             Hook::SkbIngress => "skb_ingress",
             Hook::SockRelease => "sock_release",
+            Hook::Dns => "dns",
         }
     }
 }
@@ -236,6 +241,25 @@ pub struct FlowEnd {
     pub sk_err: i32,
 }
 
+/// One DNS answer a socket in scope received (parsed in the kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsAnswer {
+    pub time: SystemTime,
+    pub cgroup_id: u64,
+    pub scope_cgroup_id: u64,
+    pub sock_cookie: u64,
+    pub pid: u32,
+    pub comm: String,
+    /// Lowercase, no trailing dot; empty when the question did not parse.
+    pub qname: String,
+    pub qtype: u16,
+    pub rcode: u8,
+    pub resolver: (IpAddr, u16),
+    pub local_port: u16,
+    /// A and AAAA answers with their TTL in seconds.
+    pub answers: Vec<(IpAddr, u32)>,
+}
+
 /// Everything the capture stage hands downstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -246,4 +270,5 @@ pub enum Event {
     SockRelease {
         sock_cookie: u64,
     },
+    Dns(DnsAnswer),
 }

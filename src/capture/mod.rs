@@ -10,4 +10,6 @@ mod event;
 pub use clock::BootClock;
 pub use decode::{decode, decode_flow, DecodeError};
 pub use drain::{spawn_drain, DrainHandle};
-pub use event::{CloseReason, Counters, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict};
+pub use event::{
+    CloseReason, Counters, DnsAnswer, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
+};

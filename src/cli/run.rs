@@ -157,7 +157,8 @@ fn start_policy(
         &attached.container_policy,
         &attached.policy_rules,
         &attached.bypass,
-    )?;
+    )?
+    .with_domains(&attached.domain_rules)?;
     // Containers scope: one rule set per container, chosen by its labels
     // and kept current as identities arrive; else the default section.
     let (keep, changes) = tokio::sync::watch::channel(0u64);

@@ -2,14 +2,13 @@
 
 use crate::policy::{Action, Dst, Mode, Proto, Resolved};
 
-use super::rules::{any_rule, cidr_rule, KernelRuleSet};
+use super::rules::{any_rule, cidr_rule, domain_rule, name_hash, KernelRuleSet};
 use crate::kernel::abi;
 
-/// Rules the kernel cannot evaluate yet, said once per compile.
+/// What a compile could not fully honour.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CompileNotes {
-    /// Domain rules: matched against DNS answers once DNS attribution is in
-    /// the kernel; until then they never match (documented in POLICY.md).
+    /// Domain rules compiled (matched against DNS answers in the kernel).
     pub domain_rules: usize,
     /// Rules beyond the kernel's per-set limit (they are dropped: the
     /// default action decides instead).
@@ -30,15 +29,24 @@ pub fn compile(resolved: &Resolved) -> (KernelRuleSet, CompileNotes) {
     let mut notes = CompileNotes::default();
     let max = abi::EGRESS_MAX_RULES as usize - 1;
     let mut rules = Vec::new();
+    let mut domains: Vec<(bool, u64, u64)> = Vec::new();
     for rule in &resolved.rules {
         let allow = rule.action == Action::Allow;
         let proto = protocol(rule.proto);
         let compiled = match &rule.dst {
             Dst::Any => any_rule(proto, rule.ports, allow),
             Dst::Cidr(net) => cidr_rule(net.network(), net.prefix_len(), proto, rule.ports, allow),
-            Dst::Domain(_) | Dst::Wildcard(_) => {
-                notes.domain_rules += 1;
-                continue;
+            Dst::Domain(name) | Dst::Wildcard(name) => {
+                if rules.len() < max {
+                    let wildcard = matches!(rule.dst, Dst::Wildcard(_));
+                    let entry = (wildcard, name_hash(name));
+                    match domains.iter_mut().find(|(w, h, _)| (*w, *h) == entry) {
+                        Some(d) => d.2 |= 1u64 << rules.len(),
+                        None => domains.push((entry.0, entry.1, 1u64 << rules.len())),
+                    }
+                    notes.domain_rules += 1;
+                }
+                domain_rule(proto, rule.ports, allow)
             }
         };
         if rules.len() == max {
@@ -52,6 +60,7 @@ pub fn compile(resolved: &Resolved) -> (KernelRuleSet, CompileNotes) {
         default_allow: resolved.default_action == Action::Allow,
         raw_allow: resolved.raw_sockets == Action::Allow,
         rules,
+        domains,
     };
     (set, notes)
 }

@@ -10,6 +10,8 @@ pub struct KernelRuleSet {
     pub raw_allow: bool,
     /// First match wins; at most EGRESS_MAX_RULES - 1.
     pub rules: Vec<abi::policy_rule>,
+    /// (wildcard, name suffix hash, bitmask of the domain rules it matches).
+    pub domains: Vec<(bool, u64, u64)>,
 }
 
 impl KernelRuleSet {
@@ -64,6 +66,7 @@ impl RuleSetWriter {
         set: &KernelRuleSet,
     ) -> Result<(), KernelError> {
         let slot = self.take_slot();
+        self.maps.write_domains(slot, &set.domains)?;
         self.maps.write_rule_set(slot, &set.rules)?;
         self.maps.assign(scope_cgroup_id, &set.header(slot))
     }
@@ -131,6 +134,22 @@ pub fn cidr_rule(
         }
     }
     r
+}
+
+/// A domain rule's slot: it matches when `domain_rules` says the address's
+/// name matches rule `index` (see `domains`).
+pub fn domain_rule(protocol: u8, ports: Option<(u16, u16)>, allow: bool) -> abi::policy_rule {
+    let mut r = any_rule(protocol, ports, allow);
+    r.kind = abi::rule_kind::RULE_DOMAIN as u8;
+    r
+}
+
+/// The hash the kernel computes for each suffix of a DNS name
+/// (DNS_HASH_PRIME in bpf/egress.h): from the last byte to the first.
+pub fn name_hash(name: &str) -> u64 {
+    name.bytes().rev().fold(0u64, |h, c| {
+        u64::from(c).wrapping_add(abi::DNS_HASH_PRIME.wrapping_mul(h))
+    })
 }
 
 /// A rule for any destination (protocol/port still apply).

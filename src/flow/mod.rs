@@ -8,6 +8,7 @@
 //! flow, across daemon restarts too (the table is pinned).
 
 mod community;
+mod names;
 mod stage;
 
 pub use community::community_id;
@@ -15,7 +16,7 @@ pub use stage::{FlowOptions, FlowStage};
 
 use std::time::{Duration, SystemTime};
 
-use crate::capture::{CloseReason, Counters, FlowSnapshot, SockEvent};
+use crate::capture::{CloseReason, Counters, DnsAnswer, FlowSnapshot, SockEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowState {
@@ -48,12 +49,17 @@ pub struct FlowRecord {
     pub close_reason: Option<CloseReason>,
     /// errno of a failed connection (0: none).
     pub errno: i32,
+    /// The name the container resolved the remote address from.
+    pub dst_host: Option<String>,
 }
 
 /// What the record stage receives: flows, and the attempts that never
 /// became flows (denied, raw socket creation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
-    Attempt(SockEvent),
+    /// With the name the destination was resolved from, if any.
+    Attempt(SockEvent, Option<String>),
     Flow(FlowRecord),
+    /// A DNS exchange: its own record (`l7_proto`=`dns`).
+    Dns(DnsAnswer),
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::names::Names;
 use super::{FlowRecord, FlowState, Observation};
 use crate::capture::{decode_flow, BootClock, CloseReason, Counters, Event, FlowEnd, FlowSnapshot};
 use crate::kernel::{abi, FlowMaps};
@@ -42,6 +43,7 @@ pub struct FlowStage {
     metrics: Arc<Metrics>,
     /// Sockets released since the last sweep: their datagram flows end.
     released: HashSet<u64>,
+    names: Names,
     last_sweep: Instant,
 }
 
@@ -53,6 +55,7 @@ impl FlowStage {
             opts,
             metrics,
             released: HashSet::new(),
+            names: Names::default(),
             last_sweep: Instant::now(),
         }
     }
@@ -84,7 +87,16 @@ impl FlowStage {
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             match event {
-                Event::Sock(ev) => out.push(Observation::Attempt(ev)),
+                Event::Sock(ev) => {
+                    let host = ev
+                        .dst
+                        .and_then(|(ip, _)| self.names.name_of(ev.scope_cgroup_id, ip));
+                    out.push(Observation::Attempt(ev, host));
+                }
+                Event::Dns(answer) => {
+                    self.names.learn(&answer);
+                    out.push(Observation::Dns(answer));
+                }
                 Event::FlowEnd(end) => out.push(self.tcp_ended(end)),
                 Event::SockRelease { sock_cookie } => {
                     self.released.insert(sock_cookie);
@@ -157,6 +169,7 @@ impl FlowStage {
         self.maps.forget_reported(key);
         self.metrics.flow(FlowState::Ended.name());
         FlowRecord {
+            dst_host: self.names.name_of(flow.scope_cgroup_id, flow.remote.0),
             state: FlowState::Ended,
             time: self.clock.to_wall(end_ns),
             duration: Duration::from_nanos(end_ns.saturating_sub(flow.start_ns)),
@@ -189,6 +202,7 @@ impl FlowStage {
         }
         self.metrics.flow(FlowState::Active.name());
         Some(FlowRecord {
+            dst_host: self.names.name_of(flow.scope_cgroup_id, flow.remote.0),
             state: FlowState::Active,
             time: self.clock.to_wall(now),
             duration: Duration::from_nanos(now.saturating_sub(flow.start_ns)),

@@ -26,6 +26,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, Object, OpenObject};
 use thiserror::Error;
 
 use super::abi;
+use super::dns_skel::DnsSkelBuilder;
 use super::flow_skel::FlowSkelBuilder;
 use super::skel::EgressSkelBuilder;
 
@@ -95,6 +96,7 @@ pub struct Attached {
     pub container_policy: MapHandle,
     pub policy_rules: MapHandle,
     pub bypass: MapHandle,
+    pub domain_rules: MapHandle,
     pub ringbuf_bytes: u32,
     /// Links that already existed and were updated in place (a restart).
     pub links_reused: usize,
@@ -141,9 +143,19 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         .load()
         .map_err(bpf_err("load flow programs (see `clawker-egress check`)"))?;
 
+    let mut dns_storage = MaybeUninit::uninit();
+    let mut open = DnsSkelBuilder::default()
+        .open(&mut dns_storage)
+        .map_err(bpf_err("open dns BPF object"))?;
+    prepare(open.open_object_mut(), opts, &pins)?;
+    let dns = open
+        .load()
+        .map_err(bpf_err("load dns programs (see `clawker-egress check`)"))?;
+
     // Decisions first: flow accounting only follows sockets they admitted.
     let (r1, c1) = attach_all(egress.object(), cgroup.as_raw_fd(), &pins)?;
     let (r2, c2) = attach_all(flow.object(), cgroup.as_raw_fd(), &pins)?;
+    let (r3, c3) = attach_all(dns.object(), cgroup.as_raw_fd(), &pins)?;
     let config = abi::egress_config {
         self_tgid: std::process::id(),
         scope_mode: opts.scope_mode,
@@ -164,10 +176,11 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         container_policy: handle(&egress.maps.container_policy, "container_policy")?,
         policy_rules: handle(&egress.maps.policy_rules, "policy_rules")?,
         bypass: handle(&egress.maps.bypass, "bypass")?,
+        domain_rules: handle(&egress.maps.domain_rules, "domain_rules")?,
         ringbuf_bytes: opts.ringbuf_bytes,
         pins,
-        links_reused: r1 + r2,
-        links_created: c1 + c2,
+        links_reused: r1 + r2 + r3,
+        links_created: c1 + c2 + c3,
     })
 }
 

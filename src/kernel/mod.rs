@@ -31,6 +31,11 @@ mod skel {
 }
 
 #[allow(clippy::all, clippy::pedantic, dead_code)]
+mod dns_skel {
+    include!(concat!(env!("OUT_DIR"), "/dns.skel.rs"));
+}
+
+#[allow(clippy::all, clippy::pedantic, dead_code)]
 mod flow_skel {
     include!(concat!(env!("OUT_DIR"), "/flow.skel.rs"));
 }

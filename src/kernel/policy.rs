@@ -13,6 +13,7 @@ pub struct PolicyMaps {
     container_policy: MapHandle,
     policy_rules: MapHandle,
     bypass: MapHandle,
+    domain_rules: Option<MapHandle>,
 }
 
 fn bytes_of<T: Copy>(v: &T) -> &[u8] {
@@ -44,7 +45,40 @@ impl PolicyMaps {
             policy_rules: MapHandle::try_from(policy_rules)
                 .map_err(map_err("policy_rules handle"))?,
             bypass: MapHandle::try_from(bypass).map_err(map_err("bypass handle"))?,
+            domain_rules: None,
         })
+    }
+
+    /// Also write domain rules (the daemon does; `bypass` needs none).
+    pub fn with_domains(mut self, domain_rules: &MapHandle) -> Result<Self, KernelError> {
+        self.domain_rules =
+            Some(MapHandle::try_from(domain_rules).map_err(map_err("domain_rules handle"))?);
+        Ok(self)
+    }
+
+    /// Replace the domain entries of rule set `set`: which rules (bits) a
+    /// name suffix hash matches.
+    pub fn write_domains(&self, set: u32, entries: &[(bool, u64, u64)]) -> Result<(), KernelError> {
+        let Some(map) = &self.domain_rules else {
+            return Ok(());
+        };
+        let stale: Vec<Vec<u8>> = map
+            .keys()
+            .filter(|k| from_bytes::<abi::domain_key>(k).is_some_and(|d| d.rule_set == set))
+            .collect();
+        for k in stale {
+            let _ = map.delete(&k);
+        }
+        for &(wildcard, hash, mask) in entries {
+            let key = abi::domain_key {
+                rule_set: set,
+                wildcard: u32::from(wildcard),
+                hash,
+            };
+            map.update(bytes_of(&key), &mask.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("write domain rule"))?;
+        }
+        Ok(())
     }
 
     /// Open the maps a running (or stopped) daemon pinned: the `bypass`
@@ -59,6 +93,7 @@ impl PolicyMaps {
             container_policy: open("container_policy")?,
             policy_rules: open("policy_rules")?,
             bypass: open("bypass")?,
+            domain_rules: None,
         })
     }
 

@@ -402,3 +402,104 @@ impl TcpServer {
 pub fn sum(recs: &[Value], field: &str) -> u64 {
     recs.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
 }
+
+/// What the test DNS server answers for (name, qtype).
+pub type DnsAnswerFn = dyn Fn(&str, u16) -> Option<(std::net::IpAddr, u32)>;
+
+/// A tiny authoritative DNS server on loopback UDP port 53 that the test
+/// owns: `answer(name, qtype)` gives the address and TTL (or NXDOMAIN).
+pub struct DnsServer {
+    pub addr: std::net::SocketAddr,
+}
+
+impl DnsServer {
+    pub fn spawn(
+        ip: &str,
+        answer: impl Fn(&str, u16) -> Option<(std::net::IpAddr, u32)> + Send + 'static,
+    ) -> DnsServer {
+        let sock = std::net::UdpSocket::bind((ip, 53)).expect("bind DNS server on port 53 (root)");
+        let addr = sock.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                if let Some(reply) = dns_reply(&buf[..n], &answer) {
+                    let _ = sock.send_to(&reply, peer);
+                }
+            }
+        });
+        DnsServer { addr }
+    }
+}
+
+fn dns_reply(
+    q: &[u8],
+    answer: &DnsAnswerFn,
+) -> Option<Vec<u8>> {
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    while *q.get(pos)? != 0 {
+        let len = usize::from(q[pos]);
+        labels.push(String::from_utf8_lossy(q.get(pos + 1..pos + 1 + len)?).to_lowercase());
+        pos += 1 + len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(pos + 1)?, *q.get(pos + 2)?]);
+    let question_end = pos + 5;
+    let name = labels.join(".");
+    let found = answer(&name, qtype)
+        .filter(|(ip, _)| (qtype == 1) == ip.is_ipv4() && (qtype == 1 || qtype == 28));
+    let mut r = Vec::with_capacity(128);
+    r.extend_from_slice(&q[..2]);
+    let rcode = if found.is_some() || answer(&name, if qtype == 1 { 28 } else { 1 }).is_some() {
+        0
+    } else {
+        3
+    };
+    r.extend_from_slice(&[
+        0x81,
+        0x80 | rcode,
+        0,
+        1,
+        0,
+        u8::from(found.is_some()),
+        0,
+        0,
+        0,
+        0,
+    ]);
+    r.extend_from_slice(q.get(12..question_end)?);
+    if let Some((ip, ttl)) = found {
+        r.extend_from_slice(&[0xC0, 0x0C, 0, qtype as u8, 0, 1]);
+        r.extend_from_slice(&ttl.to_be_bytes());
+        match ip {
+            std::net::IpAddr::V4(a) => {
+                r.extend_from_slice(&[0, 4]);
+                r.extend_from_slice(&a.octets());
+            }
+            std::net::IpAddr::V6(a) => {
+                r.extend_from_slice(&[0, 16]);
+                r.extend_from_slice(&a.octets());
+            }
+        }
+    }
+    Some(r)
+}
+
+/// Python: `resolve(name, qtype)` asks `server` and returns the address.
+pub fn py_resolver(server: std::net::SocketAddr) -> String {
+    format!(
+        "import socket, struct, random\n\
+         def resolve(name, qtype=1):\n\
+         \x20   q = struct.pack('>HHHHHH', random.randint(0, 65535), 0x0100, 1, 0, 0, 0)\n\
+         \x20   q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\x00'\n\
+         \x20   q += struct.pack('>HH', qtype, 1)\n\
+         \x20   u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   u.sendto(q, ('{ip}', {port}))\n\
+         \x20   r = u.recv(512)\n\
+         \x20   u.close()\n\
+         \x20   if r[7] == 0: return None\n\
+         \x20   n = 4 if qtype == 1 else 16\n\
+         \x20   return socket.inet_ntop(socket.AF_INET if n == 4 else socket.AF_INET6, r[-n:])\n",
+        ip = server.ip(),
+        port = server.port()
+    )
+}

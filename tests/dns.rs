@@ -1,0 +1,200 @@
+//! Issue 6 (domains): DNS answers parsed in the kernel give every record its
+//! `dst_host`, make each exchange a record of its own, and let domain rules
+//! decide — race-free, because the kernel records the answer before the
+//! application can read it. The DNS server is the test's own, on loopback.
+
+mod support;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{
+    by_pid, py_resolver, require_root, Daemon, DaemonOptions, DnsServer, TcpServer, TestCgroup,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn policy(dir: &Path, dns: std::net::SocketAddr, rules: &str) -> std::path::PathBuf {
+    let p = dir.join("policy.yaml");
+    write(
+        &p,
+        &format!(
+            "default:\n  default_action: deny\n  rules:\n\
+             \x20   - {{dst: {ip}, proto: udp, port: \"53\", action: allow}}\n{rules}",
+            ip = dns.ip()
+        ),
+    );
+    p
+}
+
+/// The TCP flows a process made (not its DNS exchanges or resolver flows).
+fn egress(recs: &[Value], pid: u32) -> Vec<Value> {
+    by_pid(recs, pid)
+        .into_iter()
+        .filter(|r| r["l4_proto"] == "tcp")
+        .collect()
+}
+
+#[test]
+fn domain_rules_decide_and_records_name_the_host() {
+    if !require_root("domain_rules_decide_and_records_name_the_host") {
+        return;
+    }
+    let dns = DnsServer::spawn("127.0.0.53", |name, qtype| {
+        let ip = match (name, qtype) {
+            ("allowed.test", 1) => "127.0.1.1",
+            ("denied.test", 1) => "127.0.1.2",
+            ("api.wild.test", 1) => "127.0.1.3",
+            ("wild.test", 1) => "127.0.1.4",
+            ("six.test", 28) => "::1",
+            _ => return None,
+        };
+        Some((ip.parse::<IpAddr>().unwrap(), 300))
+    });
+    let server = TcpServer::spawn("0.0.0.0:0", None, 0);
+    let server6 = TcpServer::spawn("[::1]:0", None, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy(
+        dir.path(),
+        dns.addr,
+        "    - {dst: allowed.test, proto: tcp, action: allow}\n\
+         \x20   - {dst: .wild.test, proto: tcp, action: allow}\n\
+         \x20   - {dst: six.test, proto: tcp, action: allow}\n",
+    );
+    let cg = TestCgroup::new("ce-dns");
+    let daemon = Daemon::start(
+        DaemonOptions::for_cgroup(&cg)
+            .arg("--policy")
+            .arg(policy.to_str().unwrap()),
+    );
+    let out = cg.python(&format!(
+        "{resolver}import os\nprint(os.getpid(), flush=True)\n\
+         for name, q, fam in [('allowed.test', 1, socket.AF_INET), ('api.wild.test', 1, socket.AF_INET), \
+         ('wild.test', 1, socket.AF_INET), ('denied.test', 1, socket.AF_INET), ('six.test', 28, socket.AF_INET6)]:\n\
+         \x20   ip = resolve(name, q)\n\
+         \x20   s = socket.socket(fam)\n\
+         \x20   port = {p6} if fam == socket.AF_INET6 else {p}\n\
+         \x20   print(name, ip, s.connect_ex((ip, port)), flush=True)\n\
+         \x20   s.close()\n",
+        resolver = py_resolver(dns.addr),
+        p = server.port,
+        p6 = server6.port
+    ));
+    let mut lines = out.lines();
+    let pid: u32 = lines.next().unwrap().parse().unwrap();
+    let results: Vec<&str> = lines.collect();
+    assert_eq!(
+        results,
+        [
+            "allowed.test 127.0.1.1 0",
+            "api.wild.test 127.0.1.3 0",
+            "wild.test 127.0.1.4 0",
+            "denied.test 127.0.1.2 1",
+            "six.test ::1 0"
+        ],
+        "connect results (errno 1 = EPERM)"
+    );
+    let recs = daemon.wait_for("five decisions and five DNS records", WAIT, |r| {
+        egress(r, pid).len() >= 5
+            && r.iter()
+                .filter(|x| x["l7_proto"] == "dns" && x["pid"] == pid)
+                .count()
+                >= 5
+    });
+    let mine = egress(&recs, pid);
+    for (host, verdict) in [
+        ("allowed.test", "ALLOWED"),
+        ("api.wild.test", "ALLOWED"),
+        ("wild.test", "ALLOWED"),
+        ("denied.test", "DENIED"),
+        ("six.test", "ALLOWED"),
+    ] {
+        let r = mine
+            .iter()
+            .find(|r| r["dst_host"] == host)
+            .unwrap_or_else(|| panic!("no record for {host}: {mine:#?}"));
+        assert_eq!(r["verdict"], verdict, "{host}");
+    }
+    let dns_recs: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["l7_proto"] == "dns" && r["pid"] == pid)
+        .collect();
+    let allowed = dns_recs
+        .iter()
+        .find(|r| r["qname"] == "allowed.test")
+        .expect("DNS record");
+    assert_eq!(allowed["qtype"], "A");
+    assert_eq!(allowed["rcode"], "NOERROR");
+    assert_eq!(allowed["answers"], "127.0.1.1");
+    assert_eq!(allowed["ttl"], 300);
+    assert_eq!(allowed["dst_ip"], "127.0.0.53");
+    assert_eq!(allowed["dst_port"], 53);
+    let six = dns_recs
+        .iter()
+        .find(|r| r["qname"] == "six.test")
+        .expect("AAAA record");
+    assert_eq!(six["qtype"], "AAAA");
+    assert_eq!(six["answers"], "::1");
+}
+
+#[test]
+fn resolve_then_connect_at_once_is_never_decided_wrong() {
+    if !require_root("resolve_then_connect_at_once_is_never_decided_wrong") {
+        return;
+    }
+    const N: u32 = 1000;
+    // Every name is new and answers with an address never seen before: a
+    // connect decided before the kernel knew the answer would be denied.
+    let dns = DnsServer::spawn("127.0.0.54", |name, qtype| {
+        let i: u32 = name
+            .strip_prefix('n')?
+            .strip_suffix(".race.test")?
+            .parse()
+            .ok()?;
+        (qtype == 1).then(|| (IpAddr::from([127, 3, (i >> 8) as u8, (i & 255) as u8]), 60))
+    });
+    let server = TcpServer::spawn("0.0.0.0:0", None, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy(
+        dir.path(),
+        dns.addr,
+        "    - {dst: .race.test, proto: tcp, action: allow}\n",
+    );
+    let cg = TestCgroup::new("ce-dns-race");
+    let daemon = Daemon::start(
+        DaemonOptions::for_cgroup(&cg)
+            .arg("--policy")
+            .arg(policy.to_str().unwrap()),
+    );
+    let out = cg.python(&format!(
+        "{resolver}import os\nprint(os.getpid(), flush=True)\n\
+         wrong = 0\n\
+         for i in range({N}):\n\
+         \x20   ip = resolve('n%d.race.test' % i)\n\
+         \x20   s = socket.socket()\n\
+         \x20   if s.connect_ex((ip, {p})) != 0: wrong += 1\n\
+         \x20   s.close()\n\
+         print(wrong)\n",
+        resolver = py_resolver(dns.addr),
+        p = server.port
+    ));
+    let mut lines = out.lines();
+    let pid: u32 = lines.next().unwrap().parse().unwrap();
+    assert_eq!(lines.next(), Some("0"), "wrong verdicts out of {N}");
+    let recs = daemon.wait_for("every flow", WAIT, |r| egress(r, pid).len() >= N as usize);
+    let mine = egress(&recs, pid);
+    assert!(mine.iter().all(|r| r["verdict"] == "ALLOWED"));
+    assert!(mine
+        .iter()
+        .all(|r| r["dst_host"].as_str().unwrap().ends_with(".race.test")));
+    eprintln!(
+        "race: {N} resolve-then-connect, 0 wrong verdicts, {} records",
+        mine.len()
+    );
+}

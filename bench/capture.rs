@@ -281,7 +281,10 @@ fn bpftool_attachments(cg: &Path) -> usize {
         .output()
         .map(|o| {
             let out = String::from_utf8_lossy(&o.stdout);
-            out.matches("egress_").count() + out.matches("flow_").count()
+            ["egress_", "flow_", "dns_"]
+                .iter()
+                .map(|p| out.matches(p).count())
+                .sum()
         })
         .unwrap_or(0)
 }

@@ -279,7 +279,7 @@ fn attachments(cgroup: &TestCgroup) -> Vec<String> {
         .expect("bpftool (apt-get install bpftool)");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("egress_") || l.contains("flow_"))
+        .filter(|l| l.contains("egress_") || l.contains("flow_") || l.contains("dns_"))
         .map(str::to_owned)
         .collect()
 }

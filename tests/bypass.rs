@@ -32,11 +32,17 @@ fn bypass_cmd(daemon_opts: &DaemonOptions, cg: &TestCgroup, extra: &[&str]) -> S
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn connect(cg: &TestCgroup, port: u16) -> u32 {
+/// Connect from the cgroup: (pid, errno or 0).
+fn connect(cg: &TestCgroup, port: u16) -> (u32, i64) {
     let out = cg.python(&format!(
-        "import os, socket\nprint(os.getpid(), flush=True)\nsocket.create_connection(('127.0.0.1', {port})).close()\n"
+        "import os, socket\nprint(os.getpid(), flush=True)\n\
+         s = socket.socket()\nprint(s.connect_ex(('127.0.0.1', {port})))\ns.close()\n"
     ));
-    out.lines().next().unwrap().trim().parse().unwrap()
+    let mut lines = out.lines();
+    (
+        lines.next().unwrap().trim().parse().unwrap(),
+        lines.next().unwrap().trim().parse().unwrap(),
+    )
 }
 
 fn overseer(recs: &[Value], event: &str) -> Vec<Value> {
@@ -52,7 +58,11 @@ fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
         return;
     }
     let cg = TestCgroup::new("ce-bypass");
-    let opts = DaemonOptions::for_cgroup(&cg);
+    // The policy denies everything: only the bypass lets traffic through.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("deny-all.yaml");
+    std::fs::write(&policy, "default:\n  default_action: deny\n").unwrap();
+    let opts = DaemonOptions::for_cgroup(&cg).arg("--policy").arg(policy.to_str().unwrap());
     let pin_root = opts.pin_root.clone();
     let daemon = Daemon::start(opts);
     let opts = DaemonOptions {
@@ -67,7 +77,8 @@ fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
         &["--for", "15m", "--reason", "incident 42: debug proxy"],
     );
     assert!(out.contains("bypass on"), "{out}");
-    let during = connect(&cg, server.port);
+    let (during, err) = connect(&cg, server.port);
+    assert_eq!(err, 0, "a denied destination connects during the bypass");
     let recs = daemon.wait_for("bypassed flow and start record", WAIT, |r| {
         !by_pid(r, during).is_empty() && !overseer(r, "bypass_start").is_empty()
     });
@@ -87,11 +98,12 @@ fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
     daemon.wait_for("stop record", WAIT, |r| {
         !overseer(r, "bypass_stop").is_empty()
     });
-    let after = connect(&cg, server.port);
+    let (after, err) = connect(&cg, server.port);
+    assert_eq!(err, 1, "EPERM again once the bypass is off");
     let recs = daemon.wait_for("flow after the bypass", WAIT, |r| {
         !by_pid(r, after).is_empty()
     });
-    assert_eq!(by_pid(&recs, after)[0]["verdict"], "ALLOWED");
+    assert_eq!(by_pid(&recs, after)[0]["verdict"], "DENIED");
 
     // A short bypass expires by itself, and says so.
     bypass_cmd(&opts, &cg, &["--for", "1s", "--reason", "short"]);
@@ -102,9 +114,10 @@ fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
         overseer(&recs, "bypass_expired")[0]["bypass_reason"],
         "short"
     );
-    let late = connect(&cg, server.port);
+    let (late, err) = connect(&cg, server.port);
+    assert_eq!(err, 1, "DENIED again after expiry");
     let recs = daemon.wait_for("flow after expiry", WAIT, |r| !by_pid(r, late).is_empty());
-    assert_eq!(by_pid(&recs, late)[0]["verdict"], "ALLOWED");
+    assert_eq!(by_pid(&recs, late)[0]["verdict"], "DENIED");
 }
 
 #[test]

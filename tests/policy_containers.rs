@@ -103,3 +103,74 @@ fn each_container_is_decided_by_its_own_labels() {
     assert_eq!(verdict_to(&p, a.port), "ALLOWED");
     assert_eq!(verdict_to(&p, b.port), "ALLOWED");
 }
+
+/// One container's DNS answers never open doors for another: both are in
+/// the same project (same rules), only the one that resolved the name gets
+/// the domain's verdict for its address.
+#[test]
+fn a_dns_answer_only_opens_the_door_for_the_container_that_asked() {
+    if !require_root("a_dns_answer_only_opens_the_door_for_the_container_that_asked") {
+        return;
+    }
+    let _engine = engine();
+    let dns = support::DnsServer::spawn("127.0.0.55", |name, qtype| {
+        (name == "iso.test" && qtype == 1).then(|| ("127.0.4.1".parse().unwrap(), 300))
+    });
+    let server = TcpServer::spawn("0.0.0.0:0", Some(3), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "default:\n  default_action: allow\n\
+         projects:\n  ce-dns-iso:\n    default_action: deny\n    rules:\n\
+         \x20     - {dst: 127.0.0.55, proto: udp, port: \"53\", action: allow}\n\
+         \x20     - {dst: iso.test, proto: tcp, action: allow}\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        DaemonOptions::host_root()
+            .arg("--policy")
+            .arg(policy.to_str().unwrap()),
+    );
+    wait_attribution_ready(&daemon);
+    let connect = format!(
+        "echo hi | nc -w 2 127.0.4.1 {} && exit 0 || exit 1",
+        server.port
+    );
+    let asker = Spec::new(
+        "ce-dns-asker",
+        format!(
+            "sleep 1; nslookup iso.test {} >/dev/null; {connect}",
+            dns.addr.ip()
+        ),
+    )
+    .label("dev.clawker.project", "ce-dns-iso")
+    .label("dev.clawker.agent", "asker")
+    .run();
+    assert_eq!(asker.wait(), 0, "resolved, then allowed by the domain rule");
+    let other = Spec::new("ce-dns-other", format!("sleep 1; {connect}"))
+        .label("dev.clawker.project", "ce-dns-iso")
+        .label("dev.clawker.agent", "other")
+        .run();
+    assert_eq!(
+        other.wait(),
+        1,
+        "never resolved it: the project default denies"
+    );
+
+    let recs = daemon.wait_for("both decisions", WAIT, |r| {
+        !egress_of(r, &asker.id)
+            .iter()
+            .all(|x| x["dst_port"] != server.port)
+            && !egress_of(r, &other.id).is_empty()
+    });
+    let a = egress_of(&recs, &asker.id);
+    let a = a.iter().find(|r| r["dst_port"] == server.port).unwrap();
+    assert_eq!(a["verdict"], "ALLOWED");
+    assert_eq!(a["dst_host"], "iso.test");
+    let o = egress_of(&recs, &other.id);
+    assert_eq!(verdict_to(&o, server.port), "DENIED");
+    assert!(recs.iter().any(|r| r["l7_proto"] == "dns"
+        && r["qname"] == "iso.test"
+        && r["container_id"] == asker.id.as_str()));
+}

@@ -252,6 +252,36 @@ fn a_collector_that_is_down_loses_nothing_once_it_returns() {
         .stderr_lines()
         .iter()
         .any(|l| l.contains("collector_unavailable")));
+    // The outage itself reaches the collector once it is back, as the
+    // daemon's own log (clawker.source=cp, WARN); the cp sink's own
+    // warnings about the same outage do not (no feedback loop).
+    let recs = receiver.wait_for("event=collector_unavailable as a cp record", |r| {
+        r.iter().any(|(lr, _)| {
+            attr(&lr.attributes, "clawker.source")
+                == Some(&any_value::Value::StringValue("cp".into()))
+                && attr(&lr.attributes, "event")
+                    == Some(&any_value::Value::StringValue(
+                        "collector_unavailable".into(),
+                    ))
+        })
+    });
+    let cp: Vec<&LogRecord> = recs
+        .iter()
+        .map(|(lr, _)| lr)
+        .filter(|lr| s(&lr.attributes, "clawker.source") == "cp")
+        .collect();
+    let outage = cp
+        .iter()
+        .find(|lr| s(&lr.attributes, "event") == "collector_unavailable")
+        .unwrap();
+    assert_eq!(outage.severity_text, "WARN");
+    assert_eq!(s(&outage.attributes, "sink"), "otlp");
+    assert!(
+        cp.iter().all(|lr| attr(&lr.attributes, "sink")
+            != Some(&any_value::Value::StringValue("cp_logs".into()))),
+        "the cp sink shipped its own warnings"
+    );
+    assert!(cp.iter().any(|lr| s(&lr.attributes, "event") == "attached"));
     assert_eq!(
         daemon.metric("clawker_egress_events_dropped_total{reason=\"sink_failure\"}"),
         0.0

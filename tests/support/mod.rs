@@ -431,10 +431,7 @@ impl DnsServer {
     }
 }
 
-fn dns_reply(
-    q: &[u8],
-    answer: &DnsAnswerFn,
-) -> Option<Vec<u8>> {
+fn dns_reply(q: &[u8], answer: &DnsAnswerFn) -> Option<Vec<u8>> {
     let mut pos = 12;
     let mut labels = Vec::new();
     while *q.get(pos)? != 0 {

@@ -46,17 +46,17 @@ fn domain_rules_decide_and_records_name_the_host() {
     if !require_root("domain_rules_decide_and_records_name_the_host") {
         return;
     }
-    let dns = DnsServer::spawn("127.0.0.53", |name, qtype| {
-        let ip = match (name, qtype) {
-            ("allowed.test", 1) => "127.0.1.1",
-            ("denied.test", 1) => "127.0.1.2",
-            ("api.wild.test", 1) => "127.0.1.3",
-            ("wild.test", 1) => "127.0.1.4",
-            ("six.test", 28) => "::1",
-            _ => return None,
-        };
-        Some((ip.parse::<IpAddr>().unwrap(), 300))
-    });
+    let hosts: Vec<(String, IpAddr)> = [
+        ("allowed.test", "127.0.1.1"),
+        ("denied.test", "127.0.1.2"),
+        ("api.wild.test", "127.0.1.3"),
+        ("wild.test", "127.0.1.4"),
+        ("six.test", "::1"),
+    ]
+    .iter()
+    .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
+    .collect();
+    let dns = DnsServer::dnsmasq("127.0.0.53", &hosts, 300);
     let server = TcpServer::spawn("0.0.0.0:0", None, 0);
     let server6 = TcpServer::spawn("[::1]:0", None, 0);
     let dir = tempfile::tempdir().unwrap();
@@ -151,14 +151,13 @@ fn resolve_then_connect_at_once_is_never_decided_wrong() {
     const N: u32 = 1000;
     // Every name is new and answers with an address never seen before: a
     // connect decided before the kernel knew the answer would be denied.
-    let dns = DnsServer::spawn("127.0.0.54", |name, qtype| {
-        let i: u32 = name
-            .strip_prefix('n')?
-            .strip_suffix(".race.test")?
-            .parse()
-            .ok()?;
-        (qtype == 1).then(|| (IpAddr::from([127, 3, (i >> 8) as u8, (i & 255) as u8]), 60))
-    });
+    let hosts: Vec<(String, IpAddr)> = (0..N)
+        .map(|i| {
+            let ip = IpAddr::from([127, 3, (i >> 8) as u8, (i & 255) as u8]);
+            (format!("n{i}.race.test"), ip)
+        })
+        .collect();
+    let dns = DnsServer::dnsmasq("127.0.0.54", &hosts, 60);
     let server = TcpServer::spawn("0.0.0.0:0", None, 0);
     let dir = tempfile::tempdir().unwrap();
     let policy = policy(

@@ -113,9 +113,11 @@ fn a_dns_answer_only_opens_the_door_for_the_container_that_asked() {
         return;
     }
     let _engine = engine();
-    let dns = support::DnsServer::spawn("127.0.0.55", |name, qtype| {
-        (name == "iso.test" && qtype == 1).then(|| ("127.0.4.1".parse().unwrap(), 300))
-    });
+    let dns = support::DnsServer::dnsmasq(
+        "127.0.0.55",
+        &[("iso.test".to_string(), "127.0.4.1".parse().unwrap())],
+        300,
+    );
     let server = TcpServer::spawn("0.0.0.0:0", Some(3), 0);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");

@@ -403,82 +403,80 @@ pub fn sum(recs: &[Value], field: &str) -> u64 {
     recs.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
 }
 
-/// What the test DNS server answers for (name, qtype).
-pub type DnsAnswerFn = dyn Fn(&str, u16) -> Option<(std::net::IpAddr, u32)>;
-
-/// A tiny authoritative DNS server on loopback UDP port 53 that the test
-/// owns: `answer(name, qtype)` gives the address and TTL (or NXDOMAIN).
+/// A real DNS server for the test: Debian's dnsmasq on a loopback address,
+/// port 53, authoritative for `hosts` (name, address) with a fixed TTL and
+/// nothing else (no upstream). Killed on drop.
 pub struct DnsServer {
     pub addr: std::net::SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
 }
 
 impl DnsServer {
-    pub fn spawn(
-        ip: &str,
-        answer: impl Fn(&str, u16) -> Option<(std::net::IpAddr, u32)> + Send + 'static,
-    ) -> DnsServer {
-        let sock = std::net::UdpSocket::bind((ip, 53)).expect("bind DNS server on port 53 (root)");
-        let addr = sock.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                if let Some(reply) = dns_reply(&buf[..n], &answer) {
-                    let _ = sock.send_to(&reply, peer);
-                }
+    pub fn dnsmasq(ip: &str, hosts: &[(String, std::net::IpAddr)], ttl: u32) -> DnsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts");
+        let text: String = hosts.iter().map(|(n, a)| format!("{a} {n}\n")).collect();
+        std::fs::write(&file, text).unwrap();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+            ])
+            .arg(format!("--addn-hosts={}", file.display()))
+            .arg(format!("--listen-address={ip}"))
+            .args([
+                "--bind-interfaces",
+                "--port=53",
+                "--user=root",
+                "--log-facility=-",
+            ])
+            .arg(format!("--local-ttl={ttl}"))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base)");
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), 53);
+        let server = DnsServer {
+            addr,
+            child,
+            _dir: dir,
+        };
+        server.wait_ready(&hosts[0].0);
+        server
+    }
+
+    /// Until dnsmasq answers for `name` (it reads its hosts file at start).
+    fn wait_ready(&self, name: &str) {
+        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline {
+            let _ = sock.send_to(&q, self.addr);
+            if sock.recv(&mut buf).is_ok() {
+                return;
             }
-        });
-        DnsServer { addr }
+        }
+        panic!("dnsmasq on {} did not answer", self.addr);
     }
 }
 
-fn dns_reply(q: &[u8], answer: &DnsAnswerFn) -> Option<Vec<u8>> {
-    let mut pos = 12;
-    let mut labels = Vec::new();
-    while *q.get(pos)? != 0 {
-        let len = usize::from(q[pos]);
-        labels.push(String::from_utf8_lossy(q.get(pos + 1..pos + 1 + len)?).to_lowercase());
-        pos += 1 + len;
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    let qtype = u16::from_be_bytes([*q.get(pos + 1)?, *q.get(pos + 2)?]);
-    let question_end = pos + 5;
-    let name = labels.join(".");
-    let found = answer(&name, qtype)
-        .filter(|(ip, _)| (qtype == 1) == ip.is_ipv4() && (qtype == 1 || qtype == 28));
-    let mut r = Vec::with_capacity(128);
-    r.extend_from_slice(&q[..2]);
-    let rcode = if found.is_some() || answer(&name, if qtype == 1 { 28 } else { 1 }).is_some() {
-        0
-    } else {
-        3
-    };
-    r.extend_from_slice(&[
-        0x81,
-        0x80 | rcode,
-        0,
-        1,
-        0,
-        u8::from(found.is_some()),
-        0,
-        0,
-        0,
-        0,
-    ]);
-    r.extend_from_slice(q.get(12..question_end)?);
-    if let Some((ip, ttl)) = found {
-        r.extend_from_slice(&[0xC0, 0x0C, 0, qtype as u8, 0, 1]);
-        r.extend_from_slice(&ttl.to_be_bytes());
-        match ip {
-            std::net::IpAddr::V4(a) => {
-                r.extend_from_slice(&[0, 4]);
-                r.extend_from_slice(&a.octets());
-            }
-            std::net::IpAddr::V6(a) => {
-                r.extend_from_slice(&[0, 16]);
-                r.extend_from_slice(&a.octets());
-            }
-        }
-    }
-    Some(r)
 }
 
 /// Python: `resolve(name, qtype)` asks `server` and returns the address.

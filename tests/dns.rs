@@ -1,7 +1,7 @@
 //! Issue 6 (domains): DNS answers parsed in the kernel give every record its
 //! `dst_host`, make each exchange a record of its own, and let domain rules
 //! decide — race-free, because the kernel records the answer before the
-//! application can read it. The DNS server is the test's own, on loopback.
+//! application can read it. The DNS server is a real dnsmasq on loopback.
 
 mod support;
 

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /*
  * DNS answers seen by containers (issue 6). A cgroup_skb ingress program on
- * UDP datagrams from port 53 to sockets in scope parses the answer before
- * it is queued to the socket, so:
+ * UDP datagrams and TCP segments from port 53 to sockets in scope parses
+ * the answer before it is queued to the socket, so:
  *  - every A/AAAA address is recorded in `dns_cache` under the receiving
  *    scope cgroup with the name's suffix hashes: a connect issued right
  *    after the application reads the answer already gets the domain's
@@ -20,6 +20,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/udp.h>
+#include <linux/tcp.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -211,31 +212,41 @@ static long answer_step(__u32 i, void *unused)
 	return 0;
 }
 
-/* The resolver's address and the UDP payload offset, or -1. */
-static __always_inline int locate(struct __sk_buff *skb, struct scratch *s, __u32 *payload)
+/*
+ * DNS over TCP: a segment from port 53 that starts with the 2-byte length
+ * of a whole message (answers fit one segment; a message split across
+ * segments is not parsed, and the record then has no name).
+ */
+static __always_inline int locate_tcp(struct __sk_buff *skb, struct scratch *s, __u32 l4_off,
+				      __u32 l4_len, __u32 *payload)
+{
+	struct tcphdr tcp;
+	__u32 hdr, len;
+	__u8 prefix[2];
+
+	if (bpf_skb_load_bytes(skb, l4_off, &tcp, sizeof(tcp)) || tcp.source != bpf_htons(DNS_PORT))
+		return -1;
+	hdr = tcp.doff * 4;
+	if (l4_len < hdr + 2 + 12 || bpf_skb_load_bytes(skb, l4_off + hdr, prefix, 2))
+		return -1;
+	len = ((__u32)prefix[0] << 8) | prefix[1];
+	if (len > l4_len - hdr - 2)
+		return -1; /* not a whole message in this segment */
+	if (len > DNS_MAX_PACKET)
+		len = DNS_MAX_PACKET;
+	s->len = len;
+	s->ev.protocol = IPPROTO_TCP;
+	s->ev.local_port = bpf_ntohs(tcp.dest);
+	*payload = l4_off + hdr + 2;
+	return 0;
+}
+
+static __always_inline int locate_udp(struct __sk_buff *skb, struct scratch *s, __u32 l4_off,
+				      __u32 *payload)
 {
 	struct udphdr udp;
-	__u32 l4_off, len;
+	__u32 len;
 
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || ip.protocol != IPPROTO_UDP)
-			return -1;
-		l4_off = ip.ihl * 4;
-		s->ev.family = AF_INET;
-		__builtin_memcpy(s->ev.resolver_ip, &ip.saddr, 4);
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-
-		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) || ip6.nexthdr != IPPROTO_UDP)
-			return -1;
-		l4_off = sizeof(ip6);
-		s->ev.family = AF_INET6;
-		__builtin_memcpy(s->ev.resolver_ip, &ip6.saddr, 16);
-	} else {
-		return -1;
-	}
 	if (bpf_skb_load_bytes(skb, l4_off, &udp, sizeof(udp)) || udp.source != bpf_htons(DNS_PORT))
 		return -1;
 	len = bpf_ntohs(udp.len);
@@ -243,9 +254,46 @@ static __always_inline int locate(struct __sk_buff *skb, struct scratch *s, __u3
 	if (len > DNS_MAX_PACKET)
 		len = DNS_MAX_PACKET;
 	s->len = len;
+	s->ev.protocol = IPPROTO_UDP;
 	s->ev.local_port = bpf_ntohs(udp.dest);
 	*payload = l4_off + sizeof(udp);
 	return 0;
+}
+
+/* The resolver's address and the DNS message offset, or -1. */
+static __always_inline int locate(struct __sk_buff *skb, struct scratch *s, __u32 *payload)
+{
+	__u32 l4_off, l4_len;
+	__u8 proto;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return -1;
+		l4_off = ip.ihl * 4;
+		l4_len = bpf_ntohs(ip.tot_len) > l4_off ? bpf_ntohs(ip.tot_len) - l4_off : 0;
+		proto = ip.protocol;
+		s->ev.family = AF_INET;
+		__builtin_memcpy(s->ev.resolver_ip, &ip.saddr, 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return -1;
+		l4_off = sizeof(ip6);
+		l4_len = bpf_ntohs(ip6.payload_len);
+		proto = ip6.nexthdr;
+		s->ev.family = AF_INET6;
+		__builtin_memcpy(s->ev.resolver_ip, &ip6.saddr, 16);
+	} else {
+		return -1;
+	}
+	if (proto == IPPROTO_UDP)
+		return locate_udp(skb, s, l4_off, payload);
+	if (proto == IPPROTO_TCP)
+		return locate_tcp(skb, s, l4_off, l4_len, payload);
+	return -1;
 }
 
 SEC("cgroup_skb/ingress")
@@ -259,7 +307,7 @@ int dns_ingress(struct __sk_buff *skb)
 	if (!sk)
 		return SK_PASS;
 	sk = bpf_sk_fullsock(sk);
-	if (!sk || sk->protocol != IPPROTO_UDP)
+	if (!sk || (sk->protocol != IPPROTO_UDP && sk->protocol != IPPROTO_TCP))
 		return SK_PASS;
 	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
 	if (!owner)
@@ -283,7 +331,6 @@ int dns_ingress(struct __sk_buff *skb)
 	s->ev.pid = owner->tgid;
 	__builtin_memcpy(s->ev.comm, owner->comm, sizeof(s->ev.comm));
 	s->ev.rcode = s->pkt[3] & 0x0f;
-	s->ev.protocol = IPPROTO_UDP;
 	s->ev.resolver_port = DNS_PORT;
 	s->ancount = be16_at(s, 6);
 	s->pos = 12;

@@ -320,7 +320,8 @@ impl Record {
     pub fn from_dns(d: &DnsAnswer) -> Self {
         let mut r = Record::new(d.time, Source::Egress);
         r.set(key::VERDICT, Verdict::Allowed.name());
-        r.set(key::L4_PROTO, "udp");
+        let tcp = i32::from(d.protocol) == libc::IPPROTO_TCP;
+        r.set(key::L4_PROTO, if tcp { "tcp" } else { "udp" });
         r.set(key::L7_PROTO, "dns");
         r.set(
             key::IP_VERSION,

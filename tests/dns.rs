@@ -52,6 +52,7 @@ fn domain_rules_decide_and_records_name_the_host() {
         ("api.wild.test", "127.0.1.3"),
         ("wild.test", "127.0.1.4"),
         ("six.test", "::1"),
+        ("tcp.test", "127.0.1.5"),
     ]
     .iter()
     .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
@@ -65,7 +66,9 @@ fn domain_rules_decide_and_records_name_the_host() {
         dns.addr,
         "    - {dst: allowed.test, proto: tcp, action: allow}\n\
          \x20   - {dst: .wild.test, proto: tcp, action: allow}\n\
-         \x20   - {dst: six.test, proto: tcp, action: allow}\n",
+         \x20   - {dst: six.test, proto: tcp, action: allow}\n\
+         \x20   - {dst: tcp.test, proto: tcp, action: allow}\n\
+         \x20   - {dst: 127.0.0.53, proto: tcp, port: \"53\", action: allow}\n",
     );
     let cg = TestCgroup::new("ce-dns");
     let daemon = Daemon::start(
@@ -81,7 +84,10 @@ fn domain_rules_decide_and_records_name_the_host() {
          \x20   s = socket.socket(fam)\n\
          \x20   port = {p6} if fam == socket.AF_INET6 else {p}\n\
          \x20   print(name, ip, s.connect_ex((ip, port)), flush=True)\n\
-         \x20   s.close()\n",
+         \x20   s.close()\n\
+         ip = resolve_tcp('tcp.test')\n\
+         s = socket.socket()\n\
+         print('tcp.test', ip, s.connect_ex((ip, {p})), flush=True)\n",
         resolver = py_resolver(dns.addr),
         p = server.port,
         p6 = server6.port
@@ -96,12 +102,13 @@ fn domain_rules_decide_and_records_name_the_host() {
             "api.wild.test 127.0.1.3 0",
             "wild.test 127.0.1.4 0",
             "denied.test 127.0.1.2 1",
-            "six.test ::1 0"
+            "six.test ::1 0",
+            "tcp.test 127.0.1.5 0"
         ],
         "connect results (errno 1 = EPERM)"
     );
     let recs = daemon.wait_for("five decisions and five DNS records", WAIT, |r| {
-        egress(r, pid).len() >= 5
+        egress(r, pid).len() >= 6
             && r.iter()
                 .filter(|x| x["l7_proto"] == "dns" && x["pid"] == pid)
                 .count()
@@ -114,6 +121,7 @@ fn domain_rules_decide_and_records_name_the_host() {
         ("wild.test", "ALLOWED"),
         ("denied.test", "DENIED"),
         ("six.test", "ALLOWED"),
+        ("tcp.test", "ALLOWED"),
     ] {
         let r = mine
             .iter()
@@ -141,6 +149,12 @@ fn domain_rules_decide_and_records_name_the_host() {
         .expect("AAAA record");
     assert_eq!(six["qtype"], "AAAA");
     assert_eq!(six["answers"], "::1");
+    let over_tcp = dns_recs
+        .iter()
+        .find(|r| r["qname"] == "tcp.test")
+        .expect("DNS over TCP record");
+    assert_eq!(over_tcp["l4_proto"], "tcp");
+    assert_eq!(over_tcp["answers"], "127.0.1.5");
 }
 
 #[test]

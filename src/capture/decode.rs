@@ -159,6 +159,7 @@ fn decode_dns(raw: abi::dns_event, clock: BootClock) -> DnsAnswer {
         rcode: raw.rcode,
         resolver: (resolver, raw.resolver_port),
         local_port: raw.local_port,
+        protocol: raw.protocol,
         answers,
     }
 }

@@ -256,6 +256,8 @@ pub struct DnsAnswer {
     pub rcode: u8,
     pub resolver: (IpAddr, u16),
     pub local_port: u16,
+    /// IPPROTO_UDP or IPPROTO_TCP.
+    pub protocol: u8,
     /// A and AAAA answers with their TTL in seconds.
     pub answers: Vec<(IpAddr, u32)>,
 }

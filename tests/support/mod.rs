@@ -493,7 +493,19 @@ pub fn py_resolver(server: std::net::SocketAddr) -> String {
          \x20   u.close()\n\
          \x20   if r[7] == 0: return None\n\
          \x20   n = 4 if qtype == 1 else 16\n\
-         \x20   return socket.inet_ntop(socket.AF_INET if n == 4 else socket.AF_INET6, r[-n:])\n",
+         \x20   return socket.inet_ntop(socket.AF_INET if n == 4 else socket.AF_INET6, r[-n:])\n\
+         def resolve_tcp(name):\n\
+         \x20   q = struct.pack('>HHHHHH', random.randint(0, 65535), 0x0100, 1, 0, 0, 0)\n\
+         \x20   q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\x00'\n\
+         \x20   q += struct.pack('>HH', 1, 1)\n\
+         \x20   t = socket.create_connection(('{ip}', {port}))\n\
+         \x20   t.sendall(struct.pack('>H', len(q)) + q)\n\
+         \x20   n = struct.unpack('>H', t.recv(2))[0]\n\
+         \x20   r = b''\n\
+         \x20   while len(r) < n: r += t.recv(n - len(r))\n\
+         \x20   t.close()\n\
+         \x20   if r[7] == 0: return None\n\
+         \x20   return socket.inet_ntoa(r[-4:])\n",
         ip = server.ip(),
         port = server.port()
     )

@@ -309,6 +309,10 @@ int dns_ingress(struct __sk_buff *skb)
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || (sk->protocol != IPPROTO_UDP && sk->protocol != IPPROTO_TCP))
 		return SK_PASS;
+	/* A TCP connection to anything but port 53 carries no DNS: the cheap
+	 * common exit for every packet of a bulk transfer. */
+	if (sk->protocol == IPPROTO_TCP && sk->dst_port != bpf_htons(DNS_PORT))
+		return SK_PASS;
 	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
 	if (!owner)
 		return SK_PASS; /* not a socket in scope */

@@ -2,6 +2,9 @@
 //! and delete, atomically) a flow that ended, and keep the per-flow
 //! baseline of what interim records already reported.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::abi;
@@ -10,6 +13,10 @@ use super::attach::KernelError;
 pub struct FlowMaps {
     flows: MapHandle,
     reported: MapHandle,
+    /// Keys that have a baseline in `reported` (only this daemon writes
+    /// it): most flows never get an interim record, and this saves them two
+    /// syscalls each at their end.
+    baselined: RefCell<HashSet<Vec<u8>>>,
 }
 
 fn bytes_of<T: Copy>(v: &T) -> &[u8] {
@@ -32,9 +39,13 @@ impl FlowMaps {
                 source,
             })
         };
+        let reported = dup(reported, "flow_reported")?;
+        // Baselines a previous daemon left (a restart) are still valid.
+        let baselined = RefCell::new(reported.keys().collect());
         Ok(FlowMaps {
             flows: dup(flows, "flows")?,
-            reported: dup(reported, "flow_reported")?,
+            reported,
+            baselined,
         })
     }
 
@@ -58,6 +69,9 @@ impl FlowMaps {
     }
 
     pub fn reported(&self, key: &abi::flow_key) -> Option<abi::flow_reported> {
+        if !self.baselined.borrow().contains(bytes_of(key)) {
+            return None;
+        }
         let value = self
             .reported
             .lookup(bytes_of(key), MapFlags::ANY)
@@ -76,11 +90,15 @@ impl FlowMaps {
             .map_err(|source| KernelError::Bpf {
                 what: "update flow_reported".into(),
                 source,
-            })
+            })?;
+        self.baselined.borrow_mut().insert(bytes_of(key).to_vec());
+        Ok(())
     }
 
     /// Drop the baseline of a flow that ended (absent is fine).
     pub fn forget_reported(&self, key: &abi::flow_key) {
-        let _ = self.reported.delete(bytes_of(key));
+        if self.baselined.borrow_mut().remove(bytes_of(key)) {
+            let _ = self.reported.delete(bytes_of(key));
+        }
     }
 }

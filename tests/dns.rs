@@ -107,12 +107,20 @@ fn domain_rules_decide_and_records_name_the_host() {
         ],
         "connect results (errno 1 = EPERM)"
     );
-    let recs = daemon.wait_for("five decisions and five DNS records", WAIT, |r| {
-        egress(r, pid).len() >= 6
-            && r.iter()
-                .filter(|x| x["l7_proto"] == "dns" && x["pid"] == pid)
-                .count()
-                >= 5
+    let hosts = [
+        "allowed.test",
+        "api.wild.test",
+        "wild.test",
+        "denied.test",
+        "six.test",
+        "tcp.test",
+    ];
+    let recs = daemon.wait_for("a decision and a DNS record per name", WAIT, |r| {
+        let mine = egress(r, pid);
+        hosts.iter().all(|h| {
+            mine.iter().any(|x| x["dst_host"] == *h)
+                && r.iter().any(|x| x["l7_proto"] == "dns" && x["qname"] == *h)
+        })
     });
     let mine = egress(&recs, pid);
     for (host, verdict) in [

@@ -1,0 +1,94 @@
+//! Schema field names: OTLP log attribute keys and stdout JSON keys alike.
+//! No key may be both a leaf and the prefix of another (`a` beside `a.b`
+//! breaks the OpenSearch mapping); a unit test enforces it.
+
+pub const TIMESTAMP: &str = "@timestamp";
+pub const SOURCE: &str = "clawker.source";
+pub const VERDICT: &str = "verdict";
+pub const HOOK: &str = "hook";
+pub const L4_PROTO: &str = "l4_proto";
+pub const L7_PROTO: &str = "l7_proto";
+pub const IP_VERSION: &str = "ip_version";
+pub const SRC_IP: &str = "src_ip";
+pub const SRC_PORT: &str = "src_port";
+pub const DST_IP: &str = "dst_ip";
+pub const DST_PORT: &str = "dst_port";
+pub const DST_HOST: &str = "dst_host";
+pub const CGROUP_ID: &str = "cgroup_id";
+pub const PID: &str = "pid";
+pub const COMM: &str = "comm";
+pub const CONTAINER_ID: &str = "container_id";
+pub const CONTAINER_NAME: &str = "container_name";
+pub const CONTAINER_IMAGE: &str = "container_image";
+pub const AGENT: &str = "agent";
+pub const PROJECT: &str = "project";
+pub const EVENT: &str = "event";
+pub const EXIT_CODE: &str = "exit_code";
+pub const BYTES_OUT: &str = "bytes_out";
+pub const BYTES_IN: &str = "bytes_in";
+pub const PACKETS_OUT: &str = "packets_out";
+pub const PACKETS_IN: &str = "packets_in";
+pub const DURATION_MS: &str = "duration_ms";
+pub const FLOW_STATE: &str = "flow_state";
+pub const CLOSE_REASON: &str = "close_reason";
+pub const ERRNO: &str = "errno";
+pub const COMMUNITY_ID: &str = "community_id";
+pub const ENFORCED: &str = "enforced";
+pub const BYPASS_UID: &str = "bypass_uid";
+pub const BYPASS_USER: &str = "bypass_user";
+pub const BYPASS_REASON: &str = "bypass_reason";
+pub const BYPASS_UNTIL: &str = "bypass_until";
+pub const POLICY_FILE: &str = "policy_file";
+pub const ERROR: &str = "error";
+pub const QNAME: &str = "qname";
+pub const QTYPE: &str = "qtype";
+pub const RCODE: &str = "rcode";
+pub const ANSWERS: &str = "answers";
+pub const TTL: &str = "ttl";
+
+/// Every key, for the prefix-conflict check.
+pub const ALL: &[&str] = &[
+    TIMESTAMP,
+    SOURCE,
+    VERDICT,
+    HOOK,
+    L4_PROTO,
+    L7_PROTO,
+    IP_VERSION,
+    SRC_IP,
+    SRC_PORT,
+    DST_IP,
+    DST_PORT,
+    DST_HOST,
+    CGROUP_ID,
+    PID,
+    COMM,
+    CONTAINER_ID,
+    CONTAINER_NAME,
+    CONTAINER_IMAGE,
+    AGENT,
+    PROJECT,
+    EVENT,
+    EXIT_CODE,
+    BYTES_OUT,
+    BYTES_IN,
+    PACKETS_OUT,
+    PACKETS_IN,
+    DURATION_MS,
+    FLOW_STATE,
+    CLOSE_REASON,
+    ERRNO,
+    COMMUNITY_ID,
+    ENFORCED,
+    BYPASS_UID,
+    BYPASS_USER,
+    BYPASS_REASON,
+    BYPASS_UNTIL,
+    POLICY_FILE,
+    ERROR,
+    QNAME,
+    QTYPE,
+    RCODE,
+    ANSWERS,
+    TTL,
+];

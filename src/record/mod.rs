@@ -1,0 +1,251 @@
+//! The record every sink writes. Field names of the schema live in
+//! [`key`] and nowhere else: stages add fields through those constants,
+//! sinks iterate [`Record::fields`] and never name a field themselves. The
+//! egress shapes (flows, attempts, DNS) are built in `egress.rs`.
+
+mod egress;
+pub mod key;
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+/// Which stream a record belongs to (`clawker.source`), one data stream each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Network egress seen by the BPF programs.
+    Egress,
+    /// Audit events: container lifecycle, policy and bypass changes.
+    Overseer,
+    /// The daemon's own logs.
+    Cp,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Egress => "egress",
+            Source::Overseer => "overseer",
+            Source::Cp => "cp",
+        }
+    }
+}
+
+/// How severe a record is (OTLP severity). Flows and audit records are
+/// `Info`; the daemon's own logs carry their tracing level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Severity {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Trace => "TRACE",
+            Severity::Debug => "DEBUG",
+            Severity::Info => "INFO",
+            Severity::Warn => "WARN",
+            Severity::Error => "ERROR",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s)
+    }
+}
+impl From<u64> for Value {
+    fn from(n: u64) -> Self {
+        Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+impl From<u32> for Value {
+    fn from(n: u32) -> Self {
+        Value::Int(i64::from(n))
+    }
+}
+impl From<u16> for Value {
+    fn from(n: u16) -> Self {
+        Value::Int(i64::from(n))
+    }
+}
+impl From<i64> for Value {
+    fn from(n: i64) -> Self {
+        Value::Int(n)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub time: SystemTime,
+    pub source: Source,
+    severity: Severity,
+    body: Option<String>,
+    fields: Vec<(&'static str, Value)>,
+}
+
+impl Record {
+    pub fn new(time: SystemTime, source: Source) -> Self {
+        Record {
+            time,
+            source,
+            severity: Severity::Info,
+            body: None,
+            fields: Vec::with_capacity(20),
+        }
+    }
+
+    /// Set a field, replacing an earlier value of the same key.
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        let value = value.into();
+        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.fields.push((key, value)),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        match self.get(key) {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn get_int(&self, key: &str) -> Option<i64> {
+        match self.get(key) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The schema fields, in insertion order, without `@timestamp` and
+    /// `clawker.source` (see [`Record::time`] and [`Record::source`]).
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        self.fields.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn with_severity(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
+    }
+
+    pub fn severity(&self) -> Severity {
+        self.severity
+    }
+
+    pub fn with_body(mut self, body: impl Into<String>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// A short human-readable line. It never contains control characters,
+    /// whatever a label or comm holds.
+    pub fn body(&self) -> String {
+        match &self.body {
+            Some(b) => printable(b),
+            None => self.egress_summary(),
+        }
+    }
+
+    fn egress_summary(&self) -> String {
+        let s = |k| self.get_str(k).unwrap_or("");
+        let mut out = format!("{} {} {}", s(key::VERDICT), s(key::L4_PROTO), s(key::COMM));
+        if let Some(pid) = self.get_int(key::PID) {
+            let _ = write!(out, "[{pid}]");
+        }
+        if let (Some(ip), Some(port)) = (self.get_str(key::DST_IP), self.get_int(key::DST_PORT)) {
+            let ip = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.to_owned()
+            };
+            let _ = write!(out, " -> {ip}:{port}");
+        }
+        if let Some(agent) = self.get_str(key::AGENT) {
+            let _ = write!(out, " agent={agent}");
+        }
+        printable(&out)
+    }
+
+    pub fn unix_nanos(&self) -> u64 {
+        self.time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// RFC 3339 UTC with nanoseconds.
+    pub fn timestamp(&self) -> String {
+        time::OffsetDateTime::from(self.time)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    }
+}
+
+/// `@timestamp`, `clawker.source`, then every field: the stdout JSON line.
+impl Serialize for Record {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut map = ser.serialize_map(Some(self.fields.len() + 2))?;
+        map.serialize_entry(key::TIMESTAMP, &self.timestamp())?;
+        map.serialize_entry(key::SOURCE, self.source.name())?;
+        for (k, v) in &self.fields {
+            match v {
+                Value::Str(s) => map.serialize_entry(k, s)?,
+                Value::Int(n) => map.serialize_entry(k, n)?,
+                Value::Bool(b) => map.serialize_entry(k, b)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// Replace control characters so one record stays one line in any viewer.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_key_is_both_a_leaf_and_a_prefix() {
+        for a in key::ALL {
+            for b in key::ALL {
+                assert!(!b.starts_with(&format!("{a}.")), "{a} is a prefix of {b}");
+            }
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Starting, stopping and talking to the stack pieces.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------- plumbing
+
+pub(crate) fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Written straight to fd 2: libtest's capture does not swallow it.
+pub(crate) fn loud(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+pub(crate) fn port(var: &str, default: u16) -> u16 {
+    let offset: u16 = std::env::var("CLAWKER_STACK_PORT_OFFSET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let base = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    base + offset
+}
+
+pub(crate) fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub(crate) fn on_path(cmd: &str) -> bool {
+    let extra = ["/usr/local/go/bin", "/usr/sbin", "/sbin"];
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(extra)
+        .any(|d| Path::new(d).join(cmd).is_file())
+}
+
+/// Skip loudly, or fail under CI.  `needs_root`: the test starts servers.
+pub(crate) fn preconditions(test: &str, needs_root: bool, commands: &[&str]) -> bool {
+    let mut missing: Vec<String> = commands
+        .iter()
+        .filter(|c| !on_path(c))
+        .map(|c| format!("`{c}`"))
+        .collect();
+    if needs_root && !is_root() {
+        missing.insert(0, "root".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("needs {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why} (CI never skips the stack tests)");
+    }
+    loud(&format!(
+        "SKIPPED {test}: {why} (`sudo -E cargo test --test stack_e2e` with them installed)"
+    ));
+    false
+}
+
+pub(crate) fn script(name: &str) -> Command {
+    let mut c = Command::new(repo().join("scripts").join(name));
+    let path = std::env::var("PATH").unwrap_or_default();
+    c.env("PATH", format!("{path}:/usr/local/go/bin"));
+    c.current_dir(repo());
+    c
+}
+
+pub(crate) fn run_ok(mut cmd: Command, what: &str) -> String {
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// (status, body as JSON or Null).
+pub(crate) fn http(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let a = agent();
+    let res = match (method, body) {
+        ("GET", _) => a.get(url).call(),
+        ("DELETE", _) => a.delete(url).call(),
+        ("POST", Some(b)) => a
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(b.to_string()),
+        ("POST", None) => a.post(url).send_empty(),
+        ("PUT", Some(b)) => a
+            .put(url)
+            .header("Content-Type", "application/json")
+            .send(b.to_string()),
+        ("PUT", None) => a.put(url).send_empty(),
+        _ => unreachable!("{method}"),
+    };
+    match res {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(e) => (0, json!({ "transport_error": e.to_string() })),
+    }
+}
+
+pub(crate) fn get_json(url: &str) -> Value {
+    let (s, v) = http("GET", url, None);
+    assert_eq!(s, 200, "GET {url}: {v}");
+    v
+}
+
+pub(crate) fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub(crate) fn unique() -> String {
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{}", std::process::id(), ns % 1_000_000_000_000)
+}
+
+pub(crate) fn now_ns() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_string()
+}
+
+/// Everything a test started, stopped in reverse order on drop (also when the
+/// test panics; then the work directory is kept for its logs).
+pub(crate) struct Stack {
+    pub(crate) dir: Option<tempfile::TempDir>,
+    pub(crate) children: Vec<(String, Child)>,
+    pub(crate) stops: Vec<(String, Command)>,
+}
+
+impl Stack {
+    pub(crate) fn new(name: &str) -> Stack {
+        reap_stale_servers();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("clawker-{name}-{}-", std::process::id()))
+            .tempdir()
+            .expect("tempdir");
+        Stack {
+            dir: Some(dir),
+            children: vec![],
+            stops: vec![],
+        }
+    }
+
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
+        self.dir.as_ref().unwrap().path().join(rel)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (_, cmd) in self.stops.iter_mut().rev() {
+            let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        if std::thread::panicking() {
+            let kept = self.dir.take().unwrap().keep();
+            loud(&format!(
+                "stack test failed: logs kept in {}",
+                kept.display()
+            ));
+        }
+    }
+}
+
+/// Servers left behind by an earlier test process that was killed (its work
+/// directory and pid files survive): stop them so their ports are free.
+/// Directories of the current process (parallel tests) are left alone.
+pub(crate) fn reap_stale_servers() {
+    let me = format!("-{}-", std::process::id());
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with("clawker-stack-") || name.contains(&me) {
+            continue;
+        }
+        for (what, pidfile, marker) in [
+            (
+                "opensearch",
+                "opensearch/opensearch.pid",
+                "ClawkerOpenSearch",
+            ),
+            ("prometheus", "prometheus/prometheus.pid", "prometheus"),
+            ("collector", "collector-a.pid", "otelcol-clawker"),
+            ("collector", "collector-b.pid", "otelcol-clawker"),
+        ] {
+            let path = e.path().join(pidfile);
+            let Some(pid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(marker) {
+                loud(&format!(
+                    "stack: stopping stale {what} (pid {pid}) from {}",
+                    e.path().display()
+                ));
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+                for _ in 0..60 {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct CollectorPorts {
+    pub(crate) grpc: u16,
+    pub(crate) http: u16,
+    pub(crate) telemetry: u16,
+    pub(crate) exporter: u16,
+    pub(crate) health: u16,
+}
+
+/// The shipped config (plus optional overlays), only addresses in the env.
+pub(crate) fn start_collector(
+    stack: &mut Stack,
+    name: &str,
+    ports: &CollectorPorts,
+    opensearch: &str,
+    overlays: &[&str],
+    extra_env: &[(&str, String)],
+) -> Duration {
+    let t0 = Instant::now();
+    let bin = run_ok(script("stack-collector"), "scripts/stack-collector");
+    let build = t0.elapsed();
+    let log = File::create(stack.path(&format!("{name}.log"))).unwrap();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--config")
+        .arg(repo().join("otel-collector/config.yaml"));
+    for o in overlays {
+        cmd.arg("--config")
+            .arg(repo().join("otel-collector").join(o));
+    }
+    cmd.env("OTLP_GRPC_ENDPOINT", format!("127.0.0.1:{}", ports.grpc))
+        .env("OTLP_HTTP_ENDPOINT", format!("127.0.0.1:{}", ports.http))
+        .env("OPENSEARCH_ENDPOINT", opensearch)
+        .env("OPENSEARCH_PASSWORD", "unused-on-a-node-without-security")
+        .env(
+            "PROMETHEUS_EXPORTER_ENDPOINT",
+            format!("127.0.0.1:{}", ports.exporter),
+        )
+        .env("OTELCOL_TELEMETRY_HOST", "127.0.0.1")
+        .env("OTELCOL_TELEMETRY_PORT", ports.telemetry.to_string())
+        .env(
+            "OTELCOL_HEALTH_ENDPOINT",
+            format!("127.0.0.1:{}", ports.health),
+        )
+        .env("OTELCOL_STORAGE_DIR", stack.path(&format!("{name}-queue")))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start the collector");
+    std::fs::write(stack.path(&format!("{name}.pid")), child.id().to_string()).unwrap();
+    stack.children.push((name.into(), child));
+    let health = format!("http://127.0.0.1:{}/", ports.health);
+    let logfile = stack.path(&format!("{name}.log"));
+    wait_until(
+        "the collector's health_check",
+        Duration::from_secs(30),
+        || {
+            if let Some((_, c)) = stack.children.last_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "collector exited ({st}):\n{}",
+                        std::fs::read_to_string(&logfile).unwrap_or_default()
+                    );
+                }
+            }
+            (http("GET", &health, None).0 == 200).then_some(())
+        },
+    );
+    build
+}
+
+pub(crate) fn start_opensearch(stack: &mut Stack, port: u16) -> String {
+    let data = stack.path("opensearch");
+    let mut stop = script("stack-opensearch");
+    stop.arg("stop").arg("--data").arg(&data);
+    stack.stops.push(("opensearch".into(), stop));
+    let mut start = script("stack-opensearch");
+    start
+        .args(["start", "--port", &port.to_string(), "--data"])
+        .arg(&data);
+    run_ok(start, "scripts/stack-opensearch start")
+}
+
+pub(crate) fn bootstrap(url: &str) -> (bool, Vec<String>, String) {
+    let mut c = script("stack-bootstrap");
+    c.args(["--opensearch", url])
+        .env_remove("OPENSEARCH_PASSWORD");
+    let out: Output = c.output().expect("scripts/stack-bootstrap");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+pub(crate) fn kv(key: &str, v: Value) -> Value {
+    let value = match v {
+        Value::String(s) => json!({ "stringValue": s }),
+        Value::Number(n) if n.is_i64() || n.is_u64() => json!({ "intValue": n.to_string() }),
+        Value::Number(n) => json!({ "doubleValue": n }),
+        Value::Bool(b) => json!({ "boolValue": b }),
+        other => panic!("unsupported attribute value {other}"),
+    };
+    json!({ "key": key, "value": value })
+}
+
+pub(crate) fn attrs(pairs: &[(&str, Value)]) -> Value {
+    Value::Array(pairs.iter().map(|(k, v)| kv(k, v.clone())).collect())
+}
+
+pub(crate) fn log_record(body: &str, pairs: &[(&str, Value)]) -> Value {
+    json!({ "timeUnixNano": now_ns(), "severityNumber": 9, "severityText": "INFO",
+            "body": { "stringValue": body }, "attributes": attrs(pairs) })
+}
+
+pub(crate) fn resource_logs(resource: &[(&str, Value)], scope: &str, records: Vec<Value>) -> Value {
+    json!({ "resource": { "attributes": attrs(resource) },
+            "scopeLogs": [{ "scope": { "name": scope }, "logRecords": records }] })
+}
+
+pub(crate) fn search(os: &str, index: &str, query: Value) -> Vec<Value> {
+    let (s, v) = http(
+        "POST",
+        &format!("{os}/{index}/_search?size=100&expand_wildcards=all&ignore_unavailable=true"),
+        Some(&json!({ "query": query })),
+    );
+    assert_eq!(s, 200, "search {index}: {v}");
+    v["hits"]["hits"].as_array().cloned().unwrap_or_default()
+}
+
+pub(crate) fn term(field: &str, value: &str) -> Value {
+    json!({ "term": { field: value } })
+}
+
+pub(crate) fn field_types(os: &str, index: &str) -> BTreeMap<String, String> {
+    let v = get_json(&format!("{os}/{index}/_mapping/field/*"));
+    let mut out = BTreeMap::new();
+    for (_, idx) in v.as_object().unwrap() {
+        for (field, m) in idx["mappings"].as_object().unwrap() {
+            if let Some(t) = m["mapping"]
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|x| x["type"].as_str())
+            {
+                out.insert(field.clone(), t.to_string());
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn prom_query(prom: &str, q: &str) -> Vec<Value> {
+    let url = format!("{prom}/api/v1/query?query={}", urlencode(q));
+    let v = get_json(&url);
+    assert_eq!(v["status"], "success", "{q}: {v}");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub(crate) const SOURCES: [&str; 7] = [
+    "claude", "cp", "dns", "egress", "envoy", "overseer", "unrouted",
+];

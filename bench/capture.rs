@@ -94,19 +94,8 @@ fn decode_and_serialize() {
     );
 }
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("cgroup2 mount")
-}
-
 fn connect_rate() {
-    let root = cgroup2_root();
+    let root = clawker_egress::kernel::cgroup2_root().expect("cgroup2 mount");
     let cg = root.join(format!("clawker-bench-{}", std::process::id()));
     std::fs::create_dir_all(&cg).expect("bench cgroup");
     let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-{}", std::process::id()));

@@ -9,19 +9,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{by_pid, require_root, Daemon, DaemonOptions, TestCgroup};
+use support::{by_pid, pid_of, require_root, Daemon, DaemonOptions, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// cgroup programs attached per cgroup: 7 decision hooks + 4 flow hooks + DNS.
 const PROGRAMS: usize = 12;
-
-fn pid_of(output: &str) -> u32 {
-    output
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("script prints its pid first")
-}
 
 /// The one record whose `field` equals `value`.
 fn one(recs: &[Value], field: &str, value: impl Into<Value>) -> Value {

@@ -10,18 +10,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{by_pid, require_root, sum, Daemon, DaemonOptions, TcpServer, TestCgroup};
+use support::{by_pid, pid_of, require_root, sum, Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
-
-fn pid_of(output: &str) -> u32 {
-    output
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("script prints its pid first")
-}
 
 fn ended(recs: &[Value]) -> Vec<Value> {
     recs.iter()

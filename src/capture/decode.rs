@@ -11,6 +11,7 @@ use super::event::{
     CloseReason, Counters, DnsAnswer, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
 };
 use crate::kernel::abi;
+use crate::kernel::pod::c_str as comm;
 
 const AF_INET: u16 = libc::AF_INET as u16;
 const AF_INET6: u16 = libc::AF_INET6 as u16;
@@ -208,16 +209,6 @@ fn ip(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
         AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
         _ => None,
     }
-}
-
-/// The task's comm: NUL-terminated, and not guaranteed to be UTF-8.
-fn comm(raw: &[libc::c_char; 16]) -> String {
-    let bytes: Vec<u8> = raw
-        .iter()
-        .map(|&c| c as u8)
-        .take_while(|&b| b != 0)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[cfg(test)]

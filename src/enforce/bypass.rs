@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 use crate::capture::BootClock;
+use crate::kernel::pod::{c_str, to_c_str};
 use crate::kernel::{abi, KernelError, PolicyMaps};
 use crate::record::{key, Record, Source};
 
@@ -19,28 +20,6 @@ pub struct BypassRequest {
     pub scope_cgroup_id: u64,
     pub duration: Duration,
     pub reason: String,
-}
-
-fn c_string<const N: usize>(s: &str) -> [libc::c_char; N] {
-    let mut out = [0 as libc::c_char; N];
-    // Cut at a char boundary, keep a NUL terminator.
-    let mut end = s.len().min(N - 1);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    for (d, b) in out.iter_mut().zip(s.as_bytes()[..end].iter()) {
-        *d = *b as libc::c_char;
-    }
-    out
-}
-
-fn from_c_string(raw: &[libc::c_char]) -> String {
-    let bytes: Vec<u8> = raw
-        .iter()
-        .map(|&c| c as u8)
-        .take_while(|&b| b != 0)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Start a bypass as the calling user.
@@ -57,8 +36,8 @@ pub fn request_bypass(maps: &PolicyMaps, req: &BypassRequest) -> Result<(), Kern
         started_ns: now,
         uid: uid.as_raw(),
         _pad: 0,
-        user: c_string(&user),
-        reason: c_string(&req.reason),
+        user: to_c_str(&user),
+        reason: to_c_str(&req.reason),
     };
     maps.set_bypass(req.scope_cgroup_id, &entry)
 }
@@ -138,8 +117,8 @@ impl BypassWatcher {
             |ns| self.clock.to_wall(ns),
         );
         let until = self.clock.to_wall(e.until_ns);
-        let user = from_c_string(&e.user);
-        let reason = from_c_string(&e.reason);
+        let user = c_str(&e.user);
+        let reason = c_str(&e.reason);
         let mut r = Record::new(time, Source::Overseer)
             .with_body(format!("{event} cgroup {cgroup_id} by {user}: {reason}"));
         r.set(key::EVENT, event);

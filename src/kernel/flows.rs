@@ -9,6 +9,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::abi;
 use super::attach::KernelError;
+use super::pod::{bytes_of, from_bytes};
 
 pub struct FlowMaps {
     flows: MapHandle,
@@ -17,18 +18,6 @@ pub struct FlowMaps {
     /// it): most flows never get an interim record, and this saves them two
     /// syscalls each at their end.
     baselined: RefCell<HashSet<Vec<u8>>>,
-}
-
-fn bytes_of<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: plain repr(C) bindgen structs, read as bytes.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
-
-fn from_bytes<T: Copy + Default>(b: &[u8]) -> Option<T> {
-    (b.len() >= std::mem::size_of::<T>()).then(|| {
-        // SAFETY: length checked; T is valid for any bit pattern.
-        unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) }
-    })
 }
 
 impl FlowMaps {

@@ -6,6 +6,7 @@ mod attach;
 mod fill;
 mod flows;
 mod mounts;
+pub mod pod;
 mod policy;
 mod ring;
 mod scope;

@@ -8,24 +8,13 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::abi;
 use super::attach::KernelError;
+use super::pod::{bytes_of, from_bytes};
 
 pub struct PolicyMaps {
     container_policy: MapHandle,
     policy_rules: MapHandle,
     bypass: MapHandle,
     domain_rules: Option<MapHandle>,
-}
-
-fn bytes_of<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: plain repr(C) bindgen structs, read as bytes.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
-
-fn from_bytes<T: Copy>(b: &[u8]) -> Option<T> {
-    (b.len() >= std::mem::size_of::<T>()).then(|| {
-        // SAFETY: length checked; T is valid for any bit pattern.
-        unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) }
-    })
 }
 
 fn map_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> KernelError {

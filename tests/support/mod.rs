@@ -354,6 +354,15 @@ pub fn http_get(url: &str) -> Option<String> {
     resp.body_mut().read_to_string().ok()
 }
 
+/// The pid a test script prints on its first line.
+pub fn pid_of(output: &str) -> u32 {
+    output
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("script prints its pid first")
+}
+
 /// Records made by one process.
 pub fn by_pid(recs: &[Value], pid: u32) -> Vec<Value> {
     recs.iter().filter(|r| r["pid"] == pid).cloned().collect()

@@ -98,8 +98,8 @@ struct {
 
 /* Addresses each scope cgroup learned from DNS answers (per container). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESS_MAX_DNS_ENTRIES);
 	__type(key, struct dns_key);
 	__type(value, struct dns_value);
 } dns_cache SEC(".maps");

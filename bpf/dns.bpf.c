@@ -175,7 +175,8 @@ static __always_inline void remember(struct scratch *s, struct dns_answer *a)
 	k.family = a->family;
 	__builtin_memcpy(k.addr, a->addr, sizeof(k.addr));
 	s->value.expires_ns = bpf_ktime_get_boot_ns() + (__u64)ttl * NSEC_PER_SEC;
-	bpf_map_update_elem(&dns_cache, &k, &s->value, BPF_ANY);
+	if (bpf_map_update_elem(&dns_cache, &k, &s->value, BPF_ANY) == -7 /* E2BIG */)
+		count_drop(DROP_DNS_CACHE_FULL);
 }
 
 /* One answer record: A and AAAA addresses are remembered and reported. */

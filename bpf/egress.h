@@ -131,6 +131,8 @@ enum egress_drop {
 	DROP_RINGBUF_FIRST = 0,
 	/* a new flow found the flow table full: it is recorded as an attempt only */
 	DROP_FLOW_TABLE_FULL = HOOK_MAX,
+	/* a DNS answer found dns_cache full: that address gets no domain verdict */
+	DROP_DNS_CACHE_FULL,
 	DROP_MAX,
 };
 
@@ -327,7 +329,12 @@ struct dns_event {
 	struct dns_answer answers[DNS_MAX_ANSWERS];
 };
 
-/* `dns_cache`: which name a scope cgroup learned an address from. */
+/*
+ * `dns_cache`: which name a scope cgroup learned an address from. A plain
+ * hash, not an LRU: user space deletes expired entries, and an answer that
+ * finds the cache full is counted (DROP_DNS_CACHE_FULL), never evicts.
+ */
+#define EGRESS_MAX_DNS_ENTRIES 65536
 struct dns_key {
 	__u64 scope_cgroup_id;
 	__u8 addr[EGRESS_ADDR_LEN];

@@ -32,6 +32,9 @@ pub enum DropReason {
     /// A new flow found the kernel flow table full: no byte counts for it
     /// (a TCP connect is still recorded as an attempt).
     FlowTableFull,
+    /// A DNS answer found the kernel's DNS cache full: that address gets no
+    /// domain verdict (its name may still appear in the DNS record).
+    DnsCacheFull,
 }
 
 impl DropReason {
@@ -41,6 +44,7 @@ impl DropReason {
             DropReason::ParseFailure => "parse_failure",
             DropReason::SinkFailure => "sink_failure",
             DropReason::FlowTableFull => "flow_table_full",
+            DropReason::DnsCacheFull => "dns_cache_full",
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct KernelReading {
     pub ringbuf_drops: [u64; Hook::ALL.len()],
     /// New flows the kernel could not track (table full).
     pub flow_table_full: u64,
+    /// DNS answers the kernel could not cache (cache full).
+    pub dns_cache_full: u64,
     pub ringbuf_used_bytes: u64,
     pub ringbuf_size_bytes: u64,
 }
@@ -146,6 +152,7 @@ impl Metrics {
             DropReason::ParseFailure,
             DropReason::SinkFailure,
             DropReason::FlowTableFull,
+            DropReason::DnsCacheFull,
         ] {
             m.dropped(reason, 0);
         }
@@ -280,6 +287,11 @@ impl Metrics {
             seen.flow_table_full = reading.flow_table_full;
             self.dropped(DropReason::FlowTableFull, delta);
         }
+        let delta = reading.dns_cache_full.saturating_sub(seen.dns_cache_full);
+        if delta > 0 {
+            seen.dns_cache_full = reading.dns_cache_full;
+            self.dropped(DropReason::DnsCacheFull, delta);
+        }
         self.ringbuf_used
             .set(i64::try_from(reading.ringbuf_used_bytes).unwrap_or(i64::MAX));
         self.ringbuf_size
@@ -378,6 +390,7 @@ mod tests {
             "parse_failure",
             "sink_failure",
             "flow_table_full",
+            "dns_cache_full",
         ] {
             assert!(
                 text.contains(&format!(

@@ -21,7 +21,9 @@ use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
 use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
 use crate::flow::FlowStage;
-use crate::kernel::{self, abi, AttachOptions, Attached, FlowMaps, PolicyMaps, RingbufFill};
+use crate::kernel::{
+    self, abi, AttachOptions, Attached, DnsCache, FlowMaps, PolicyMaps, RingbufFill,
+};
 use crate::metrics::{self, KernelReading, Metrics};
 use crate::pipeline::Pipeline;
 use crate::policy::Policy;
@@ -82,6 +84,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     tracing::info!(event = "metrics_listening", addr = %listener.local_addr()?, "Prometheus endpoint up");
     tokio::spawn(metrics::serve(listener, metrics.clone(), refresh.clone()));
     tokio::spawn(refresh_periodically(refresh.clone()));
+    tokio::spawn(expire_dns_answers(DnsCache::new(&attached.dns_cache)?));
 
     let (sink_tx, sinks) = start_sinks(&config, metrics.clone())?;
     let cp_logs = cp_rx
@@ -285,6 +288,8 @@ fn kernel_refresher(attached: &Attached, metrics: Arc<Metrics>) -> Result<metric
         }
         let full = abi::egress_drop::DROP_FLOW_TABLE_FULL as usize;
         reading.flow_table_full = totals.get(full).copied().unwrap_or(0);
+        let dns_full = abi::egress_drop::DROP_DNS_CACHE_FULL as usize;
+        reading.dns_cache_full = totals.get(dns_full).copied().unwrap_or(0);
         metrics.observe_kernel(&reading);
     }))
 }
@@ -295,6 +300,18 @@ async fn refresh_periodically(refresh: metrics::Refresh) {
     loop {
         tick.tick().await;
         refresh();
+    }
+}
+
+/// Expired DNS answers leave the kernel cache every few seconds.
+async fn expire_dns_answers(cache: DnsCache) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let n = cache.expire(BootClock::now_boot_ns());
+        if n > 0 {
+            tracing::debug!(expired = n, "DNS answers expired");
+        }
     }
 }
 

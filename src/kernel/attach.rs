@@ -97,6 +97,7 @@ pub struct Attached {
     pub policy_rules: MapHandle,
     pub bypass: MapHandle,
     pub domain_rules: MapHandle,
+    pub dns_cache: MapHandle,
     pub ringbuf_bytes: u32,
     /// Links that already existed and were updated in place (a restart).
     pub links_reused: usize,
@@ -177,6 +178,7 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         policy_rules: handle(&egress.maps.policy_rules, "policy_rules")?,
         bypass: handle(&egress.maps.bypass, "bypass")?,
         domain_rules: handle(&egress.maps.domain_rules, "domain_rules")?,
+        dns_cache: handle(&egress.maps.dns_cache, "dns_cache")?,
         ringbuf_bytes: opts.ringbuf_bytes,
         pins,
         links_reused: r1 + r2 + r3,

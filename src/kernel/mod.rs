@@ -3,6 +3,7 @@
 //! plain map handles. Everything kernel-shaped is re-exported from here.
 
 mod attach;
+mod dns;
 mod fill;
 mod flows;
 mod mounts;
@@ -12,6 +13,7 @@ mod ring;
 mod scope;
 
 pub use attach::{detach, load_and_attach, AttachOptions, Attached, KernelError, PinLayout};
+pub use dns::DnsCache;
 pub use fill::RingbufFill;
 pub use flows::FlowMaps;
 pub use libbpf_rs::MapHandle;

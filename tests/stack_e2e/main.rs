@@ -673,6 +673,7 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
     assert_eq!(
         reasons,
         [
+            "dns_cache_full",
             "flow_table_full",
             "parse_failure",
             "ringbuf_full",

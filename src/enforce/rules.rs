@@ -1,5 +1,7 @@
 //! Compiled rule sets and their atomic installation.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::kernel::{abi, KernelError, PolicyMaps};
 
 /// One container's (or the default) policy, in kernel form.
@@ -39,23 +41,38 @@ impl KernelRuleSet {
 
 /// Installs rule sets: each install writes a slot no live decision uses,
 /// then repoints the cgroup in a single map update.
+///
+/// The daemon is the only writer of `container_policy` and `domain_rules`,
+/// so which slot each cgroup uses and which domain keys each slot holds are
+/// read from the kernel once, at start-up, and kept here: an install costs
+/// the syscalls for its own rules, not a scan of every container's.
 pub struct RuleSetWriter {
     maps: PolicyMaps,
     next_slot: u32,
+    /// scope cgroup id -> the slot its rules are in.
+    assigned: HashMap<u64, u32>,
+    /// slot -> the domain keys written for it.
+    domains: HashMap<u32, Vec<abi::domain_key>>,
 }
 
 impl RuleSetWriter {
     pub fn new(maps: PolicyMaps) -> Self {
-        // Start after every slot a previous daemon left in use.
-        let used = maps
+        let assigned: HashMap<u64, u32> = maps
             .assignments()
-            .iter()
-            .map(|(_, p)| p.rule_set + 1)
-            .max()
-            .unwrap_or(0);
+            .into_iter()
+            .map(|(id, p)| (id, p.rule_set))
+            .collect();
+        let mut domains: HashMap<u32, Vec<abi::domain_key>> = HashMap::new();
+        for key in maps.domain_keys() {
+            domains.entry(key.rule_set).or_default().push(key);
+        }
+        // Start after every slot a previous daemon left in use.
+        let used = assigned.values().map(|s| s + 1).max().unwrap_or(0);
         RuleSetWriter {
             maps,
             next_slot: used % abi::EGRESS_MAX_POLICIES,
+            assigned,
+            domains,
         }
     }
 
@@ -66,23 +83,45 @@ impl RuleSetWriter {
         set: &KernelRuleSet,
     ) -> Result<(), KernelError> {
         let slot = self.take_slot();
-        self.maps.write_domains(slot, &set.domains)?;
+        self.write_domains(slot, &set.domains)?;
         self.maps.write_rule_set(slot, &set.rules)?;
-        self.maps.assign(scope_cgroup_id, &set.header(slot))
+        self.maps.assign(scope_cgroup_id, &set.header(slot))?;
+        self.assigned.insert(scope_cgroup_id, slot);
+        Ok(())
     }
 
     pub fn remove(&mut self, scope_cgroup_id: u64) {
         self.maps.unassign(scope_cgroup_id);
+        self.assigned.remove(&scope_cgroup_id);
+    }
+
+    /// Replace slot `slot`'s domain entries: (wildcard, name hash, bitmask
+    /// of the domain rules it matches).
+    fn write_domains(
+        &mut self,
+        slot: u32,
+        entries: &[(bool, u64, u64)],
+    ) -> Result<(), KernelError> {
+        for stale in self.domains.remove(&slot).unwrap_or_default() {
+            self.maps.delete_domain(&stale);
+        }
+        let mut written = Vec::with_capacity(entries.len());
+        for &(wildcard, hash, mask) in entries {
+            let key = abi::domain_key {
+                rule_set: slot,
+                wildcard: u32::from(wildcard),
+                hash,
+            };
+            self.maps.put_domain(&key, mask)?;
+            written.push(key);
+        }
+        self.domains.insert(slot, written);
+        Ok(())
     }
 
     /// The next slot not referenced by any assignment.
     fn take_slot(&mut self) -> u32 {
-        let in_use: std::collections::HashSet<u32> = self
-            .maps
-            .assignments()
-            .iter()
-            .map(|(_, p)| p.rule_set)
-            .collect();
+        let in_use: HashSet<u32> = self.assigned.values().copied().collect();
         for _ in 0..abi::EGRESS_MAX_POLICIES {
             let slot = self.next_slot;
             self.next_slot = (self.next_slot + 1) % abi::EGRESS_MAX_POLICIES;

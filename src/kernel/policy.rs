@@ -45,29 +45,29 @@ impl PolicyMaps {
         Ok(self)
     }
 
-    /// Replace the domain entries of rule set `set`: which rules (bits) a
-    /// name suffix hash matches.
-    pub fn write_domains(&self, set: u32, entries: &[(bool, u64, u64)]) -> Result<(), KernelError> {
+    /// Every domain entry in the kernel (read once, at start-up).
+    pub fn domain_keys(&self) -> Vec<abi::domain_key> {
+        let Some(map) = &self.domain_rules else {
+            return Vec::new();
+        };
+        map.keys().filter_map(|k| from_bytes(&k)).collect()
+    }
+
+    /// Which of rule set `key.rule_set`'s domain rules (bits) a name suffix
+    /// hash matches.
+    pub fn put_domain(&self, key: &abi::domain_key, mask: u64) -> Result<(), KernelError> {
         let Some(map) = &self.domain_rules else {
             return Ok(());
         };
-        let stale: Vec<Vec<u8>> = map
-            .keys()
-            .filter(|k| from_bytes::<abi::domain_key>(k).is_some_and(|d| d.rule_set == set))
-            .collect();
-        for k in stale {
-            let _ = map.delete(&k);
+        map.update(bytes_of(key), &mask.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("write domain rule"))
+    }
+
+    /// Removing a key that is not there is not an error.
+    pub fn delete_domain(&self, key: &abi::domain_key) {
+        if let Some(map) = &self.domain_rules {
+            let _ = map.delete(bytes_of(key));
         }
-        for &(wildcard, hash, mask) in entries {
-            let key = abi::domain_key {
-                rule_set: set,
-                wildcard: u32::from(wildcard),
-                hash,
-            };
-            map.update(bytes_of(&key), &mask.to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("write domain rule"))?;
-        }
-        Ok(())
     }
 
     /// Open the maps a running (or stopped) daemon pinned: the `bypass`
@@ -135,18 +135,7 @@ impl PolicyMaps {
     }
 
     pub fn assignments(&self) -> Vec<(u64, abi::container_policy)> {
-        self.container_policy
-            .keys()
-            .filter_map(|k| {
-                let id = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
-                let v = self
-                    .container_policy
-                    .lookup(&k, MapFlags::ANY)
-                    .ok()
-                    .flatten()?;
-                Some((id, from_bytes(&v)?))
-            })
-            .collect()
+        by_cgroup(&self.container_policy)
     }
 
     pub fn set_bypass(
@@ -174,13 +163,18 @@ impl PolicyMaps {
     }
 
     pub fn bypasses(&self) -> Vec<(u64, abi::bypass_entry)> {
-        self.bypass
-            .keys()
-            .filter_map(|k| {
-                let id = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
-                let v = self.bypass.lookup(&k, MapFlags::ANY).ok().flatten()?;
-                Some((id, from_bytes(&v)?))
-            })
-            .collect()
+        by_cgroup(&self.bypass)
     }
+}
+
+/// Every entry of a map keyed by a scope cgroup id. Entries that vanish
+/// while iterating are skipped.
+fn by_cgroup<V: Copy>(map: &MapHandle) -> Vec<(u64, V)> {
+    map.keys()
+        .filter_map(|k| {
+            let id = from_bytes::<u64>(&k)?;
+            let v = map.lookup(&k, MapFlags::ANY).ok().flatten()?;
+            Some((id, from_bytes(&v)?))
+        })
+        .collect()
 }

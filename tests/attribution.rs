@@ -6,17 +6,9 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 
@@ -25,6 +17,7 @@ use support::docker::{
     engine, engine_exclusive, ip_on, start_dockerd, stop_dockerd, wait_attribution_ready, Network,
     Spec, IMAGE,
 };
+use support::otlp::Receiver;
 use support::{cgroup2_root, require_root, Daemon, DaemonOptions, TcpServer};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -242,13 +235,13 @@ fn hostile_labels_are_bounded_and_safely_encoded() {
     let _engine = engine();
     let daemon = daemon();
     let server = listener();
-    let collector = OtlpLogs::serve();
+    let (collector_addr, collector) = Receiver::serve_any();
     let otlp = Daemon::start(
         DaemonOptions::host_root()
             .arg("--output")
             .arg("otlp")
             .arg("--otlp-endpoint")
-            .arg(format!("http://{}", collector.addr)),
+            .arg(format!("http://{collector_addr}")),
     );
     wait_attribution_ready(&otlp);
     let huge = "\u{3b1}".repeat(32 * 1024); // 64 KiB of two-byte chars
@@ -278,15 +271,15 @@ fn hostile_labels_are_bounded_and_safely_encoded() {
         assert_eq!(r["project"], odd, "verbatim otherwise");
     }
     // The same over OTLP: string attributes, a one-line body.
-    let logs = collector.wait_for(|l| {
+    let logs = collector.wait_for("the hostile container's OTLP records", |l| {
         l.iter()
-            .filter(|r| attr(r, "container_id") == Some(c.id.clone()))
+            .filter(|(r, _)| attr(r, "container_id") == Some(c.id.clone()))
             .count()
             >= 2
     });
-    for r in logs
+    for (r, _) in logs
         .iter()
-        .filter(|r| attr(r, "container_id") == Some(c.id.clone()))
+        .filter(|(r, _)| attr(r, "container_id") == Some(c.id.clone()))
     {
         let agent = attr(r, "agent").expect("agent attribute");
         assert!(agent.len() <= 256 && huge.starts_with(agent.trim_end_matches('\u{2026}')));
@@ -298,62 +291,6 @@ fn hostile_labels_are_bounded_and_safely_encoded() {
             !body.chars().any(char::is_control),
             "no control characters: {body:?}"
         );
-    }
-}
-
-/// A minimal OTLP logs receiver on loopback, for the hostile-label test.
-struct OtlpLogs {
-    addr: SocketAddr,
-    got: LogStore,
-}
-
-#[derive(Clone, Default)]
-struct LogStore(Arc<Mutex<Vec<LogRecord>>>);
-
-#[tonic::async_trait]
-impl LogsService for LogStore {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let mut got = self.0.lock().unwrap();
-        for rl in req.into_inner().resource_logs {
-            for sl in rl.scope_logs {
-                got.extend(sl.log_records);
-            }
-        }
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-impl OtlpLogs {
-    fn serve() -> OtlpLogs {
-        let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
-        let got = LogStore::default();
-        let svc = got.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(
-                tonic::transport::Server::builder()
-                    .add_service(LogsServiceServer::new(svc))
-                    .serve(addr),
-            )
-        });
-        OtlpLogs { addr, got }
-    }
-
-    fn wait_for(&self, pred: impl Fn(&[LogRecord]) -> bool) -> Vec<LogRecord> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = self.got.0.lock().unwrap().clone();
-            if pred(&got) {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "OTLP records never arrived");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 

@@ -62,9 +62,7 @@ fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("deny-all.yaml");
     std::fs::write(&policy, "default:\n  default_action: deny\n").unwrap();
-    let opts = DaemonOptions::for_cgroup(&cg)
-        .arg("--policy")
-        .arg(policy.to_str().unwrap());
+    let opts = DaemonOptions::for_cgroup(&cg).policy(&policy);
     let pin_root = opts.pin_root.clone();
     let daemon = Daemon::start(opts);
     let opts = DaemonOptions {

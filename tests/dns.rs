@@ -11,18 +11,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    by_pid, py_resolver, require_root, Daemon, DaemonOptions, DnsServer, TcpServer, TestCgroup,
+    by_pid, py_resolver, require_root, write_atomic, Daemon, DaemonOptions, DnsServer, TcpServer,
+    TestCgroup,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-}
-
 fn policy(dir: &Path, dns: std::net::SocketAddr, rules: &str) -> std::path::PathBuf {
     let p = dir.join("policy.yaml");
-    write(
+    write_atomic(
         &p,
         &format!(
             "default:\n  default_action: deny\n  rules:\n\
@@ -71,11 +68,7 @@ fn domain_rules_decide_and_records_name_the_host() {
          \x20   - {dst: 127.0.0.53, proto: tcp, port: \"53\", action: allow}\n",
     );
     let cg = TestCgroup::new("ce-dns");
-    let daemon = Daemon::start(
-        DaemonOptions::for_cgroup(&cg)
-            .arg("--policy")
-            .arg(policy.to_str().unwrap()),
-    );
+    let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg).policy(&policy));
     let out = cg.python(&format!(
         "{resolver}import os\nprint(os.getpid(), flush=True)\n\
          for name, q, fam in [('allowed.test', 1, socket.AF_INET), ('api.wild.test', 1, socket.AF_INET), \
@@ -188,11 +181,7 @@ fn resolve_then_connect_at_once_is_never_decided_wrong() {
         "    - {dst: .race.test, proto: tcp, action: allow}\n",
     );
     let cg = TestCgroup::new("ce-dns-race");
-    let daemon = Daemon::start(
-        DaemonOptions::for_cgroup(&cg)
-            .arg("--policy")
-            .arg(policy.to_str().unwrap()),
-    );
+    let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg).policy(&policy));
     let out = cg.python(&format!(
         "{resolver}import os\nprint(os.getpid(), flush=True)\n\
          wrong = 0\n\

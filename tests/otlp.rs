@@ -6,92 +6,12 @@
 mod support;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use support::otlp::Receiver;
 use support::{require_root, Daemon, DaemonOptions, TestCgroup};
-
-#[derive(Clone, Default)]
-struct Receiver {
-    requests: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl LogsService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        self.requests.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-impl Receiver {
-    /// Serve on `addr` from a background runtime for the rest of the test.
-    fn serve(addr: SocketAddr) -> Receiver {
-        let r = Receiver::default();
-        let svc = r.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                tonic::transport::Server::builder()
-                    .add_service(LogsServiceServer::new(svc))
-                    .serve(addr)
-                    .await
-                    .unwrap();
-            });
-        });
-        r
-    }
-
-    fn records(&self) -> Vec<(LogRecord, Vec<KeyValue>)> {
-        let mut out = Vec::new();
-        for req in self.requests.lock().unwrap().iter() {
-            for rl in &req.resource_logs {
-                let resource = rl
-                    .resource
-                    .clone()
-                    .map(|r| r.attributes)
-                    .unwrap_or_default();
-                for sl in &rl.scope_logs {
-                    for lr in &sl.log_records {
-                        out.push((lr.clone(), resource.clone()));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn wait_for(
-        &self,
-        what: &str,
-        pred: impl Fn(&[(LogRecord, Vec<KeyValue>)]) -> bool,
-    ) -> Vec<(LogRecord, Vec<KeyValue>)> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let recs = self.records();
-            if pred(&recs) {
-                return recs;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {} records",
-                recs.len()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 fn attr<'a>(kvs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
     kvs.iter()

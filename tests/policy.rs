@@ -11,23 +11,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{by_pid, require_root, Daemon, DaemonOptions, TcpServer, TestCgroup};
+use support::{by_pid, require_root, write_atomic, Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn write(path: &Path, text: &str) {
-    // Write-then-rename: the daemon never reads a half-written file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn daemon_with_policy(cg: &TestCgroup, policy: &Path) -> Daemon {
-    Daemon::start(
-        DaemonOptions::for_cgroup(cg)
-            .arg("--policy")
-            .arg(policy.to_str().unwrap()),
-    )
+    Daemon::start(DaemonOptions::for_cgroup(cg).policy(policy))
 }
 
 /// Connect from the cgroup; returns (pid, errno or 0).
@@ -64,7 +53,7 @@ fn cidr_and_port_rules_decide_in_the_kernel() {
     let other = TcpServer::spawn("127.0.0.1:0", None, 0);
     let v6 = TcpServer::spawn("[::1]:0", None, 0);
     let policy = dir.path().join("policy.yaml");
-    write(
+    write_atomic(
         &policy,
         &format!(
             "default:\n  default_action: deny\n  rules:\n\
@@ -115,7 +104,7 @@ fn udp_and_raw_sockets_are_denied_unless_allowed() {
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sink.local_addr().unwrap().port();
     let policy = dir.path().join("policy.yaml");
-    write(&policy, &format!("default:\n  default_action: deny\n  rules:\n    - {{dst: 127.0.0.1, proto: udp, port: \"{port}\", action: allow}}\n"));
+    write_atomic(&policy, &format!("default:\n  default_action: deny\n  rules:\n    - {{dst: 127.0.0.1, proto: udp, port: \"{port}\", action: allow}}\n"));
     let cg = TestCgroup::new("ce-policy-udp");
     let daemon = daemon_with_policy(&cg, &policy);
     let out = cg.python(&format!(
@@ -152,7 +141,7 @@ fn audit_mode_decides_and_records_but_never_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let server = TcpServer::spawn("127.0.0.1:0", None, 0);
     let policy = dir.path().join("policy.yaml");
-    write(&policy, "mode: audit\ndefault:\n  default_action: deny\n");
+    write_atomic(&policy, "mode: audit\ndefault:\n  default_action: deny\n");
     let cg = TestCgroup::new("ce-policy-audit");
     let daemon = daemon_with_policy(&cg, &policy);
     let (pid, err) = try_connect(&cg, "127.0.0.1", server.port);
@@ -177,7 +166,7 @@ fn reloads_are_atomic_and_a_broken_file_keeps_the_old_policy() {
         format!("default:\n  default_action: deny\n  rules:\n    - {{dst: 127.0.0.1, proto: tcp, port: \"{p}\", action: allow}}\n")
     };
     let policy = dir.path().join("policy.yaml");
-    write(&policy, &only_port(a.port));
+    write_atomic(&policy, &only_port(a.port));
     let cg = TestCgroup::new("ce-policy-reload");
     let daemon = daemon_with_policy(&cg, &policy);
     let pid_file = dir.path().join("client.pid");
@@ -205,7 +194,7 @@ fn reloads_are_atomic_and_a_broken_file_keeps_the_old_policy() {
         .spawn()
         .unwrap();
     for i in 0..100 {
-        write(
+        write_atomic(
             &policy,
             &only_port(if i % 2 == 0 { b.port } else { a.port }),
         );
@@ -214,7 +203,7 @@ fn reloads_are_atomic_and_a_broken_file_keeps_the_old_policy() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // A broken file: rejected with file:line:column, the last policy stays.
-    write(
+    write_atomic(
         &policy,
         "default:\n  default_action: deny\n  rules:\n    - {dst: 300.1.2.3/8, action: allow}\n",
     );

@@ -50,11 +50,7 @@ fn each_container_is_decided_by_its_own_labels() {
         ),
     )
     .unwrap();
-    let daemon = Daemon::start(
-        DaemonOptions::host_root()
-            .arg("--policy")
-            .arg(policy.to_str().unwrap()),
-    );
+    let daemon = Daemon::start(DaemonOptions::host_root().policy(&policy));
     wait_attribution_ready(&daemon);
 
     // exit code = 10 * (port a failed) + (port b failed)
@@ -129,11 +125,7 @@ fn a_dns_answer_only_opens_the_door_for_the_container_that_asked() {
          \x20     - {dst: iso.test, proto: tcp, action: allow}\n",
     )
     .unwrap();
-    let daemon = Daemon::start(
-        DaemonOptions::host_root()
-            .arg("--policy")
-            .arg(policy.to_str().unwrap()),
-    );
+    let daemon = Daemon::start(DaemonOptions::host_root().policy(&policy));
     wait_attribution_ready(&daemon);
     let connect = format!(
         "echo hi | nc -w 2 127.0.4.1 {} && exit 0 || exit 1",

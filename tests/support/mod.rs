@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod otlp;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -175,6 +176,11 @@ impl DaemonOptions {
             env: Vec::new(),
             run_inside: None,
         }
+    }
+
+    /// Enforce this policy file.
+    pub fn policy(self, path: &Path) -> Self {
+        self.arg("--policy").arg(path.to_str().expect("UTF-8 path"))
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -361,6 +367,13 @@ pub fn pid_of(output: &str) -> u32 {
         .next()
         .and_then(|l| l.trim().parse().ok())
         .expect("script prints its pid first")
+}
+
+/// Write-then-rename: a daemon watching `path` never reads half a file.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Records made by one process.

@@ -6,7 +6,8 @@
 //! (b) bytes/s over one long loopback TCP flow, attached vs detached -> a ratio;
 //! (c) records/s user space decodes and serializes as stdout JSON lines.
 //!
-//! Run: `sudo cargo bench --bench capture` (part (a) needs root).
+//! Run as root: `cargo bench --bench capture` (the connect and throughput
+//! parts attach BPF programs).
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

@@ -106,6 +106,11 @@ impl Pipeline {
                 answer.cgroup_id,
                 answer.scope_cgroup_id,
             ),
+            Observation::Lost(loss) => (
+                Record::from_loss(&loss),
+                loss.scope_cgroup_id,
+                loss.scope_cgroup_id,
+            ),
             Observation::Flow(f) => (
                 Record::from_flow(&f),
                 f.flow.cgroup_id,

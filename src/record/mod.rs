@@ -5,6 +5,7 @@
 
 mod egress;
 pub mod key;
+mod loss;
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -43,6 +43,11 @@ mod dns_skel {
 }
 
 #[allow(clippy::all, clippy::pedantic, dead_code)]
+mod packet_skel {
+    include!(concat!(env!("OUT_DIR"), "/packet.skel.rs"));
+}
+
+#[allow(clippy::all, clippy::pedantic, dead_code)]
 mod lsm_skel {
     include!(concat!(env!("OUT_DIR"), "/lsm.skel.rs"));
 }

@@ -177,19 +177,49 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     }
 
     let mut egress_storage = MaybeUninit::uninit();
-    let egress = load(EgressSkelBuilder::default(), &mut egress_storage, "egress", opts, &pins)?;
+    let egress = load(
+        EgressSkelBuilder::default(),
+        &mut egress_storage,
+        "egress",
+        opts,
+        &pins,
+    )?;
     let mut flow_storage = MaybeUninit::uninit();
-    let flow = load(FlowSkelBuilder::default(), &mut flow_storage, "flow", opts, &pins)?;
+    let flow = load(
+        FlowSkelBuilder::default(),
+        &mut flow_storage,
+        "flow",
+        opts,
+        &pins,
+    )?;
     let mut dns_storage = MaybeUninit::uninit();
-    let dns = load(DnsSkelBuilder::default(), &mut dns_storage, "dns", opts, &pins)?;
+    let dns = load(
+        DnsSkelBuilder::default(),
+        &mut dns_storage,
+        "dns",
+        opts,
+        &pins,
+    )?;
     let mut packet_storage = MaybeUninit::uninit();
-    let packet = load(PacketSkelBuilder::default(), &mut packet_storage, "packet", opts, &pins)?;
+    let packet = load(
+        PacketSkelBuilder::default(),
+        &mut packet_storage,
+        "packet",
+        opts,
+        &pins,
+    )?;
     // Every socket family at creation: only where BPF LSM programs load
     // (BPF LSM active, trampolines allowed; see `check`). Elsewhere
     // packet.bpf.c records and stops packet sockets at their first send.
     let mut lsm_storage = MaybeUninit::uninit();
     let lsm = if lsm_supported() {
-        match load(LsmSkelBuilder::default(), &mut lsm_storage, "lsm", opts, &pins) {
+        match load(
+            LsmSkelBuilder::default(),
+            &mut lsm_storage,
+            "lsm",
+            opts,
+            &pins,
+        ) {
             Ok(skel) => Some(skel),
             Err(e) => {
                 tracing::warn!(event = "lsm_unavailable", error = %e, "BPF LSM programs cannot load here: packet sockets are stopped at their first send instead of at creation");
@@ -274,8 +304,9 @@ fn load<'obj, B: SkelBuilder<'obj>>(
         .open(storage)
         .map_err(bpf_err(format!("open {what} BPF object")))?;
     prepare(open.open_object_mut(), opts, pins)?;
-    open.load()
-        .map_err(bpf_err(format!("load {what} programs (see `clawker-egress check`)")))
+    open.load().map_err(bpf_err(format!(
+        "load {what} programs (see `clawker-egress check`)"
+    )))
 }
 
 /// Is BPF LSM active (`bpf` in the kernel's LSM list)?
@@ -429,9 +460,7 @@ fn attach_tracing(object: &Object, pins: &PinLayout) -> Result<usize, KernelErro
     for prog in object.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
         let path = pins.links().join(&name);
-        let mut link = prog
-            .attach()
-            .map_err(bpf_err(format!("attach {name}")))?;
+        let mut link = prog.attach().map_err(bpf_err(format!("attach {name}")))?;
         if path.exists() {
             fs::remove_file(&path).map_err(|source| KernelError::PinDir {
                 path: path.clone(),

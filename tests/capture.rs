@@ -449,8 +449,5 @@ fn check_reports_a_ready_host() {
         "{text}"
     );
     // Which path stops packet sockets on this host, said in one line.
-    assert!(
-        text.lines().any(|l| l.contains("BPF LSM")),
-        "{text}"
-    );
+    assert!(text.lines().any(|l| l.contains("BPF LSM")), "{text}");
 }

@@ -235,6 +235,7 @@ impl Config {
             record_burst: self.container_record_burst,
             max_flows_per_container: self.container_max_flows,
             max_dns_per_container: self.container_max_dns_answers,
+            ..Default::default()
         }
     }
 

@@ -13,5 +13,5 @@ pub use decode::{decode, decode_flow, DecodeError};
 pub use drain::{spawn_drain, DrainHandle};
 pub use loss::{ContainerLoss, LossReporter};
 pub use event::{
-    CloseReason, Counters, DnsAnswer, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
+    CloseReason, Counters, DnsKind, DnsMessage, DnsReject, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
 };

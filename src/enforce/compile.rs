@@ -77,3 +77,34 @@ pub fn compile(resolved: &Resolved) -> (KernelRuleSet, CompileNotes) {
     };
     (set, notes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    #[test]
+    fn names_with_one_hash_are_one_entry_only_when_equal() {
+        // The collider has github.com's hash (see enforce::rules tests).
+        let p = Policy::parse_str(
+            "default:\n  rules:\n\
+             \x20   - {dst: github.com, proto: tcp, action: allow}\n\
+             \x20   - {dst: github.com, proto: udp, action: allow}\n\
+             \x20   - {dst: aftkdtesaxvlafewbcokawpmanhicsfx.collide.test, proto: tcp, action: allow}\n\
+             \x20   - {dst: .github.com, proto: tcp, action: allow}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let (set, notes) = compile(&p.rules_for(None, None));
+        assert_eq!(
+            notes.hash_collisions,
+            ["aftkdtesaxvlafewbcokawpmanhicsfx.collide.test"]
+        );
+        let names: Vec<(bool, &str, u64)> = set
+            .domains
+            .iter()
+            .map(|d| (d.wildcard, d.name.as_str(), d.mask))
+            .collect();
+        assert_eq!(names, [(false, "github.com", 0b11), (true, "github.com", 0b1000)]);
+    }
+}

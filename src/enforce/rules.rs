@@ -241,3 +241,39 @@ pub fn any_rule(protocol: u8, ports: Option<(u16, u16)>, allow: bool) -> abi::po
     r.family = 0;
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tests/fixtures/dns_collision.py found it: a 45-byte name under a zone
+    /// an attacker could hold, with github.com's hash (issue 9 item 3).
+    const COLLIDER: &str = "aftkdtesaxvlafewbcokawpmanhicsfx.collide.test";
+
+    #[test]
+    fn the_collision_fixture_collides() {
+        assert_eq!(name_hash(COLLIDER), name_hash("github.com"));
+        assert_ne!(COLLIDER, "github.com");
+    }
+
+    #[test]
+    fn domain_values_hold_the_name_right_aligned() {
+        let e = DomainEntry {
+            wildcard: true,
+            name: "github.com".into(),
+            mask: 5,
+        };
+        let v = e.value().unwrap();
+        let len = abi::DNS_NAME_LEN as usize;
+        let tail: Vec<u8> = v.name[len - 10..].iter().map(|&c| c as u8).collect();
+        assert_eq!(tail, b"github.com");
+        assert!(v.name[..len - 10].iter().all(|&c| c == 0));
+        assert_eq!((v.mask, v.name_len), (5, 10));
+        assert_eq!(e.key(3).hash, name_hash("github.com"));
+        let long = DomainEntry {
+            name: "a".repeat(257),
+            ..e
+        };
+        assert!(long.value().is_none());
+    }
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use serde_json::Value;
+use support::docker::{engine, wait_attribution_ready, Network, Spec};
 use support::{
     bin, by_pid, pid_of, py_resolver, require_root, write_atomic, Daemon, DaemonOptions,
     DnsServer, TcpServer, TestCgroup,
@@ -387,4 +388,65 @@ fn generated_names(n: usize) -> Vec<String> {
         .map(|_| strategy.new_tree(&mut runner).unwrap().current())
         .filter(|name| name.len() <= 253)
         .collect()
+}
+
+/// The answer check must not break Docker's embedded resolver: the query
+/// leaves for 127.0.0.11:53 and is NATed to a random port before cgroup
+/// egress sees it, the answer comes back as 127.0.0.11:53. The socket's view
+/// is what the kernel matches, so the domain rule still decides.
+#[test]
+fn docker_embedded_resolver_answers_still_count() {
+    if !require_root("docker_embedded_resolver_answers_still_count") {
+        return;
+    }
+    let _engine = engine();
+    let net = Network::create("ce-dns-net");
+    let server = Spec::new("ce-dns-srv", "nc -l -p 8080 >/dev/null; sleep 5")
+        .network(&net.name)
+        .run();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    write_atomic(
+        &policy,
+        &format!(
+            "default:\n  default_action: allow\n\
+             projects:\n  ce-dns-embedded:\n    default_action: deny\n    rules:\n\
+             \x20     - {{dst: 127.0.0.11, port: \"53\", action: allow}}\n\
+             \x20     - {{dst: {srv}, proto: tcp, port: \"8080\", action: allow}}\n",
+            srv = server.name
+        ),
+    );
+    let daemon = Daemon::start(DaemonOptions::host_root().policy(&policy));
+    wait_attribution_ready(&daemon);
+    let client = Spec::new(
+        "ce-dns-client",
+        format!(
+            "sleep 1; echo hi | nc -w 2 {srv} 8080 && exit 0 || exit 1",
+            srv = server.name
+        ),
+    )
+    .network(&net.name)
+    .label("dev.clawker.project", "ce-dns-embedded")
+    .run();
+    assert_eq!(client.wait(), 0, "resolved through 127.0.0.11, allowed by its name");
+    let recs = daemon.wait_for("the flow named by the embedded resolver", WAIT, |r| {
+        r.iter().any(|x| {
+            x["container_id"] == client.id.as_str()
+                && x["l4_proto"] == "tcp"
+                && x["dst_port"] == 8080
+                && x["dst_host"] == server.name.as_str()
+        })
+    });
+    let dns = recs
+        .iter()
+        .find(|x| {
+            x["container_id"] == client.id.as_str()
+                && x["l7_proto"] == "dns"
+                && x["qname"] == server.name.as_str()
+                && x["dns_answered"] == true
+        })
+        .expect("the exchange's record");
+    assert_eq!(dns["dst_ip"], "127.0.0.11");
+    assert_eq!(dns["dst_port"], 53);
+    assert!(dns.get("dns_rejected").is_none(), "{dns:#}");
 }

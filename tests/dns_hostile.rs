@@ -450,3 +450,94 @@ fn docker_embedded_resolver_answers_still_count() {
     assert_eq!(dns["dst_port"], 53);
     assert!(dns.get("dns_rejected").is_none(), "{dns:#}");
 }
+
+/// Item 2, pending queries are bounded per container: a container that
+/// floods queries nobody answers fills only its own share of `dns_pending`
+/// (its own answers then do not count: fail closed), another container's
+/// DNS keeps working, and the share comes back once the queries expire.
+#[test]
+fn a_query_flood_fills_only_its_own_share_and_expires() {
+    if !require_root("a_query_flood_fills_only_its_own_share_and_expires") {
+        return;
+    }
+    let _engine = engine();
+    let dns = DnsServer::dnsmasq(
+        "127.0.9.93",
+        &[("flood-ok.test".to_string(), "127.0.4.30".parse().unwrap())],
+        300,
+    );
+    let server = TcpServer::spawn("0.0.0.0:0", None, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    write_atomic(
+        &policy,
+        "default:\n  default_action: allow\n\
+         projects:\n  ce-dns-flood:\n    default_action: deny\n    rules:\n\
+         \x20     - {dst: 127.0.0.0/8, proto: udp, port: \"53\", action: allow}\n\
+         \x20     - {dst: flood-ok.test, proto: tcp, action: allow}\n",
+    );
+    let config = dir.path().join("config.toml");
+    write_atomic(&config, "container_max_dns_pending = 20\n");
+    let daemon = Daemon::start(
+        DaemonOptions::host_root()
+            .policy(&policy)
+            .arg("--config")
+            .arg(config.to_str().unwrap()),
+    );
+    wait_attribution_ready(&daemon);
+    let lookup_and_connect = format!(
+        "nslookup flood-ok.test {dns} >/dev/null; echo hi | nc -w 2 127.0.4.30 {port}",
+        dns = dns.addr.ip(),
+        port = server.port
+    );
+    // 40 lookups of flood.test (40 sockets, A only) from a server that
+    // never answers; they are killed after 2 s, their sockets closed.
+    let flooder = Spec::new(
+        "ce-dns-flooder",
+        format!(
+            "sleep 1; i=0; P=''; while [ $i -lt 40 ]; do nslookup -type=a flood.test 127.0.9.99 >/dev/null 2>&1 & P=\"$P $!\"; i=$((i+1)); done; \
+             sleep 2; kill $P; {lookup_and_connect} && A=0 || A=1; sleep 27; \
+             {lookup_and_connect} && B=0 || B=1; exit $((A * 10 + B))"
+        ),
+    )
+    .label("dev.clawker.project", "ce-dns-flood")
+    .label("dev.clawker.agent", "flooder")
+    .run();
+    let other = Spec::new(
+        "ce-dns-other",
+        format!("sleep 5; {lookup_and_connect}"),
+    )
+    .label("dev.clawker.project", "ce-dns-flood")
+    .label("dev.clawker.agent", "other")
+    .run();
+    assert_eq!(other.wait(), 0, "another container's DNS is not disabled by the flood");
+    let flooder_exit = flooder.wait();
+    let recs = daemon.wait_for("every flood query recorded", WAIT, |r| {
+        r.iter()
+            .filter(|x| x["container_id"] == flooder.id.as_str() && x["qname"] == "flood.test")
+            .count()
+            >= 40
+    });
+    let unanswered = recs
+        .iter()
+        .filter(|x| x["container_id"] == flooder.id.as_str() && x["qname"] == "flood.test")
+        .filter(|x| x["dns_answered"] == false)
+        .count();
+    assert!(unanswered >= 40, "{unanswered} unanswered queries");
+    let full = daemon.metric("clawker_egress_events_dropped_total{reason=\"dns_pending_full\"}");
+    let flooder_dns: Vec<&Value> = recs
+        .iter()
+        .filter(|x| x["container_id"] == flooder.id.as_str() && x["l7_proto"] == "dns")
+        .collect();
+    assert!(flooder_dns.len() >= 40);
+    assert!(full >= 20.0, "dns_pending_full = {full}");
+    assert!(
+        daemon.metric("clawker_egress_dns_answers_rejected_total{reason=\"unsolicited\"}") >= 1.0,
+        "the flooder's unremembered lookup was answered, and rejected"
+    );
+    assert_eq!(
+        flooder_exit,
+        10,
+        "the flooder's own lookup fails closed while its share is full (tens digit), and works once its queries expired (units)"
+    );
+}

@@ -16,8 +16,8 @@ use proptest::test_runner::TestRunner;
 use serde_json::Value;
 use support::docker::{engine, wait_attribution_ready, Network, Spec};
 use support::{
-    bin, by_pid, pid_of, py_resolver, require_root, write_atomic, Daemon, DaemonOptions,
-    DnsServer, TcpServer, TestCgroup,
+    bin, by_pid, pid_of, py_resolver, require_root, write_atomic, Daemon, DaemonOptions, DnsServer,
+    TcpServer, TestCgroup,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -98,12 +98,7 @@ fn forged_dns_answers_change_nothing() {
     let results: Vec<&str> = out.lines().skip(1).collect();
     assert_eq!(
         results,
-        [
-            "127.0.4.9 1",
-            "127.0.4.10 1",
-            "127.0.4.11 1",
-            "127.0.4.1 0"
-        ],
+        ["127.0.4.9 1", "127.0.4.10 1", "127.0.4.11 1", "127.0.4.1 0"],
         "connect results (errno 1 = EPERM): forged answers must not pass the github.com rule"
     );
     let recs = daemon.wait_for("the rejected answers and the decisions", WAIT, |r| {
@@ -134,7 +129,10 @@ fn forged_dns_answers_change_nothing() {
             .find(|x| x["dst_ip"] == ip && x["l4_proto"] == "tcp")
             .unwrap();
         assert_eq!(attempt["verdict"], "DENIED", "{why}");
-        assert_eq!(attempt["dst_host"], "", "{why}: a forged answer names nothing");
+        assert_eq!(
+            attempt["dst_host"], "",
+            "{why}: a forged answer names nothing"
+        );
         let metric = format!("clawker_egress_dns_answers_rejected_total{{reason=\"{why}\"}}");
         assert!(daemon.metric(&metric) >= 1.0, "{metric}");
     }
@@ -202,7 +200,10 @@ fn every_query_is_recorded_by_its_whole_name() {
     });
     let dns_recs = dns_records(&recs, pid);
     for name in [&n210, &n253] {
-        let rec = dns_recs.iter().find(|x| x["qname"] == name.as_str()).unwrap();
+        let rec = dns_recs
+            .iter()
+            .find(|x| x["qname"] == name.as_str())
+            .unwrap();
         assert_eq!(rec["qtype"], "TXT");
         assert_eq!(rec["dst_ip"], "127.0.9.63");
     }
@@ -313,13 +314,26 @@ fn kernel_and_policy_explain_agree_on_every_name() {
         let explain = explain(&policy, name, ip, server.port);
         allowed += usize::from(kernel == "allow");
         if kernel != explain {
-            disagree.push(format!("{name} ({ip}): kernel {kernel}, policy explain {explain}"));
+            disagree.push(format!(
+                "{name} ({ip}): kernel {kernel}, policy explain {explain}"
+            ));
         }
     }
     assert_eq!(out.lines().count(), names.len() + 1, "{out}");
-    assert!(disagree.is_empty(), "{} disagreements:\n{}", disagree.len(), disagree.join("\n"));
-    assert!(allowed > 10 && allowed < names.len() - 10, "both verdicts exercised ({allowed})");
-    eprintln!("differential: {} names, {allowed} allowed, kernel == policy explain", names.len());
+    assert!(
+        disagree.is_empty(),
+        "{} disagreements:\n{}",
+        disagree.len(),
+        disagree.join("\n")
+    );
+    assert!(
+        allowed > 10 && allowed < names.len() - 10,
+        "both verdicts exercised ({allowed})"
+    );
+    eprintln!(
+        "differential: {} names, {allowed} allowed, kernel == policy explain",
+        names.len()
+    );
 }
 
 /// A name of exactly `len` bytes: labels of `fill` (at most 63 bytes
@@ -350,7 +364,12 @@ fn explain(policy: &Path, name: &str, ip: &str, port: u16) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|l| l.strip_prefix("decision: "))
-        .unwrap_or_else(|| panic!("policy explain {name}: {text} {}", String::from_utf8_lossy(&out.stderr)))
+        .unwrap_or_else(|| {
+            panic!(
+                "policy explain {name}: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
         .trim()
         .to_string()
 }
@@ -428,7 +447,11 @@ fn docker_embedded_resolver_answers_still_count() {
     .network(&net.name)
     .label("dev.clawker.project", "ce-dns-embedded")
     .run();
-    assert_eq!(client.wait(), 0, "resolved through 127.0.0.11, allowed by its name");
+    assert_eq!(
+        client.wait(),
+        0,
+        "resolved through 127.0.0.11, allowed by its name"
+    );
     let recs = daemon.wait_for("the flow named by the embedded resolver", WAIT, |r| {
         r.iter().any(|x| {
             x["container_id"] == client.id.as_str()
@@ -503,14 +526,15 @@ fn a_query_flood_fills_only_its_own_share_and_expires() {
     .label("dev.clawker.project", "ce-dns-flood")
     .label("dev.clawker.agent", "flooder")
     .run();
-    let other = Spec::new(
-        "ce-dns-other",
-        format!("sleep 5; {lookup_and_connect}"),
-    )
-    .label("dev.clawker.project", "ce-dns-flood")
-    .label("dev.clawker.agent", "other")
-    .run();
-    assert_eq!(other.wait(), 0, "another container's DNS is not disabled by the flood");
+    let other = Spec::new("ce-dns-other", format!("sleep 5; {lookup_and_connect}"))
+        .label("dev.clawker.project", "ce-dns-flood")
+        .label("dev.clawker.agent", "other")
+        .run();
+    assert_eq!(
+        other.wait(),
+        0,
+        "another container's DNS is not disabled by the flood"
+    );
     let flooder_exit = flooder.wait();
     let recs = daemon.wait_for("every flood query recorded", WAIT, |r| {
         r.iter()

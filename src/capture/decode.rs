@@ -8,7 +8,8 @@ use thiserror::Error;
 
 use super::clock::BootClock;
 use super::event::{
-    CloseReason, Counters, DnsKind, DnsMessage, DnsReject, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
+    CloseReason, Counters, DnsKind, DnsMessage, DnsReject, Event, FlowEnd, FlowSnapshot, Hook,
+    SockEvent, Verdict,
 };
 use crate::kernel::abi;
 use crate::kernel::pod::c_str as comm;

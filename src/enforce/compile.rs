@@ -105,6 +105,9 @@ mod tests {
             .iter()
             .map(|d| (d.wildcard, d.name.as_str(), d.mask))
             .collect();
-        assert_eq!(names, [(false, "github.com", 0b11), (true, "github.com", 0b1000)]);
+        assert_eq!(
+            names,
+            [(false, "github.com", 0b11), (true, "github.com", 0b1000)]
+        );
     }
 }

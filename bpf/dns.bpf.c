@@ -555,30 +555,58 @@ int dns_egress(struct __sk_buff *skb)
 }
 
 /*
- * Was this answer sent by a socket in scope? On the same host a container
- * could bind the server's address and port (Docker's embedded resolver
- * 127.0.0.11:53 is only a NAT rule; the port is free) and answer itself.
+ * Is this socket a container's (in scope)? By the cgroup that created it,
+ * as in_scope() decides for the current task: under the attach cgroup, and
+ * in SCOPE_ENROLLED mode under an enrolled container cgroup.
+ */
+static __always_inline bool sk_in_scope(struct bpf_sock *sk)
+{
+	struct egress_config *cfg = config();
+
+	if (!cfg || bpf_sk_ancestor_cgroup_id(sk, cfg->attach_level) != cfg->attach_cgroup_id)
+		return false;
+	if (cfg->scope_mode == SCOPE_ALL)
+		return true;
+	for (int level = 1; level <= EGRESS_SCOPE_MAX_DEPTH; level++) {
+		__u64 id = bpf_sk_ancestor_cgroup_id(sk, level);
+
+		if (id == 0)
+			break;
+		if (bpf_map_lookup_elem(&scoped_cgroups, &id))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Was this answer sent by a socket in scope? The socket that owns the
+ * server's address and port here (the one a datagram or segment to the
+ * server would reach). On the same host a container can bind the server's
+ * address (Docker's embedded resolver 127.0.0.11:53 is only a NAT rule; the
+ * port is free in the container) or run its own resolver, and answer
+ * itself: such answers are the container's own word and do not count.
  */
 static __always_inline bool from_scope(struct __sk_buff *skb, struct scratch *s,
 				       struct bpf_sock_tuple *tuple)
 {
+	__u32 size = s->ev.family == AF_INET ? sizeof(tuple->ipv4) : sizeof(tuple->ipv6);
 	struct bpf_sock *peer;
 	bool ours;
 
-	if (s->ev.protocol != IPPROTO_UDP)
-		return false; /* a TCP answer needs the connection's sequence */
 	if (s->ev.family == AF_INET) {
 		tuple->ipv4.sport = bpf_htons(s->ev.local_port);
-		tuple->ipv4.dport = bpf_htons(DNS_PORT);
-		peer = bpf_sk_lookup_udp(skb, tuple, sizeof(tuple->ipv4), BPF_F_CURRENT_NETNS, 0);
+		tuple->ipv4.dport = bpf_htons(s->ev.resolver_port);
 	} else {
 		tuple->ipv6.sport = bpf_htons(s->ev.local_port);
-		tuple->ipv6.dport = bpf_htons(DNS_PORT);
-		peer = bpf_sk_lookup_udp(skb, tuple, sizeof(tuple->ipv6), BPF_F_CURRENT_NETNS, 0);
+		tuple->ipv6.dport = bpf_htons(s->ev.resolver_port);
 	}
+	if (s->ev.protocol == IPPROTO_UDP)
+		peer = bpf_sk_lookup_udp(skb, tuple, size, BPF_F_CURRENT_NETNS, 0);
+	else
+		peer = bpf_skc_lookup_tcp(skb, tuple, size, BPF_F_CURRENT_NETNS, 0);
 	if (!peer)
 		return false;
-	ours = bpf_sk_storage_get(&sock_owners, peer, 0, 0) != NULL;
+	ours = sk_in_scope(peer);
 	bpf_sk_release(peer);
 	return ours;
 }

@@ -59,6 +59,7 @@ fn forged_dns_answers_change_nothing() {
         &policy,
         "default:\n  default_action: deny\n  rules:\n\
          \x20   - {dst: 127.0.0.0/8, proto: udp, action: allow}\n\
+         \x20   - {dst: 127.0.0.0/8, proto: tcp, port: \"53\", action: allow}\n\
          \x20   - {dst: github.com, proto: tcp, action: allow}\n",
     );
     let cg = TestCgroup::new("ce-dns-forge");
@@ -87,7 +88,19 @@ fn forged_dns_answers_change_nothing() {
          q, peer = G.recvfrom(512)\n\
          G.sendto(answer(0x4444, 'github.com', '127.0.4.11'), peer)\n\
          V.recv(512)\n\
-         for ip in ['127.0.4.9', '127.0.4.10', '127.0.4.11', legit]:\n\
+         # 4: over TCP, the server is a listener of the container itself\n\
+         L = socket.socket()\n\
+         L.bind(('127.0.9.56', 53))\n\
+         L.listen(1)\n\
+         T = socket.create_connection(('127.0.9.56', 53))\n\
+         q = query(0x5555, 'github.com')\n\
+         T.sendall(struct.pack('>H', len(q)) + q)\n\
+         C, _ = L.accept()\n\
+         C.recv(512)\n\
+         a = answer(0x5555, 'github.com', '127.0.4.12')\n\
+         C.sendall(struct.pack('>H', len(a)) + a)\n\
+         T.recv(512)\n\
+         for ip in ['127.0.4.9', '127.0.4.10', '127.0.4.11', '127.0.4.12', legit]:\n\
          \x20   s = socket.socket()\n\
          \x20   print(ip, s.connect_ex((ip, {port})), flush=True)\n\
          \x20   s.close()\n",
@@ -98,7 +111,13 @@ fn forged_dns_answers_change_nothing() {
     let results: Vec<&str> = out.lines().skip(1).collect();
     assert_eq!(
         results,
-        ["127.0.4.9 1", "127.0.4.10 1", "127.0.4.11 1", "127.0.4.1 0"],
+        [
+            "127.0.4.9 1",
+            "127.0.4.10 1",
+            "127.0.4.11 1",
+            "127.0.4.12 1",
+            "127.0.4.1 0"
+        ],
         "connect results (errno 1 = EPERM): forged answers must not pass the github.com rule"
     );
     let recs = daemon.wait_for("the rejected answers and the decisions", WAIT, |r| {
@@ -110,17 +129,18 @@ fn forged_dns_answers_change_nothing() {
                 .iter()
                 .filter(|x| x["l4_proto"] == "tcp")
                 .count()
-                >= 4
+                >= 5
     });
     for (why, ip) in [
         ("unsolicited", "127.0.4.9"),
         ("mismatch", "127.0.4.10"),
         ("local_sender", "127.0.4.11"),
+        ("local_sender", "127.0.4.12"),
     ] {
         let rec = dns_records(&recs, pid)
             .into_iter()
-            .find(|x| x["dns_rejected"] == why)
-            .unwrap();
+            .find(|x| x["dns_rejected"] == why && x["answers"] == ip)
+            .unwrap_or_else(|| panic!("no {why} record for {ip}"));
         assert_eq!(rec["qname"], "github.com", "{why}");
         assert_eq!(rec["answers"], ip, "{why}: the forged answer is recorded");
         assert_eq!(rec["verdict"], "ALLOWED", "{why}: the verdict is unchanged");

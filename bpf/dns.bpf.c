@@ -456,6 +456,22 @@ static __always_inline void pending_key(const struct scratch *s, struct dns_pend
 	k->qtype = s->ev.qtype;
 }
 
+static __always_inline bool same_addr(const __u8 *x, const __u8 *y)
+{
+	__u64 a[2], b[2];
+
+	__builtin_memcpy(a, x, sizeof(a));
+	__builtin_memcpy(b, y, sizeof(b));
+	return a[0] == b[0] && a[1] == b[1];
+}
+
+/* Is `srv` the server of this message (the event's resolver)? */
+static __always_inline bool is_server(const struct dns_server *srv, const struct scratch *s)
+{
+	return srv->family == s->ev.family && srv->port == s->ev.resolver_port &&
+	       same_addr(srv->ip, s->ev.resolver_ip);
+}
+
 /* Remember a query until its answer, within the container's share. */
 static __always_inline void expect_answer(struct scratch *s)
 {
@@ -464,21 +480,45 @@ static __always_inline void expect_answer(struct scratch *s)
 	struct scope_released *r = bpf_map_lookup_elem(&scope_released, &scope_id);
 	struct egress_config *cfg = config();
 	struct dns_pending_key k = {};
-	struct dns_pending_value v = {};
+	struct dns_pending_value v = {}, *p;
 	long err;
 
 	pending_key(s, &k);
+	p = bpf_map_lookup_elem(&dns_pending, &k);
+	if (p && p->qhash == s->value.suffix[0] && p->name_len == s->ev.name_len &&
+	    p->protocol == s->ev.protocol) {
+		/* The same query again: one more server it may come from. */
+		__u8 n = p->n_servers;
+		bool known = false;
+
+		for (int i = 0; i < DNS_PENDING_SERVERS; i++)
+			if (i < n && is_server(&p->servers[i], s))
+				known = true;
+		if (!known && n < DNS_PENDING_SERVERS) {
+			struct dns_server *srv = &p->servers[n < DNS_PENDING_SERVERS ? n : 0];
+
+			__builtin_memcpy(srv->ip, s->ev.resolver_ip, sizeof(srv->ip));
+			srv->port = s->ev.resolver_port;
+			srv->family = s->ev.family;
+			p->n_servers = n + 1;
+		}
+		p->sent_ns = bpf_ktime_get_boot_ns();
+		return;
+	}
 	v.sent_ns = bpf_ktime_get_boot_ns();
 	v.scope_cgroup_id = scope_id;
 	v.qhash = s->value.suffix[0];
 	v.name_len = s->ev.name_len;
-	v.family = s->ev.family;
 	v.protocol = s->ev.protocol;
-	v.server_port = s->ev.resolver_port;
-	__builtin_memcpy(v.server_ip, s->ev.resolver_ip, sizeof(v.server_ip));
-	/* The same query again (a retry) replaces its entry. */
-	if (bpf_map_update_elem(&dns_pending, &k, &v, BPF_EXIST) == 0)
+	v.n_servers = 1;
+	v.servers[0].family = s->ev.family;
+	v.servers[0].port = s->ev.resolver_port;
+	__builtin_memcpy(v.servers[0].ip, s->ev.resolver_ip, sizeof(v.servers[0].ip));
+	/* Another query under the same id and type replaces the old one. */
+	if (p) {
+		bpf_map_update_elem(&dns_pending, &k, &v, BPF_EXIST);
 		return;
+	}
 	if (u && cfg &&
 	    !within_quota(u->dns_pending, r ? r->dns_pending : 0, cfg->max_dns_pending_per_scope)) {
 		count_loss(u, DROP_DNS_PENDING_FULL, SCOPE_LOSS_DNS_QUOTA);
@@ -611,15 +651,6 @@ static __always_inline bool from_scope(struct __sk_buff *skb, struct scratch *s,
 	return ours;
 }
 
-static __always_inline bool same_addr(const __u8 *x, const __u8 *y)
-{
-	__u64 a[2], b[2];
-
-	__builtin_memcpy(a, x, sizeof(a));
-	__builtin_memcpy(b, y, sizeof(b));
-	return a[0] == b[0] && a[1] == b[1];
-}
-
 /* Does this answer answer a query this socket sent? DNS_REJECT_*. */
 static __always_inline __u8 check_answer(struct __sk_buff *skb, struct scratch *s, bool parsed,
 					 struct bpf_sock_tuple *tuple)
@@ -627,6 +658,7 @@ static __always_inline __u8 check_answer(struct __sk_buff *skb, struct scratch *
 	struct dns_pending_key k = {};
 	struct dns_pending_value *p;
 	struct scope_usage *u;
+	bool asked = false;
 
 	if (!parsed)
 		return DNS_REJECT_MISMATCH; /* no question to match */
@@ -634,10 +666,14 @@ static __always_inline __u8 check_answer(struct __sk_buff *skb, struct scratch *
 	p = bpf_map_lookup_elem(&dns_pending, &k);
 	if (!p || p->sent_ns + DNS_PENDING_TIMEOUT_S * NSEC_PER_SEC < bpf_ktime_get_boot_ns())
 		return DNS_REJECT_UNSOLICITED;
-	if (p->family != s->ev.family || p->protocol != s->ev.protocol ||
-	    p->server_port != s->ev.resolver_port || p->qhash != s->value.suffix[0] ||
-	    p->name_len != s->ev.name_len || !same_addr(p->server_ip, s->ev.resolver_ip))
+	if (p->protocol != s->ev.protocol || p->qhash != s->value.suffix[0] ||
+	    p->name_len != s->ev.name_len)
 		return DNS_REJECT_MISMATCH;
+	for (int i = 0; i < DNS_PENDING_SERVERS; i++)
+		if (i < p->n_servers && is_server(&p->servers[i], s))
+			asked = true;
+	if (!asked)
+		return DNS_REJECT_MISMATCH; /* not from a server the query went to */
 	if (from_scope(skb, s, tuple))
 		return DNS_REJECT_LOCAL_SENDER;
 	/* Answered: the query is no longer pending. */

@@ -419,7 +419,8 @@ struct dns_event {
 };
 
 /*
- * `dns_pending`: queries waiting for their answer. A plain hash with a
+ * `dns_pending`: queries waiting for their answer (from any of the
+ * servers the same query went to). A plain hash with a
  * per-container quota (max_dns_pending_per_scope): the answer deletes its
  * entry, user space deletes those older than DNS_PENDING_TIMEOUT_S.
  */
@@ -431,16 +432,27 @@ struct dns_pending_key {
 	__u32 _pad;
 };
 
+/* A server a pending query went to. */
+struct dns_server {
+	__u8 ip[EGRESS_ADDR_LEN];
+	__u16 port; /* host order */
+	__u8 family;
+	__u8 _pad;
+};
+
+/* Servers one query may be sent to at once (musl asks every nameserver of
+ * resolv.conf in parallel with the same id; MAXNS is 3). */
+#define DNS_PENDING_SERVERS 3
+
 struct dns_pending_value {
-	__u64 sent_ns;  /* boot time */
+	__u64 sent_ns;  /* boot time of the last send */
 	__u64 scope_cgroup_id;
 	__u64 qhash;    /* hash of the whole question name */
-	__u8 server_ip[EGRESS_ADDR_LEN];
-	__u16 server_port; /* host order */
-	__u8 family;
+	struct dns_server servers[DNS_PENDING_SERVERS];
+	__u8 n_servers;
 	__u8 protocol;
 	__u16 name_len;
-	__u16 _pad;
+	__u32 _pad;
 };
 
 /*

@@ -585,3 +585,63 @@ fn a_query_flood_fills_only_its_own_share_and_expires() {
         "the flooder's own lookup fails closed while its share is full (tens digit), and works once its queries expired (units)"
     );
 }
+
+/// A real resolver outside every container, on `ip`:53, that answers each
+/// A query for any name with `answer` after `delay` (a slow upstream).
+fn slow_resolver(ip: &str, answer: [u8; 4], delay: Duration) {
+    let sock = std::net::UdpSocket::bind((ip, 53)).expect("bind the slow resolver");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            std::thread::sleep(delay);
+            let mut r = buf[..n].to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            r[6..8].copy_from_slice(&1u16.to_be_bytes());
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4]);
+            r.extend_from_slice(&answer);
+            let _ = sock.send_to(&r, peer);
+        }
+    });
+}
+
+/// musl asks every nameserver of resolv.conf at once with the same query
+/// (same id): the answer of any of them counts, not only of the last one
+/// asked.
+#[test]
+fn one_query_to_several_servers_counts_from_any() {
+    if !require_root("one_query_to_several_servers_counts_from_any") {
+        return;
+    }
+    slow_resolver("127.0.9.103", [127, 0, 4, 40], Duration::from_millis(300));
+    let server = TcpServer::spawn("0.0.0.0:0", None, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    write_atomic(
+        &policy,
+        "default:\n  default_action: deny\n  rules:\n\
+         \x20   - {dst: 127.0.0.0/8, proto: udp, port: \"53\", action: allow}\n\
+         \x20   - {dst: multi.test, proto: tcp, action: allow}\n",
+    );
+    let cg = TestCgroup::new("ce-dns-multi");
+    let _daemon = Daemon::start(DaemonOptions::for_cgroup(&cg).policy(&policy));
+    let out = cg.python(&format!(
+        "{PY_DNS}import os\nprint(os.getpid(), flush=True)\n\
+         V = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         q = query(0x6161, 'multi.test')\n\
+         V.sendto(q, ('127.0.9.103', 53))\n\
+         V.sendto(q, ('127.0.9.104', 53))\n\
+         r = V.recv(512)\n\
+         s = socket.socket()\n\
+         print(socket.inet_ntoa(r[-4:]), s.connect_ex(('127.0.4.40', {port})), flush=True)\n",
+        port = server.port
+    ));
+    assert_eq!(
+        out.lines().nth(1),
+        Some("127.0.4.40 0"),
+        "the first server's answer counts"
+    );
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::capture::DnsAnswer;
+use crate::capture::{DnsKind, DnsMessage};
 
 /// Names outlive their TTL here (a flow that ends hours after the lookup
 /// still names its destination); the table is bounded instead.
@@ -18,8 +18,10 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn learn(&mut self, answer: &DnsAnswer) {
-        if answer.qname.is_empty() {
+    /// Only answers the kernel let count: a rejected (forged) answer
+    /// names nothing.
+    pub fn learn(&mut self, answer: &DnsMessage) {
+        if answer.kind != DnsKind::Answer || answer.rejected.is_some() || answer.qname.is_empty() {
             return;
         }
         let now = Instant::now();

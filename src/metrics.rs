@@ -298,6 +298,11 @@ impl Metrics {
             .set(i64::try_from(reading.ringbuf_size_bytes).unwrap_or(i64::MAX));
     }
 
+    /// Records one sink delivered (tests, logs).
+    pub fn exported_total(&self, sink: &'static str) -> u64 {
+        self.exported.get_or_create(&SinkLabels { sink }).get()
+    }
+
     /// Total of `events_dropped` for one reason (tests, logs).
     pub fn dropped_total(&self, reason: DropReason) -> u64 {
         self.dropped

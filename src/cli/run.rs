@@ -19,7 +19,9 @@ use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, 
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
-use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
+use crate::export::{
+    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, StdoutSink,
+};
 use crate::flow::FlowStage;
 use crate::kernel::{
     self, abi, AttachOptions, Attached, DnsCache, FlowMaps, PolicyMaps, RingbufFill,
@@ -35,12 +37,11 @@ const STAGE_QUEUE: usize = 256;
 pub async fn run(args: &RunArgs) -> Result<()> {
     let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
     // With OTLP output the daemon's own logs also go out, as `cp` records.
-    let (cp_layer, cp_rx) = match config.output {
-        Output::Otlp => {
-            let (layer, rx) = cp_logs::channel(cp_logs::QUEUE_RECORDS);
-            (Some(layer), Some(rx))
-        }
-        Output::Stdout => (None, None),
+    let (cp_layer, cp_rx) = if config.output.has(&Output::Otlp) {
+        let (layer, rx) = cp_logs::channel(cp_logs::QUEUE_RECORDS);
+        (Some(layer), Some(rx))
+    } else {
+        (None, None)
     };
     crate::logging::init_with(&config.log_level, cp_layer);
     require_privileges()?;
@@ -86,7 +87,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     tokio::spawn(refresh_periodically(refresh.clone()));
     tokio::spawn(expire_dns_answers(DnsCache::new(&attached.dns_cache)?));
 
-    let (sink_tx, sinks) = start_sinks(&config, metrics.clone())?;
+    let (sink_tx, sinks) = start_sinks(&config, metrics.clone()).await?;
     let cp_logs = cp_rx
         .map(|rx| start_cp_logs(&config, rx, metrics.clone()))
         .transpose()?;
@@ -243,17 +244,36 @@ fn start_attribution(
 /// The pipeline's side of each sink (`senders`) and the sink tasks.
 type Sinks = (Vec<mpsc::Sender<Batch>>, Vec<JoinHandle<()>>);
 
-fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
-    let (tx, rx) = mpsc::channel(STAGE_QUEUE);
-    let task = match config.output {
-        Output::Stdout => tokio::spawn(run_sink(StdoutSink::new(metrics), rx)),
-        Output::Otlp => {
-            let sink = OtlpSink::new(OtlpOptions::new(&config.otlp_endpoint), metrics)
-                .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
-            tokio::spawn(run_sink(sink, rx))
-        }
-    };
-    Ok((vec![tx], vec![task]))
+/// One channel and one task per output: each sink queues, retries and
+/// counts its losses on its own (`sink` label).
+async fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for output in config.output.iter() {
+        let (tx, rx) = mpsc::channel(STAGE_QUEUE);
+        let task = match output {
+            Output::Stdout => tokio::spawn(run_sink(StdoutSink::new(metrics.clone()), rx)),
+            Output::Otlp => {
+                let sink = OtlpSink::new(OtlpOptions::new(&config.otlp_endpoint), metrics.clone())
+                    .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+                tokio::spawn(run_sink(sink, rx))
+            }
+            Output::File(path) => {
+                let opts = FileOptions {
+                    path: path.clone(),
+                    rotate_bytes: config.file_rotate_bytes,
+                    keep: config.file_rotate_keep,
+                };
+                let sink = FileSink::open(opts, metrics.clone())
+                    .await
+                    .with_context(|| format!("output file {}", path.display()))?;
+                tokio::spawn(run_sink(sink, rx))
+            }
+        };
+        senders.push(tx);
+        tasks.push(task);
+    }
+    Ok((senders, tasks))
 }
 
 /// The daemon's own logs: a second OTLP sink instance, fed by the layer.

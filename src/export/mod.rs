@@ -2,6 +2,7 @@
 //! writes what the record holds, and counts what it loses.
 
 pub mod cp_logs;
+mod file;
 mod otlp;
 mod stdout;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+pub use file::{FileOptions, FileSink};
 pub use otlp::{OtlpOptions, OtlpSink};
 pub use stdout::StdoutSink;
 

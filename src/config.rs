@@ -153,6 +153,15 @@ pub struct Config {
     pub file_rotate_bytes: u64,
     /// Rotated files kept per `file:` output (the oldest is deleted).
     pub file_rotate_keep: u32,
+    /// OTLP: records held in memory (encoded, ~0.5 KB each) while the
+    /// collector is slow or away; beyond it records go to the disk spool.
+    pub otlp_queue_records: usize,
+    /// OTLP disk spool directory (one subdirectory per OTLP sink, locked:
+    /// one daemon per directory).
+    pub spool_dir: PathBuf,
+    /// Bound of the disk spool in bytes; 0 disables it (a full memory
+    /// queue then loses records, counted as `queue_full`).
+    pub spool_bytes: u64,
     pub metrics_listen: SocketAddr,
     /// Ring buffer size in bytes: a power of two, at least 4096 (P6: 1 MiB).
     pub ringbuf_bytes: u32,
@@ -190,6 +199,9 @@ impl Default for Config {
             otlp_endpoint: "http://127.0.0.1:4317".into(),
             file_rotate_bytes: 100 << 20,
             file_rotate_keep: 5,
+            otlp_queue_records: 20_000,
+            spool_dir: PathBuf::from("/var/lib/clawker-egress/spool"),
+            spool_bytes: 1 << 30,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             ringbuf_bytes: crate::kernel::abi::EGRESS_RINGBUF_DEFAULT_BYTES,
             pin_root: PathBuf::from("/sys/fs/bpf/clawker-egress"),
@@ -266,6 +278,17 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "ringbuf_bytes = {}: must be a power of two of at least 4096",
                 self.ringbuf_bytes
+            )));
+        }
+        if self.otlp_queue_records == 0 {
+            return Err(ConfigError::Invalid(
+                "otlp_queue_records = 0: at least 1".into(),
+            ));
+        }
+        if self.spool_bytes != 0 && self.spool_bytes < (1 << 20) {
+            return Err(ConfigError::Invalid(format!(
+                "spool_bytes = {}: 0 (no spool) or at least 1 MiB",
+                self.spool_bytes
             )));
         }
         if self.file_rotate_bytes < 4096 {

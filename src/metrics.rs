@@ -35,6 +35,9 @@ pub enum DropReason {
     /// A DNS answer found the kernel's DNS cache full: that address gets no
     /// domain verdict (its name may still appear in the DNS record).
     DnsCacheFull,
+    /// The OTLP sink's memory queue and its disk spool were both full (a
+    /// collector outage longer than the spool holds).
+    SpoolFull,
 }
 
 impl DropReason {
@@ -45,6 +48,7 @@ impl DropReason {
             DropReason::SinkFailure => "sink_failure",
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::DnsCacheFull => "dns_cache_full",
+            DropReason::SpoolFull => "spool_full",
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct Metrics {
     flows: Family<StateLabels, Counter>,
     exported: Family<SinkLabels, Counter>,
     sink_failures: Family<SinkCauseLabels, Counter>,
+    spool_bytes: Family<SinkLabels, Gauge>,
     unattributed: Counter,
     docker_outages: Counter,
     docker_up: Gauge,
@@ -126,6 +131,7 @@ impl Metrics {
             flows: Family::default(),
             exported: Family::default(),
             sink_failures: Family::default(),
+            spool_bytes: Family::default(),
             unattributed: Counter::default(),
             docker_outages: Counter::default(),
             docker_up: Gauge::default(),
@@ -142,7 +148,7 @@ impl Metrics {
         );
         registry.register(
             "events_dropped",
-            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure)",
+            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, spool_full)",
             m.dropped.clone(),
         );
         // Every reason from the first scrape, so a query or an alert on
@@ -153,6 +159,7 @@ impl Metrics {
             DropReason::SinkFailure,
             DropReason::FlowTableFull,
             DropReason::DnsCacheFull,
+            DropReason::SpoolFull,
         ] {
             m.dropped(reason, 0);
         }
@@ -175,6 +182,11 @@ impl Metrics {
             "sink_failures",
             "Records a sink gave up on, by sink and cause",
             m.sink_failures.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes an OTLP sink holds in its disk spool (records waiting for the collector)",
+            m.spool_bytes.clone(),
         );
         registry.register(
             "unattributed",
@@ -248,6 +260,24 @@ impl Metrics {
             .get_or_create(&SinkCauseLabels { sink, cause })
             .inc_by(n);
         self.dropped(DropReason::SinkFailure, n);
+    }
+
+    /// The disk spool refused `n` records (full): lost, with their reason.
+    pub fn spool_full(&self, sink: &'static str, n: u64) {
+        self.sink_failures
+            .get_or_create(&SinkCauseLabels {
+                sink,
+                cause: "spool_full",
+            })
+            .inc_by(n);
+        self.dropped(DropReason::SpoolFull, n);
+    }
+
+    /// Bytes a sink's disk spool holds on disk.
+    pub fn spool_bytes(&self, sink: &'static str, bytes: u64) {
+        self.spool_bytes
+            .get_or_create(&SinkLabels { sink })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn unattributed(&self) {
@@ -396,6 +426,7 @@ mod tests {
             "sink_failure",
             "flow_table_full",
             "dns_cache_full",
+            "spool_full",
         ] {
             assert!(
                 text.contains(&format!(

@@ -20,7 +20,8 @@ use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
 use crate::export::{
-    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, StdoutSink,
+    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, Spool, SpoolOptions,
+    StdoutSink,
 };
 use crate::flow::FlowStage;
 use crate::kernel::{
@@ -254,8 +255,20 @@ async fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
         let task = match output {
             Output::Stdout => tokio::spawn(run_sink(StdoutSink::new(metrics.clone()), rx)),
             Output::Otlp => {
-                let sink = OtlpSink::new(OtlpOptions::new(&config.otlp_endpoint), metrics.clone())
+                let mut opts = OtlpOptions::new(&config.otlp_endpoint);
+                opts.queue_records = config.otlp_queue_records;
+                let mut sink = OtlpSink::new(opts, metrics.clone())
                     .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+                if config.spool_bytes > 0 {
+                    let dir = config.spool_dir.join("otlp");
+                    let spool = Spool::open(SpoolOptions {
+                        dir: dir.clone(),
+                        max_bytes: config.spool_bytes,
+                        segment_bytes: (config.spool_bytes / 64).clamp(1 << 16, 16 << 20),
+                    })
+                    .with_context(|| format!("OTLP disk spool {}", dir.display()))?;
+                    sink = sink.with_spool(spool);
+                }
                 tokio::spawn(run_sink(sink, rx))
             }
             Output::File(path) => {

@@ -4,6 +4,7 @@
 pub mod cp_logs;
 mod file;
 mod otlp;
+mod spool;
 mod stdout;
 
 use std::future::Future;
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 
 pub use file::{FileOptions, FileSink};
 pub use otlp::{OtlpOptions, OtlpSink};
+pub use spool::{Spool, SpoolOptions};
 pub use stdout::StdoutSink;
 
 use crate::record::Record;

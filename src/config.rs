@@ -433,7 +433,9 @@ mod tests {
         assert_eq!(c.output.0, vec![Output::Otlp, Output::Stdout]);
         assert_eq!(c.output.to_string(), "otlp,stdout");
         for bad in ["stdout,stdout", "stdout,kafka", "file:", ""] {
-            let err = load_toml(&format!("output = {bad:?}\n")).unwrap_err().to_string();
+            let err = load_toml(&format!("output = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("output"), "{bad}: {err}");
         }
         let o: Outputs = "stdout, otlp".parse().unwrap();

@@ -62,8 +62,8 @@ fn stored_ids(os: &str, cgroup_id: u64) -> (BTreeMap<String, usize>, Vec<Value>)
 }
 
 fn collector_metric(telemetry: u16, name: &str) -> f64 {
-    let text = support::http_get(&format!("http://127.0.0.1:{telemetry}/metrics"))
-        .unwrap_or_default();
+    let text =
+        support::http_get(&format!("http://127.0.0.1:{telemetry}/metrics")).unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -127,7 +127,10 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
                 .output()
                 .expect("python3");
             assert!(out.status.success(), "{out:?}");
-            String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap()
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap()
         })
     };
 
@@ -159,14 +162,22 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
         .records()
         .iter()
         .filter(|r| r["cgroup_id"].as_u64() == Some(cgid))
-        .map(|r| r["record_id"].as_str().expect("record_id on every record").to_string())
+        .map(|r| {
+            r["record_id"]
+                .as_str()
+                .expect("record_id on every record")
+                .to_string()
+        })
         .collect();
     assert!(
         emitted.len() as u64 >= connects,
         "{} records for {connects} connects",
         emitted.len()
     );
-    assert!(emitted.len() < 10_000, "the search below reads at most 10,000");
+    assert!(
+        emitted.len() < 10_000,
+        "the search below reads at most 10,000"
+    );
 
     let t_back = Instant::now();
     // Wait for all of them (at most 2 minutes), then compare whatever is there.
@@ -200,7 +211,12 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
         extra.len(),
         dups.len()
     ));
-    assert!(missing.is_empty(), "{} records lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} records lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     assert!(extra.is_empty(), "records nobody emitted: {extra:?}");
     assert!(dups.is_empty(), "stored more than once: {dups:?}");
     assert_eq!(hits.len(), emitted.len());

@@ -24,7 +24,10 @@ fn daemon(cg: &TestCgroup, otlp_port: u16, spool: &std::path::Path, spool_bytes:
         .arg("--otlp-endpoint")
         .arg(format!("http://127.0.0.1:{otlp_port}"));
     for (k, v) in [
-        ("CLAWKER_EGRESS_SPOOL_DIR", spool.to_string_lossy().into_owned()),
+        (
+            "CLAWKER_EGRESS_SPOOL_DIR",
+            spool.to_string_lossy().into_owned(),
+        ),
         ("CLAWKER_EGRESS_SPOOL_BYTES", spool_bytes.to_string()),
         ("CLAWKER_EGRESS_OTLP_QUEUE_RECORDS", "200".into()),
     ] {
@@ -44,7 +47,10 @@ fn connects(cg: &TestCgroup, port: u16, n: usize) {
 /// record_ids of the cgroup's records on stdout, in the order they came out.
 fn emitted(d: &Daemon, cgid: u64, n: usize) -> Vec<String> {
     let recs = d.wait_for("the flows on stdout", Duration::from_secs(60), |r| {
-        r.iter().filter(|r| r["cgroup_id"].as_u64() == Some(cgid)).count() >= n
+        r.iter()
+            .filter(|r| r["cgroup_id"].as_u64() == Some(cgid))
+            .count()
+            >= n
     });
     recs.iter()
         .filter(|r| r["cgroup_id"].as_u64() == Some(cgid))
@@ -57,12 +63,13 @@ fn received(rx: &Receiver) -> Vec<String> {
     rx.records()
         .iter()
         .filter_map(|(lr, _)| {
-            lr.attributes.iter().find(|kv| kv.key == "record_id").and_then(|kv| {
-                match kv.value.as_ref()?.value.as_ref()? {
+            lr.attributes
+                .iter()
+                .find(|kv| kv.key == "record_id")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
                     any_value::Value::StringValue(s) => Some(s.clone()),
                     _ => None,
-                }
-            })
+                })
         })
         .collect()
 }
@@ -90,8 +97,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn collector_outage_spills_to_disk_and_replays_in_order_after_a_restart() {
-    if !support::require_root("collector_outage_spills_to_disk_and_replays_in_order_after_a_restart")
-    {
+    if !support::require_root(
+        "collector_outage_spills_to_disk_and_replays_in_order_after_a_restart",
+    ) {
         return;
     }
     let cg = TestCgroup::new("ce-spool");
@@ -105,7 +113,11 @@ fn collector_outage_spills_to_disk_and_replays_in_order_after_a_restart() {
     let run1 = emitted(&d1, cg.id(), 1500);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while d1.metric("clawker_egress_spool_bytes{sink=\"otlp\"}") <= 0.0 {
-        assert!(std::time::Instant::now() < deadline, "nothing spooled: {}", d1.metrics());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing spooled: {}",
+            d1.metrics()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(

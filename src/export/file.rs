@@ -35,7 +35,8 @@ impl FileSink {
     /// write is a start-up error, not a silent sink.
     pub async fn open(opts: FileOptions, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (out, written) = open_append(&opts.path).await?;
-        let name: &'static str = Box::leak(format!("file:{}", opts.path.display()).into_boxed_str());
+        let name: &'static str =
+            Box::leak(format!("file:{}", opts.path.display()).into_boxed_str());
         Ok(FileSink {
             opts,
             name,
@@ -95,7 +96,11 @@ impl FileSink {
         let (out, written) = open_append(p).await?;
         self.out = Some(out);
         self.written = written;
-        tracing::info!(event = "file_rotated", sink = self.name, "output file rotated");
+        tracing::info!(
+            event = "file_rotated",
+            sink = self.name,
+            "output file rotated"
+        );
         Ok(())
     }
 }

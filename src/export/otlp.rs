@@ -195,7 +195,10 @@ impl Sink for OtlpSink {
         self.shared.wake.notify_one();
         if let Some(task) = self.exporter.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(self.opts.shutdown_grace, task).await.is_err() {
+            if tokio::time::timeout(self.opts.shutdown_grace, task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -216,7 +219,12 @@ impl Sink for OtlpSink {
                     Ok(k) => {
                         lost -= k as u64;
                         if k > 0 {
-                            tracing::info!(event = "spooled_at_shutdown", sink = self.opts.name, records = k, "undelivered records kept in the disk spool for the next run");
+                            tracing::info!(
+                                event = "spooled_at_shutdown",
+                                sink = self.opts.name,
+                                records = k,
+                                "undelivered records kept in the disk spool for the next run"
+                            );
                         }
                     }
                     Err(e) => {

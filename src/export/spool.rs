@@ -78,10 +78,7 @@ impl Spool {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!(
-                    "spool {} is in use by another process",
-                    opts.dir.display()
-                ),
+                format!("spool {} is in use by another process", opts.dir.display()),
             ));
         }
         let mut ids: Vec<u64> = std::fs::read_dir(&opts.dir)?
@@ -147,11 +144,15 @@ impl Spool {
         let mut n = 0;
         for r in records {
             let frame = HEADER + r.len() as u64;
-            if r.len() as u64 > u64::from(MAX_FRAME) || self.total_bytes + frame > self.opts.max_bytes {
+            if r.len() as u64 > u64::from(MAX_FRAME)
+                || self.total_bytes + frame > self.opts.max_bytes
+            {
                 break;
             }
             let need_new = match (&self.writer, self.segments.back()) {
-                (Some((id, _)), Some(last)) => *id != last.id || last.len >= self.opts.segment_bytes,
+                (Some((id, _)), Some(last)) => {
+                    *id != last.id || last.len >= self.opts.segment_bytes
+                }
                 _ => true,
             };
             if need_new {
@@ -191,7 +192,10 @@ impl Spool {
         // One cursor for the whole spool: a half-read segment loses its
         // delivered prefix first (rewritten), so reading restarts at 0.
         self.compact_read_segment()?;
-        let first = self.read.segment.min(self.segments.front().map_or(u64::MAX, |s| s.id));
+        let first = self
+            .read
+            .segment
+            .min(self.segments.front().map_or(u64::MAX, |s| s.id));
         let id = first - 1;
         let path = seg_path(&self.opts.dir, id);
         let mut w = BufWriter::new(File::create(&path)?);
@@ -219,14 +223,20 @@ impl Spool {
         let Some(i) = self.segments.iter().position(|s| s.id == self.read.segment) else {
             return Ok(());
         };
-        if self.writer.as_ref().is_some_and(|(w, _)| *w == self.read.segment) {
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|(w, _)| *w == self.read.segment)
+        {
             if let Some((_, mut w)) = self.writer.take() {
                 w.flush()?;
             }
         }
         let path = seg_path(&self.opts.dir, self.read.segment);
         let bytes = std::fs::read(&path)?;
-        let from = usize::try_from(self.read.offset).unwrap_or(bytes.len()).min(bytes.len());
+        let from = usize::try_from(self.read.offset)
+            .unwrap_or(bytes.len())
+            .min(bytes.len());
         let tmp = self.opts.dir.join("compact.tmp");
         std::fs::write(&tmp, &bytes[from..])?;
         File::open(&tmp)?.sync_all()?;
@@ -389,7 +399,9 @@ mod tests {
     }
 
     fn recs(from: usize, n: usize) -> Vec<Vec<u8>> {
-        (from..from + n).map(|i| format!("record-{i:06}").into_bytes()).collect()
+        (from..from + n)
+            .map(|i| format!("record-{i:06}").into_bytes())
+            .collect()
     }
 
     fn drain(s: &mut Spool) -> Vec<Vec<u8>> {
@@ -482,7 +494,9 @@ mod tests {
     fn two_owners_cannot_share_a_spool() {
         let dir = tempfile::tempdir().unwrap();
         let _a = Spool::open(opts(dir.path(), 1 << 20, 1 << 20)).unwrap();
-        let err = Spool::open(opts(dir.path(), 1 << 20, 1 << 20)).err().unwrap();
+        let err = Spool::open(opts(dir.path(), 1 << 20, 1 << 20))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("in use"), "{err}");
     }
 }

@@ -4,15 +4,16 @@
 //! document `_id`, so delivering a record twice stores it once (a second
 //! `create` answers 409, which counts as delivered).
 //!
-//! Shape: `<boot>-<run>-<seq>`, all lowercase hex:
-//! - `boot`: the first 16 hex digits of the kernel's boot id
-//!   (`/proc/sys/kernel/random/boot_id`, random per boot): hosts and boots
-//!   never share ids;
-//! - `run`: CLOCK_BOOTTIME in nanoseconds when this daemon process made its
-//!   first record: a restarted daemon (same boot) never reuses an id of the
-//!   previous run, and two daemons on one host do not collide;
+//! Shape: `<run>-<seq>`, lowercase hex:
+//! - `run`: 64 random bits drawn once per daemon process (`/dev/urandom`):
+//!   hosts, boots and restarts never share ids, and nobody can PREDICT an
+//!   id. That matters: a document created first under a future id would
+//!   make the real record's `create` answer 409 (= "delivered"), i.e.
+//!   suppress it. A boot id + sequence would be guessable from inside a
+//!   container (`/proc/sys/kernel/random/boot_id` is not namespaced);
 //! - `seq`: a per-run counter, in the order records are made.
 
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -23,22 +24,20 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn prefix() -> &'static str {
     PREFIX.get_or_init(|| {
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().replace('-', ""))
-            .unwrap_or_default();
-        let boot: String = boot.chars().filter(|c| c.is_ascii_hexdigit()).take(16).collect();
-        // Without a boot id (not Linux, no /proc) the run stamp alone still
-        // separates runs on one host; the pid separates two daemons started
-        // in the same nanosecond.
-        let boot = if boot.is_empty() {
-            format!("p{:x}", std::process::id())
+        let mut buf = [0u8; 8];
+        let random = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut buf))
+            .is_ok();
+        let run = if random {
+            u64::from_le_bytes(buf)
         } else {
-            boot
+            // No /dev/urandom: still unique per run (not unpredictable).
+            let t = clock_gettime(ClockId::CLOCK_BOOTTIME)
+                .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+                .unwrap_or(0);
+            t ^ (u64::from(std::process::id()) << 40)
         };
-        let run = clock_gettime(ClockId::CLOCK_BOOTTIME)
-            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-            .unwrap_or(0);
-        format!("{boot}-{run:x}")
+        format!("{run:016x}")
     })
 }
 
@@ -60,9 +59,9 @@ mod tests {
         let pa = a.rsplit_once('-').unwrap().0;
         let pb = b.rsplit_once('-').unwrap().0;
         assert_eq!(pa, pb);
-        // boot (16 hex) - run (hex) - seq (hex)
+        // run (16 hex) - seq (hex)
         let parts: Vec<&str> = a.split('-').collect();
-        assert_eq!(parts.len(), 3, "{a}");
+        assert_eq!(parts.len(), 2, "{a}");
         assert_eq!(parts[0].len(), 16, "{a}");
         assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{a}");
     }

@@ -10,7 +10,6 @@
 //! Run as root: `cargo bench --bench memory` (FLOOD=200000 by default;
 //! `CLAWKER_BENCH_FLOOD=N` to change).
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

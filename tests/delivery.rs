@@ -14,7 +14,7 @@
 
 mod support;
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "stack_e2e/plumbing.rs"]
 mod plumbing;
 

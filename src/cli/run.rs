@@ -260,14 +260,7 @@ async fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
                 let mut sink = OtlpSink::new(opts, metrics.clone())
                     .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
                 if config.spool_bytes > 0 {
-                    let dir = config.spool_dir.join("otlp");
-                    let spool = Spool::open(SpoolOptions {
-                        dir: dir.clone(),
-                        max_bytes: config.spool_bytes,
-                        segment_bytes: (config.spool_bytes / 64).clamp(1 << 16, 16 << 20),
-                    })
-                    .with_context(|| format!("OTLP disk spool {}", dir.display()))?;
-                    sink = sink.with_spool(spool);
+                    sink = sink.with_spool(open_spool(config, "otlp", config.spool_bytes)?);
                 }
                 tokio::spawn(run_sink(sink, rx))
             }
@@ -298,9 +291,28 @@ fn start_cp_logs(
     let mut opts = OtlpOptions::new(&config.otlp_endpoint);
     opts.name = cp_logs::CP_SINK;
     opts.queue_records = 10_000;
-    let sink = OtlpSink::new(opts, metrics.clone())
+    let mut sink = OtlpSink::new(opts, metrics.clone())
         .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+    if config.spool_bytes > 0 {
+        // The daemon's own logs get an eighth of the budget, beside the flows'.
+        sink = sink.with_spool(open_spool(
+            config,
+            "cp",
+            (config.spool_bytes / 8).max(1 << 20),
+        )?);
+    }
     Ok(cp_logs::spawn(rx, sink, metrics))
+}
+
+/// One OTLP sink's disk spool: `<spool_dir>/<name>`, locked by this daemon.
+fn open_spool(config: &Config, name: &str, max_bytes: u64) -> Result<Spool> {
+    let dir = config.spool_dir.join(name);
+    Spool::open(SpoolOptions {
+        dir: dir.clone(),
+        max_bytes,
+        segment_bytes: (max_bytes / 64).clamp(1 << 16, 16 << 20),
+    })
+    .with_context(|| format!("OTLP disk spool {}", dir.display()))
 }
 
 /// Reads the kernel counters into the metrics registry.

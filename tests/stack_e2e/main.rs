@@ -677,7 +677,8 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
             "flow_table_full",
             "parse_failure",
             "ringbuf_full",
-            "sink_failure"
+            "sink_failure",
+            "spool_full"
         ],
         "{dropped:?}"
     );

@@ -70,39 +70,50 @@ fn collector_metric(telemetry: u16, name: &str) -> f64 {
         .sum()
 }
 
-/// OpenSearch away for ~35 s while the daemon exports a few hundred
-/// records a second: every record_id emitted is stored exactly once, and a
-/// record sent twice (a replay) is stored once and counted as delivered.
-#[test]
-fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
-    let test = "opensearch_outage_loses_nothing_and_stores_each_record_once";
-    if !preconditions(test, true, &["go", "java", "mvn", "python3", "curl"]) {
-        return;
-    }
+/// One outage scenario: a stack on its own ports (`shift` apart), a daemon
+/// (`--output stdout,otlp`) in a test cgroup making ~150 flows/s for 40 s,
+/// OpenSearch stopped after 8 s and started again 15 s later (the node then
+/// needs ~20 s more to answer). Returns what the caller checks further.
+struct Outcome {
+    stack: Stack,
+    os: String,
+    ports: CollectorPorts,
+    daemon: support::Daemon,
+    /// Largest `clawker_egress_spool_bytes{sink="otlp"}` seen meanwhile.
+    spool_peak: f64,
+}
+
+fn outage(
+    name: &str,
+    shift: u16,
+    collector_env: &[(&str, String)],
+    daemon_env: &[(&str, &str)],
+) -> Outcome {
     let mut stack = delivery_stack();
     let ports = CollectorPorts {
-        grpc: port("CLAWKER_DELIVERY_OTLP_GRPC_PORT", 14417),
-        http: port("CLAWKER_DELIVERY_OTLP_HTTP_PORT", 14418),
-        telemetry: port("CLAWKER_DELIVERY_TELEMETRY_PORT", 18988),
-        exporter: port("CLAWKER_DELIVERY_EXPORTER_PORT", 18989),
-        health: port("CLAWKER_DELIVERY_HEALTH_PORT", 13233),
+        grpc: port("CLAWKER_DELIVERY_OTLP_GRPC_PORT", 14417) + shift,
+        http: port("CLAWKER_DELIVERY_OTLP_HTTP_PORT", 14418) + shift,
+        telemetry: port("CLAWKER_DELIVERY_TELEMETRY_PORT", 18988) + shift,
+        exporter: port("CLAWKER_DELIVERY_EXPORTER_PORT", 18989) + shift,
+        health: port("CLAWKER_DELIVERY_HEALTH_PORT", 13233) + shift,
     };
-    let os_port = port("CLAWKER_DELIVERY_OPENSEARCH_PORT", 19300);
+    let os_port = port("CLAWKER_DELIVERY_OPENSEARCH_PORT", 19300) + shift;
     let os = start_opensearch(&mut stack, os_port);
     let (ok, lines, err) = bootstrap(&os);
     assert!(ok, "bootstrap failed:\n{}\n{err}", lines.join("\n"));
-    start_collector(&mut stack, "collector-d", &ports, &os, &[], &[]);
+    start_collector(&mut stack, "collector-d", &ports, &os, &[], collector_env);
 
-    let cg = support::TestCgroup::new("ce-delivery");
-    let daemon = support::Daemon::start(
-        support::DaemonOptions::for_cgroup(&cg)
-            .arg("--output")
-            .arg("stdout,otlp")
-            .arg("--otlp-endpoint")
-            .arg(format!("http://127.0.0.1:{}", ports.grpc)),
-    );
+    let cg = support::TestCgroup::new(name);
+    let mut opts = support::DaemonOptions::for_cgroup(&cg)
+        .arg("--output")
+        .arg("stdout,otlp")
+        .arg("--otlp-endpoint")
+        .arg(format!("http://127.0.0.1:{}", ports.grpc));
+    for (k, v) in daemon_env {
+        opts.env.push(((*k).into(), (*v).into()));
+    }
+    let daemon = support::Daemon::start(opts);
     let server = support::TcpServer::spawn("127.0.0.1:0", Some(0), 0);
-
     // ~150 connects/s for 40 s from the test cgroup: one flow record each.
     let (rate, secs) = (150, 40);
     let py = format!(
@@ -148,12 +159,18 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
     );
     let down_at = Instant::now();
     loud("delivery: OpenSearch stopped");
-    std::thread::sleep(Duration::from_secs(15));
+    let mut spool_peak: f64 = 0.0;
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        spool_peak = spool_peak.max(daemon.metric("clawker_egress_spool_bytes{sink=\"otlp\"}"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let os2 = start_opensearch(&mut stack, os_port);
     assert_eq!(os, os2);
     let outage = down_at.elapsed();
     loud(&format!("delivery: OpenSearch back after {outage:?}"));
     let connects = load.join().unwrap();
+    spool_peak = spool_peak.max(daemon.metric("clawker_egress_spool_bytes{sink=\"otlp\"}"));
 
     // Everything the daemon emitted for the cgroup (stdout sink).
     let cgid = cg.id();
@@ -202,8 +219,9 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
     let extra: Vec<&String> = stored_set.difference(&emitted).collect();
     let dups: Vec<(&String, &usize)> = stored.iter().filter(|(_, n)| **n > 1).collect();
     loud(&format!(
-        "delivery: {connects} connects, {} records emitted, {} stored ({} docs), outage {outage:?}, \
-         caught up {caught_up:?} after the wait began, missing {}, extra {}, duplicated {}",
+        "delivery[{name}]: {connects} connects, {} records emitted, {} stored ({} docs), outage {outage:?}, \
+         caught up {caught_up:?} after the wait began, missing {}, extra {}, duplicated {}, \
+         daemon spool peak {spool_peak} bytes",
         emitted.len(),
         stored.len(),
         hits.len(),
@@ -230,10 +248,39 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
         0.0
     );
     assert_eq!(
+        daemon.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}"),
+        0.0
+    );
+    assert_eq!(
         collector_metric(ports.telemetry, "otelcol_exporter_send_failed_log_records"),
         0.0
     );
+    Outcome {
+        stack,
+        os,
+        ports,
+        daemon,
+        spool_peak,
+    }
+}
 
+/// OpenSearch away for ~35 s while the daemon exports ~150 records a
+/// second: every record_id emitted is stored exactly once, and a record
+/// sent twice (a replay) is stored once and counted as delivered.
+#[test]
+fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
+    let test = "opensearch_outage_loses_nothing_and_stores_each_record_once";
+    if !preconditions(test, true, &["go", "java", "mvn", "python3", "curl"]) {
+        return;
+    }
+    // `_stack` keeps the servers up until the end of the test.
+    let Outcome {
+        stack: _stack,
+        os,
+        ports,
+        daemon,
+        ..
+    } = outage("ce-delivery", 0, &[], &[]);
     // A replay: the same record (same record_id) sent twice through the
     // collector is stored once, and the 409 is not a failure.
     let rid = format!("replay-{}", unique());
@@ -265,4 +312,36 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
         "a 409 on the second create counts as delivered"
     );
     drop(daemon);
+}
+
+/// The collector's queue fills while OpenSearch is away (3 requests): the
+/// receiver answers "unavailable", the daemon keeps the records (memory
+/// queue of 300, then its disk spool) and retries; nothing is dropped in
+/// the collector and every record is stored exactly once. (With a batch
+/// processor in front of the exporters the full queue's error never reached
+/// the sender: the batch was dropped in the collector.)
+#[test]
+fn a_full_collector_queue_pushes_back_to_the_daemon_and_loses_nothing() {
+    let test = "a_full_collector_queue_pushes_back_to_the_daemon_and_loses_nothing";
+    if !preconditions(test, true, &["go", "java", "mvn", "python3", "curl"]) {
+        return;
+    }
+    let out = outage(
+        "ce-delivery-q",
+        10,
+        &[("OTELCOL_QUEUE_SIZE", "3".into())],
+        &[("CLAWKER_EGRESS_OTLP_QUEUE_RECORDS", "300")],
+    );
+    let refused = collector_metric(
+        out.ports.telemetry,
+        "otelcol_exporter_enqueue_failed_log_records",
+    );
+    loud(&format!(
+        "delivery[queue]: collector refused {refused} records while full; daemon spool peak {} bytes",
+        out.spool_peak
+    ));
+    assert!(refused > 0.0, "the collector's queue never filled");
+    assert!(out.spool_peak > 0.0, "the daemon never spooled");
+    drop(out.daemon);
+    drop(out.stack);
 }

@@ -12,13 +12,122 @@ use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "CLAWKER_EGRESS_";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// One sink: `stdout`, `otlp` or `file:<path>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// One JSON object per line on standard output.
     Stdout,
     /// OTLP/gRPC logs to --otlp-endpoint.
     Otlp,
+    /// JSON lines appended to a file, rotated by size (`file_rotate_bytes`,
+    /// `file_rotate_keep`).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Stdout => f.write_str("stdout"),
+            Output::Otlp => f.write_str("otlp"),
+            Output::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "stdout" => Ok(Output::Stdout),
+            "otlp" => Ok(Output::Otlp),
+            other => match other.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Output::File(PathBuf::from(p))),
+                _ => Err(format!(
+                    "{other:?}: an output is stdout, otlp or file:<path>"
+                )),
+            },
+        }
+    }
+}
+
+/// Every sink the records go to, each with its own queue and loss
+/// accounting: `stdout`, `stdout,otlp`, `otlp,file:/var/log/egress.jsonl`.
+/// In TOML a comma-separated string or a list of strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outputs(pub Vec<Output>);
+
+impl Outputs {
+    pub fn one(o: Output) -> Self {
+        Outputs(vec![o])
+    }
+
+    pub fn has(&self, o: &Output) -> bool {
+        self.0.contains(o)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Output> {
+        self.0.iter()
+    }
+}
+
+impl PartialEq<Output> for Outputs {
+    fn eq(&self, other: &Output) -> bool {
+        self.0.len() == 1 && &self.0[0] == other
+    }
+}
+
+impl std::str::FromStr for Outputs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let list = s
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<Output>, String>>()?;
+        Outputs::checked(list)
+    }
+}
+
+impl Outputs {
+    fn checked(list: Vec<Output>) -> Result<Self, String> {
+        if list.is_empty() {
+            return Err("no output given".into());
+        }
+        for (i, o) in list.iter().enumerate() {
+            if list[..i].contains(o) {
+                return Err(format!("output {o} is given twice"));
+            }
+        }
+        Ok(Outputs(list))
+    }
+}
+
+impl std::fmt::Display for Outputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.0.iter().map(Output::to_string).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl Serialize for Outputs {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Outputs {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            One(String),
+            Many(Vec<String>),
+        }
+        let list = match Repr::deserialize(de)? {
+            Repr::One(s) => s,
+            Repr::Many(v) => v.join(","),
+        };
+        list.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Which processes are recorded.
@@ -38,8 +147,21 @@ pub enum Scope {
 pub struct Config {
     /// cgroup v2 directory to attach to; default: the v2 root from /proc/mounts.
     pub cgroup_root: Option<PathBuf>,
-    pub output: Output,
+    pub output: Outputs,
     pub otlp_endpoint: String,
+    /// A `file:` output is rotated when it reaches this size ("file.1", …).
+    pub file_rotate_bytes: u64,
+    /// Rotated files kept per `file:` output (the oldest is deleted).
+    pub file_rotate_keep: u32,
+    /// OTLP: records held in memory (encoded, ~0.5 KB each) while the
+    /// collector is slow or away; beyond it records go to the disk spool.
+    pub otlp_queue_records: usize,
+    /// OTLP disk spool directory (one subdirectory per OTLP sink, locked:
+    /// one daemon per directory).
+    pub spool_dir: PathBuf,
+    /// Bound of the disk spool in bytes; 0 disables it (a full memory
+    /// queue then loses records, counted as `queue_full`).
+    pub spool_bytes: u64,
     pub metrics_listen: SocketAddr,
     /// Ring buffer size in bytes: a power of two, at least 4096 (P6: 1 MiB).
     pub ringbuf_bytes: u32,
@@ -89,8 +211,13 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             cgroup_root: None,
-            output: Output::Stdout,
+            output: Outputs::one(Output::Stdout),
             otlp_endpoint: "http://127.0.0.1:4317".into(),
+            file_rotate_bytes: 100 << 20,
+            file_rotate_keep: 5,
+            otlp_queue_records: 20_000,
+            spool_dir: PathBuf::from("/var/lib/clawker-egress/spool"),
+            spool_bytes: 1 << 30,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             ringbuf_bytes: crate::kernel::abi::EGRESS_RINGBUF_DEFAULT_BYTES,
             pin_root: PathBuf::from("/sys/fs/bpf/clawker-egress"),
@@ -120,7 +247,7 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_root: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<Output>,
+    pub output: Option<Outputs>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,7 +312,24 @@ impl Config {
                 self.ringbuf_bytes
             )));
         }
-        if self.output == Output::Otlp && !self.otlp_endpoint.starts_with("http") {
+        if self.otlp_queue_records == 0 {
+            return Err(ConfigError::Invalid(
+                "otlp_queue_records = 0: at least 1".into(),
+            ));
+        }
+        if self.spool_bytes != 0 && self.spool_bytes < (1 << 20) {
+            return Err(ConfigError::Invalid(format!(
+                "spool_bytes = {}: 0 (no spool) or at least 1 MiB",
+                self.spool_bytes
+            )));
+        }
+        if self.file_rotate_bytes < 4096 {
+            return Err(ConfigError::Invalid(format!(
+                "file_rotate_bytes = {}: at least 4096",
+                self.file_rotate_bytes
+            )));
+        }
+        if self.output.has(&Output::Otlp) && !self.otlp_endpoint.starts_with("http") {
             return Err(ConfigError::Invalid(format!(
                 "otlp_endpoint = {:?}: must be an http:// or https:// URL",
                 self.otlp_endpoint
@@ -314,7 +458,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "output = \"otlp\"\nringbuf_bytes = 8192\n").unwrap();
         let flags = Overrides {
-            output: Some(Output::Stdout),
+            output: Some(Outputs::one(Output::Stdout)),
             ..Default::default()
         };
         let c = Config::load(Some(&path), &flags).unwrap();
@@ -335,6 +479,30 @@ mod tests {
         let err =
             load_toml("project_label = \"x.agent\"\nagent_label = \"x.agent\"\n").unwrap_err();
         assert!(err.to_string().contains("agent_label"), "{err}");
+    }
+
+    #[test]
+    fn several_outputs_parse_from_a_string_or_a_list() {
+        let c = load_toml("output = \"stdout,otlp,file:/var/log/e.jsonl\"\n").unwrap();
+        assert_eq!(
+            c.output.0,
+            vec![
+                Output::Stdout,
+                Output::Otlp,
+                Output::File("/var/log/e.jsonl".into())
+            ]
+        );
+        let c = load_toml("output = [\"otlp\", \"stdout\"]\n").unwrap();
+        assert_eq!(c.output.0, vec![Output::Otlp, Output::Stdout]);
+        assert_eq!(c.output.to_string(), "otlp,stdout");
+        for bad in ["stdout,stdout", "stdout,kafka", "file:", ""] {
+            let err = load_toml(&format!("output = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("output"), "{bad}: {err}");
+        }
+        let o: Outputs = "stdout, otlp".parse().unwrap();
+        assert_eq!(o.0, vec![Output::Stdout, Output::Otlp]);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum DropReason {
     /// container's share) full: the query is recorded, but its answer will
     /// not count (the name gets no domain verdict).
     DnsPendingFull,
+    /// The OTLP sink's memory queue and its disk spool were both full (a
+    /// collector outage longer than the spool holds).
+    SpoolFull,
 }
 
 impl DropReason {
@@ -54,6 +57,7 @@ impl DropReason {
             DropReason::DnsCacheFull => "dns_cache_full",
             DropReason::RateLimited => "rate_limited",
             DropReason::DnsPendingFull => "dns_pending_full",
+            DropReason::SpoolFull => "spool_full",
         }
     }
 }
@@ -122,6 +126,7 @@ pub struct Metrics {
     flows: Family<StateLabels, Counter>,
     exported: Family<SinkLabels, Counter>,
     sink_failures: Family<SinkCauseLabels, Counter>,
+    spool_bytes: Family<SinkLabels, Gauge>,
     unattributed: Counter,
     docker_outages: Counter,
     docker_up: Gauge,
@@ -174,6 +179,7 @@ impl Metrics {
             flows: Family::default(),
             exported: Family::default(),
             sink_failures: Family::default(),
+            spool_bytes: Family::default(),
             unattributed: Counter::default(),
             docker_outages: Counter::default(),
             docker_up: Gauge::default(),
@@ -193,6 +199,7 @@ impl Metrics {
         registry.register(
             "events_dropped",
             "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, rate_limited, dns_pending_full)",
+            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, spool_full)",
             m.dropped.clone(),
         );
         // Every reason from the first scrape, so a query or an alert on
@@ -205,6 +212,7 @@ impl Metrics {
             DropReason::DnsCacheFull,
             DropReason::RateLimited,
             DropReason::DnsPendingFull,
+            DropReason::SpoolFull,
         ] {
             m.dropped(reason, 0);
         }
@@ -244,6 +252,11 @@ impl Metrics {
             "sink_failures",
             "Records a sink gave up on, by sink and cause",
             m.sink_failures.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes an OTLP sink holds in its disk spool (records waiting for the collector)",
+            m.spool_bytes.clone(),
         );
         registry.register(
             "unattributed",
@@ -353,6 +366,22 @@ impl Metrics {
         } else {
             (OTHER.into(), OTHER.into())
         }
+    /// The disk spool refused `n` records (full): lost, with their reason.
+    pub fn spool_full(&self, sink: &'static str, n: u64) {
+        self.sink_failures
+            .get_or_create(&SinkCauseLabels {
+                sink,
+                cause: "spool_full",
+            })
+            .inc_by(n);
+        self.dropped(DropReason::SpoolFull, n);
+    }
+
+    /// Bytes a sink's disk spool holds on disk.
+    pub fn spool_bytes(&self, sink: &'static str, bytes: u64) {
+        self.spool_bytes
+            .get_or_create(&SinkLabels { sink })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn unattributed(&self) {
@@ -458,6 +487,11 @@ impl Metrics {
             .set(i64::try_from(reading.ringbuf_size_bytes).unwrap_or(i64::MAX));
     }
 
+    /// Records one sink delivered (tests, logs).
+    pub fn exported_total(&self, sink: &'static str) -> u64 {
+        self.exported.get_or_create(&SinkLabels { sink }).get()
+    }
+
     /// Total of `events_dropped` for one reason (tests, logs).
     pub fn dropped_total(&self, reason: DropReason) -> u64 {
         self.dropped
@@ -551,6 +585,7 @@ mod tests {
             "sink_failure",
             "flow_table_full",
             "dns_cache_full",
+            "spool_full",
         ] {
             assert!(
                 text.contains(&format!(

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Output, Overrides, Scope};
+use crate::config::{Outputs, Overrides, Scope};
 
 pub use bypass::{bypass, BypassArgs};
 pub use check::check;
@@ -63,8 +63,9 @@ pub struct CommonArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    #[arg(long, value_enum)]
-    pub output: Option<Output>,
+    /// Sinks, comma-separated: stdout, otlp, file:<path> (e.g. stdout,otlp).
+    #[arg(long, value_name = "LIST", value_parser = parse_outputs)]
+    pub output: Option<Outputs>,
     /// OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
@@ -109,7 +110,7 @@ impl CommonArgs {
 impl RunArgs {
     pub fn overrides(&self) -> Overrides {
         Overrides {
-            output: self.output,
+            output: self.output.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
             metrics_listen: self.metrics_listen,
             ringbuf_bytes: self.ringbuf_bytes,
@@ -123,4 +124,8 @@ impl RunArgs {
             ..self.common.overrides()
         }
     }
+}
+
+fn parse_outputs(s: &str) -> Result<Outputs, String> {
+    s.parse()
 }

@@ -19,7 +19,10 @@ use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, 
 use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
-use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
+use crate::export::{
+    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, Spool, SpoolOptions,
+    StdoutSink,
+};
 use crate::flow::FlowStage;
 use crate::kernel::{
     self, abi, AttachOptions, Attached, DnsCache, FlowMaps, PolicyMaps, RingbufFill, ScopeUsage,
@@ -35,12 +38,11 @@ const STAGE_QUEUE: usize = 256;
 pub async fn run(args: &RunArgs) -> Result<()> {
     let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
     // With OTLP output the daemon's own logs also go out, as `cp` records.
-    let (cp_layer, cp_rx) = match config.output {
-        Output::Otlp => {
-            let (layer, rx) = cp_logs::channel(cp_logs::QUEUE_RECORDS);
-            (Some(layer), Some(rx))
-        }
-        Output::Stdout => (None, None),
+    let (cp_layer, cp_rx) = if config.output.has(&Output::Otlp) {
+        let (layer, rx) = cp_logs::channel(cp_logs::QUEUE_RECORDS);
+        (Some(layer), Some(rx))
+    } else {
+        (None, None)
     };
     crate::logging::init_with(&config.log_level, cp_layer);
     require_privileges()?;
@@ -95,7 +97,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         usage.clone(),
     )?));
 
-    let (sink_tx, sinks) = start_sinks(&config, metrics.clone())?;
+    let (sink_tx, sinks) = start_sinks(&config, metrics.clone()).await?;
     let cp_logs = cp_rx
         .map(|rx| start_cp_logs(&config, rx, metrics.clone()))
         .transpose()?;
@@ -266,17 +268,41 @@ fn start_attribution(
 /// The pipeline's side of each sink (`senders`) and the sink tasks.
 type Sinks = (Vec<mpsc::Sender<Batch>>, Vec<JoinHandle<()>>);
 
-fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
-    let (tx, rx) = mpsc::channel(STAGE_QUEUE);
-    let task = match config.output {
-        Output::Stdout => tokio::spawn(run_sink(StdoutSink::new(metrics), rx)),
-        Output::Otlp => {
-            let sink = OtlpSink::new(OtlpOptions::new(&config.otlp_endpoint), metrics)
-                .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
-            tokio::spawn(run_sink(sink, rx))
-        }
-    };
-    Ok((vec![tx], vec![task]))
+/// One channel and one task per output: each sink queues, retries and
+/// counts its losses on its own (`sink` label).
+async fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for output in config.output.iter() {
+        let (tx, rx) = mpsc::channel(STAGE_QUEUE);
+        let task = match output {
+            Output::Stdout => tokio::spawn(run_sink(StdoutSink::new(metrics.clone()), rx)),
+            Output::Otlp => {
+                let mut opts = OtlpOptions::new(&config.otlp_endpoint);
+                opts.queue_records = config.otlp_queue_records;
+                let mut sink = OtlpSink::new(opts, metrics.clone())
+                    .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+                if config.spool_bytes > 0 {
+                    sink = sink.with_spool(open_spool(config, "otlp", config.spool_bytes)?);
+                }
+                tokio::spawn(run_sink(sink, rx))
+            }
+            Output::File(path) => {
+                let opts = FileOptions {
+                    path: path.clone(),
+                    rotate_bytes: config.file_rotate_bytes,
+                    keep: config.file_rotate_keep,
+                };
+                let sink = FileSink::open(opts, metrics.clone())
+                    .await
+                    .with_context(|| format!("output file {}", path.display()))?;
+                tokio::spawn(run_sink(sink, rx))
+            }
+        };
+        senders.push(tx);
+        tasks.push(task);
+    }
+    Ok((senders, tasks))
 }
 
 /// The daemon's own logs: a second OTLP sink instance, fed by the layer.
@@ -288,9 +314,28 @@ fn start_cp_logs(
     let mut opts = OtlpOptions::new(&config.otlp_endpoint);
     opts.name = cp_logs::CP_SINK;
     opts.queue_records = 10_000;
-    let sink = OtlpSink::new(opts, metrics.clone())
+    let mut sink = OtlpSink::new(opts, metrics.clone())
         .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+    if config.spool_bytes > 0 {
+        // The daemon's own logs get an eighth of the budget, beside the flows'.
+        sink = sink.with_spool(open_spool(
+            config,
+            "cp",
+            (config.spool_bytes / 8).max(1 << 20),
+        )?);
+    }
     Ok(cp_logs::spawn(rx, sink, metrics))
+}
+
+/// One OTLP sink's disk spool: `<spool_dir>/<name>`, locked by this daemon.
+fn open_spool(config: &Config, name: &str, max_bytes: u64) -> Result<Spool> {
+    let dir = config.spool_dir.join(name);
+    Spool::open(SpoolOptions {
+        dir: dir.clone(),
+        max_bytes,
+        segment_bytes: (max_bytes / 64).clamp(1 << 16, 16 << 20),
+    })
+    .with_context(|| format!("OTLP disk spool {}", dir.display()))
 }
 
 /// Reads the kernel counters into the metrics registry.

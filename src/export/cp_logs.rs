@@ -42,7 +42,11 @@ const OWN_TARGET: &str = "clawker_egress";
 
 /// Attribute keys the collector/exporter owns: a field of that name is
 /// renamed (`<name>_field`) rather than clash with it.
-const RESERVED: &[&str] = &["clawker_source", "data_stream"];
+const RESERVED: &[&str] = &[
+    "clawker_source",
+    "data_stream",
+    crate::record::key::RECORD_ID,
+];
 
 /// The tracing side: install with the subscriber.
 pub struct CpLogLayer {
@@ -307,7 +311,13 @@ mod tests {
     #[test]
     fn keys_are_flat_and_never_a_prefix_of_another() {
         let (recs, _) = capture(|| {
-            tracing::info!(event = "x", event.kind = "y", data_stream = "z", "m");
+            tracing::info!(
+                event = "x",
+                event.kind = "y",
+                data_stream = "z",
+                record_id = "forged",
+                "m"
+            );
         });
         let keys: Vec<&str> = recs[0].fields().map(|(k, _)| k).collect();
         assert!(
@@ -315,6 +325,10 @@ mod tests {
             "{keys:?}"
         );
         assert!(keys.contains(&"data_stream_field"), "{keys:?}");
+        // A log field never replaces the record's own id (the document _id).
+        assert!(keys.contains(&"record_id_field"), "{keys:?}");
+        assert_ne!(recs[0].get_str("record_id"), Some("forged"));
+        assert_eq!(keys.iter().filter(|k| **k == "record_id").count(), 1);
         for a in &keys {
             assert!(!a.contains('.'), "{a}");
             for b in &keys {

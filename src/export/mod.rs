@@ -2,7 +2,9 @@
 //! writes what the record holds, and counts what it loses.
 
 pub mod cp_logs;
+mod file;
 mod otlp;
+mod spool;
 mod stdout;
 
 use std::future::Future;
@@ -10,7 +12,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+pub use file::{FileOptions, FileSink};
 pub use otlp::{OtlpOptions, OtlpSink};
+pub use spool::{Spool, SpoolOptions};
 pub use stdout::StdoutSink;
 
 use crate::record::Record;

@@ -6,6 +6,15 @@
 //! backoff, forever while the queue has room (a restarting collector loses
 //! nothing); a request the receiver rejects is not retried; a
 //! `partial_success` counts its rejected records and is not retried either.
+//!
+//! The queue holds each record already ENCODED (a protobuf `LogRecord`,
+//! ~0.5 KB) rather than the `Record` (a vector of fields and strings, several
+//! times that): the memory a full queue costs is what bounds the daemon's
+//! RSS. What the memory queue cannot hold goes to the disk spool
+//! ([`super::spool`]) when one is configured: in order (memory first, then
+//! the spool), replayed when the collector is back, kept across restarts
+//! (the memory queue is written in front of the spool at shutdown). A
+//! record the spool cannot hold is counted (`spool_full`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -16,11 +25,13 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use super::spool::{Position, Spool};
 use super::{Batch, Sink};
 use crate::metrics::Metrics;
 use crate::record::{key, Record, Severity, Value};
@@ -53,8 +64,16 @@ impl OtlpOptions {
     }
 }
 
+/// One encoded OTLP `LogRecord`.
+type Encoded = Vec<u8>;
+
 struct Shared {
-    queue: Mutex<VecDeque<Record>>,
+    /// Records waiting, encoded, oldest first; all older than the spool's.
+    queue: Mutex<VecDeque<Encoded>>,
+    /// The batch being exported when it came from `queue` (put back in
+    /// front of the queue, or spooled, if the export does not complete).
+    inflight: Mutex<Vec<Encoded>>,
+    spool: Mutex<Option<Spool>>,
     wake: Notify,
     closing: std::sync::atomic::AtomicBool,
 }
@@ -76,6 +95,8 @@ impl OtlpSink {
             .connect_lazy();
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
+            inflight: Mutex::new(Vec::new()),
+            spool: Mutex::new(None),
             wake: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
         });
@@ -94,25 +115,75 @@ impl OtlpSink {
     }
 }
 
+impl OtlpSink {
+    /// Spill to (and first replay) this disk spool. Records already in it
+    /// (a previous run's) go out before anything new.
+    pub fn with_spool(self, spool: Spool) -> Self {
+        if let Ok(mut s) = self.shared.spool.lock() {
+            self.metrics.spool_bytes(self.opts.name, spool.bytes());
+            if !spool.is_empty() {
+                tracing::info!(event = "spool_replay", sink = self.opts.name, dir = %spool.dir().display(), bytes = spool.bytes(), "records spooled by an earlier run will be sent first");
+            }
+            *s = Some(spool);
+        }
+        self.shared.wake.notify_one();
+        self
+    }
+
+    /// Records the memory queue cannot take: to the spool, else lost.
+    fn spill(&self, records: Vec<Encoded>) {
+        let n = records.len() as u64;
+        let Ok(mut guard) = self.shared.spool.lock() else {
+            self.metrics.sink_failure(self.opts.name, "queue_full", n);
+            return;
+        };
+        let Some(spool) = guard.as_mut() else {
+            self.metrics.sink_failure(self.opts.name, "queue_full", n);
+            return;
+        };
+        match spool.append(&records) {
+            Ok(k) => {
+                self.metrics.spool_bytes(self.opts.name, spool.bytes());
+                let lost = n - k as u64;
+                if lost > 0 {
+                    self.metrics.spool_full(self.opts.name, lost);
+                    tracing::warn!(event = "spool_full", sink = self.opts.name, records = lost, dir = %spool.dir().display(), "disk spool full; records lost");
+                }
+            }
+            Err(e) => {
+                self.metrics.sink_failure(self.opts.name, "spool_write", n);
+                tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool write failed; records lost");
+            }
+        }
+    }
+}
+
 impl Sink for OtlpSink {
     fn name(&self) -> &'static str {
         self.opts.name
     }
 
     async fn send(&mut self, batch: Batch) {
-        let mut lost = 0u64;
+        let mut overflow = Vec::new();
         if let Ok(mut q) = self.shared.queue.lock() {
+            // While the spool holds anything, new records queue behind it.
+            let spooling = self
+                .shared
+                .spool
+                .lock()
+                .map(|s| s.as_ref().is_some_and(|s| !s.is_empty()))
+                .unwrap_or(false);
             for r in batch.iter() {
-                if q.len() >= self.opts.queue_records {
-                    lost += 1;
+                let enc = log_record(r).encode_to_vec();
+                if !spooling && q.len() < self.opts.queue_records {
+                    q.push_back(enc);
                 } else {
-                    q.push_back(r.clone());
+                    overflow.push(enc);
                 }
             }
         }
-        if lost > 0 {
-            self.metrics
-                .sink_failure(self.opts.name, "queue_full", lost);
+        if !overflow.is_empty() {
+            self.spill(overflow);
         }
         self.shared.wake.notify_one();
     }
@@ -123,28 +194,125 @@ impl Sink for OtlpSink {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.shared.wake.notify_one();
         if let Some(task) = self.exporter.take() {
-            let _ = tokio::time::timeout(self.opts.shutdown_grace, task).await;
+            let abort = task.abort_handle();
+            if tokio::time::timeout(self.opts.shutdown_grace, task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
-        let left = self.shared.queue.lock().map(|q| q.len()).unwrap_or(0);
-        if left > 0 {
-            self.metrics
-                .sink_failure(self.opts.name, "shutdown", left as u64);
+        // What was not delivered: the batch in flight, then the queue.
+        let mut left: Vec<Encoded> = self
+            .shared
+            .inflight
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        if let Ok(mut q) = self.shared.queue.lock() {
+            left.extend(q.drain(..));
+        }
+        let mut lost = left.len() as u64;
+        if let Ok(mut guard) = self.shared.spool.lock() {
+            if let Some(spool) = guard.as_mut() {
+                match spool.prepend(&left) {
+                    Ok(k) => {
+                        lost -= k as u64;
+                        if k > 0 {
+                            tracing::info!(
+                                event = "spooled_at_shutdown",
+                                sink = self.opts.name,
+                                records = k,
+                                "undelivered records kept in the disk spool for the next run"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool write failed at shutdown");
+                    }
+                }
+                if let Err(e) = spool.sync() {
+                    tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool sync failed at shutdown");
+                }
+                self.metrics.spool_bytes(self.opts.name, spool.bytes());
+            }
+        }
+        if lost > 0 {
+            self.metrics.sink_failure(self.opts.name, "shutdown", lost);
             tracing::warn!(
                 event = "sink_failure",
                 sink = self.opts.name,
-                records = left,
+                records = lost,
                 "records still queued at shutdown were lost"
             );
         }
     }
 }
 
-fn take_batch(shared: &Shared, max: usize) -> Vec<Record> {
-    let Ok(mut q) = shared.queue.lock() else {
-        return Vec::new();
+/// The next batch: from the memory queue (older), else from the spool
+/// (with the position to commit once delivered).
+fn next_batch(
+    shared: &Shared,
+    opts: &OtlpOptions,
+    metrics: &Metrics,
+) -> (Vec<Encoded>, Option<Position>) {
+    if let Ok(mut q) = shared.queue.lock() {
+        let n = q.len().min(opts.batch_records);
+        if n > 0 {
+            let batch: Vec<Encoded> = q.drain(..n).collect();
+            if let Ok(mut f) = shared.inflight.lock() {
+                f.clone_from(&batch);
+            }
+            return (batch, None);
+        }
+    }
+    let Ok(mut guard) = shared.spool.lock() else {
+        return (Vec::new(), None);
     };
-    let n = q.len().min(max);
-    q.drain(..n).collect()
+    let Some(spool) = guard.as_mut() else {
+        return (Vec::new(), None);
+    };
+    if spool.is_empty() {
+        return (Vec::new(), None);
+    }
+    match spool.peek(opts.batch_records) {
+        Ok((batch, pos, corrupt)) => {
+            if corrupt {
+                metrics.sink_failure(opts.name, "spool_corrupt", 1);
+                tracing::warn!(event = "sink_failure", sink = opts.name, dir = %spool.dir().display(), "corrupt frame in the disk spool; the rest of that segment is skipped");
+            }
+            if batch.is_empty() {
+                // Only a corrupt tail was left: step over it.
+                let _ = spool.commit(pos);
+                metrics.spool_bytes(opts.name, spool.bytes());
+            }
+            (batch, Some(pos))
+        }
+        Err(e) => {
+            tracing::warn!(event = "sink_failure", sink = opts.name, error = %e, "disk spool read failed");
+            (Vec::new(), None)
+        }
+    }
+}
+
+fn delivered(shared: &Shared, metrics: &Metrics, name: &'static str, spooled: Option<Position>) {
+    match spooled {
+        None => {
+            if let Ok(mut f) = shared.inflight.lock() {
+                f.clear();
+            }
+        }
+        Some(pos) => {
+            if let Ok(mut guard) = shared.spool.lock() {
+                if let Some(spool) = guard.as_mut() {
+                    if let Err(e) = spool.commit(pos) {
+                        tracing::warn!(event = "sink_failure", sink = name, error = %e, "disk spool cursor write failed (records may be sent again)");
+                    }
+                    metrics.spool_bytes(name, spool.bytes());
+                }
+            }
+        }
+    }
 }
 
 async fn export_loop(
@@ -156,7 +324,7 @@ async fn export_loop(
     let resource = resource();
     let mut outage = false;
     loop {
-        let batch = take_batch(&shared, opts.batch_records);
+        let (batch, spooled) = next_batch(&shared, &opts, &metrics);
         if batch.is_empty() {
             if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
@@ -165,7 +333,15 @@ async fn export_loop(
             let _ = tokio::time::timeout(Duration::from_millis(200), shared.wake.notified()).await;
             continue;
         }
-        let request = request(&resource, &batch);
+        let mut records = Vec::with_capacity(batch.len());
+        for b in &batch {
+            match LogRecord::decode(b.as_slice()) {
+                Ok(r) => records.push(r),
+                Err(_) => metrics.sink_failure(opts.name, "spool_corrupt", 1),
+            }
+        }
+        let n = records.len() as u64;
+        let request = request(&resource, records);
         let mut backoff = Duration::from_millis(100);
         loop {
             match client.export(request.clone()).await {
@@ -183,13 +359,11 @@ async fn export_loop(
                         .partial_success
                         .map(|p| p.rejected_log_records.max(0) as u64)
                         .unwrap_or(0);
-                    metrics.exported(
-                        opts.name,
-                        batch.len() as u64 - rejected.min(batch.len() as u64),
-                    );
+                    metrics.exported(opts.name, n - rejected.min(n));
                     if rejected > 0 {
                         metrics.sink_failure(opts.name, "rejected", rejected);
                     }
+                    delivered(&shared, &metrics, opts.name, spooled);
                     break;
                 }
                 Err(status) if retryable(status.code()) => {
@@ -198,7 +372,8 @@ async fn export_loop(
                         outage = true;
                     }
                     if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
-                        metrics.sink_failure(opts.name, "shutdown", batch.len() as u64);
+                        // Left for flush(): the in-flight batch goes back in
+                        // front (spool) or is still in the spool.
                         return;
                     }
                     tokio::time::sleep(backoff).await;
@@ -206,7 +381,8 @@ async fn export_loop(
                 }
                 Err(status) => {
                     tracing::warn!(event = "sink_failure", sink = opts.name, code = ?status.code(), error = %status.message(), "collector rejected a batch");
-                    metrics.sink_failure(opts.name, "rejected", batch.len() as u64);
+                    metrics.sink_failure(opts.name, "rejected", n);
+                    delivered(&shared, &metrics, opts.name, spooled);
                     break;
                 }
             }
@@ -252,7 +428,7 @@ fn resource() -> Resource {
     }
 }
 
-fn request(resource: &Resource, batch: &[Record]) -> ExportLogsServiceRequest {
+fn request(resource: &Resource, log_records: Vec<LogRecord>) -> ExportLogsServiceRequest {
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(resource.clone()),
@@ -262,7 +438,7 @@ fn request(resource: &Resource, batch: &[Record]) -> ExportLogsServiceRequest {
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
-                log_records: batch.iter().map(log_record).collect(),
+                log_records,
                 ..Default::default()
             }],
             ..Default::default()

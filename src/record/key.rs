@@ -4,6 +4,8 @@
 
 pub const TIMESTAMP: &str = "@timestamp";
 pub const SOURCE: &str = "clawker.source";
+/// Stable per record (`record::id`); the OpenSearch document `_id`.
+pub const RECORD_ID: &str = "record_id";
 pub const VERDICT: &str = "verdict";
 pub const HOOK: &str = "hook";
 pub const L4_PROTO: &str = "l4_proto";
@@ -58,6 +60,7 @@ pub const INTERVAL_MS: &str = "interval_ms";
 pub const ALL: &[&str] = &[
     TIMESTAMP,
     SOURCE,
+    RECORD_ID,
     VERDICT,
     HOOK,
     L4_PROTO,

@@ -4,6 +4,7 @@
 //! egress shapes (flows, attempts, DNS) are built in `egress.rs`.
 
 mod egress;
+pub mod id;
 pub mod key;
 mod loss;
 
@@ -114,13 +115,17 @@ pub struct Record {
 }
 
 impl Record {
+    /// A new record gets its `record_id` here, once (see [`id`]): every
+    /// copy, retry and replay of it carries the same id.
     pub fn new(time: SystemTime, source: Source) -> Self {
+        let mut fields = Vec::with_capacity(20);
+        fields.push((key::RECORD_ID, Value::Str(id::next())));
         Record {
             time,
             source,
             severity: Severity::Info,
             body: None,
-            fields: Vec::with_capacity(20),
+            fields,
         }
     }
 

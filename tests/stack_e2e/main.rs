@@ -674,11 +674,13 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
         reasons,
         [
             "dns_cache_full",
+            "dns_pending_full",
             "flow_table_full",
             "parse_failure",
             "rate_limited",
             "ringbuf_full",
-            "sink_failure"
+            "sink_failure",
+            "spool_full"
         ],
         "{dropped:?}"
     );

@@ -168,12 +168,19 @@ impl DaemonOptions {
     }
 
     /// Attached at the host's cgroup v2 root (scope: containers).
+    /// Each daemon gets its own OTLP disk spool directory (a spool is
+    /// locked by one daemon); a test that restarts a daemon on the same
+    /// spool sets `CLAWKER_EGRESS_SPOOL_DIR` itself (the later entry wins).
     pub fn host_root() -> Self {
+        let spool = std::env::temp_dir().join(unique("clawker-egress-test-spool"));
         DaemonOptions {
             cgroup_root: None,
             pin_root: PathBuf::from("/sys/fs/bpf").join(unique("clawker-egress-test")),
             extra: Vec::new(),
-            env: Vec::new(),
+            env: vec![(
+                "CLAWKER_EGRESS_SPOOL_DIR".into(),
+                spool.to_string_lossy().into_owned(),
+            )],
             run_inside: None,
         }
     }

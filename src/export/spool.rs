@@ -1,0 +1,502 @@
+//! The OTLP sink's disk spool: records the memory queue cannot hold while
+//! the collector is away, kept in order on disk, bounded, replayed when the
+//! collector is back, and kept across a daemon restart.
+//!
+//! Layout (one directory per sink, locked with `flock` so two daemons never
+//! share it): segment files `<id>.seg` (16 hex digits, oldest = lowest id)
+//! of frames `[len: u32 LE][crc32 of payload: u32 LE][payload]`, the payload
+//! being one encoded OTLP `LogRecord` (it carries its `record_id`); and
+//! `cursor`, the first frame not yet delivered (`<segment id> <offset>`).
+//!
+//! Durability (fsync policy): frames are `write(2)`n at once (they survive a
+//! daemon crash or SIGKILL: the kernel holds them); a segment is fsynced
+//! when it is sealed (full) and at shutdown, the cursor is replaced
+//! atomically (write + rename) after each delivered batch and fsynced at
+//! shutdown. A host crash can lose the unsynced tail and can replay records
+//! delivered after the last synced cursor: the collector stores a replayed
+//! record once (its `record_id` is the document `_id`). A torn or corrupt
+//! frame ends its segment's replay and is logged.
+//!
+//! Bounds: the sum of the segment files never exceeds `max_bytes`; a record
+//! that does not fit is refused (the caller counts it as `spool_full`).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Frame header: length + crc32.
+const HEADER: u64 = 8;
+/// No record is this large (the collector's request limit is 4 MiB).
+const MAX_FRAME: u32 = 4 << 20;
+/// Ids start high so records can be put in front of the oldest segment.
+const FIRST_ID: u64 = 1 << 40;
+
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub dir: PathBuf,
+    /// Upper bound of the segment files together.
+    pub max_bytes: u64,
+    /// A segment is sealed and a new one started at this size.
+    pub segment_bytes: u64,
+}
+
+struct Segment {
+    id: u64,
+    len: u64,
+}
+
+/// Where the next undelivered frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    segment: u64,
+    offset: u64,
+}
+
+pub struct Spool {
+    opts: SpoolOptions,
+    /// Oldest first; the last one is being written.
+    segments: VecDeque<Segment>,
+    writer: Option<(u64, BufWriter<File>)>,
+    read: Position,
+    total_bytes: u64,
+    /// Held for the spool's lifetime (flock).
+    _lock: File,
+}
+
+impl Spool {
+    pub fn open(opts: SpoolOptions) -> io::Result<Spool> {
+        std::fs::create_dir_all(&opts.dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(opts.dir.join("lock"))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("spool {} is in use by another process", opts.dir.display()),
+            ));
+        }
+        let mut ids: Vec<u64> = std::fs::read_dir(&opts.dir)?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut segments = VecDeque::new();
+        let mut total_bytes = 0;
+        for id in ids {
+            let len = std::fs::metadata(seg_path(&opts.dir, id))?.len();
+            total_bytes += len;
+            segments.push_back(Segment { id, len });
+        }
+        let first = segments.front().map(|s| s.id);
+        let read = match (read_cursor(&opts.dir), first) {
+            (Some(c), Some(f)) if c.segment >= f => c,
+            (_, Some(f)) => Position {
+                segment: f,
+                offset: 0,
+            },
+            (_, None) => Position {
+                segment: FIRST_ID,
+                offset: 0,
+            },
+        };
+        let mut spool = Spool {
+            opts,
+            segments,
+            writer: None,
+            read,
+            total_bytes,
+            _lock: lock,
+        };
+        // Segments wholly before the cursor were delivered.
+        spool.drop_consumed()?;
+        Ok(spool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// Bytes on disk (segments).
+    pub fn bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Nothing left to deliver.
+    pub fn is_empty(&self) -> bool {
+        !self.segments.iter().any(|s| {
+            (s.id > self.read.segment && s.len > 0)
+                || (s.id == self.read.segment && self.read.offset < s.len)
+        })
+    }
+
+    /// Append records in order; returns how many fit (the rest would pass
+    /// `max_bytes`: the caller counts them as lost, `spool_full`).
+    pub fn append(&mut self, records: &[Vec<u8>]) -> io::Result<usize> {
+        let mut n = 0;
+        for r in records {
+            let frame = HEADER + r.len() as u64;
+            if r.len() as u64 > u64::from(MAX_FRAME)
+                || self.total_bytes + frame > self.opts.max_bytes
+            {
+                break;
+            }
+            let need_new = match (&self.writer, self.segments.back()) {
+                (Some((id, _)), Some(last)) => {
+                    *id != last.id || last.len >= self.opts.segment_bytes
+                }
+                _ => true,
+            };
+            if need_new {
+                self.start_segment()?;
+            }
+            let (_, w) = self.writer.as_mut().expect("started above");
+            w.write_all(&(r.len() as u32).to_le_bytes())?;
+            w.write_all(&crc32fast::hash(r).to_le_bytes())?;
+            w.write_all(r)?;
+            let last = self.segments.back_mut().expect("a segment");
+            last.len += frame;
+            self.total_bytes += frame;
+            n += 1;
+        }
+        if let Some((_, w)) = self.writer.as_mut() {
+            w.flush()?;
+        }
+        Ok(n)
+    }
+
+    /// Put records IN FRONT of everything spooled (the memory queue's
+    /// records at shutdown are older than the spool's); returns how many fit.
+    pub fn prepend(&mut self, records: &[Vec<u8>]) -> io::Result<usize> {
+        let mut fit = 0;
+        let mut bytes = 0;
+        for r in records {
+            let frame = HEADER + r.len() as u64;
+            if self.total_bytes + bytes + frame > self.opts.max_bytes {
+                break;
+            }
+            bytes += frame;
+            fit += 1;
+        }
+        if fit == 0 {
+            return Ok(0);
+        }
+        // One cursor for the whole spool: a half-read segment loses its
+        // delivered prefix first (rewritten), so reading restarts at 0.
+        self.compact_read_segment()?;
+        let first = self
+            .read
+            .segment
+            .min(self.segments.front().map_or(u64::MAX, |s| s.id));
+        let id = first - 1;
+        let path = seg_path(&self.opts.dir, id);
+        let mut w = BufWriter::new(File::create(&path)?);
+        for r in &records[..fit] {
+            w.write_all(&(r.len() as u32).to_le_bytes())?;
+            w.write_all(&crc32fast::hash(r).to_le_bytes())?;
+            w.write_all(r)?;
+        }
+        w.flush()?;
+        w.get_ref().sync_all()?;
+        self.segments.push_front(Segment { id, len: bytes });
+        self.total_bytes += bytes;
+        self.read = Position {
+            segment: id,
+            offset: 0,
+        };
+        self.write_cursor(true)?;
+        Ok(fit)
+    }
+
+    fn compact_read_segment(&mut self) -> io::Result<()> {
+        if self.read.offset == 0 {
+            return Ok(());
+        }
+        let Some(i) = self.segments.iter().position(|s| s.id == self.read.segment) else {
+            return Ok(());
+        };
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|(w, _)| *w == self.read.segment)
+        {
+            if let Some((_, mut w)) = self.writer.take() {
+                w.flush()?;
+            }
+        }
+        let path = seg_path(&self.opts.dir, self.read.segment);
+        let bytes = std::fs::read(&path)?;
+        let from = usize::try_from(self.read.offset)
+            .unwrap_or(bytes.len())
+            .min(bytes.len());
+        let tmp = self.opts.dir.join("compact.tmp");
+        std::fs::write(&tmp, &bytes[from..])?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        let seg = &mut self.segments[i];
+        self.total_bytes -= seg.len - (bytes.len() - from) as u64;
+        seg.len = (bytes.len() - from) as u64;
+        self.read.offset = 0;
+        Ok(())
+    }
+
+    fn start_segment(&mut self) -> io::Result<()> {
+        if let Some((_, w)) = self.writer.as_mut() {
+            w.flush()?;
+            w.get_ref().sync_all()?;
+        }
+        let id = self
+            .segments
+            .back()
+            .map_or(self.read.segment.max(FIRST_ID), |s| s.id + 1);
+        let f = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(seg_path(&self.opts.dir, id))?;
+        self.writer = Some((id, BufWriter::with_capacity(256 * 1024, f)));
+        self.segments.push_back(Segment { id, len: 0 });
+        Ok(())
+    }
+
+    /// Up to `max` undelivered records from the oldest, and the position
+    /// after them ([`Spool::commit`] once they are delivered). A corrupt
+    /// frame ends its segment (reported in `corrupt`).
+    pub fn peek(&mut self, max: usize) -> io::Result<(Vec<Vec<u8>>, Position, bool)> {
+        let mut out = Vec::new();
+        let mut pos = self.read;
+        let mut corrupt = false;
+        let mut idx = self.segments.iter().position(|s| s.id >= pos.segment);
+        while out.len() < max {
+            let Some(i) = idx else { break };
+            let seg = &self.segments[i];
+            if seg.id != pos.segment {
+                pos = Position {
+                    segment: seg.id,
+                    offset: 0,
+                };
+            }
+            if pos.offset + HEADER > seg.len {
+                // This segment is done; on to the next (if any).
+                if i + 1 < self.segments.len() {
+                    idx = Some(i + 1);
+                    pos = Position {
+                        segment: self.segments[i + 1].id,
+                        offset: 0,
+                    };
+                    continue;
+                }
+                break;
+            }
+            let f = File::open(seg_path(&self.opts.dir, seg.id))?;
+            while out.len() < max && pos.offset + HEADER <= seg.len {
+                let mut head = [0u8; 8];
+                f.read_exact_at(&mut head, pos.offset)?;
+                let len = u32::from_le_bytes(head[..4].try_into().unwrap());
+                let crc = u32::from_le_bytes(head[4..].try_into().unwrap());
+                if len > MAX_FRAME || pos.offset + HEADER + u64::from(len) > seg.len {
+                    corrupt = true;
+                    pos.offset = seg.len;
+                    break;
+                }
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, pos.offset + HEADER)?;
+                if crc32fast::hash(&buf) != crc {
+                    corrupt = true;
+                    pos.offset = seg.len;
+                    break;
+                }
+                pos.offset += HEADER + u64::from(len);
+                out.push(buf);
+            }
+        }
+        Ok((out, pos, corrupt))
+    }
+
+    /// Everything before `pos` was delivered: move the cursor, delete
+    /// segments wholly behind it.
+    pub fn commit(&mut self, pos: Position) -> io::Result<()> {
+        self.read = pos;
+        self.drop_consumed()?;
+        self.write_cursor(false)
+    }
+
+    fn drop_consumed(&mut self) -> io::Result<()> {
+        while let Some(front) = self.segments.front() {
+            let behind = front.id < self.read.segment
+                || (front.id == self.read.segment
+                    && self.read.offset >= front.len
+                    && self.writer.as_ref().is_none_or(|(w, _)| *w != front.id));
+            if !behind {
+                break;
+            }
+            let id = front.id;
+            self.total_bytes -= front.len;
+            self.segments.pop_front();
+            let _ = std::fs::remove_file(seg_path(&self.opts.dir, id));
+            if self.read.segment == id {
+                if let Some(next) = self.segments.front() {
+                    self.read = Position {
+                        segment: next.id,
+                        offset: 0,
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_cursor(&self, sync: bool) -> io::Result<()> {
+        let tmp = self.opts.dir.join("cursor.tmp");
+        let mut f = File::create(&tmp)?;
+        writeln!(f, "{:x} {}", self.read.segment, self.read.offset)?;
+        if sync {
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.opts.dir.join("cursor"))
+    }
+
+    /// Shutdown: everything on disk and synced.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if let Some((_, w)) = self.writer.as_mut() {
+            w.flush()?;
+            w.get_ref().sync_all()?;
+        }
+        self.write_cursor(true)
+    }
+}
+
+fn seg_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.seg"))
+}
+
+fn read_cursor(dir: &Path) -> Option<Position> {
+    let text = std::fs::read_to_string(dir.join("cursor")).ok()?;
+    let (seg, off) = text.trim().split_once(' ')?;
+    Some(Position {
+        segment: u64::from_str_radix(seg, 16).ok()?,
+        offset: off.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path, max: u64, seg: u64) -> SpoolOptions {
+        SpoolOptions {
+            dir: dir.to_path_buf(),
+            max_bytes: max,
+            segment_bytes: seg,
+        }
+    }
+
+    fn recs(from: usize, n: usize) -> Vec<Vec<u8>> {
+        (from..from + n)
+            .map(|i| format!("record-{i:06}").into_bytes())
+            .collect()
+    }
+
+    fn drain(s: &mut Spool) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        loop {
+            let (got, pos, corrupt) = s.peek(7).unwrap();
+            assert!(!corrupt);
+            if got.is_empty() {
+                break;
+            }
+            all.extend(got);
+            s.commit(pos).unwrap();
+        }
+        all
+    }
+
+    #[test]
+    fn replays_in_order_across_segments_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 200)).unwrap();
+        assert!(s.is_empty());
+        assert_eq!(s.append(&recs(0, 50)).unwrap(), 50);
+        assert!(!s.is_empty());
+        // Deliver 10, then "restart".
+        let (got, pos, _) = s.peek(10).unwrap();
+        assert_eq!(got, recs(0, 10));
+        s.commit(pos).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 200)).unwrap();
+        assert_eq!(s.append(&recs(50, 5)).unwrap(), 5);
+        assert_eq!(drain(&mut s), recs(10, 45));
+        assert!(s.is_empty());
+        // Delivered segments are deleted; only the one being written stays.
+        assert!(s.bytes() <= 200 + 21, "{}", s.bytes());
+        let segs = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .count();
+        assert_eq!(segs, 1);
+    }
+
+    #[test]
+    fn a_full_spool_refuses_and_prepend_goes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        // 13-byte records + 8-byte header = 21 bytes a frame.
+        let mut s = Spool::open(opts(dir.path(), 21 * 10, 1 << 20)).unwrap();
+        assert_eq!(s.append(&recs(100, 15)).unwrap(), 10);
+        assert_eq!(s.bytes(), 210);
+        let (got, pos, _) = s.peek(4).unwrap();
+        s.commit(pos).unwrap();
+        assert_eq!(got, recs(100, 4));
+        // Only whole segments free space; this one is still being read.
+        assert_eq!(s.prepend(&recs(0, 3)).unwrap(), 0);
+        let mut s2 = {
+            drop(s);
+            Spool::open(opts(dir.path(), 21 * 20, 1 << 20)).unwrap()
+        };
+        assert_eq!(s2.prepend(&recs(0, 3)).unwrap(), 3);
+        let mut expect = recs(0, 3);
+        expect.extend(recs(104, 6));
+        assert_eq!(drain(&mut s2), expect);
+    }
+
+    #[test]
+    fn a_torn_tail_is_reported_not_replayed_as_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        s.append(&recs(0, 3)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0xff;
+        std::fs::write(&seg, bytes).unwrap();
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        let (got, _, corrupt) = s.peek(10).unwrap();
+        assert_eq!(got, recs(0, 2));
+        assert!(corrupt);
+    }
+
+    #[test]
+    fn two_owners_cannot_share_a_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Spool::open(opts(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        let err = Spool::open(opts(dir.path(), 1 << 20, 1 << 20))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+}

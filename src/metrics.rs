@@ -198,8 +198,7 @@ impl Metrics {
         );
         registry.register(
             "events_dropped",
-            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, rate_limited, dns_pending_full)",
-            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, spool_full)",
+            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, rate_limited, dns_pending_full, spool_full)",
             m.dropped.clone(),
         );
         // Every reason from the first scrape, so a query or an alert on
@@ -366,6 +365,8 @@ impl Metrics {
         } else {
             (OTHER.into(), OTHER.into())
         }
+    }
+
     /// The disk spool refused `n` records (full): lost, with their reason.
     pub fn spool_full(&self, sink: &'static str, n: u64) {
         self.sink_failures

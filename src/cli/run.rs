@@ -19,7 +19,7 @@ use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, 
 use crate::capture::{spawn_drain, BootClock, Hook};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
-use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
+use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, OtlpTransport, StdoutSink};
 use crate::flow::FlowStage;
 use crate::kernel::{
     self, abi, AttachOptions, Attached, DnsCache, FlowMaps, PolicyMaps, RingbufFill,
@@ -43,6 +43,12 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         Output::Stdout => (None, None),
     };
     crate::logging::init_with(&config.log_level, cp_layer);
+    // TLS material and credentials are read and checked before anything
+    // touches the kernel: a broken transport is a start-up error.
+    let transport = match config.output {
+        Output::Otlp => Some(otlp_transport(&config)?),
+        Output::Stdout => None,
+    };
     require_privileges()?;
     let cgroup = cgroup_dir(&config)?;
     let cgroup2_root = kernel::cgroup2_root()?;
@@ -86,9 +92,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     tokio::spawn(refresh_periodically(refresh.clone()));
     tokio::spawn(expire_dns_answers(DnsCache::new(&attached.dns_cache)?));
 
-    let (sink_tx, sinks) = start_sinks(&config, metrics.clone())?;
+    let (sink_tx, sinks) = start_sinks(&config, transport.as_ref(), metrics.clone())?;
     let cp_logs = cp_rx
-        .map(|rx| start_cp_logs(&config, rx, metrics.clone()))
+        .zip(transport.as_ref())
+        .map(|(rx, t)| start_cp_logs(&config, t, rx, metrics.clone()))
         .transpose()?;
     let (event_tx, event_rx) = mpsc::channel(STAGE_QUEUE);
     let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
@@ -243,15 +250,38 @@ fn start_attribution(
 /// The pipeline's side of each sink (`senders`) and the sink tasks.
 type Sinks = (Vec<mpsc::Sender<Batch>>, Vec<JoinHandle<()>>);
 
-fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
+/// The OTLP transport (TLS, credentials, headers, compression), loaded and
+/// checked: files, PEM, permissions, and the TLS set-up itself.
+fn otlp_transport(config: &Config) -> Result<OtlpTransport> {
+    let transport = OtlpTransport::load(&config.otlp_endpoint, &config.otlp_transport())
+        .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+    transport
+        .endpoint(&config.otlp_endpoint)
+        .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+    tracing::info!(
+        event = "otlp_transport",
+        endpoint = %config.otlp_endpoint,
+        transport = %transport.summary(),
+        "OTLP transport configured"
+    );
+    Ok(transport)
+}
+
+fn start_sinks(
+    config: &Config,
+    transport: Option<&OtlpTransport>,
+    metrics: Arc<Metrics>,
+) -> Result<Sinks> {
     let (tx, rx) = mpsc::channel(STAGE_QUEUE);
-    let task = match config.output {
-        Output::Stdout => tokio::spawn(run_sink(StdoutSink::new(metrics), rx)),
-        Output::Otlp => {
-            let sink = OtlpSink::new(OtlpOptions::new(&config.otlp_endpoint), metrics)
+    let task = match (config.output, transport) {
+        (Output::Otlp, Some(transport)) => {
+            let mut opts = OtlpOptions::new(&config.otlp_endpoint);
+            opts.transport = transport.clone();
+            let sink = OtlpSink::new(opts, metrics)
                 .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
             tokio::spawn(run_sink(sink, rx))
         }
+        _ => tokio::spawn(run_sink(StdoutSink::new(metrics), rx)),
     };
     Ok((vec![tx], vec![task]))
 }
@@ -259,11 +289,13 @@ fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
 /// The daemon's own logs: a second OTLP sink instance, fed by the layer.
 fn start_cp_logs(
     config: &Config,
+    transport: &OtlpTransport,
     rx: cp_logs::CpLogReceiver,
     metrics: Arc<Metrics>,
 ) -> Result<cp_logs::CpLogs> {
     let mut opts = OtlpOptions::new(&config.otlp_endpoint);
     opts.name = cp_logs::CP_SINK;
+    opts.transport = transport.clone();
     opts.queue_records = 10_000;
     let sink = OtlpSink::new(opts, metrics.clone())
         .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;

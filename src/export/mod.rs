@@ -4,6 +4,7 @@
 pub mod cp_logs;
 mod otlp;
 mod stdout;
+mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 
 pub use otlp::{OtlpOptions, OtlpSink};
 pub use stdout::StdoutSink;
+pub use transport::{Compression, OtlpTransport, TransportError, TransportSettings};
 
 use crate::record::Record;
 

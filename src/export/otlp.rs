@@ -11,16 +11,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use super::transport::{OtlpClient, OtlpTransport, TransportError};
 use super::{Batch, Sink};
 use crate::metrics::Metrics;
 use crate::record::{key, Record, Severity, Value};
@@ -33,6 +32,9 @@ pub struct OtlpOptions {
     /// Names this instance in metrics (`sink` label) and in its own logs.
     pub name: &'static str,
     pub endpoint: String,
+    /// TLS, credentials, headers, compression (docs/SECURITY.md
+    /// "Credentials and transport"); the default: none of them.
+    pub transport: OtlpTransport,
     /// Records held while the collector is slow or away.
     pub queue_records: usize,
     /// Records per export request: well under the collector's 4 MiB limit.
@@ -46,6 +48,7 @@ impl OtlpOptions {
         OtlpOptions {
             name: SINK,
             endpoint: endpoint.into(),
+            transport: OtlpTransport::default(),
             queue_records: 100_000,
             batch_records: 1_000,
             shutdown_grace: Duration::from_secs(5),
@@ -68,19 +71,22 @@ pub struct OtlpSink {
 
 impl OtlpSink {
     /// The connection is lazy: a collector that is down at start-up is a
-    /// degraded sink (records queue, then count), not a failed daemon.
-    pub fn new(opts: OtlpOptions, metrics: Arc<Metrics>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(opts.endpoint.clone())?
+    /// degraded sink (records queue, then count), not a failed daemon. A
+    /// transport that cannot be set up (TLS for https://) is an error here.
+    pub fn new(opts: OtlpOptions, metrics: Arc<Metrics>) -> Result<Self, TransportError> {
+        let endpoint = opts
+            .transport
+            .endpoint(&opts.endpoint)?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .timeout(Duration::from_secs(10));
+        let client = opts.transport.client(endpoint);
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
         });
         let exporter = tokio::spawn(export_loop(
-            LogsServiceClient::new(channel),
+            client,
             shared.clone(),
             opts.clone(),
             metrics.clone(),
@@ -148,7 +154,7 @@ fn take_batch(shared: &Shared, max: usize) -> Vec<Record> {
 }
 
 async fn export_loop(
-    mut client: LogsServiceClient<Channel>,
+    mut client: OtlpClient,
     shared: Arc<Shared>,
     opts: OtlpOptions,
     metrics: Arc<Metrics>,

@@ -61,18 +61,29 @@ pub enum TransportError {
     File { path: PathBuf, reason: String },
     #[error("{0}")]
     Invalid(String),
-    #[error("TLS set-up for {endpoint}: {source}")]
+    /// tonic's error says only "transport error": the cause is in its sources.
+    #[error("TLS set-up for {endpoint}: {}", chain(source))]
     Tls {
         endpoint: String,
-        #[source]
         source: tonic::transport::Error,
     },
-    #[error("endpoint {endpoint:?}: {source}")]
+    #[error("endpoint {endpoint:?}: {}", chain(source))]
     Endpoint {
         endpoint: String,
-        #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// An error and its sources, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 fn file_err(path: &Path, reason: impl Into<String>) -> TransportError {

@@ -532,3 +532,73 @@ fn check_validates_the_transport_files() {
         "{line}"
     );
 }
+
+/// Rotation (docs/SECURITY.md): `stack-credentials --rotate token` renames
+/// a new token over the file both the collector and the running daemon
+/// read; the daemon's next export carries it, no restart, and a sender
+/// still holding the old token is refused.
+#[test]
+fn token_rotation_reaches_daemon_and_collector_without_a_restart() {
+    if !require_root("token_rotation_reaches_daemon_and_collector_without_a_restart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(&dir.path().join("pki"));
+    let c = Collector::start(dir.path(), &pki);
+    let url = format!("https://127.0.0.1:{}", c.tls);
+    let ca = path(&pki, "ca.pem");
+    let token = path(&pki, "daemon.token");
+    // A copy of the token as it is now, for a sender that misses the rotation.
+    let old = dir.path().join("old.token");
+    std::fs::copy(&token, &old).unwrap();
+
+    let cg = TestCgroup::new("ce-tls-rot");
+    let d = otlp_daemon(
+        &cg,
+        &url,
+        &["--otlp-ca-file", &ca, "--otlp-bearer-token-file", &token],
+    );
+    make_flow(&cg);
+    wait_until(
+        "a flow before the rotation",
+        Duration::from_secs(30),
+        || (!c.flows_of(&cg).is_empty()).then_some(()),
+    );
+    let mut rot = script("stack-credentials");
+    rot.arg(&pki).args(["--rotate", "token"]);
+    let out = run_ok(rot, "stack-credentials --rotate token");
+    assert!(out.contains("daemon.token: rotated"), "{out}");
+    wait_until(
+        "the collector to reload the token",
+        Duration::from_secs(10),
+        || (c.log_text().matches("refresh token").count() >= 2).then_some(()),
+    );
+    let before = c.flows_of(&cg).len();
+    make_flow(&cg);
+    wait_until("a flow after the rotation", Duration::from_secs(30), || {
+        (c.flows_of(&cg).len() > before).then_some(())
+    });
+    assert!(
+        d.stderr_lines()
+            .iter()
+            .any(|l| l.contains("otlp_token_reloaded")),
+        "the daemon did not report the new token"
+    );
+    assert!(!d
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("Unauthenticated")));
+
+    let cg2 = TestCgroup::new("ce-tls-stale");
+    let stale = otlp_daemon(
+        &cg2,
+        &url,
+        &[
+            "--otlp-ca-file",
+            &ca,
+            "--otlp-bearer-token-file",
+            &old.display().to_string(),
+        ],
+    );
+    assert_refused(&c, &stale, &cg2, "Unauthenticated");
+}

@@ -122,18 +122,100 @@ struct TlsMaterial {
     server_name: Option<String>,
 }
 
-/// Adds the configured headers to every request.
+/// Adds the configured headers to every request, and the bearer token.
 #[derive(Clone, Default)]
-pub struct Headers(Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
+pub struct Headers {
+    fixed: Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>,
+    token: Option<Arc<TokenFile>>,
+}
 
 impl Interceptor for Headers {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let md = req.metadata_mut();
-        for (k, v) in self.0.iter() {
+        for (k, v) in self.fixed.iter() {
             md.append(k.clone(), v.clone());
+        }
+        if let Some(t) = &self.token {
+            md.insert("authorization", t.current());
         }
         Ok(req)
     }
+}
+
+/// The token file, re-read when it changes (one stat per export request),
+/// so a rotation (scripts/stack-credentials --rotate token) reaches the
+/// daemon and the collector's bearertokenauth alike without a restart. A
+/// rewritten file that is unreadable or invalid keeps the previous token,
+/// with a warning.
+struct TokenFile {
+    path: PathBuf,
+    state: std::sync::Mutex<TokenState>,
+}
+
+struct TokenState {
+    stamp: Option<(i64, i64, u64, u64)>,
+    value: AsciiMetadataValue,
+}
+
+fn stamp(path: &Path) -> Option<(i64, i64, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.mtime(), m.mtime_nsec(), m.ino(), m.len()))
+}
+
+impl TokenFile {
+    fn load(path: &Path) -> Result<TokenFile, TransportError> {
+        let stamp = stamp(path);
+        let value = read_token(path)?;
+        Ok(TokenFile {
+            path: path.to_path_buf(),
+            state: std::sync::Mutex::new(TokenState { stamp, value }),
+        })
+    }
+
+    fn current(&self) -> AsciiMetadataValue {
+        let Ok(mut st) = self.state.lock() else {
+            // A panic while holding the lock: keep sending what we had.
+            return self
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .value
+                .clone();
+        };
+        let now = stamp(&self.path);
+        if now != st.stamp {
+            st.stamp = now;
+            match read_token(&self.path) {
+                Ok(v) => {
+                    st.value = v;
+                    tracing::info!(event = "otlp_token_reloaded", path = %self.path.display(), "bearer token file changed; using the new token");
+                }
+                Err(e) => {
+                    tracing::warn!(event = "otlp_token_reload_failed", error = %e, "keeping the previous bearer token");
+                }
+            }
+        }
+        st.value.clone()
+    }
+}
+
+fn read_token(path: &Path) -> Result<AsciiMetadataValue, TransportError> {
+    let text = read_text(path, true)?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(file_err(path, "is empty: it must hold the bearer token"));
+    }
+    if token.contains(['\n', '\r', ' ', '\t']) || !token.is_ascii() {
+        return Err(file_err(
+            path,
+            "must hold one token: printable ASCII, one line, no spaces",
+        ));
+    }
+    let mut value = AsciiMetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| file_err(path, "the token is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// The logs client the sink exports with.
@@ -271,36 +353,29 @@ impl OtlpTransport {
                 path.display()
             ));
         }
-        if let Some(path) = &s.bearer_token_file {
-            if headers.iter().any(|(k, _)| k.as_str() == "authorization") {
-                return Err(TransportError::Invalid(format!(
-                    "{} sets `authorization` and otlp_bearer_token_file is given: keep one",
-                    s.headers_file.as_deref().unwrap_or(Path::new("")).display()
-                )));
+        let token = match &s.bearer_token_file {
+            Some(path) => {
+                if headers.iter().any(|(k, _)| k.as_str() == "authorization") {
+                    return Err(TransportError::Invalid(format!(
+                        "{} sets `authorization` and otlp_bearer_token_file is given: keep one",
+                        s.headers_file.as_deref().unwrap_or(Path::new("")).display()
+                    )));
+                }
+                let t = TokenFile::load(path)?;
+                summary.push(format!("bearer token from {}", path.display()));
+                Some(Arc::new(t))
             }
-            let text = read_text(path, true)?;
-            let token = text.trim();
-            if token.is_empty() {
-                return Err(file_err(path, "is empty: it must hold the bearer token"));
-            }
-            if token.contains(['\n', '\r', ' ', '\t']) || !token.is_ascii() {
-                return Err(file_err(
-                    path,
-                    "must hold one token: printable ASCII, one line, no spaces",
-                ));
-            }
-            let mut value = AsciiMetadataValue::try_from(format!("Bearer {token}"))
-                .map_err(|_| file_err(path, "the token is not a valid header value"))?;
-            value.set_sensitive(true);
-            headers.push((AsciiMetadataKey::from_static("authorization"), value));
-            summary.push(format!("bearer token from {}", path.display()));
-        }
+            None => None,
+        };
         if s.compression == Compression::Gzip {
             summary.push("gzip".into());
         }
         Ok(OtlpTransport {
             tls,
-            headers: Headers(Arc::new(headers)),
+            headers: Headers {
+                fixed: Arc::new(headers),
+                token,
+            },
             compression: s.compression,
             summary,
         })
@@ -448,9 +523,46 @@ mod tests {
         let shown = format!("{t:?} {}", t.summary());
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("bearer token from"), "{shown}");
-        assert_eq!(t.headers.0.len(), 1);
-        assert_eq!(t.headers.0[0].1.to_str().unwrap(), "Bearer s3cr3t-token");
-        assert!(t.headers.0[0].1.is_sensitive());
+        let sent = sent_headers(&t);
+        assert_eq!(
+            sent,
+            [(
+                "authorization".to_string(),
+                "Bearer s3cr3t-token".to_string()
+            )]
+        );
+    }
+
+    fn sent_headers(t: &OtlpTransport) -> Vec<(String, String)> {
+        let mut h = t.headers.clone();
+        let req = h.call(tonic::Request::new(())).unwrap();
+        let md = req.metadata().clone().into_headers();
+        md.iter()
+            .map(|(k, v)| {
+                assert!(v.is_sensitive(), "{k} is not marked sensitive");
+                (k.to_string(), v.to_str().unwrap().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rotated_token_file_is_picked_up_and_a_broken_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = write(dir.path(), "t", "one", 0o600);
+        let s = TransportSettings {
+            bearer_token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        let t = OtlpTransport::load("https://c:4317", &s).unwrap();
+        assert_eq!(sent_headers(&t)[0].1, "Bearer one");
+        // Rotation writes a new file and renames it over the old one.
+        let next = write(dir.path(), "t.new", "two-longer", 0o600);
+        std::fs::rename(&next, &token).unwrap();
+        assert_eq!(sent_headers(&t)[0].1, "Bearer two-longer");
+        // A broken rewrite (world-readable) is refused; the last good token stays.
+        let bad = write(dir.path(), "t.bad", "three", 0o644);
+        std::fs::rename(&bad, &token).unwrap();
+        assert_eq!(sent_headers(&t)[0].1, "Bearer two-longer");
     }
 
     #[test]
@@ -467,12 +579,7 @@ mod tests {
             ..Default::default()
         };
         let t = OtlpTransport::load("https://c:4317", &s).unwrap();
-        let got: Vec<(String, String)> = t
-            .headers
-            .0
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
-            .collect();
+        let got = sent_headers(&t);
         assert_eq!(
             got,
             [

@@ -602,3 +602,48 @@ fn token_rotation_reaches_daemon_and_collector_without_a_restart() {
     );
     assert_refused(&c, &stale, &cg2, "Unauthenticated");
 }
+
+/// bearertokenauth (v0.141) reads one token per line: a token file ending
+/// in a newline also holds the EMPTY token, and then `authorization: Bearer `
+/// is accepted from anyone (verified here while writing this test). The
+/// stack's token file, as scripts/stack-credentials writes it, has no
+/// newline, so the empty token is refused; the daemon refuses a
+/// newline-terminated token file (unit test in src/export/transport.rs).
+#[test]
+fn an_empty_bearer_token_is_refused_at_the_daemon_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(&dir.path().join("pki"));
+    let t = std::fs::read_to_string(pki.join("daemon.token")).unwrap();
+    assert_eq!(
+        t,
+        t.trim(),
+        "stack-credentials wrote a token file with whitespace"
+    );
+    let c = Collector::start(dir.path(), &pki);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let code = rt.block_on(async {
+        use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+        let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", c.tls))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = LogsServiceClient::new(ch);
+        let mut req = tonic::Request::new(ExportLogsServiceRequest::default());
+        req.metadata_mut().insert(
+            "authorization",
+            tonic::metadata::AsciiMetadataValue::from_static("Bearer "),
+        );
+        match client.export(req).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        }
+    });
+    assert_eq!(code, tonic::Code::Unauthenticated);
+}

@@ -206,6 +206,18 @@ fn read_token(path: &Path) -> Result<AsciiMetadataValue, TransportError> {
     if token.is_empty() {
         return Err(file_err(path, "is empty: it must hold the bearer token"));
     }
+    // The collector's bearertokenauth (v0.141) reads one token per LINE: a
+    // file that ends in a newline also holds the EMPTY token, and then
+    // `authorization: Bearer ` is accepted from anyone (tests/tls.rs). The
+    // file is usually shared with the collector, so refuse it here.
+    if token != text {
+        return Err(file_err(
+            path,
+            "has a newline or spaces around the token: write exactly the token \
+             (printf %s \"$TOKEN\" > FILE); a trailing newline makes the collector's \
+             bearertokenauth also accept an empty token",
+        ));
+    }
     if token.contains(['\n', '\r', ' ', '\t']) || !token.is_ascii() {
         return Err(file_err(
             path,
@@ -511,7 +523,7 @@ mod tests {
     #[test]
     fn a_world_readable_token_is_refused_and_the_token_never_shows() {
         let dir = tempfile::tempdir().unwrap();
-        let token = write(dir.path(), "t", "s3cr3t-token\n", 0o644);
+        let token = write(dir.path(), "t", "s3cr3t-token", 0o644);
         let s = TransportSettings {
             bearer_token_file: Some(token.clone()),
             ..Default::default()
@@ -543,6 +555,18 @@ mod tests {
                 (k.to_string(), v.to_str().unwrap().to_string())
             })
             .collect()
+    }
+
+    #[test]
+    fn a_token_file_with_a_trailing_newline_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = write(dir.path(), "t", "abc\n", 0o600);
+        let s = TransportSettings {
+            bearer_token_file: Some(token),
+            ..Default::default()
+        };
+        let err = OtlpTransport::load("https://c:4317", &s).unwrap_err();
+        assert!(err.to_string().contains("empty token"), "{err}");
     }
 
     #[test]

@@ -16,8 +16,10 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("bpf/egress.bpf.c", "egress.skel.rs"),
     ("bpf/flow.bpf.c", "flow.skel.rs"),
     ("bpf/dns.bpf.c", "dns.skel.rs"),
+    ("bpf/lsm.bpf.c", "lsm.skel.rs"),
+    ("bpf/packet.bpf.c", "packet.skel.rs"),
 ];
-const SHARED: &[&str] = &["bpf/common.bpf.h"];
+const SHARED: &[&str] = &["bpf/common.bpf.h", "bpf/lib"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -42,7 +44,7 @@ fn main() {
         .derive_copy(true)
         .prepend_enum_name(false)
         .constified_enum_module(
-            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode",
+            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss",
         )
         .generate()
         .expect("bindgen bpf/egress.h")

@@ -29,7 +29,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define DNS_PORT 53
 #define DNS_TYPE_A 1
 #define DNS_TYPE_AAAA 28
-#define NSEC_PER_SEC 1000000000ULL
 #define PKT_MASK (DNS_MAX_PACKET - 1)
 #define NAME_MASK (DNS_NAME_LEN - 1)
 
@@ -164,19 +163,38 @@ static __always_inline __u32 skip_name(const struct scratch *s, __u32 pos)
 
 static __always_inline void remember(struct scratch *s, struct dns_answer *a)
 {
+	__u64 scope_id = s->ev.scope_cgroup_id;
+	struct scope_usage *u = usage_of(scope_id);
+	struct scope_released *r = bpf_map_lookup_elem(&scope_released, &scope_id);
+	struct egress_config *cfg = config();
 	struct dns_key k = {};
 	__u32 ttl = a->ttl;
+	long err;
 
 	if (ttl < DNS_TTL_FLOOR_S)
 		ttl = DNS_TTL_FLOOR_S;
 	if (ttl > DNS_TTL_CEILING_S)
 		ttl = DNS_TTL_CEILING_S;
-	k.scope_cgroup_id = s->ev.scope_cgroup_id;
+	k.scope_cgroup_id = scope_id;
 	k.family = a->family;
 	__builtin_memcpy(k.addr, a->addr, sizeof(k.addr));
 	s->value.expires_ns = bpf_ktime_get_boot_ns() + (__u64)ttl * NSEC_PER_SEC;
-	if (bpf_map_update_elem(&dns_cache, &k, &s->value, BPF_ANY) == -7 /* E2BIG */)
-		count_drop(DROP_DNS_CACHE_FULL);
+	/* A refreshed answer replaces its entry; a new one needs room in the
+	 * container's share of the cache. */
+	if (bpf_map_update_elem(&dns_cache, &k, &s->value, BPF_EXIST) == 0)
+		return;
+	if (u && cfg &&
+	    !within_quota(u->dns_entries, r ? r->dns_entries : 0, cfg->max_dns_per_scope)) {
+		count_loss(u, DROP_DNS_CACHE_FULL, SCOPE_LOSS_DNS_QUOTA);
+		return;
+	}
+	err = bpf_map_update_elem(&dns_cache, &k, &s->value, BPF_NOEXIST);
+	if (err == 0) {
+		if (u)
+			__sync_fetch_and_add(&u->dns_entries, 1);
+	} else if (err == -E2BIG) {
+		count_loss(u, DROP_DNS_CACHE_FULL, SCOPE_LOSS_DNS_QUOTA);
+	}
 }
 
 /* One answer record: A and AAAA addresses are remembered and reported. */
@@ -359,7 +377,6 @@ int dns_ingress(struct __sk_buff *skb)
 	} else {
 		s->ev.name_len = 0;
 	}
-	if (bpf_ringbuf_output(&events, &s->ev, sizeof(s->ev), 0))
-		count_drop(DROP_RINGBUF_FIRST + HOOK_DNS);
+	output_event(&s->ev, sizeof(s->ev), HOOK_DNS, s->ev.scope_cgroup_id);
 	return SK_PASS;
 }

@@ -1,187 +1,22 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /*
  * Decision points of clawker-egress: the cgroup sock_addr hooks (connect,
- * sendmsg, recvmsg) and socket creation. Every decision goes through
+ * sendmsg) and socket creation (inet families; lsm.bpf.c sees the rest). Every decision goes through
  * decide() -- the policy seam. A denied attempt is one record; an allowed
  * one becomes a flow (flow.bpf.c records it when it ends).
  */
 #include "common.bpf.h"
+#include "lib/scope.h"
+#include "lib/policy.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-/*
- * Is the current task in scope? Never the daemon itself; in SCOPE_ENROLLED
- * mode only tasks under an enrolled cgroup. *scope_id is the outermost
- * enrolled ancestor (0 in SCOPE_ALL mode): a container's own sub-cgroups
- * are attributed to the container.
- */
-static __always_inline bool in_scope(__u64 *scope_id)
-{
-	__u32 zero = 0;
-	struct egress_config *cfg = bpf_map_lookup_elem(&egress_config, &zero);
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-
-	*scope_id = 0;
-	if (!cfg || cfg->self_tgid == tgid)
-		return false;
-	if (cfg->scope_mode == SCOPE_ALL)
-		return true;
-
-	for (int level = 1; level <= EGRESS_SCOPE_MAX_DEPTH; level++) {
-		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
-
-		if (id == 0)
-			break;
-		if (bpf_map_lookup_elem(&scoped_cgroups, &id)) {
-			*scope_id = id;
-			return true;
-		}
-	}
-	return false;
-}
-
-/* What a decision is about. */
-struct attempt {
-	__u8 family;
-	__u8 protocol;
-	__u16 sock_type;
-	__u16 dst_port;
-	__u8 dst_ip[EGRESS_ADDR_LEN];
-};
-
-static __always_inline bool port_matches(const struct policy_rule *r, __u16 port)
-{
-	if (r->port_lo == 0 && r->port_hi == 0)
-		return true;
-	return port >= r->port_lo && port <= r->port_hi;
-}
-
-static __always_inline bool addr_matches(const struct policy_rule *r, const struct attempt *a)
-{
-	__u32 ra[4], aa[4];
-
-	if (r->kind == RULE_ANY)
-		return true;
-	if (r->family != a->family)
-		return false;
-	__builtin_memcpy(ra, r->addr, sizeof(ra));
-	__builtin_memcpy(aa, a->dst_ip, sizeof(aa));
-	for (int w = 0; w < 4; w++) {
-		int bits = (int)r->prefix_len - 32 * w;
-		__u32 mask;
-
-		if (bits <= 0)
-			break;
-		mask = bits >= 32 ? 0xffffffffu : ~((1u << (32 - bits)) - 1);
-		if ((bpf_ntohl(ra[w]) ^ bpf_ntohl(aa[w])) & mask)
-			return false;
-	}
-	return true;
-}
-
-/*
- * Which domain rules of the rule set match the name this scope cgroup
- * learned `a`'s address from (a bit per rule index), 0 if none: the DNS
- * answer was recorded in `dns_cache` before the application could read it.
- */
-static __always_inline __u64 domain_mask(const struct container_policy *cp,
-					 const struct attempt *a, __u64 scope_id)
-{
-	struct dns_key dk = {};
-	struct domain_key rk = {};
-	struct dns_value *v;
-	__u64 mask = 0, *m;
-
-	dk.scope_cgroup_id = scope_id;
-	dk.family = a->family;
-	__builtin_memcpy(dk.addr, a->dst_ip, sizeof(dk.addr));
-	v = bpf_map_lookup_elem(&dns_cache, &dk);
-	if (!v || v->expires_ns < bpf_ktime_get_boot_ns())
-		return 0;
-	rk.rule_set = cp->rule_set;
-	for (__u32 i = 0; i < DNS_MAX_SUFFIXES; i++) {
-		if (i >= v->n_suffix)
-			break;
-		rk.hash = v->suffix[i];
-		rk.wildcard = 1;
-		m = bpf_map_lookup_elem(&domain_rules, &rk);
-		if (m)
-			mask |= *m;
-		if (i == 0) {
-			rk.wildcard = 0;
-			m = bpf_map_lookup_elem(&domain_rules, &rk);
-			if (m)
-				mask |= *m;
-		}
-	}
-	return mask;
-}
-
-/* First matching rule of the container's rule set, else its default. */
-static __always_inline __u8 evaluate(const struct container_policy *cp, const struct attempt *a,
-				     __u64 scope_id)
-{
-	__u32 base = cp->rule_set * EGRESS_MAX_RULES;
-	__u64 domains = domain_mask(cp, a, scope_id);
-
-	for (__u32 i = 0; i < EGRESS_MAX_RULES; i++) {
-		__u32 key = base + i;
-		struct policy_rule *r = bpf_map_lookup_elem(&policy_rules, &key);
-
-		if (!r || r->kind == RULE_END)
-			break;
-		if (r->protocol && r->protocol != a->protocol)
-			continue;
-		if (!port_matches(r, a->dst_port))
-			continue;
-		if (r->kind == RULE_DOMAIN ? (domains >> i) & 1 : addr_matches(r, a))
-			return r->action;
-	}
-	return cp->default_action;
-}
-
-/*
- * The policy seam: every decision point asks here. An active bypass wins
- * (recorded as BYPASSED); a cgroup without a policy is observed only; raw
- * and other non-TCP/UDP sockets get the policy's raw action. In audit mode a
- * DENY is returned with EVENT_F_AUDIT set and the caller lets it through.
- */
-static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id, bool raw,
-				   __u8 *flags)
-{
-	struct bypass_entry *b = bpf_map_lookup_elem(&bypass, &scope_id);
-	struct container_policy *cp;
-	__u8 verdict;
-
-	*flags = 0;
-	if (b && b->until_ns > bpf_ktime_get_boot_ns())
-		return VERDICT_BYPASS;
-	cp = bpf_map_lookup_elem(&container_policy, &scope_id);
-	if (!cp) {
-		/* A container whose labels are not known yet: the default section. */
-		__u64 fallback = 0;
-
-		cp = bpf_map_lookup_elem(&container_policy, &fallback);
-	}
-	if (!cp)
-		return VERDICT_ALLOW; /* no policy: observe only */
-	verdict = raw ? cp->raw_action : evaluate(cp, a, scope_id);
-	if (verdict == VERDICT_DENY && cp->mode == POLICY_AUDIT)
-		*flags = EVENT_F_AUDIT;
-	return verdict;
-}
-
-static __always_inline bool enforced_deny(__u8 verdict, __u8 flags)
-{
-	return verdict == VERDICT_DENY && !(flags & EVENT_F_AUDIT);
-}
 
 /* One record for an attempt that will not become a flow. */
 static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
 					 const struct attempt *a, __u64 cookie, __u8 verdict,
 					 __u8 flags)
 {
-	struct sock_event *ev = reserve_event(sizeof(*ev), hook);
+	struct sock_event *ev = reserve_event(sizeof(*ev), hook, scope_id);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	if (!ev)
@@ -218,11 +53,26 @@ static __always_inline void set_owner(struct sock_owner *o, __u64 scope_id, __u8
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
-/* A TCP connect starts its flow here, where the caller is known. */
-static __always_inline void start_tcp_flow(struct bpf_sock_addr *ctx, const struct attempt *a,
+static __always_inline bool same_key(const struct flow_key *x, const struct flow_key *y)
+{
+	const __u64 *a = (const __u64 *)x, *b = (const __u64 *)y;
+
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/*
+ * A TCP connect starts its flow here, where the caller is known. The key is
+ * kept in the socket's storage: sock_ops and sock_release find the flow by
+ * it. A flow the table (or the container's share of it) cannot hold is
+ * counted and kept visible as an attempt.
+ */
+static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_owner *owner,
 					   __u64 scope_id, __u8 verdict, __u8 flags, __u64 cookie,
 					   enum egress_hook hook)
 {
+	struct scope_usage *u = usage_of(scope_id);
+	struct scope_released *r = bpf_map_lookup_elem(&scope_released, &scope_id);
+	struct egress_config *cfg = config();
 	struct flow_key key = {};
 	struct flow_value val = {};
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -233,6 +83,14 @@ static __always_inline void start_tcp_flow(struct bpf_sock_addr *ctx, const stru
 	key.protocol = a->protocol;
 	key.remote_port = a->dst_port;
 	__builtin_memcpy(key.remote_ip, a->dst_ip, sizeof(key.remote_ip));
+	if (owner && (owner->flags & SOCK_F_TCP_FLOW) && same_key(&owner->tcp_key, &key))
+		return; /* connect() retried on the same socket: one flow */
+	if (u && cfg &&
+	    !within_quota(u->flows, r ? r->flows : 0, cfg->max_flows_per_scope)) {
+		count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
+		emit_attempt(hook, scope_id, a, cookie, verdict, flags);
+		return;
+	}
 	val.start_ns = bpf_ktime_get_boot_ns();
 	val.last_seen_ns = val.start_ns;
 	val.cgroup_id = bpf_get_current_cgroup_id();
@@ -243,10 +101,16 @@ static __always_inline void start_tcp_flow(struct bpf_sock_addr *ctx, const stru
 	val.flags = (flags & EVENT_F_AUDIT) ? FLOW_F_AUDIT : 0;
 	bpf_get_current_comm(val.comm, sizeof(val.comm));
 	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
-	if (err && err != -17 /* EEXIST: connect() retried on the same socket */) {
-		/* Table full: count it, and keep the attempt visible. */
-		count_drop(DROP_FLOW_TABLE_FULL);
+	if (err && err != -EEXIST) {
+		count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
 		emit_attempt(hook, scope_id, a, cookie, verdict, flags);
+		return;
+	}
+	if (!err && u)
+		__sync_fetch_and_add(&u->flows, 1);
+	if (owner) {
+		owner->tcp_key = key;
+		owner->flags |= SOCK_F_TCP_FLOW;
 	}
 }
 
@@ -266,6 +130,7 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 				ctx->user_ip6[3] };
 		set_addr(a.dst_ip, &a.family, v6 ? AF_INET6 : AF_INET, d6, ctx->user_ip4);
 	}
+	normalize_dst(a.dst_ip, a.family);
 	a.protocol = ctx->protocol;
 	a.sock_type = ctx->type;
 	a.dst_port = bpf_ntohs((__u16)ctx->user_port);
@@ -282,7 +147,7 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 			return SK_PASS;
 		if (owner)
 			set_owner(owner, scope_id, verdict, SOCK_F_TCP_PENDING);
-		start_tcp_flow(ctx, &a, scope_id, verdict, flags, cookie, hook);
+		start_tcp_flow(&a, owner, scope_id, verdict, flags, cookie, hook);
 	} else if (owner) {
 		/* Datagram flows start at their first packet (flow.bpf.c). */
 		set_owner(owner, scope_id, verdict, (flags & EVENT_F_AUDIT) ? SOCK_F_AUDIT : 0);
@@ -312,23 +177,6 @@ SEC("cgroup/sendmsg6")
 int egress_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return on_sock_addr(ctx, HOOK_SENDMSG6, true, false);
-}
-
-/*
- * recvmsg programs must return 1 (verifier). Received datagrams are counted
- * per flow by the cgroup_skb ingress program; these stay attached as the
- * hook the DNS answer path will use.
- */
-SEC("cgroup/recvmsg4")
-int egress_recvmsg4(struct bpf_sock_addr *ctx)
-{
-	return SK_PASS;
-}
-
-SEC("cgroup/recvmsg6")
-int egress_recvmsg6(struct bpf_sock_addr *ctx)
-{
-	return SK_PASS;
 }
 
 /*

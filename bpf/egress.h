@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define EGRESS_ABI_VERSION 2
+#define EGRESS_ABI_VERSION 3
 
 #define EGRESS_COMM_LEN 16
 #define EGRESS_ADDR_LEN 16 /* IPv4 uses the first 4 bytes, network order */
@@ -50,15 +50,16 @@ enum egress_hook {
 	HOOK_CONNECT6 = 1,
 	HOOK_SENDMSG4 = 2,
 	HOOK_SENDMSG6 = 3,
-	HOOK_RECVMSG4 = 4,
-	HOOK_RECVMSG6 = 5,
+	/* 4, 5: retired (recvmsg4/6, never emitted a record) */
 	HOOK_SOCK_CREATE = 6,
 	HOOK_SOCK_OPS = 7,
 	HOOK_SKB_EGRESS = 8,
 	HOOK_SKB_INGRESS = 9,
 	HOOK_SOCK_RELEASE = 10,
 	HOOK_DNS = 11,
-	HOOK_MAX = 12,
+	HOOK_LSM_SOCKET = 12, /* lsm_cgroup/socket_create: every socket family */
+	HOOK_PACKET_SEND = 13, /* tp_btf/sock_send_length: non-inet sends */
+	HOOK_MAX = 14,
 };
 
 /* What the policy decided (D3). */
@@ -115,10 +116,28 @@ struct sock_event {
 /* sock_event.flags */
 #define EVENT_F_AUDIT 0x1 /* DENY decided in audit mode: not enforced */
 
+/* /proc/<pid>/stat start times are in clock ticks (USER_HZ = 100). */
+#define EGRESS_CLOCK_TICK_NS 10000000ULL
+
 /* Single-entry array `egress_config`, written by user space at start-up. */
 struct egress_config {
-	__u32 self_tgid;  /* the daemon: its own traffic is never recorded */
-	__u32 scope_mode; /* enum egress_scope_mode */
+	/* the daemon: its own traffic is never recorded. Matched by tgid AND
+	 * start time, cleared when it stops (a reused pid is not exempt). */
+	__u32 self_tgid;
+	__u32 scope_mode;        /* enum egress_scope_mode */
+	__u64 self_start_ticks;  /* field 22 of /proc/<self_tgid>/stat */
+	/* Per-container record budget (P14): one record per interval on
+	 * average, bursts up to burst_ns ahead (0 interval: no limit). */
+	__u64 record_interval_ns;
+	__u64 record_burst_ns;
+	/* Per-container share of the shared tables (0: no quota). */
+	__u32 max_flows_per_scope;
+	__u32 max_dns_per_scope;
+	/* The cgroup the programs are attached to and its depth below the v2
+	 * root: programs on global hooks (tracepoints) keep to its subtree. */
+	__u64 attach_cgroup_id;
+	__u32 attach_level;
+	__u32 _pad;
 };
 
 /*
@@ -131,9 +150,35 @@ enum egress_drop {
 	DROP_RINGBUF_FIRST = 0,
 	/* a new flow found the flow table full: it is recorded as an attempt only */
 	DROP_FLOW_TABLE_FULL = HOOK_MAX,
-	/* a DNS answer found dns_cache full: that address gets no domain verdict */
+	/* a DNS answer found dns_cache (or its container's share) full: that
+	 * address gets no domain verdict */
 	DROP_DNS_CACHE_FULL,
+	/* the container's record budget was spent: the record was not written */
+	DROP_RATE_LIMITED,
 	DROP_MAX,
+};
+
+/* Per-container loss reasons: `scope_usage.lost[]`. */
+enum scope_loss {
+	SCOPE_LOSS_RATE_LIMITED = 0, /* its record budget was spent */
+	SCOPE_LOSS_RINGBUF_FULL = 1, /* the ring buffer was full */
+	SCOPE_LOSS_FLOW_QUOTA = 2,   /* flow not tracked: table or its share full */
+	SCOPE_LOSS_DNS_QUOTA = 3,    /* answer not cached: cache or its share full */
+	SCOPE_LOSS_MAX = 4,
+};
+
+/* `scope_usage` value, per scope cgroup: written by the kernel only. */
+struct scope_usage {
+	__u64 tat_ns;      /* GCRA: when the record budget is full again */
+	__u64 flows;       /* `flows` entries made, minus those the kernel removed */
+	__u64 dns_entries; /* `dns_cache` entries made */
+	__u64 lost[SCOPE_LOSS_MAX];
+};
+
+/* `scope_released` value, per scope cgroup: written by user space only. */
+struct scope_released {
+	__u64 flows;       /* `flows` entries user space removed */
+	__u64 dns_entries; /* `dns_cache` entries user space expired */
 };
 
 /* How a flow ended. */
@@ -147,6 +192,7 @@ enum close_reason {
 	CLOSE_SOCKET = 6,       /* a datagram/raw socket was closed */
 	CLOSE_IDLE = 7,         /* no packet for the idle timeout */
 	CLOSE_DENIED = 8,       /* the policy denied it: nothing flowed */
+	CLOSE_POLICY = 9,       /* ended by a policy change (reload, bypass end) */
 };
 
 /*
@@ -165,6 +211,7 @@ struct flow_key {
 /* flow_value.flags */
 #define FLOW_F_SYN_SENT 0x1 /* sock_ops saw the SYN: it will end this flow */
 #define FLOW_F_AUDIT 0x2    /* its DENY verdict was not enforced (audit mode) */
+#define FLOW_F_POLICY_END 0x4 /* ended by a policy change: close_reason=policy */
 
 /* `flows` map value: identity at creation, counters kept up to date. */
 struct flow_value {
@@ -217,6 +264,8 @@ struct sock_release_event {
 #define SOCK_F_TCP_PENDING 0x2 /* connect() allowed, no SYN yet */
 #define SOCK_F_AUDIT 0x4       /* its last decision was an unenforced DENY */
 
+#define SOCK_F_TCP_FLOW 0x8    /* tcp_key names this socket's TCP flow */
+
 /* Per-socket storage: who owns a socket in scope (set in process context). */
 struct sock_owner {
 	__u64 cgroup_id;
@@ -228,6 +277,9 @@ struct sock_owner {
 	__u8 verdict;
 	__u8 _pad[3];
 	char comm[EGRESS_COMM_LEN];
+	/* The TCP flow's key as connect() decided it: sock_ops and release
+	 * find the flow by it, never by re-deriving the address. */
+	struct flow_key tcp_key;
 };
 
 /* policy_rule.kind */

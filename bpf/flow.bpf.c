@@ -20,8 +20,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define RCV_SHUTDOWN 1
-#define NSEC_PER_SEC 1000000000ULL
-#define E2BIG 7
 
 /* Kernel types read with CO-RE (the suffix is dropped when matching). */
 struct sock___ce {
@@ -92,23 +90,11 @@ static __always_inline __u8 close_reason(__u32 old_state, int err)
 	return CLOSE_FIN;
 }
 
-static __always_inline void ops_key(struct bpf_sock_ops *ctx, struct flow_key *key)
-{
-	__u32 r6[4] = { ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2],
-			ctx->remote_ip6[3] };
-
-	key->sock_cookie = bpf_get_socket_cookie(ctx);
-	set_addr(key->remote_ip, &key->family, ctx->family, r6, ctx->remote_ip4);
-	key->remote_port = bpf_ntohl(ctx->remote_port);
-	key->protocol = IPPROTO_TCP;
-}
-
 static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct sock_owner *owner;
 	struct flow_value *v;
-	struct flow_key key = {};
 
 	if (!sk)
 		return;
@@ -116,8 +102,9 @@ static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 	if (!owner)
 		return; /* not in scope */
 	owner->flags &= ~SOCK_F_TCP_PENDING;
-	ops_key(ctx, &key);
-	v = bpf_map_lookup_elem(&flows, &key);
+	if (!(owner->flags & SOCK_F_TCP_FLOW))
+		return; /* no flow entry (table or quota full): nothing to end */
+	v = bpf_map_lookup_elem(&flows, &owner->tcp_key);
 	if (v)
 		v->flags |= FLOW_F_SYN_SENT;
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -127,14 +114,22 @@ static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_sta
 {
 	struct flow_end_event *ev;
 	struct tcp_counters c = {};
-	struct flow_key key = {};
+	struct sock_owner *owner;
+	struct scope_usage *u;
+	struct flow_key key;
 	struct flow_value *v;
 
-	ops_key(ctx, &key);
+	if (!ctx->sk)
+		return;
+	owner = bpf_sk_storage_get(&sock_owners, ctx->sk, 0, 0);
+	if (!owner || !(owner->flags & SOCK_F_TCP_FLOW))
+		return;
+	key = owner->tcp_key;
+	owner->flags &= ~SOCK_F_TCP_FLOW;
 	v = bpf_map_lookup_elem(&flows, &key);
 	if (!v)
 		return;
-	ev = reserve_event(sizeof(*ev), HOOK_SOCK_OPS);
+	ev = reserve_event(sizeof(*ev), HOOK_SOCK_OPS, v->scope_cgroup_id);
 	if (ev) {
 		__builtin_memset(ev, 0, sizeof(*ev));
 		fill_header(&ev->hdr, EVENT_KIND_FLOW_END, sizeof(*ev), HOOK_SOCK_OPS);
@@ -156,11 +151,14 @@ static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_sta
 		ev->value.local_port = ctx->local_port;
 		ev->end_ns = bpf_ktime_get_boot_ns();
 		ev->sk_err = c.sk_err;
-		ev->close_reason = close_reason(old_state, c.sk_err);
+		ev->close_reason = (v->flags & FLOW_F_POLICY_END) ? CLOSE_POLICY
+								  : close_reason(old_state, c.sk_err);
 		bpf_ringbuf_submit(ev, 0);
 	}
 	/* Ended exactly once: the record is out (or its loss counted). */
-	bpf_map_delete_elem(&flows, &key);
+	u = bpf_map_lookup_elem(&scope_usage, &v->scope_cgroup_id);
+	if (bpf_map_delete_elem(&flows, &key) == 0 && u)
+		__sync_fetch_and_add(&u->flows, -1);
 }
 
 SEC("sockops")
@@ -184,24 +182,16 @@ int flow_sockops(struct bpf_sock_ops *ctx)
  * in the socket's own storage: a bulk transfer costs one storage lookup and
  * a clock read per packet, and a flow-table lookup once a second.
  */
-static __always_inline void refresh_tcp(struct __sk_buff *skb, struct bpf_sock *sk,
-					struct sock_owner *owner)
+static __always_inline void refresh_tcp(struct bpf_sock *sk, struct sock_owner *owner)
 {
 	struct tcp_counters c = {};
-	struct flow_key key = {};
 	struct flow_value *v;
 	__u64 now = bpf_ktime_get_boot_ns();
 
-	if (now - owner->tcp_refreshed_ns < NSEC_PER_SEC)
+	if (!(owner->flags & SOCK_F_TCP_FLOW) || now - owner->tcp_refreshed_ns < NSEC_PER_SEC)
 		return;
 	owner->tcp_refreshed_ns = now;
-	__u32 d6[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
-
-	key.sock_cookie = bpf_get_socket_cookie(skb);
-	set_addr(key.remote_ip, &key.family, sk->family, d6, sk->dst_ip4);
-	key.remote_port = bpf_ntohs(sk->dst_port);
-	key.protocol = IPPROTO_TCP;
-	v = bpf_map_lookup_elem(&flows, &key);
+	v = bpf_map_lookup_elem(&flows, &owner->tcp_key);
 	if (!v)
 		return;
 	v->last_seen_ns = now;
@@ -273,9 +263,16 @@ static __always_inline bool parse(struct __sk_buff *skb, bool egress, struct pkt
 /* A datagram socket talking to a new endpoint starts a flow (egress only). */
 static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_owner *o)
 {
+	struct scope_usage *u = usage_of(o->scope_cgroup_id);
+	struct scope_released *r = bpf_map_lookup_elem(&scope_released, &o->scope_cgroup_id);
+	struct egress_config *cfg = config();
 	struct flow_value val = {};
 	long err;
 
+	if (u && cfg && !within_quota(u->flows, r ? r->flows : 0, cfg->max_flows_per_scope)) {
+		count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
+		return NULL;
+	}
 	val.start_ns = bpf_ktime_get_boot_ns();
 	val.last_seen_ns = val.start_ns;
 	val.cgroup_id = o->cgroup_id;
@@ -289,9 +286,11 @@ static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_
 	val.local_port = p->local_port;
 	err = bpf_map_update_elem(&flows, &p->key, &val, BPF_NOEXIST);
 	if (err == -E2BIG) {
-		count_drop(DROP_FLOW_TABLE_FULL);
+		count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
 		return NULL;
 	}
+	if (!err && u)
+		__sync_fetch_and_add(&u->flows, 1);
 	o->flags |= SOCK_F_HAS_FLOWS;
 	return bpf_map_lookup_elem(&flows, &p->key);
 }
@@ -337,7 +336,7 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 	if (!owner)
 		return SK_PASS; /* not a socket in scope: the cheap common exit */
 	if (sk->protocol == IPPROTO_TCP)
-		refresh_tcp(skb, sk, owner);
+		refresh_tcp(sk, owner);
 	else
 		count_datagram(skb, owner, egress);
 	return SK_PASS;
@@ -368,7 +367,7 @@ int flow_sock_release(struct bpf_sock *sk)
 
 	if (!owner || !(owner->flags & (SOCK_F_HAS_FLOWS | SOCK_F_TCP_PENDING)))
 		return SK_PASS;
-	ev = reserve_event(sizeof(*ev), HOOK_SOCK_RELEASE);
+	ev = reserve_event(sizeof(*ev), HOOK_SOCK_RELEASE, owner->scope_cgroup_id);
 	if (!ev)
 		return SK_PASS;
 	fill_header(&ev->hdr, EVENT_KIND_SOCK_RELEASE, sizeof(*ev), HOOK_SOCK_RELEASE);

@@ -84,6 +84,18 @@ pub struct Config {
     /// inspect of a starting container only once it has started.
     #[serde(with = "humantime_serde")]
     pub attribution_wait: Duration,
+    /// Records per second one container may put on the ring buffer (P14;
+    /// 0: no limit). Its excess is lost, counted and reported for it only.
+    pub container_record_rate: u32,
+    /// Records one container may write in a burst above its rate.
+    pub container_record_burst: u32,
+    /// Open flows one container may hold in the kernel's flow table.
+    pub container_max_flows: u32,
+    /// DNS answers one container may hold in the kernel's DNS cache.
+    pub container_max_dns_answers: u32,
+    /// How often per-container losses become `records_lost` records ("10s").
+    #[serde(with = "humantime_serde")]
+    pub loss_report_interval: Duration,
 }
 
 impl Default for Config {
@@ -111,6 +123,11 @@ impl Default for Config {
             agent_label: "dev.clawker.agent".into(),
             project_label: "dev.clawker.project".into(),
             attribution_wait: Duration::from_secs(1),
+            container_record_rate: crate::kernel::Fairness::default().records_per_sec,
+            container_record_burst: crate::kernel::Fairness::default().record_burst,
+            container_max_flows: crate::kernel::Fairness::default().max_flows_per_container,
+            container_max_dns_answers: crate::kernel::Fairness::default().max_dns_per_container,
+            loss_report_interval: Duration::from_secs(10),
         }
     }
 }
@@ -158,6 +175,15 @@ pub struct Overrides {
         with = "humantime_serde::option"
     )]
     pub flow_active_interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_record_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_record_burst: Option<u32>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub loss_report_interval: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +254,23 @@ impl Config {
                     .into(),
             ));
         }
+        if self.container_max_flows > crate::kernel::abi::EGRESS_MAX_FLOWS
+            || self.container_max_dns_answers > crate::kernel::abi::EGRESS_MAX_DNS_ENTRIES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "container_max_flows = {}, container_max_dns_answers = {}: at most the kernel tables' {} and {} entries",
+                self.container_max_flows,
+                self.container_max_dns_answers,
+                crate::kernel::abi::EGRESS_MAX_FLOWS,
+                crate::kernel::abi::EGRESS_MAX_DNS_ENTRIES
+            )));
+        }
+        if self.loss_report_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(format!(
+                "loss_report_interval = {:?}: at least 100ms",
+                self.loss_report_interval
+            )));
+        }
         if self.attribution_wait > Duration::from_secs(60) {
             return Err(ConfigError::Invalid(format!(
                 "attribution_wait = {:?}: at most 60s (records wait in memory)",
@@ -264,6 +307,16 @@ impl Config {
         crate::attribute::LabelPolicy {
             agent_key: self.agent_label.clone(),
             project_key: self.project_label.clone(),
+        }
+    }
+
+    /// The per-container limits the kernel enforces.
+    pub fn fairness(&self) -> crate::kernel::Fairness {
+        crate::kernel::Fairness {
+            records_per_sec: self.container_record_rate,
+            record_burst: self.container_record_burst,
+            max_flows_per_container: self.container_max_flows,
+            max_dns_per_container: self.container_max_dns_answers,
         }
     }
 

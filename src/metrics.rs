@@ -35,6 +35,9 @@ pub enum DropReason {
     /// A DNS answer found the kernel's DNS cache full: that address gets no
     /// domain verdict (its name may still appear in the DNS record).
     DnsCacheFull,
+    /// A container spent its record budget (P14): its record was not
+    /// written, so a flood costs only the flooder's own records.
+    RateLimited,
 }
 
 impl DropReason {
@@ -45,6 +48,7 @@ impl DropReason {
             DropReason::SinkFailure => "sink_failure",
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::DnsCacheFull => "dns_cache_full",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -85,11 +89,13 @@ struct SinkCauseLabels {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KernelReading {
     /// Failed ring buffer reservations per hook, indexed by `Hook::raw()`.
-    pub ringbuf_drops: [u64; Hook::ALL.len()],
+    pub ringbuf_drops: [u64; crate::kernel::abi::egress_hook::HOOK_MAX as usize],
     /// New flows the kernel could not track (table full).
     pub flow_table_full: u64,
     /// DNS answers the kernel could not cache (cache full).
     pub dns_cache_full: u64,
+    /// Records not written because their container's budget was spent.
+    pub rate_limited: u64,
     pub ringbuf_used_bytes: u64,
     pub ringbuf_size_bytes: u64,
 }
@@ -113,8 +119,37 @@ pub struct Metrics {
     ringbuf_used: Gauge,
     ringbuf_size: Gauge,
     /// Kernel drop totals already folded into the counters.
-    kernel_seen: Mutex<KernelReading>,
+    kernel_seen: Mutex<KernelSeen>,
+    container_lost: Family<AgentReasonLabels, Counter>,
+    /// (agent, project) pairs with their own series; past the cap, `_other`.
+    agent_series: Mutex<std::collections::HashSet<(String, String)>>,
 }
+
+/// Distinct (agent, project) label pairs a per-agent family may hold.
+const AGENT_SERIES_CAP: usize = 1000;
+/// The label value of everything past the cap (and of unlabelled records).
+const OTHER: &str = "_other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentReasonLabels {
+    agent: String,
+    project: String,
+    reason: &'static str,
+}
+
+/// What `observe_kernel` folded in so far, and when it last warned.
+#[derive(Default)]
+struct KernelSeen {
+    ringbuf_drops: [u64; crate::kernel::abi::egress_hook::HOOK_MAX as usize],
+    flow_table_full: u64,
+    dns_cache_full: u64,
+    rate_limited: u64,
+    warned_ringbuf: u64,
+    last_warn: Option<std::time::Instant>,
+}
+
+/// At most one `kernel_drops` warning per interval.
+const DROP_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Metrics {
     pub fn new() -> Self {
@@ -132,7 +167,9 @@ impl Metrics {
             attribution_wait: Histogram::new(ATTRIBUTION_WAIT_BUCKETS),
             ringbuf_used: Gauge::default(),
             ringbuf_size: Gauge::default(),
-            kernel_seen: Mutex::new(KernelReading::default()),
+            kernel_seen: Mutex::new(KernelSeen::default()),
+            container_lost: Family::default(),
+            agent_series: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -142,7 +179,7 @@ impl Metrics {
         );
         registry.register(
             "events_dropped",
-            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure)",
+            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, rate_limited)",
             m.dropped.clone(),
         );
         // Every reason from the first scrape, so a query or an alert on
@@ -153,9 +190,15 @@ impl Metrics {
             DropReason::SinkFailure,
             DropReason::FlowTableFull,
             DropReason::DnsCacheFull,
+            DropReason::RateLimited,
         ] {
             m.dropped(reason, 0);
         }
+        registry.register(
+            "container_records_lost",
+            "Records a container lost in the kernel, by agent, project and reason (rate_limited, ringbuf_full, flow_not_tracked, dns_not_cached); at most 1000 agent/project pairs, the rest as _other",
+            m.container_lost.clone(),
+        );
         registry.register(
             "flows",
             "Flow records made, by state (ended, active: an interim report)",
@@ -250,6 +293,42 @@ impl Metrics {
         self.dropped(DropReason::SinkFailure, n);
     }
 
+    /// A container lost `n` records for `reason` (from its in-band report).
+    pub fn container_lost(
+        &self,
+        agent: Option<&str>,
+        project: Option<&str>,
+        reason: &'static str,
+        n: u64,
+    ) {
+        let (agent, project) = self.agent_labels(agent, project);
+        self.container_lost
+            .get_or_create(&AgentReasonLabels {
+                agent,
+                project,
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    /// Bounded per-agent label values: the first AGENT_SERIES_CAP pairs keep
+    /// their own series, later ones (and records without labels) are `_other`.
+    fn agent_labels(&self, agent: Option<&str>, project: Option<&str>) -> (String, String) {
+        let pair = (
+            agent.unwrap_or(OTHER).to_owned(),
+            project.unwrap_or(OTHER).to_owned(),
+        );
+        let Ok(mut seen) = self.agent_series.lock() else {
+            return (OTHER.into(), OTHER.into());
+        };
+        if seen.contains(&pair) || seen.len() < AGENT_SERIES_CAP {
+            seen.insert(pair.clone());
+            pair
+        } else {
+            (OTHER.into(), OTHER.into())
+        }
+    }
+
     pub fn unattributed(&self) {
         self.unattributed.inc();
     }
@@ -268,9 +347,10 @@ impl Metrics {
 
     /// Fold a reading of the kernel counters in (monotonic deltas).
     pub fn observe_kernel(&self, reading: &KernelReading) {
-        let Ok(mut seen) = self.kernel_seen.lock() else {
+        let Ok(mut guard) = self.kernel_seen.lock() else {
             return;
         };
+        let seen = &mut *guard;
         for hook in Hook::ALL {
             let i = hook.raw() as usize;
             let delta = reading.ringbuf_drops[i].saturating_sub(seen.ringbuf_drops[i]);
@@ -282,15 +362,53 @@ impl Metrics {
                 self.dropped(DropReason::RingbufFull, delta);
             }
         }
-        let delta = reading.flow_table_full.saturating_sub(seen.flow_table_full);
-        if delta > 0 {
-            seen.flow_table_full = reading.flow_table_full;
-            self.dropped(DropReason::FlowTableFull, delta);
+        let mut lost = 0;
+        for (now, seen, reason) in [
+            (
+                reading.flow_table_full,
+                &mut seen.flow_table_full,
+                DropReason::FlowTableFull,
+            ),
+            (
+                reading.dns_cache_full,
+                &mut seen.dns_cache_full,
+                DropReason::DnsCacheFull,
+            ),
+            (
+                reading.rate_limited,
+                &mut seen.rate_limited,
+                DropReason::RateLimited,
+            ),
+        ] {
+            let delta = now.saturating_sub(*seen);
+            if delta > 0 {
+                *seen = now;
+                lost += delta;
+                self.dropped(reason, delta);
+            }
         }
-        let delta = reading.dns_cache_full.saturating_sub(seen.dns_cache_full);
-        if delta > 0 {
-            seen.dns_cache_full = reading.dns_cache_full;
-            self.dropped(DropReason::DnsCacheFull, delta);
+        // Tetragon's convention: counters graph and alert, the log says when
+        // it started (at most one line per interval while it goes on).
+        lost += Hook::ALL
+            .iter()
+            .map(|h| reading.ringbuf_drops[h.raw() as usize])
+            .sum::<u64>()
+            .saturating_sub(seen.warned_ringbuf);
+        seen.warned_ringbuf = Hook::ALL
+            .iter()
+            .map(|h| reading.ringbuf_drops[h.raw() as usize])
+            .sum();
+        if lost > 0
+            && seen
+                .last_warn
+                .is_none_or(|t| t.elapsed() >= DROP_WARN_EVERY)
+        {
+            seen.last_warn = Some(std::time::Instant::now());
+            tracing::warn!(
+                event = "kernel_drops",
+                lost,
+                "the kernel lost records (see clawker_egress_events_dropped_total by reason)"
+            );
         }
         self.ringbuf_used
             .set(i64::try_from(reading.ringbuf_used_bytes).unwrap_or(i64::MAX));

@@ -12,14 +12,14 @@ pub enum Hook {
     Connect6,
     Sendmsg4,
     Sendmsg6,
-    Recvmsg4,
-    Recvmsg6,
     SockCreate,
     SockOps,
     SkbEgress,
     SkbIngress,
     SockRelease,
     Dns,
+    LsmSocket,
+    PacketSend,
 }
 
 impl Hook {
@@ -28,14 +28,14 @@ impl Hook {
         Hook::Connect6,
         Hook::Sendmsg4,
         Hook::Sendmsg6,
-        Hook::Recvmsg4,
-        Hook::Recvmsg6,
         Hook::SockCreate,
         Hook::SockOps,
         Hook::SkbEgress,
         Hook::SkbIngress,
         Hook::SockRelease,
         Hook::Dns,
+        Hook::LsmSocket,
+        Hook::PacketSend,
     ];
 
     pub fn from_raw(raw: u32) -> Option<Hook> {
@@ -44,14 +44,14 @@ impl Hook {
             h::HOOK_CONNECT6 => Hook::Connect6,
             h::HOOK_SENDMSG4 => Hook::Sendmsg4,
             h::HOOK_SENDMSG6 => Hook::Sendmsg6,
-            h::HOOK_RECVMSG4 => Hook::Recvmsg4,
-            h::HOOK_RECVMSG6 => Hook::Recvmsg6,
             h::HOOK_SOCK_CREATE => Hook::SockCreate,
             h::HOOK_SOCK_OPS => Hook::SockOps,
             h::HOOK_SKB_EGRESS => Hook::SkbEgress,
             h::HOOK_SKB_INGRESS => Hook::SkbIngress,
             h::HOOK_SOCK_RELEASE => Hook::SockRelease,
             h::HOOK_DNS => Hook::Dns,
+            h::HOOK_LSM_SOCKET => Hook::LsmSocket,
+            h::HOOK_PACKET_SEND => Hook::PacketSend,
             _ => return None,
         })
     }
@@ -63,14 +63,14 @@ impl Hook {
             Hook::Connect6 => h::HOOK_CONNECT6,
             Hook::Sendmsg4 => h::HOOK_SENDMSG4,
             Hook::Sendmsg6 => h::HOOK_SENDMSG6,
-            Hook::Recvmsg4 => h::HOOK_RECVMSG4,
-            Hook::Recvmsg6 => h::HOOK_RECVMSG6,
             Hook::SockCreate => h::HOOK_SOCK_CREATE,
             Hook::SockOps => h::HOOK_SOCK_OPS,
             Hook::SkbEgress => h::HOOK_SKB_EGRESS,
             Hook::SkbIngress => h::HOOK_SKB_INGRESS,
             Hook::SockRelease => h::HOOK_SOCK_RELEASE,
             Hook::Dns => h::HOOK_DNS,
+            Hook::LsmSocket => h::HOOK_LSM_SOCKET,
+            Hook::PacketSend => h::HOOK_PACKET_SEND,
         }
     }
 
@@ -80,14 +80,14 @@ impl Hook {
             Hook::Connect6 => "connect6",
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Sendmsg6 => "sendmsg6",
-            Hook::Recvmsg4 => "recvmsg4",
-            Hook::Recvmsg6 => "recvmsg6",
             Hook::SockCreate => "sock_create",
             Hook::SockOps => "sock_ops",
             Hook::SkbEgress => "skb_egress",
             Hook::SkbIngress => "skb_ingress",
             Hook::SockRelease => "sock_release",
             Hook::Dns => "dns",
+            Hook::LsmSocket => "lsm_socket",
+            Hook::PacketSend => "packet_send",
         }
     }
 }
@@ -154,6 +154,8 @@ pub enum CloseReason {
     /// No packet for the idle timeout.
     Idle,
     Denied,
+    /// Ended by a policy change (reload or bypass end) that denies it.
+    Policy,
 }
 
 impl CloseReason {
@@ -168,6 +170,7 @@ impl CloseReason {
             c::CLOSE_SOCKET => CloseReason::SocketClosed,
             c::CLOSE_IDLE => CloseReason::Idle,
             c::CLOSE_DENIED => CloseReason::Denied,
+            c::CLOSE_POLICY => CloseReason::Policy,
             _ => return None,
         })
     }
@@ -182,6 +185,7 @@ impl CloseReason {
             CloseReason::SocketClosed => "socket_closed",
             CloseReason::Idle => "idle",
             CloseReason::Denied => "denied",
+            CloseReason::Policy => "policy",
         }
     }
 }

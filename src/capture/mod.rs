@@ -6,6 +6,7 @@ mod clock;
 mod decode;
 mod drain;
 mod event;
+mod loss;
 
 pub use clock::BootClock;
 pub use decode::{decode, decode_flow, DecodeError};
@@ -13,3 +14,4 @@ pub use drain::{spawn_drain, DrainHandle};
 pub use event::{
     CloseReason, Counters, DnsAnswer, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
 };
+pub use loss::{ContainerLoss, LossReporter};

@@ -109,6 +109,15 @@ pub struct RunArgs {
     /// Interim `active` record interval for open flows (e.g. 5m).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub flow_active_interval: Option<std::time::Duration>,
+    /// Records per second one container may write (0: no limit).
+    #[arg(long, value_name = "N")]
+    pub container_record_rate: Option<u32>,
+    /// Records one container may write in a burst above its rate.
+    #[arg(long, value_name = "N")]
+    pub container_record_burst: Option<u32>,
+    /// How often per-container losses are reported (`records_lost`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub loss_report_interval: Option<std::time::Duration>,
 }
 
 impl CommonArgs {
@@ -139,6 +148,9 @@ impl RunArgs {
             policy_file: self.policy_file.clone(),
             flow_idle_timeout: self.flow_idle_timeout,
             flow_active_interval: self.flow_active_interval,
+            container_record_rate: self.container_record_rate,
+            container_record_burst: self.container_record_burst,
+            loss_report_interval: self.loss_report_interval,
             ..self.common.overrides()
         }
     }

@@ -16,13 +16,13 @@ use tokio::task::JoinHandle;
 use super::check::{cgroup_dir, require_privileges};
 use super::RunArgs;
 use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
-use crate::capture::{spawn_drain, BootClock, Hook};
+use crate::capture::{spawn_drain, BootClock, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
 use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, OtlpTransport, StdoutSink};
 use crate::flow::FlowStage;
 use crate::kernel::{
-    self, abi, AttachOptions, Attached, DnsCache, FlowMaps, PolicyMaps, RingbufFill,
+    self, abi, AttachOptions, Attached, DnsCache, FlowMaps, PolicyMaps, RingbufFill, ScopeUsage,
 };
 use crate::metrics::{self, KernelReading, Metrics};
 use crate::pipeline::Pipeline;
@@ -69,6 +69,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             Scope::Containers => abi::egress_scope_mode::SCOPE_ENROLLED,
             _ => abi::egress_scope_mode::SCOPE_ALL,
         },
+        fairness: config.fairness(),
     })
     .with_context(|| format!("attach to {}", cgroup.display()))?;
     tracing::info!(
@@ -90,7 +91,14 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     tracing::info!(event = "metrics_listening", addr = %listener.local_addr()?, "Prometheus endpoint up");
     tokio::spawn(metrics::serve(listener, metrics.clone(), refresh.clone()));
     tokio::spawn(refresh_periodically(refresh.clone()));
-    tokio::spawn(expire_dns_answers(DnsCache::new(&attached.dns_cache)?));
+    let usage = Arc::new(ScopeUsage::new(
+        &attached.scope_usage,
+        &attached.scope_released,
+    )?);
+    tokio::spawn(expire_dns_answers(DnsCache::new(
+        &attached.dns_cache,
+        usage.clone(),
+    )?));
 
     let (sink_tx, sinks) = start_sinks(&config, transport.as_ref(), metrics.clone())?;
     let cp_logs = cp_rx
@@ -101,11 +109,20 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
     let clock = BootClock::calibrate();
     let flows = FlowStage::new(
-        FlowMaps::new(&attached.flows, &attached.flow_reported)?,
+        FlowMaps::new(&attached.flows, &attached.flow_reported, usage.clone())?,
         clock,
         config.flow_options(),
         metrics.clone(),
     );
+    let losses = LossReporter::new(
+        usage.clone(),
+        match scope {
+            Scope::Containers => Some(kernel::ScopedCgroups::new(&attached.scoped_cgroups)?),
+            _ => None,
+        },
+        config.loss_report_interval,
+    );
+    let loss_task = tokio::spawn(losses.run::<crate::flow::Observation>(flow_tx.clone()));
     let flow_stage = tokio::spawn(flows.run(event_rx, flow_tx));
     let drain = spawn_drain(
         kernel::MapHandle::try_from(&attached.events).context("ring buffer handle")?,
@@ -142,6 +159,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     );
     tokio::task::spawn_blocking(move || drain.stop_and_join()).await?;
     flow_stage.await?;
+    loss_task.abort();
     pipeline.await?;
     drop(attribution);
     for sink in sinks {
@@ -151,6 +169,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         cp.finish().await;
     }
     refresh();
+    // Last: until the sinks are flushed the daemon's own traffic stays exempt.
+    if let Err(e) = kernel::forget_self(&attached) {
+        tracing::warn!(event = "self_exemption_kept", error = %e, "could not clear the daemon's exemption");
+    }
     tracing::info!(event = "stopped", "clawker-egress stopped");
     Ok(())
 }
@@ -322,6 +344,8 @@ fn kernel_refresher(attached: &Attached, metrics: Arc<Metrics>) -> Result<metric
         reading.flow_table_full = totals.get(full).copied().unwrap_or(0);
         let dns_full = abi::egress_drop::DROP_DNS_CACHE_FULL as usize;
         reading.dns_cache_full = totals.get(dns_full).copied().unwrap_or(0);
+        let limited = abi::egress_drop::DROP_RATE_LIMITED as usize;
+        reading.rate_limited = totals.get(limited).copied().unwrap_or(0);
         metrics.observe_kernel(&reading);
     }))
 }

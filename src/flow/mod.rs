@@ -16,7 +16,7 @@ pub use stage::{FlowOptions, FlowStage};
 
 use std::time::{Duration, SystemTime};
 
-use crate::capture::{CloseReason, Counters, DnsAnswer, FlowSnapshot, SockEvent};
+use crate::capture::{CloseReason, ContainerLoss, Counters, DnsAnswer, FlowSnapshot, SockEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowState {
@@ -62,4 +62,12 @@ pub enum Observation {
     Flow(FlowRecord),
     /// A DNS exchange: its own record (`l7_proto`=`dns`).
     Dns(DnsAnswer),
+    /// Records a container lost in the kernel over an interval (in-band).
+    Lost(ContainerLoss),
+}
+
+impl From<ContainerLoss> for Observation {
+    fn from(loss: ContainerLoss) -> Self {
+        Observation::Lost(loss)
+    }
 }

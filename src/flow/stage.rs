@@ -142,6 +142,7 @@ impl FlowStage {
             };
             out.extend(record.map(Observation::Flow));
         }
+        self.maps.flush_released();
         out
     }
 

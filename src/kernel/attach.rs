@@ -28,6 +28,8 @@ use thiserror::Error;
 use super::abi;
 use super::dns_skel::DnsSkelBuilder;
 use super::flow_skel::FlowSkelBuilder;
+use super::lsm_skel::LsmSkelBuilder;
+use super::packet_skel::PacketSkelBuilder;
 use super::skel::EgressSkelBuilder;
 
 #[derive(Debug, Error)]
@@ -45,7 +47,12 @@ pub enum KernelError {
     },
 }
 
-fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> KernelError {
+/// Another handle on a map this module opened (the typed map groups own theirs).
+pub(super) fn dup_handle(map: &MapHandle, what: &str) -> Result<MapHandle, KernelError> {
+    MapHandle::try_from(map).map_err(bpf_err(format!("{what} handle")))
+}
+
+pub(super) fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> KernelError {
     let what = what.into();
     move |source| KernelError::Bpf { what, source }
 }
@@ -79,6 +86,45 @@ pub struct AttachOptions {
     pub pin_root: PathBuf,
     pub ringbuf_bytes: u32,
     pub scope_mode: u32,
+    pub fairness: Fairness,
+}
+
+/// Per-container limits in the kernel (P14): a record budget and shares of
+/// the shared tables, so one flooding container cannot starve the others.
+#[derive(Debug, Clone)]
+pub struct Fairness {
+    /// Sustained records per second per container (0: no limit).
+    pub records_per_sec: u32,
+    /// Records a container may write in a burst above its rate.
+    pub record_burst: u32,
+    /// `flows` entries one container may hold (0: no quota).
+    pub max_flows_per_container: u32,
+    /// `dns_cache` entries one container may hold (0: no quota).
+    pub max_dns_per_container: u32,
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Fairness {
+            records_per_sec: 10_000,
+            record_burst: 20_000,
+            max_flows_per_container: abi::EGRESS_MAX_FLOWS / 8,
+            max_dns_per_container: abi::EGRESS_MAX_DNS_ENTRIES / 8,
+        }
+    }
+}
+
+impl Fairness {
+    fn record_interval_ns(&self) -> u64 {
+        match self.records_per_sec {
+            0 => 0,
+            rate => 1_000_000_000 / u64::from(rate),
+        }
+    }
+
+    fn record_burst_ns(&self) -> u64 {
+        self.record_interval_ns() * u64::from(self.record_burst)
+    }
 }
 
 /// What a running daemon keeps of the kernel side: map handles only. The
@@ -98,7 +144,11 @@ pub struct Attached {
     pub bypass: MapHandle,
     pub domain_rules: MapHandle,
     pub dns_cache: MapHandle,
+    pub scope_usage: MapHandle,
+    pub scope_released: MapHandle,
     pub ringbuf_bytes: u32,
+    /// The every-family socket program (BPF LSM) is attached.
+    pub lsm: bool,
     /// Links that already existed and were updated in place (a restart).
     pub links_reused: usize,
     pub links_created: usize,
@@ -127,41 +177,94 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     }
 
     let mut egress_storage = MaybeUninit::uninit();
-    let mut open = EgressSkelBuilder::default()
-        .open(&mut egress_storage)
-        .map_err(bpf_err("open egress BPF object"))?;
-    prepare(open.open_object_mut(), opts, &pins)?;
-    let egress = open
-        .load()
-        .map_err(bpf_err("load egress programs (see `clawker-egress check`)"))?;
-
+    let egress = load(
+        EgressSkelBuilder::default(),
+        &mut egress_storage,
+        "egress",
+        opts,
+        &pins,
+    )?;
     let mut flow_storage = MaybeUninit::uninit();
-    let mut open = FlowSkelBuilder::default()
-        .open(&mut flow_storage)
-        .map_err(bpf_err("open flow BPF object"))?;
-    prepare(open.open_object_mut(), opts, &pins)?;
-    let flow = open
-        .load()
-        .map_err(bpf_err("load flow programs (see `clawker-egress check`)"))?;
-
+    let flow = load(
+        FlowSkelBuilder::default(),
+        &mut flow_storage,
+        "flow",
+        opts,
+        &pins,
+    )?;
     let mut dns_storage = MaybeUninit::uninit();
-    let mut open = DnsSkelBuilder::default()
-        .open(&mut dns_storage)
-        .map_err(bpf_err("open dns BPF object"))?;
-    prepare(open.open_object_mut(), opts, &pins)?;
-    let dns = open
-        .load()
-        .map_err(bpf_err("load dns programs (see `clawker-egress check`)"))?;
-
-    // Decisions first: flow accounting only follows sockets they admitted.
-    let (r1, c1) = attach_all(egress.object(), cgroup.as_raw_fd(), &pins)?;
-    let (r2, c2) = attach_all(flow.object(), cgroup.as_raw_fd(), &pins)?;
-    let (r3, c3) = attach_all(dns.object(), cgroup.as_raw_fd(), &pins)?;
+    let dns = load(
+        DnsSkelBuilder::default(),
+        &mut dns_storage,
+        "dns",
+        opts,
+        &pins,
+    )?;
+    let mut packet_storage = MaybeUninit::uninit();
+    let packet = load(
+        PacketSkelBuilder::default(),
+        &mut packet_storage,
+        "packet",
+        opts,
+        &pins,
+    )?;
+    // Every socket family at creation: only where BPF LSM programs load
+    // (BPF LSM active, trampolines allowed; see `check`). Elsewhere
+    // packet.bpf.c records and stops packet sockets at their first send.
+    let mut lsm_storage = MaybeUninit::uninit();
+    let lsm = if lsm_supported() {
+        match load(
+            LsmSkelBuilder::default(),
+            &mut lsm_storage,
+            "lsm",
+            opts,
+            &pins,
+        ) {
+            Ok(skel) => Some(skel),
+            Err(e) => {
+                tracing::warn!(event = "lsm_unavailable", error = %e, "BPF LSM programs cannot load here: packet sockets are stopped at their first send instead of at creation");
+                None
+            }
+        }
+    } else {
+        tracing::warn!(
+            event = "lsm_unavailable",
+            "BPF LSM is not active: packet sockets are stopped at their first send instead of at creation"
+        );
+        None
+    };
+    // The daemon's own traffic is exempt: written before any program runs
+    // for it, matched by tgid and start time.
     let config = abi::egress_config {
         self_tgid: std::process::id(),
         scope_mode: opts.scope_mode,
+        self_start_ticks: self_start_ticks(),
+        record_interval_ns: opts.fairness.record_interval_ns(),
+        record_burst_ns: opts.fairness.record_burst_ns(),
+        max_flows_per_scope: opts.fairness.max_flows_per_container,
+        max_dns_per_scope: opts.fairness.max_dns_per_container,
+        attach_cgroup_id: cgroup_id,
+        attach_level: cgroup_level(&opts.cgroup),
+        _pad: 0,
     };
     write_config(&egress.maps.egress_config, &config)?;
+
+    // Decisions first: flow accounting only follows sockets they admitted.
+    remove_stale_versions(&opts.pin_root, cgroup_id)?;
+    let mut objects = vec![egress.object(), flow.object(), dns.object()];
+    if let Some(lsm) = &lsm {
+        objects.push(lsm.object());
+    }
+    let (mut reused, mut created) = (0, 0);
+    for object in objects {
+        let (r, c) = attach_all(object, cgroup.as_raw_fd(), &pins)?;
+        reused += r;
+        created += c;
+    }
+    // Global hooks (tracepoints) keep to the attach cgroup's subtree.
+    if lsm.is_none() {
+        created += attach_tracing(packet.object(), &pins)?;
+    }
 
     let handle = |m: &libbpf_rs::MapMut, name: &str| {
         MapHandle::try_from(m).map_err(bpf_err(format!("map handle for {name}")))
@@ -179,11 +282,105 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         bypass: handle(&egress.maps.bypass, "bypass")?,
         domain_rules: handle(&egress.maps.domain_rules, "domain_rules")?,
         dns_cache: handle(&egress.maps.dns_cache, "dns_cache")?,
+        scope_usage: handle(&egress.maps.scope_usage, "scope_usage")?,
+        scope_released: handle(&egress.maps.scope_released, "scope_released")?,
         ringbuf_bytes: opts.ringbuf_bytes,
+        lsm: lsm.is_some(),
         pins,
-        links_reused: r1 + r2 + r3,
-        links_created: c1 + c2 + c3,
+        links_reused: reused,
+        links_created: created,
     })
+}
+
+/// libbpf's own messages (verifier logs of a program that fails to load,
+/// e.g. the optional LSM one) go to the daemon's log at debug level, not
+/// raw to stderr: every failure that matters is returned with context.
+fn route_libbpf_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, |_, msg| {
+            tracing::debug!(target: "libbpf", "{}", msg.trim_end());
+        })));
+    });
+}
+
+/// Open one BPF object, point its maps at the pins and load it.
+fn load<'obj, B: SkelBuilder<'obj>>(
+    builder: B,
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    what: &str,
+    opts: &AttachOptions,
+    pins: &PinLayout,
+) -> Result<<B::Output as OpenSkel<'obj>>::Output, KernelError> {
+    route_libbpf_messages();
+    let mut open = builder
+        .open(storage)
+        .map_err(bpf_err(format!("open {what} BPF object")))?;
+    prepare(open.open_object_mut(), opts, pins)?;
+    open.load().map_err(bpf_err(format!(
+        "load {what} programs (see `clawker-egress check`)"
+    )))
+}
+
+/// Can this host run the every-family socket program (BPF LSM active and
+/// its programs load)? `Err` says why not. Loads nothing it keeps.
+pub fn lsm_programs_load() -> Result<(), String> {
+    if !lsm_supported() {
+        return Err("BPF LSM is not active (`bpf` missing from /sys/kernel/security/lsm)".into());
+    }
+    route_libbpf_messages();
+    let mut storage = MaybeUninit::uninit();
+    let open = LsmSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|e| format!("open: {e}"))?;
+    open.load().map(drop).map_err(|e| {
+        format!("BPF LSM is active but its programs do not load here ({e}); trampolines may be forbidden")
+    })
+}
+
+/// Is BPF LSM active (`bpf` in the kernel's LSM list)?
+pub fn lsm_supported() -> bool {
+    super::mounts::active_lsms().iter().any(|l| l == "bpf")
+}
+
+/// Our start time as /proc/self/stat says it (clock ticks since boot).
+fn self_start_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // comm may hold spaces and parentheses: fields start after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split_whitespace().nth(19)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A daemon of another ABI version left its links on this cgroup: unpin
+/// them (detaching its programs) and its maps, so an upgrade never runs two
+/// generations of programs on one cgroup.
+fn remove_stale_versions(pin_root: &Path, cgroup_id: u64) -> Result<(), KernelError> {
+    let Ok(entries) = fs::read_dir(pin_root) else {
+        return Ok(());
+    };
+    let ours = format!("v{}", abi::EGRESS_ABI_VERSION);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == ours || !name.starts_with('v') || name[1..].parse::<u32>().is_err() {
+            continue;
+        }
+        let dir = entry.path().join(format!("cg-{cgroup_id}"));
+        if dir.is_dir() {
+            tracing::info!(event = "stale_pins_removed", path = %dir.display(), "removing another ABI version's programs from this cgroup");
+            for sub in ["links", "maps"] {
+                let sub = dir.join(sub);
+                if sub.is_dir() {
+                    remove_dir_files(&sub)?;
+                }
+            }
+            fs::remove_dir_all(&dir).map_err(|source| KernelError::PinDir { path: dir, source })?;
+        }
+    }
+    Ok(())
 }
 
 fn validate_ringbuf_size(bytes: u32) -> Result<(), KernelError> {
@@ -264,6 +461,57 @@ fn attach_all(
         }
     }
     Ok((reused, created))
+}
+
+/// The daemon stops: no process keeps its exemption (the programs stay
+/// attached, and its pid may be handed to anyone).
+pub fn forget_self(attached: &Attached) -> Result<(), KernelError> {
+    let key = 0u32.to_ne_bytes();
+    let mut config: abi::egress_config = attached
+        .config
+        .lookup(&key, MapFlags::ANY)
+        .map_err(bpf_err("read egress_config"))?
+        .and_then(|b| super::pod::from_bytes(&b))
+        .unwrap_or_default();
+    config.self_tgid = 0;
+    config.self_start_ticks = 0;
+    attached
+        .config
+        .update(&key, super::pod::bytes_of(&config), MapFlags::ANY)
+        .map_err(bpf_err("clear the daemon's exemption"))
+}
+
+/// Attach tracepoint programs. A tracing link cannot be updated in place:
+/// the new program is attached first and the pinned old one removed after,
+/// so there is no instant without one.
+fn attach_tracing(object: &Object, pins: &PinLayout) -> Result<usize, KernelError> {
+    let mut created = 0;
+    for prog in object.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let path = pins.links().join(&name);
+        let mut link = prog.attach().map_err(bpf_err(format!("attach {name}")))?;
+        if path.exists() {
+            fs::remove_file(&path).map_err(|source| KernelError::PinDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        link.pin(&path)
+            .map_err(bpf_err(format!("pin link {name}")))?;
+        created += 1;
+    }
+    Ok(created)
+}
+
+/// How deep a cgroup sits below the v2 root (the root is level 0).
+fn cgroup_level(cgroup: &Path) -> u32 {
+    let root = super::mounts::cgroup2_root().ok();
+    let rel = root
+        .as_deref()
+        .and_then(|root| cgroup.strip_prefix(root).ok())
+        .map(|rel| rel.components().count())
+        .unwrap_or(0);
+    u32::try_from(rel).unwrap_or(0)
 }
 
 fn write_config(map: &libbpf_rs::MapMut, config: &abi::egress_config) -> Result<(), KernelError> {

@@ -3,13 +3,15 @@
 //! baseline of what interim records already reported.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::abi;
 use super::attach::KernelError;
 use super::pod::{bytes_of, from_bytes};
+use super::usage::ScopeUsage;
 
 pub struct FlowMaps {
     flows: MapHandle,
@@ -18,10 +20,17 @@ pub struct FlowMaps {
     /// it): most flows never get an interim record, and this saves them two
     /// syscalls each at their end.
     baselined: RefCell<HashSet<Vec<u8>>>,
+    /// Entries taken per scope cgroup since the last `flush_released`.
+    taken: RefCell<HashMap<u64, (u64, u64)>>,
+    usage: Arc<ScopeUsage>,
 }
 
 impl FlowMaps {
-    pub fn new(flows: &MapHandle, reported: &MapHandle) -> Result<Self, KernelError> {
+    pub fn new(
+        flows: &MapHandle,
+        reported: &MapHandle,
+        usage: Arc<ScopeUsage>,
+    ) -> Result<Self, KernelError> {
         let dup = |m: &MapHandle, what: &str| {
             MapHandle::try_from(m).map_err(|source| KernelError::Bpf {
                 what: format!("{what} handle"),
@@ -35,6 +44,8 @@ impl FlowMaps {
             flows: dup(flows, "flows")?,
             reported,
             baselined,
+            taken: RefCell::default(),
+            usage,
         })
     }
 
@@ -54,7 +65,19 @@ impl FlowMaps {
     /// (the kernel's TCP close) already ended it. Exactly one taker wins.
     pub fn take(&self, key: &abi::flow_key) -> Option<abi::flow_value> {
         let value = self.flows.lookup_and_delete(bytes_of(key)).ok().flatten()?;
-        from_bytes(&value)
+        let value: abi::flow_value = from_bytes(&value)?;
+        self.taken
+            .borrow_mut()
+            .entry(value.scope_cgroup_id)
+            .or_default()
+            .0 += 1;
+        Some(value)
+    }
+
+    /// Give the containers whose flows were taken their table share back.
+    pub fn flush_released(&self) {
+        let taken = std::mem::take(&mut *self.taken.borrow_mut());
+        self.usage.release(&taken);
     }
 
     pub fn reported(&self, key: &abi::flow_key) -> Option<abi::flow_reported> {

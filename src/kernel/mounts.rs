@@ -75,6 +75,26 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), MountError> {
     })
 }
 
+const SECURITYFS: &str = "/sys/kernel/security";
+
+/// The kernel's active LSMs (`/sys/kernel/security/lsm`), mounting
+/// securityfs if it is not mounted yet; empty when they cannot be read.
+pub fn active_lsms() -> Vec<String> {
+    let list = Path::new(SECURITYFS).join("lsm");
+    if !list.exists() {
+        let _ = nix::mount::mount(
+            Some("securityfs"),
+            SECURITYFS,
+            Some("securityfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    fs::read_to_string(list)
+        .map(|s| s.trim().split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,12 @@ pub const QTYPE: &str = "qtype";
 pub const RCODE: &str = "rcode";
 pub const ANSWERS: &str = "answers";
 pub const TTL: &str = "ttl";
+pub const LOST_TOTAL: &str = "lost_total";
+pub const LOST_RATE_LIMITED: &str = "lost_rate_limited";
+pub const LOST_RINGBUF_FULL: &str = "lost_ringbuf_full";
+pub const LOST_FLOW_NOT_TRACKED: &str = "lost_flow_not_tracked";
+pub const LOST_DNS_NOT_CACHED: &str = "lost_dns_not_cached";
+pub const INTERVAL_MS: &str = "interval_ms";
 
 /// Every key, for the prefix-conflict check.
 pub const ALL: &[&str] = &[
@@ -91,4 +97,10 @@ pub const ALL: &[&str] = &[
     RCODE,
     ANSWERS,
     TTL,
+    LOST_TOTAL,
+    LOST_RATE_LIMITED,
+    LOST_RINGBUF_FULL,
+    LOST_FLOW_NOT_TRACKED,
+    LOST_DNS_NOT_CACHED,
+    INTERVAL_MS,
 ];

@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * Putting records on the ring buffer, fairly (P14), and counting every loss:
+ *  - globally per reason in the per-CPU `egress_drops` array (Prometheus);
+ *  - per container in `scope_usage.lost[]` (the in-band `records_lost`
+ *    records and the per-agent series).
+ * Each container has its own record budget (a GCRA token bucket in
+ * `scope_usage.tat_ns`): a flooding container spends only its own budget,
+ * so the ring keeps room for everyone else's records.
+ */
+#ifndef CLAWKER_LIB_EVENTS_H
+#define CLAWKER_LIB_EVENTS_H
+
+#include "maps.h"
+
+static __always_inline void count_drop(__u32 slot)
+{
+	__u64 *n = bpf_map_lookup_elem(&egress_drops, &slot);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* The container's fairness/loss entry, made on first use. */
+static __always_inline struct scope_usage *usage_of(__u64 scope_id)
+{
+	struct scope_usage *u = bpf_map_lookup_elem(&scope_usage, &scope_id);
+
+	if (!u) {
+		struct scope_usage fresh = {};
+
+		bpf_map_update_elem(&scope_usage, &scope_id, &fresh, BPF_NOEXIST);
+		u = bpf_map_lookup_elem(&scope_usage, &scope_id);
+	}
+	return u;
+}
+
+/* A loss, counted globally (`drop`, enum egress_drop) and for the container. */
+static __always_inline void count_loss(struct scope_usage *u, __u32 drop, __u32 loss)
+{
+	count_drop(drop);
+	if (u && loss < SCOPE_LOSS_MAX)
+		__sync_fetch_and_add(&u->lost[loss], 1);
+}
+
+/*
+ * May this container put one more record on the ring? GCRA: tat_ns is when
+ * its budget would be back to full; a record may go while that is at most
+ * `record_burst_ns` ahead of now. Racy across CPUs by design (a few records
+ * either way under contention), never blocking.
+ */
+static __always_inline bool admit(struct scope_usage *u)
+{
+	struct egress_config *cfg = config();
+	__u64 now, tat;
+
+	if (!u || !cfg || !cfg->record_interval_ns)
+		return true;
+	now = bpf_ktime_get_boot_ns();
+	tat = u->tat_ns;
+	if (tat < now)
+		tat = now;
+	if (tat - now > cfg->record_burst_ns)
+		return false;
+	u->tat_ns = tat + cfg->record_interval_ns;
+	return true;
+}
+
+/* Reserve a ring buffer record for `scope_id`'s container, counting a loss. */
+static __always_inline void *reserve_event(__u32 size, enum egress_hook hook, __u64 scope_id)
+{
+	struct scope_usage *u = usage_of(scope_id);
+	void *ev;
+
+	if (!admit(u)) {
+		count_loss(u, DROP_RATE_LIMITED, SCOPE_LOSS_RATE_LIMITED);
+		return NULL;
+	}
+	ev = bpf_ringbuf_reserve(&events, size, 0);
+	if (!ev)
+		count_loss(u, DROP_RINGBUF_FIRST + hook, SCOPE_LOSS_RINGBUF_FULL);
+	return ev;
+}
+
+/* Copy a record built elsewhere (a scratch map) onto the ring, fairly. */
+static __always_inline void output_event(void *data, __u32 size, enum egress_hook hook,
+					 __u64 scope_id)
+{
+	struct scope_usage *u = usage_of(scope_id);
+
+	if (!admit(u)) {
+		count_loss(u, DROP_RATE_LIMITED, SCOPE_LOSS_RATE_LIMITED);
+		return;
+	}
+	if (bpf_ringbuf_output(&events, data, size, 0))
+		count_loss(u, DROP_RINGBUF_FIRST + hook, SCOPE_LOSS_RINGBUF_FULL);
+}
+
+static __always_inline void fill_header(struct event_header *h, __u16 kind, __u16 size,
+					enum egress_hook hook)
+{
+	h->kind = kind;
+	h->size = size;
+	h->version = EGRESS_ABI_VERSION;
+	h->hook = hook;
+	h->_pad = 0;
+	h->ts_ns = bpf_ktime_get_boot_ns();
+}
+
+/*
+ * May this container add one more entry to a shared table? `made` counts
+ * the entries it added (kernel), `released` those user space removed: each
+ * counter has a single writer. 0 = no quota.
+ */
+static __always_inline bool within_quota(__u64 made, __u64 released, __u32 quota)
+{
+	return quota == 0 || made - released < quota;
+}
+
+#endif /* CLAWKER_LIB_EVENTS_H */

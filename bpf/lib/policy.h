@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * The policy seam: every decision point (connect, sendmsg, socket creation,
+ * per-packet raw sends, the re-decision of open sockets after a reload)
+ * asks decide() here, so one policy is applied the same way everywhere.
+ */
+#ifndef CLAWKER_LIB_POLICY_H
+#define CLAWKER_LIB_POLICY_H
+
+#include "maps.h"
+
+/* What a decision is about. */
+struct attempt {
+	__u8 family;
+	__u8 protocol;
+	__u16 sock_type;
+	__u16 dst_port;
+	__u8 dst_ip[EGRESS_ADDR_LEN];
+};
+
+static __always_inline bool port_matches(const struct policy_rule *r, __u16 port)
+{
+	if (r->port_lo == 0 && r->port_hi == 0)
+		return true;
+	return port >= r->port_lo && port <= r->port_hi;
+}
+
+static __always_inline bool addr_matches(const struct policy_rule *r, const struct attempt *a)
+{
+	__u32 ra[4], aa[4];
+
+	if (r->kind == RULE_ANY)
+		return true;
+	if (r->family != a->family)
+		return false;
+	__builtin_memcpy(ra, r->addr, sizeof(ra));
+	__builtin_memcpy(aa, a->dst_ip, sizeof(aa));
+	for (int w = 0; w < 4; w++) {
+		int bits = (int)r->prefix_len - 32 * w;
+		__u32 mask;
+
+		if (bits <= 0)
+			break;
+		mask = bits >= 32 ? 0xffffffffu : ~((1u << (32 - bits)) - 1);
+		if ((bpf_ntohl(ra[w]) ^ bpf_ntohl(aa[w])) & mask)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Which domain rules of the rule set match the name this scope cgroup
+ * learned `a`'s address from (a bit per rule index), 0 if none: the DNS
+ * answer was recorded in `dns_cache` before the application could read it.
+ */
+static __always_inline __u64 domain_mask(const struct container_policy *cp,
+					 const struct attempt *a, __u64 scope_id)
+{
+	struct dns_key dk = {};
+	struct domain_key rk = {};
+	struct dns_value *v;
+	__u64 mask = 0, *m;
+
+	dk.scope_cgroup_id = scope_id;
+	dk.family = a->family;
+	__builtin_memcpy(dk.addr, a->dst_ip, sizeof(dk.addr));
+	v = bpf_map_lookup_elem(&dns_cache, &dk);
+	if (!v || v->expires_ns < bpf_ktime_get_boot_ns())
+		return 0;
+	rk.rule_set = cp->rule_set;
+	for (__u32 i = 0; i < DNS_MAX_SUFFIXES; i++) {
+		if (i >= v->n_suffix)
+			break;
+		rk.hash = v->suffix[i];
+		rk.wildcard = 1;
+		m = bpf_map_lookup_elem(&domain_rules, &rk);
+		if (m)
+			mask |= *m;
+		if (i == 0) {
+			rk.wildcard = 0;
+			m = bpf_map_lookup_elem(&domain_rules, &rk);
+			if (m)
+				mask |= *m;
+		}
+	}
+	return mask;
+}
+
+/* First matching rule of the container's rule set, else its default. */
+static __always_inline __u8 evaluate(const struct container_policy *cp, const struct attempt *a,
+				     __u64 scope_id)
+{
+	__u32 base = cp->rule_set * EGRESS_MAX_RULES;
+	__u64 domains = domain_mask(cp, a, scope_id);
+
+	for (__u32 i = 0; i < EGRESS_MAX_RULES; i++) {
+		__u32 key = base + i;
+		struct policy_rule *r = bpf_map_lookup_elem(&policy_rules, &key);
+
+		if (!r || r->kind == RULE_END)
+			break;
+		if (r->protocol && r->protocol != a->protocol)
+			continue;
+		if (!port_matches(r, a->dst_port))
+			continue;
+		if (r->kind == RULE_DOMAIN ? (domains >> i) & 1 : addr_matches(r, a))
+			return r->action;
+	}
+	return cp->default_action;
+}
+
+/*
+ * The policy seam: every decision point asks here. An active bypass wins
+ * (recorded as BYPASSED); a cgroup without a policy is observed only; raw
+ * and other non-TCP/UDP sockets get the policy's raw action. In audit mode a
+ * DENY is returned with EVENT_F_AUDIT set and the caller lets it through.
+ */
+static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id, bool raw,
+				   __u8 *flags)
+{
+	struct bypass_entry *b = bpf_map_lookup_elem(&bypass, &scope_id);
+	struct container_policy *cp;
+	__u8 verdict;
+
+	*flags = 0;
+	if (b && b->until_ns > bpf_ktime_get_boot_ns())
+		return VERDICT_BYPASS;
+	cp = bpf_map_lookup_elem(&container_policy, &scope_id);
+	if (!cp) {
+		/* A container whose labels are not known yet: the default section. */
+		__u64 fallback = 0;
+
+		cp = bpf_map_lookup_elem(&container_policy, &fallback);
+	}
+	if (!cp)
+		return VERDICT_ALLOW; /* no policy: observe only */
+	verdict = raw ? cp->raw_action : evaluate(cp, a, scope_id);
+	if (verdict == VERDICT_DENY && cp->mode == POLICY_AUDIT)
+		*flags = EVENT_F_AUDIT;
+	return verdict;
+}
+
+static __always_inline bool enforced_deny(__u8 verdict, __u8 flags)
+{
+	return verdict == VERDICT_DENY && !(flags & EVENT_F_AUDIT);
+}
+
+#endif /* CLAWKER_LIB_POLICY_H */

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/* Who is in scope: enrolled containers, never the daemon itself. */
+#ifndef CLAWKER_LIB_SCOPE_H
+#define CLAWKER_LIB_SCOPE_H
+
+#include "maps.h"
+#include <bpf/bpf_core_read.h>
+
+struct task_struct___ce {
+	__u64 start_boottime;
+	struct task_struct___ce *group_leader;
+} __attribute__((preserve_access_index));
+
+/*
+ * Is the current task the daemon? Its tgid AND its start time (clock ticks
+ * since boot, as /proc/<pid>/stat says): a process that later gets the same
+ * pid is not exempt, and a stopped daemon clears self_tgid.
+ */
+static __always_inline bool is_self(const struct egress_config *cfg, __u32 tgid)
+{
+	struct task_struct___ce *task;
+	__u64 start;
+
+	if (cfg->self_tgid == 0 || cfg->self_tgid != tgid)
+		return false;
+	task = (void *)bpf_get_current_task();
+	start = BPF_CORE_READ(task, group_leader, start_boottime);
+	return start / EGRESS_CLOCK_TICK_NS == cfg->self_start_ticks;
+}
+
+/*
+ * Is the current task in scope? Never the daemon itself; in SCOPE_ENROLLED
+ * mode only tasks under an enrolled cgroup. *scope_id is the outermost
+ * enrolled ancestor (0 in SCOPE_ALL mode): a container's own sub-cgroups
+ * are attributed to the container.
+ */
+static __always_inline bool in_scope(__u64 *scope_id)
+{
+	struct egress_config *cfg = config();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	*scope_id = 0;
+	if (!cfg || is_self(cfg, tgid))
+		return false;
+	if (cfg->scope_mode == SCOPE_ALL)
+		return true;
+
+	for (int level = 1; level <= EGRESS_SCOPE_MAX_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+		if (id == 0)
+			break;
+		if (bpf_map_lookup_elem(&scoped_cgroups, &id)) {
+			*scope_id = id;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * in_scope() for programs on global hooks (tracepoints), which also run for
+ * tasks outside the attach cgroup: only its subtree counts.
+ */
+static __always_inline bool in_scope_global(__u64 *scope_id)
+{
+	struct egress_config *cfg = config();
+
+	*scope_id = 0;
+	if (!cfg || bpf_get_current_ancestor_cgroup_id(cfg->attach_level) != cfg->attach_cgroup_id)
+		return false;
+	return in_scope(scope_id);
+}
+
+#endif /* CLAWKER_LIB_SCOPE_H */

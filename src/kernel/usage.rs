@@ -1,0 +1,77 @@
+//! Per-container fairness and loss accounting (P14), as user space sees it.
+//!
+//! The kernel counts, per scope cgroup, the `flows` and `dns_cache` entries a
+//! container made and the records it lost by reason (`scope_usage`, written
+//! by the kernel only). User space tells it how many entries it removed
+//! (`scope_released`, written here only): a container's share of a table is
+//! `made - released`, and each counter has exactly one writer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::abi;
+use super::attach::{dup_handle, KernelError};
+use super::pod::{bytes_of, from_bytes};
+
+/// Records a container lost, by reason (`abi::scope_loss`).
+pub type LossCounts = [u64; abi::scope_loss::SCOPE_LOSS_MAX as usize];
+
+pub struct ScopeUsage {
+    usage: MapHandle,
+    /// One writer at a time: the flow stage and the DNS expiry both release.
+    released: Mutex<MapHandle>,
+}
+
+impl ScopeUsage {
+    pub fn new(usage: &MapHandle, released: &MapHandle) -> Result<Self, KernelError> {
+        Ok(ScopeUsage {
+            usage: dup_handle(usage, "scope_usage")?,
+            released: Mutex::new(dup_handle(released, "scope_released")?),
+        })
+    }
+
+    /// User space removed `flows` flow entries and `dns` cache entries of
+    /// each scope cgroup: give the container its share back.
+    pub fn release(&self, counts: &HashMap<u64, (u64, u64)>) {
+        if counts.is_empty() {
+            return;
+        }
+        let map = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        for (scope, (flows, dns)) in counts {
+            let key = scope.to_ne_bytes();
+            let mut v: abi::scope_released = map
+                .lookup(&key, MapFlags::ANY)
+                .ok()
+                .flatten()
+                .and_then(|b| from_bytes(&b))
+                .unwrap_or_default();
+            v.flows += flows;
+            v.dns_entries += dns;
+            if let Err(e) = map.update(&key, bytes_of(&v), MapFlags::ANY) {
+                tracing::warn!(event = "scope_release_failed", scope_cgroup_id = scope, error = %e, "could not return a container's table share");
+            }
+        }
+    }
+
+    /// Every container's lost-record counters (cumulative).
+    pub fn losses(&self) -> Vec<(u64, LossCounts)> {
+        self.usage
+            .keys()
+            .filter_map(|k| {
+                let scope = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
+                let v: abi::scope_usage = from_bytes(&self.usage.lookup(&k, MapFlags::ANY).ok()??)?;
+                Some((scope, v.lost))
+            })
+            .collect()
+    }
+
+    /// A container is gone: forget its entries (after its last report).
+    pub fn forget(&self, scope: u64) {
+        let key = scope.to_ne_bytes();
+        let _ = self.usage.delete(&key);
+        let map = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = map.delete(&key);
+    }
+}

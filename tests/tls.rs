@@ -647,3 +647,81 @@ fn an_empty_bearer_token_is_refused_at_the_daemon_door() {
     });
     assert_eq!(code, tonic::Code::Unauthenticated);
 }
+
+/// `--otlp-compression gzip` compresses on the wire (the receiver sees
+/// `grpc-encoding: gzip` and decodes it); the default sends uncompressed.
+/// The receiver is a tonic OTLP server that accepts gzip and records each
+/// request's encoding and headers (the plaintext endpoint carries no
+/// credential, so this needs no TLS).
+#[test]
+fn gzip_is_on_the_wire_when_asked() {
+    if !require_root("gzip_is_on_the_wire_when_asked") {
+        return;
+    }
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+        LogsService, LogsServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+    };
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<(Option<String>, usize)>>>);
+    #[tonic::async_trait]
+    impl LogsService for Seen {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportLogsServiceRequest>,
+        ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+            let enc = req
+                .metadata()
+                .get("grpc-encoding")
+                .map(|v| v.to_str().unwrap().to_string());
+            let n = req
+                .into_inner()
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .map(|s| s.log_records.len())
+                .sum();
+            self.0.lock().unwrap().push((enc, n));
+            Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+        }
+    }
+    let serve = || {
+        let seen = Seen::default();
+        let port = support::free_port();
+        let svc = seen.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                tonic::transport::Server::builder()
+                    .add_service(
+                        LogsServiceServer::new(svc)
+                            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    )
+                    .serve(format!("127.0.0.1:{port}").parse().unwrap())
+                    .await
+                    .unwrap();
+            });
+        });
+        (port, seen)
+    };
+    for (args, want) in [
+        (vec!["--otlp-compression", "gzip"], Some("gzip")),
+        (vec![], None),
+    ] {
+        let (port, seen) = serve();
+        let cg = TestCgroup::new("ce-tls-gzip");
+        let _d = otlp_daemon(&cg, &format!("http://127.0.0.1:{port}"), &args);
+        make_flow(&cg);
+        let got = wait_until("exports at the receiver", Duration::from_secs(20), || {
+            let s = seen.0.lock().unwrap().clone();
+            (s.iter().map(|(_, n)| n).sum::<usize>() >= 2).then_some(s)
+        });
+        for (enc, _) in &got {
+            assert_eq!(enc.as_deref(), want, "{args:?}: {got:?}");
+        }
+    }
+}

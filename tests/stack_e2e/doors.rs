@@ -127,6 +127,10 @@ pub(crate) fn agent_door_only_writes_claude(os: &str, ports: &CollectorPorts, do
         let hits = search(os, stream, term("attributes.test_run", &run));
         assert!(hits.is_empty(), "agent door reached {stream}: {hits:#?}");
     }
+    loud(&format!(
+        "stack: agent door: {} records (forged + genuine), all in clawker-claude as claude; 1 dropped by D28",
+        docs.len()
+    ));
     // The genuine Claude Code record is intact.
     assert!(docs
         .iter()

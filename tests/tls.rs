@@ -153,7 +153,12 @@ service:
     fn records(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         let mut out = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // A last line without its newline is still being written.
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..i],
+            None => "",
+        };
+        for line in complete.lines().filter(|l| !l.trim().is_empty()) {
             let v: Value = serde_json::from_str(line).expect("file exporter JSON line");
             for rl in v["resourceLogs"].as_array().into_iter().flatten() {
                 for sl in rl["scopeLogs"].as_array().into_iter().flatten() {
@@ -440,8 +445,19 @@ fn missing_or_wrong_token_is_refused() {
         ],
     );
     assert_refused(&c, &d, &cg, "Unauthenticated");
-    assert!(
-        d.metric("clawker_egress_sink_failures_total{sink=\"otlp\",cause=\"rejected\"}") >= 1.0
+    // Held, not dropped: the records wait in the queue for a fixed
+    // credential, and fixing the token file delivers them.
+    assert_eq!(
+        d.metric("clawker_egress_sink_failures_total{sink=\"otlp\",cause=\"rejected\"}"),
+        0.0
+    );
+    let fixed = rogue.join("daemon.token.fixed");
+    std::fs::copy(pki.join("daemon.token"), &fixed).unwrap();
+    std::fs::rename(&fixed, rogue.join("daemon.token")).unwrap();
+    wait_until(
+        "the held flow once the token is fixed",
+        Duration::from_secs(30),
+        || (!c.flows_of(&cg).is_empty()).then_some(()),
     );
     drop(d);
 

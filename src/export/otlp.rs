@@ -200,7 +200,7 @@ async fn export_loop(
                 }
                 Err(status) if retryable(status.code()) => {
                     if !outage {
-                        tracing::warn!(event = "collector_unavailable", sink = opts.name, endpoint = %opts.endpoint, error = %status.message(), "OTLP export failed; retrying with backoff");
+                        tracing::warn!(event = "collector_unavailable", sink = opts.name, endpoint = %opts.endpoint, code = ?status.code(), error = %status.message(), "OTLP export failed; retrying with backoff");
                         outage = true;
                     }
                     if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -222,10 +222,16 @@ async fn export_loop(
 
 /// Transient per the OTLP spec (RESOURCE_EXHAUSTED is treated as transient
 /// too: the collector's memory_limiter answers with it while it sheds load).
+/// A refused credential (UNAUTHENTICATED, PERMISSION_DENIED) is held too,
+/// unlike the spec: the records are evidence, and they stay queued (bounded,
+/// overflow counted) until the credential is fixed -- the token file is
+/// re-read on change, so fixing it delivers them.
 fn retryable(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable
+        Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::Unavailable
             | Code::Cancelled
             | Code::DeadlineExceeded
             | Code::Aborted

@@ -15,14 +15,15 @@
 //! set) nothing skips, a missing component fails the test.
 //!
 //! Ports (all on 127.0.0.1) can be moved with environment variables:
-//! CLAWKER_STACK_OPENSEARCH_PORT (19200), CLAWKER_STACK_OTLP_GRPC_PORT (14317),
-//! CLAWKER_STACK_OTLP_HTTP_PORT (14318), CLAWKER_STACK_PROMETHEUS_PORT (19090),
+//! CLAWKER_STACK_OPENSEARCH_PORT (19200), CLAWKER_STACK_OTLP_GRPC_PORT (14317, the
+//! daemon door), CLAWKER_STACK_OTLP_DAEMON_HTTP_PORT (14319, daemon door),
+//! CLAWKER_STACK_OTLP_HTTP_PORT (14318, agent door), CLAWKER_STACK_PROMETHEUS_PORT (19090),
 //! and CLAWKER_STACK_PORT_OFFSET (0), added to every port including the
 //! collectors' internal ones.
 //!
 //! Layout: `plumbing.rs` starts and stops the stack pieces and talks HTTP to
 //! them; `daemon.rs` drives the real daemon against them; this file holds
-//! the tests.
+//! the tests; `doors.rs` attacks the collector's daemon and agent doors (issue 10).
 
 #![allow(unused_imports)]
 

@@ -682,8 +682,10 @@ fn gzip_is_on_the_wire_when_asked() {
     };
     use std::sync::{Arc, Mutex};
 
+    /// Per request: its `grpc-encoding` and how many records it held.
+    type Requests = Vec<(Option<String>, usize)>;
     #[derive(Clone, Default)]
-    struct Seen(Arc<Mutex<Vec<(Option<String>, usize)>>>);
+    struct Seen(Arc<Mutex<Requests>>);
     #[tonic::async_trait]
     impl LogsService for Seen {
         async fn export(

@@ -451,6 +451,13 @@ fn missing_or_wrong_token_is_refused() {
         d.metric("clawker_egress_sink_failures_total{sink=\"otlp\",cause=\"rejected\"}"),
         0.0
     );
+    // The collector echoes a refused token in its error; the daemon's logs
+    // (which travel on as `cp` records) must not carry it.
+    let presented = std::fs::read_to_string(rogue.join("daemon.token")).unwrap();
+    assert!(
+        !d.stderr_lines().join("\n").contains(presented.trim()),
+        "the refused token is in the daemon's logs"
+    );
     let fixed = rogue.join("daemon.token.fixed");
     std::fs::copy(pki.join("daemon.token"), &fixed).unwrap();
     std::fs::rename(&fixed, rogue.join("daemon.token")).unwrap();

@@ -73,10 +73,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub otlp_ca_file: Option<PathBuf>,
     /// PEM client certificate for mTLS to the collector.
-    #[arg(long, value_name = "FILE", requires = "otlp_client_key_file")]
+    #[arg(long, value_name = "FILE")]
     pub otlp_client_cert_file: Option<PathBuf>,
     /// PEM private key of --otlp-client-cert-file (mode 0600).
-    #[arg(long, value_name = "FILE", requires = "otlp_client_cert_file")]
+    #[arg(long, value_name = "FILE")]
     pub otlp_client_key_file: Option<PathBuf>,
     /// File holding the collector's bearer token (mode 0600); sent as
     /// `authorization: Bearer <token>`. Never the token itself.

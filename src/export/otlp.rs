@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-use super::transport::{OtlpClient, OtlpTransport, TransportError};
+use super::transport::{safe_message, OtlpClient, OtlpTransport, TransportError};
 use super::{Batch, Sink};
 use crate::metrics::Metrics;
 use crate::record::{key, Record, Severity, Value};
@@ -200,7 +200,7 @@ async fn export_loop(
                 }
                 Err(status) if retryable(status.code()) => {
                     if !outage {
-                        tracing::warn!(event = "collector_unavailable", sink = opts.name, endpoint = %opts.endpoint, code = ?status.code(), error = %status.message(), "OTLP export failed; retrying with backoff");
+                        tracing::warn!(event = "collector_unavailable", sink = opts.name, endpoint = %opts.endpoint, code = ?status.code(), error = %safe_message(&status), "OTLP export failed; retrying with backoff");
                         outage = true;
                     }
                     if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -211,7 +211,7 @@ async fn export_loop(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(status) => {
-                    tracing::warn!(event = "sink_failure", sink = opts.name, code = ?status.code(), error = %status.message(), "collector rejected a batch");
+                    tracing::warn!(event = "sink_failure", sink = opts.name, code = ?status.code(), error = %safe_message(&status), "collector rejected a batch");
                     metrics.sink_failure(opts.name, "rejected", batch.len() as u64);
                     break;
                 }

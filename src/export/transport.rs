@@ -457,6 +457,20 @@ impl OtlpTransport {
     }
 }
 
+/// A collector's error message, fit for logs: an authentication failure's
+/// text is withheld, because receivers echo what they were sent
+/// (bearertokenauth answers "scheme or token does not match: Bearer <the
+/// token>"), and the daemon's logs travel on as `cp` records.
+pub fn safe_message(status: &tonic::Status) -> std::borrow::Cow<'_, str> {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            "credential refused (the collector's message is not logged: it may echo the credential)"
+                .into()
+        }
+        _ => status.message().into(),
+    }
+}
+
 fn is_https(endpoint: &str) -> Result<bool, TransportError> {
     let lower = endpoint.to_ascii_lowercase();
     if lower.starts_with("https://") {

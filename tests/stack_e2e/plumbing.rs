@@ -230,6 +230,16 @@ pub(crate) fn reap_stale_servers() {
         if !name.starts_with("clawker-stack-") || name.contains(&me) {
             continue;
         }
+        // "clawker-<name>-<pid>-<random>": only a DEAD test process's
+        // servers are stale; a live one (another test binary running now,
+        // e.g. another engineer's) keeps its servers.
+        let owner = name
+            .rsplit_once('-')
+            .and_then(|(head, _)| head.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+            continue;
+        }
         for (what, pidfile, marker) in [
             (
                 "opensearch",

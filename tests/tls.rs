@@ -359,7 +359,8 @@ fn https_is_never_plaintext_and_plaintext_is_refused() {
 
 /// The mTLS door refuses a client certificate from another CA, and no
 /// client certificate at all, even with the right token; the daemon refuses
-/// a collector its CA did not sign.
+/// a collector whose certificate lacks the expected name
+/// (`--otlp-tls-server-name`) or that its CA did not sign.
 #[test]
 fn wrong_client_certificate_is_refused() {
     if !require_root("wrong_client_certificate_is_refused") {
@@ -396,6 +397,27 @@ fn wrong_client_certificate_is_refused() {
         &cg,
         &url,
         &["--otlp-ca-file", &ca, "--otlp-bearer-token-file", &token],
+    );
+    assert_refused(&c, &d, &cg, "collector_unavailable");
+    drop(d);
+
+    // The collector's certificate does not carry the name the daemon expects.
+    let cg = TestCgroup::new("ce-tls-badname");
+    let d = otlp_daemon(
+        &cg,
+        &url,
+        &[
+            "--otlp-ca-file",
+            &ca,
+            "--otlp-client-cert-file",
+            &path(&pki, "daemon.pem"),
+            "--otlp-client-key-file",
+            &path(&pki, "daemon.key"),
+            "--otlp-bearer-token-file",
+            &token,
+            "--otlp-tls-server-name",
+            "not-the-collector.example",
+        ],
     );
     assert_refused(&c, &d, &cg, "collector_unavailable");
     drop(d);

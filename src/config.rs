@@ -10,6 +10,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::export::Compression;
+use crate::export::TransportSettings;
+
 pub const ENV_PREFIX: &str = "CLAWKER_EGRESS_";
 
 /// One sink: `stdout`, `otlp` or `file:<path>`.
@@ -162,6 +165,20 @@ pub struct Config {
     /// Bound of the disk spool in bytes; 0 disables it (a full memory
     /// queue then loses records, counted as `queue_full`).
     pub spool_bytes: u64,
+    /// PEM CA bundle that verifies the collector (https:// only); none:
+    /// the system's roots. docs/SECURITY.md "Credentials and transport".
+    pub otlp_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mTLS (both or neither).
+    pub otlp_client_cert_file: Option<PathBuf>,
+    pub otlp_client_key_file: Option<PathBuf>,
+    /// File holding the token sent as `authorization: Bearer <token>`.
+    pub otlp_bearer_token_file: Option<PathBuf>,
+    /// File of `name: value` lines sent as extra request headers.
+    pub otlp_headers_file: Option<PathBuf>,
+    /// Name the collector's certificate must carry, when not the endpoint's host.
+    pub otlp_tls_server_name: Option<String>,
+    /// Request compression: "none" or "gzip".
+    pub otlp_compression: Compression,
     pub metrics_listen: SocketAddr,
     /// Ring buffer size in bytes: a power of two, at least 4096 (P6: 1 MiB).
     pub ringbuf_bytes: u32,
@@ -218,6 +235,13 @@ impl Default for Config {
             otlp_queue_records: 20_000,
             spool_dir: PathBuf::from("/var/lib/clawker-egress/spool"),
             spool_bytes: 1 << 30,
+            otlp_ca_file: None,
+            otlp_client_cert_file: None,
+            otlp_client_key_file: None,
+            otlp_bearer_token_file: None,
+            otlp_headers_file: None,
+            otlp_tls_server_name: None,
+            otlp_compression: Compression::None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             ringbuf_bytes: crate::kernel::abi::EGRESS_RINGBUF_DEFAULT_BYTES,
             pin_root: PathBuf::from("/sys/fs/bpf/clawker-egress"),
@@ -250,6 +274,20 @@ pub struct Overrides {
     pub output: Option<Outputs>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_client_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_client_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_bearer_token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_headers_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_tls_server_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_compression: Option<Compression>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -329,11 +367,42 @@ impl Config {
                 self.file_rotate_bytes
             )));
         }
-        if self.output.has(&Output::Otlp) && !self.otlp_endpoint.starts_with("http") {
+        let scheme = self.otlp_endpoint.to_ascii_lowercase();
+        let https = scheme.starts_with("https://");
+        if self.output.has(&Output::Otlp) && !https && !scheme.starts_with("http://") {
             return Err(ConfigError::Invalid(format!(
                 "otlp_endpoint = {:?}: must be an http:// or https:// URL",
                 self.otlp_endpoint
             )));
+        }
+        // Never a downgrade: TLS material or credentials with a plaintext
+        // endpoint is a mistake the operator must hear about.
+        if self.output.has(&Output::Otlp) && !https {
+            let t = self.otlp_transport();
+            let given: Vec<&str> = [
+                ("otlp_ca_file", t.ca_file.is_some()),
+                ("otlp_client_cert_file", t.client_cert_file.is_some()),
+                ("otlp_client_key_file", t.client_key_file.is_some()),
+                ("otlp_bearer_token_file", t.bearer_token_file.is_some()),
+                ("otlp_headers_file", t.headers_file.is_some()),
+                ("otlp_tls_server_name", t.server_name.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, set)| set.then_some(k))
+            .collect();
+            if !given.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "otlp_endpoint = {:?} is plaintext but {} is set: TLS settings and credentials need an https:// endpoint",
+                    self.otlp_endpoint,
+                    given.join(", ")
+                )));
+            }
+        }
+        if self.otlp_client_cert_file.is_some() != self.otlp_client_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "otlp_client_cert_file and otlp_client_key_file go together: set both or neither"
+                    .into(),
+            ));
         }
         if self.container_max_flows > crate::kernel::abi::EGRESS_MAX_FLOWS
             || self.container_max_dns_answers > crate::kernel::abi::EGRESS_MAX_DNS_ENTRIES
@@ -371,6 +440,19 @@ impl Config {
             )));
         }
         Ok(self)
+    }
+
+    /// The OTLP transport's files and options (loaded by the sink).
+    pub fn otlp_transport(&self) -> TransportSettings {
+        TransportSettings {
+            ca_file: self.otlp_ca_file.clone(),
+            client_cert_file: self.otlp_client_cert_file.clone(),
+            client_key_file: self.otlp_client_key_file.clone(),
+            bearer_token_file: self.otlp_bearer_token_file.clone(),
+            headers_file: self.otlp_headers_file.clone(),
+            server_name: self.otlp_tls_server_name.clone(),
+            compression: self.otlp_compression,
+        }
     }
 
     /// Which Docker labels name the agent and the project.
@@ -503,6 +585,37 @@ mod tests {
         }
         let o: Outputs = "stdout, otlp".parse().unwrap();
         assert_eq!(o.0, vec![Output::Stdout, Output::Otlp]);
+    }
+
+    #[test]
+    fn otlp_transport_keys_load_from_toml_and_env_and_refuse_plaintext() {
+        let c = load_toml(
+            "output = \"otlp\"\notlp_endpoint = \"https://c:4317\"\notlp_ca_file = \"/etc/ca.pem\"\notlp_bearer_token_file = \"/run/t\"\notlp_compression = \"gzip\"\n",
+        )
+        .unwrap();
+        let t = c.otlp_transport();
+        assert_eq!(t.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(t.bearer_token_file, Some(PathBuf::from("/run/t")));
+        assert_eq!(t.compression, Compression::Gzip);
+        let err = load_toml(
+            "output = \"otlp\"\notlp_endpoint = \"http://c:4317\"\notlp_bearer_token_file = \"/run/t\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("otlp_bearer_token_file") && err.contains("https://"),
+            "{err}"
+        );
+        let err = load_toml(
+            "output = \"otlp\"\notlp_endpoint = \"https://c:4317\"\notlp_client_cert_file = \"/c\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("otlp_client_key_file"), "{err}");
+        let err = load_toml("otlp_compression = \"zstd\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("otlp_compression"), "{err}");
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn outage(
         telemetry: port("CLAWKER_DELIVERY_TELEMETRY_PORT", 18988) + shift,
         exporter: port("CLAWKER_DELIVERY_EXPORTER_PORT", 18989) + shift,
         health: port("CLAWKER_DELIVERY_HEALTH_PORT", 13233) + shift,
+        daemon_http: port("CLAWKER_DELIVERY_OTLP_DAEMON_HTTP_PORT", 14419) + shift,
     };
     let os_port = port("CLAWKER_DELIVERY_OPENSEARCH_PORT", 19300) + shift;
     let os = start_opensearch(&mut stack, os_port);
@@ -104,11 +105,23 @@ fn outage(
     start_collector(&mut stack, "collector-d", &ports, &os, &[], collector_env);
 
     let cg = support::TestCgroup::new(name);
+    // Through the daemon door: TLS with the stack's CA, the daemon's client
+    // certificate and bearer token (tests/stack_e2e/plumbing.rs).
+    let door = DaemonDoor::new(&stack, &ports);
+    let f = |name: &str| door.pki.join(name).display().to_string();
     let mut opts = support::DaemonOptions::for_cgroup(&cg)
         .arg("--output")
         .arg("stdout,otlp")
         .arg("--otlp-endpoint")
-        .arg(format!("http://127.0.0.1:{}", ports.grpc));
+        .arg(format!("https://localhost:{}", ports.grpc))
+        .arg("--otlp-ca-file")
+        .arg(f("ca.pem"))
+        .arg("--otlp-client-cert-file")
+        .arg(f("daemon.pem"))
+        .arg("--otlp-client-key-file")
+        .arg(f("daemon.key"))
+        .arg("--otlp-bearer-token-file")
+        .arg(f("daemon.token"));
     for (k, v) in daemon_env {
         opts.env.push(((*k).into(), (*v).into()));
     }
@@ -294,11 +307,8 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
         ])],
     )] });
     for _ in 0..2 {
-        let (s, v) = http(
-            "POST",
-            &format!("http://127.0.0.1:{}/v1/logs", ports.http),
-            Some(&body),
-        );
+        let door = DaemonDoor::new(&_stack, &ports);
+        let (s, v) = door.post("/v1/logs", &body, Some(&door.token()));
         assert_eq!(s, 200, "{v}");
         std::thread::sleep(Duration::from_secs(3));
     }

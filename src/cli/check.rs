@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use super::CommonArgs;
-use crate::config::Config;
+use crate::config::{Config, Output};
+use crate::export::OtlpTransport;
 use crate::kernel;
 
 /// Effective capability bits the daemon needs (linux/capability.h).
@@ -63,7 +64,42 @@ pub fn preflight(config: &Config) -> Vec<Finding> {
             format!("BPF LSM unavailable: {why}; fallback: packet sockets are recorded at their first send and a denied sender is killed (docs/SECURITY.md)"),
         ),
     });
+    if let Some(f) = otlp_transport(config) {
+        out.push(f);
+    }
     out
+}
+
+/// The OTLP transport's files, as the daemon would load them: readable,
+/// parsing PEM, secrets (key, token, headers) not accessible to other
+/// users, a client key that matches its certificate. Contents never shown.
+fn otlp_transport(config: &Config) -> Option<Finding> {
+    let settings = config.otlp_transport();
+    let any_file = settings.ca_file.is_some()
+        || settings.client_cert_file.is_some()
+        || settings.bearer_token_file.is_some()
+        || settings.headers_file.is_some();
+    if config.output != Output::Otlp && !any_file {
+        return None;
+    }
+    let loaded = OtlpTransport::load(&config.otlp_endpoint, &settings).and_then(|t| {
+        t.endpoint(&config.otlp_endpoint)?;
+        Ok(t)
+    });
+    Some(match loaded {
+        Ok(t) => finding(
+            true,
+            format!(
+                "otlp transport to {}: {}",
+                config.otlp_endpoint,
+                t.summary()
+            ),
+        ),
+        Err(e) => finding(
+            false,
+            format!("otlp transport to {}: {e}", config.otlp_endpoint),
+        ),
+    })
 }
 
 fn privileges() -> Finding {

@@ -69,6 +69,30 @@ pub struct RunArgs {
     /// OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// PEM CA bundle that verifies the collector (https:// endpoints;
+    /// default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS to the collector.
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --otlp-client-cert-file (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key_file: Option<PathBuf>,
+    /// File holding the collector's bearer token (mode 0600); sent as
+    /// `authorization: Bearer <token>`. Never the token itself.
+    #[arg(long, value_name = "FILE")]
+    pub otlp_bearer_token_file: Option<PathBuf>,
+    /// File of `name: value` lines sent as extra OTLP request headers.
+    #[arg(long, value_name = "FILE")]
+    pub otlp_headers_file: Option<PathBuf>,
+    /// Name the collector's certificate must carry, when it is not the
+    /// endpoint's host.
+    #[arg(long, value_name = "NAME")]
+    pub otlp_tls_server_name: Option<String>,
+    /// Compress OTLP requests.
+    #[arg(long, value_enum)]
+    pub otlp_compression: Option<crate::config::Compression>,
     /// Prometheus endpoint address (default 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -112,6 +136,13 @@ impl RunArgs {
         Overrides {
             output: self.output.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_ca_file: self.otlp_ca_file.clone(),
+            otlp_client_cert_file: self.otlp_client_cert_file.clone(),
+            otlp_client_key_file: self.otlp_client_key_file.clone(),
+            otlp_bearer_token_file: self.otlp_bearer_token_file.clone(),
+            otlp_headers_file: self.otlp_headers_file.clone(),
+            otlp_tls_server_name: self.otlp_tls_server_name.clone(),
+            otlp_compression: self.otlp_compression,
             metrics_listen: self.metrics_listen,
             ringbuf_bytes: self.ringbuf_bytes,
             scope: self.scope,

@@ -20,8 +20,8 @@ use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
 use crate::export::{
-    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, Spool, SpoolOptions,
-    StdoutSink,
+    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, OtlpTransport, Spool,
+    SpoolOptions, StdoutSink,
 };
 use crate::flow::FlowStage;
 use crate::kernel::{
@@ -45,6 +45,13 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         (None, None)
     };
     crate::logging::init_with(&config.log_level, cp_layer);
+    // TLS material and credentials are read and checked before anything
+    // touches the kernel: a broken transport is a start-up error.
+    let transport = if config.output.has(&Output::Otlp) {
+        Some(otlp_transport(&config)?)
+    } else {
+        None
+    };
     require_privileges()?;
     let cgroup = cgroup_dir(&config)?;
     let cgroup2_root = kernel::cgroup2_root()?;
@@ -97,9 +104,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         usage.clone(),
     )?));
 
-    let (sink_tx, sinks) = start_sinks(&config, metrics.clone()).await?;
+    let (sink_tx, sinks) = start_sinks(&config, transport.as_ref(), metrics.clone()).await?;
     let cp_logs = cp_rx
-        .map(|rx| start_cp_logs(&config, rx, metrics.clone()))
+        .zip(transport.as_ref())
+        .map(|(rx, t)| start_cp_logs(&config, t, rx, metrics.clone()))
         .transpose()?;
     let (event_tx, event_rx) = mpsc::channel(STAGE_QUEUE);
     let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
@@ -265,12 +273,33 @@ fn start_attribution(
     ))
 }
 
+/// The OTLP transport (TLS, credentials, headers, compression), loaded and
+/// checked: files, PEM, permissions, and the TLS set-up itself.
+fn otlp_transport(config: &Config) -> Result<OtlpTransport> {
+    let transport = OtlpTransport::load(&config.otlp_endpoint, &config.otlp_transport())
+        .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+    transport
+        .endpoint(&config.otlp_endpoint)
+        .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
+    tracing::info!(
+        event = "otlp_transport",
+        endpoint = %config.otlp_endpoint,
+        transport = %transport.summary(),
+        "OTLP transport configured"
+    );
+    Ok(transport)
+}
+
 /// The pipeline's side of each sink (`senders`) and the sink tasks.
 type Sinks = (Vec<mpsc::Sender<Batch>>, Vec<JoinHandle<()>>);
 
 /// One channel and one task per output: each sink queues, retries and
 /// counts its losses on its own (`sink` label).
-async fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
+async fn start_sinks(
+    config: &Config,
+    transport: Option<&OtlpTransport>,
+    metrics: Arc<Metrics>,
+) -> Result<Sinks> {
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for output in config.output.iter() {
@@ -280,6 +309,9 @@ async fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
             Output::Otlp => {
                 let mut opts = OtlpOptions::new(&config.otlp_endpoint);
                 opts.queue_records = config.otlp_queue_records;
+                if let Some(transport) = transport {
+                    opts.transport = transport.clone();
+                }
                 let mut sink = OtlpSink::new(opts, metrics.clone())
                     .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;
                 if config.spool_bytes > 0 {
@@ -308,11 +340,13 @@ async fn start_sinks(config: &Config, metrics: Arc<Metrics>) -> Result<Sinks> {
 /// The daemon's own logs: a second OTLP sink instance, fed by the layer.
 fn start_cp_logs(
     config: &Config,
+    transport: &OtlpTransport,
     rx: cp_logs::CpLogReceiver,
     metrics: Arc<Metrics>,
 ) -> Result<cp_logs::CpLogs> {
     let mut opts = OtlpOptions::new(&config.otlp_endpoint);
     opts.name = cp_logs::CP_SINK;
+    opts.transport = transport.clone();
     opts.queue_records = 10_000;
     let mut sink = OtlpSink::new(opts, metrics.clone())
         .with_context(|| format!("otlp endpoint {}", config.otlp_endpoint))?;

@@ -6,6 +6,7 @@ mod file;
 mod otlp;
 mod spool;
 mod stdout;
+mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub use file::{FileOptions, FileSink};
 pub use otlp::{OtlpOptions, OtlpSink};
 pub use spool::{Spool, SpoolOptions};
 pub use stdout::StdoutSink;
+pub use transport::{Compression, OtlpTransport, TransportError, TransportSettings};
 
 use crate::record::Record;
 

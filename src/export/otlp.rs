@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
@@ -28,10 +27,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use super::spool::{Position, Spool};
+use super::transport::{safe_message, OtlpClient, OtlpTransport, TransportError};
 use super::{Batch, Sink};
 use crate::metrics::Metrics;
 use crate::record::{key, Record, Severity, Value};
@@ -44,6 +43,9 @@ pub struct OtlpOptions {
     /// Names this instance in metrics (`sink` label) and in its own logs.
     pub name: &'static str,
     pub endpoint: String,
+    /// TLS, credentials, headers, compression (docs/SECURITY.md
+    /// "Credentials and transport"); the default: none of them.
+    pub transport: OtlpTransport,
     /// Records held while the collector is slow or away.
     pub queue_records: usize,
     /// Records per export request: well under the collector's 4 MiB limit.
@@ -57,6 +59,7 @@ impl OtlpOptions {
         OtlpOptions {
             name: SINK,
             endpoint: endpoint.into(),
+            transport: OtlpTransport::default(),
             queue_records: 100_000,
             batch_records: 1_000,
             shutdown_grace: Duration::from_secs(5),
@@ -87,12 +90,15 @@ pub struct OtlpSink {
 
 impl OtlpSink {
     /// The connection is lazy: a collector that is down at start-up is a
-    /// degraded sink (records queue, then count), not a failed daemon.
-    pub fn new(opts: OtlpOptions, metrics: Arc<Metrics>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(opts.endpoint.clone())?
+    /// degraded sink (records queue, then count), not a failed daemon. A
+    /// transport that cannot be set up (TLS for https://) is an error here.
+    pub fn new(opts: OtlpOptions, metrics: Arc<Metrics>) -> Result<Self, TransportError> {
+        let endpoint = opts
+            .transport
+            .endpoint(&opts.endpoint)?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .timeout(Duration::from_secs(10));
+        let client = opts.transport.client(endpoint);
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             inflight: Mutex::new(Vec::new()),
@@ -101,7 +107,7 @@ impl OtlpSink {
             closing: std::sync::atomic::AtomicBool::new(false),
         });
         let exporter = tokio::spawn(export_loop(
-            LogsServiceClient::new(channel),
+            client,
             shared.clone(),
             opts.clone(),
             metrics.clone(),
@@ -316,7 +322,7 @@ fn delivered(shared: &Shared, metrics: &Metrics, name: &'static str, spooled: Op
 }
 
 async fn export_loop(
-    mut client: LogsServiceClient<Channel>,
+    mut client: OtlpClient,
     shared: Arc<Shared>,
     opts: OtlpOptions,
     metrics: Arc<Metrics>,
@@ -368,7 +374,7 @@ async fn export_loop(
                 }
                 Err(status) if retryable(status.code()) => {
                     if !outage {
-                        tracing::warn!(event = "collector_unavailable", sink = opts.name, endpoint = %opts.endpoint, error = %status.message(), "OTLP export failed; retrying with backoff");
+                        tracing::warn!(event = "collector_unavailable", sink = opts.name, endpoint = %opts.endpoint, code = ?status.code(), error = %safe_message(&status), "OTLP export failed; retrying with backoff");
                         outage = true;
                     }
                     if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -380,7 +386,7 @@ async fn export_loop(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(status) => {
-                    tracing::warn!(event = "sink_failure", sink = opts.name, code = ?status.code(), error = %status.message(), "collector rejected a batch");
+                    tracing::warn!(event = "sink_failure", sink = opts.name, code = ?status.code(), error = %safe_message(&status), "collector rejected a batch");
                     metrics.sink_failure(opts.name, "rejected", n);
                     delivered(&shared, &metrics, opts.name, spooled);
                     break;
@@ -392,10 +398,16 @@ async fn export_loop(
 
 /// Transient per the OTLP spec (RESOURCE_EXHAUSTED is treated as transient
 /// too: the collector's memory_limiter answers with it while it sheds load).
+/// A refused credential (UNAUTHENTICATED, PERMISSION_DENIED) is held too,
+/// unlike the spec: the records are evidence, and they stay queued (bounded,
+/// overflow counted) until the credential is fixed -- the token file is
+/// re-read on change, so fixing it delivers them.
 fn retryable(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable
+        Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::Unavailable
             | Code::Cancelled
             | Code::DeadlineExceeded
             | Code::Aborted

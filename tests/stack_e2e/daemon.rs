@@ -15,13 +15,26 @@ use crate::support;
 
 // ---------------------------------------------------------------- the real daemon
 
-/// `clawker-egress run` exporting OTLP/gRPC to the test's collector.
-pub(crate) fn otlp_daemon(opts: support::DaemonOptions, grpc: u16) -> support::Daemon {
+/// `clawker-egress run` exporting OTLP/gRPC to the test's collector, through
+/// the daemon door: TLS with the stack's CA, its client certificate, the
+/// bearer token from its file, gzip.
+pub(crate) fn otlp_daemon(opts: support::DaemonOptions, door: &DaemonDoor) -> support::Daemon {
+    let f = |name: &str| door.pki.join(name).display().to_string();
     support::Daemon::start(
         opts.arg("--output")
             .arg("otlp")
             .arg("--otlp-endpoint")
-            .arg(format!("http://127.0.0.1:{grpc}")),
+            .arg(format!("https://localhost:{}", door.grpc))
+            .arg("--otlp-ca-file")
+            .arg(f("ca.pem"))
+            .arg("--otlp-client-cert-file")
+            .arg(f("daemon.pem"))
+            .arg("--otlp-client-key-file")
+            .arg(f("daemon.key"))
+            .arg("--otlp-bearer-token-file")
+            .arg(f("daemon.token"))
+            .arg("--otlp-compression")
+            .arg("gzip"),
     )
 }
 
@@ -68,10 +81,10 @@ pub(crate) fn nanos_of(t: SystemTime) -> u128 {
 /// Proof (1): known flows from a test cgroup, through the real daemon and
 /// the real collector, searchable in `clawker-egress` with exact values and
 /// types; the daemon's `event=attached` log searchable in `clawker-cp`.
-pub(crate) fn real_daemon_flows_reach_opensearch(os: &str, grpc: u16) {
+pub(crate) fn real_daemon_flows_reach_opensearch(os: &str, door: &DaemonDoor) {
     let t0 = Instant::now();
     let cg = support::TestCgroup::new("ce-stack");
-    let daemon = otlp_daemon(support::DaemonOptions::for_cgroup(&cg), grpc);
+    let daemon = otlp_daemon(support::DaemonOptions::for_cgroup(&cg), door);
     // (bytes the client sends, bytes the server answers) per TCP flow.
     let tcp: [(usize, usize); 3] = [(1_000, 3_000), (70_000, 10), (5, 200_000)];
     let servers: Vec<support::TcpServer> = tcp
@@ -275,11 +288,11 @@ pub(crate) const PROJECT_LABEL: &str = "dev.clawker.project";
 /// The engine is shared by the whole machine: when another process stops
 /// dockerd mid-attempt (the daemon logs `docker_unavailable`; lifecycle
 /// events of that window are gone), the attempt is repeated once.
-pub(crate) fn labelled_containers_drill_down(os: &str, grpc: u16) {
+pub(crate) fn labelled_containers_drill_down(os: &str, door: &DaemonDoor) {
     let t0 = Instant::now();
     let _engine = support::docker::engine();
     for attempt in 1..=2 {
-        let daemon = otlp_daemon(support::DaemonOptions::host_root(), grpc);
+        let daemon = otlp_daemon(support::DaemonOptions::host_root(), door);
         support::docker::wait_attribution_ready(&daemon);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             labelled_containers_attempt(os)

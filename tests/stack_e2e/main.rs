@@ -15,14 +15,15 @@
 //! set) nothing skips, a missing component fails the test.
 //!
 //! Ports (all on 127.0.0.1) can be moved with environment variables:
-//! CLAWKER_STACK_OPENSEARCH_PORT (19200), CLAWKER_STACK_OTLP_GRPC_PORT (14317),
-//! CLAWKER_STACK_OTLP_HTTP_PORT (14318), CLAWKER_STACK_PROMETHEUS_PORT (19090),
+//! CLAWKER_STACK_OPENSEARCH_PORT (19200), CLAWKER_STACK_OTLP_GRPC_PORT (14317, the
+//! daemon door), CLAWKER_STACK_OTLP_DAEMON_HTTP_PORT (14319, daemon door),
+//! CLAWKER_STACK_OTLP_HTTP_PORT (14318, agent door), CLAWKER_STACK_PROMETHEUS_PORT (19090),
 //! and CLAWKER_STACK_PORT_OFFSET (0), added to every port including the
 //! collectors' internal ones.
 //!
 //! Layout: `plumbing.rs` starts and stops the stack pieces and talks HTTP to
 //! them; `daemon.rs` drives the real daemon against them; this file holds
-//! the tests.
+//! the tests; `doors.rs` attacks the collector's daemon and agent doors (issue 10).
 
 #![allow(unused_imports)]
 
@@ -39,9 +40,11 @@ use serde_json::{json, Value};
 mod support;
 
 mod daemon;
+mod doors;
 mod plumbing;
 
 use daemon::*;
+use doors::*;
 use plumbing::*;
 
 // ---------------------------------------------------------------- tests
@@ -64,6 +67,7 @@ fn stack_routes_records_into_data_streams() {
     let mut stack = Stack::new("stack-a");
     let ports = CollectorPorts {
         grpc: port("CLAWKER_STACK_OTLP_GRPC_PORT", 14317),
+        daemon_http: port("CLAWKER_STACK_OTLP_DAEMON_HTTP_PORT", 14319),
         http: port("CLAWKER_STACK_OTLP_HTTP_PORT", 14318),
         telemetry: port("CLAWKER_STACK_A_TELEMETRY_PORT", 18888),
         exporter: port("CLAWKER_STACK_A_EXPORTER_PORT", 18889),
@@ -267,9 +271,10 @@ fn stack_routes_records_into_data_streams() {
                 ("dst_port", json!("443")), ("sni", json!("evil.example"))]),
         ]),
     ]});
-    let otlp = format!("http://127.0.0.1:{}/v1/logs", ports.http);
+    // Trusted senders' records (every source) through the daemon door.
+    let door = DaemonDoor::new(&stack, &ports);
     let sent = Instant::now();
-    let (s, v) = http("POST", &otlp, Some(&payload));
+    let (s, v) = door.post("/v1/logs", &payload, Some(&door.token()));
     assert_eq!(s, 200, "OTLP/HTTP export: {v}");
     assert!(
         !matches!(v.get("partialSuccess"), Some(p) if p.get("rejectedLogRecords").is_some()),
@@ -529,10 +534,14 @@ fn stack_routes_records_into_data_streams() {
         .sum();
     assert!(filtered >= 4.0, "filter counted {filtered}:\n{metrics}");
 
-    // The same stack fed by the real daemon.
-    real_daemon_flows_reach_opensearch(&os, ports.grpc);
+    // Issue 10: the doors. An agent's forgeries stay Claude Code records;
+    // unauthenticated senders are refused at the daemon door ...
+    agent_door_only_writes_claude(&os, &ports, &door);
+    daemon_door_refuses_the_unauthenticated(&os, &ports, &door);
+    // ... while the real daemon's records, through the daemon door, land.
+    real_daemon_flows_reach_opensearch(&os, &door);
     if preconditions(&format!("{test} (labelled containers)"), true, &["docker"]) {
-        labelled_containers_drill_down(&os, ports.grpc);
+        labelled_containers_drill_down(&os, &door);
     }
 }
 
@@ -562,6 +571,7 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
     let mut stack = Stack::new("stack-b");
     let ports = CollectorPorts {
         grpc: port("CLAWKER_STACK_B_OTLP_GRPC_PORT", 14327),
+        daemon_http: port("CLAWKER_STACK_B_OTLP_DAEMON_HTTP_PORT", 14329),
         http: port("CLAWKER_STACK_B_OTLP_HTTP_PORT", 14328),
         telemetry: port("CLAWKER_STACK_B_TELEMETRY_PORT", 18898),
         exporter: port("CLAWKER_STACK_B_EXPORTER_PORT", 18899),
@@ -617,7 +627,15 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
             "name": "claude_code.token.usage", "unit": "tokens", "description": "tokens used",
             "sum": { "aggregationTemporality": 2, "isMonotonic": true, "dataPoints": [{
                 "attributes": attrs(&[("type", json!("input")), ("model", json!("claude-sonnet"))]),
-                "startTimeUnixNano": t, "timeUnixNano": t, "asDouble": 42.0 }] } }] }] }] });
+                "startTimeUnixNano": t, "timeUnixNano": t, "asDouble": 42.0 }] } }] }] },
+        // Issue 10: what an agent sends to its door never becomes a
+        // daemon metric (only claude_code.* names pass).
+        { "resource": { "attributes": attrs(&[("service.name", json!("clawker-egress"))]) },
+          "scopeMetrics": [{ "scope": { "name": "clawker-egress" }, "metrics": [{
+            "name": "clawker_egress_events_dropped", "unit": "", "description": "forged",
+            "sum": { "aggregationTemporality": 2, "isMonotonic": true, "dataPoints": [{
+                "attributes": attrs(&[("reason", json!("ringbuf_full"))]),
+                "startTimeUnixNano": t, "timeUnixNano": t, "asDouble": 1000.0 }] } }] }] }] });
     let (s, v) = http(
         "POST",
         &format!("http://127.0.0.1:{}/v1/metrics", ports.http),
@@ -635,6 +653,14 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
             );
             (!r.is_empty()).then_some(r)
         },
+    );
+    let forged = prom_query(
+        &prom,
+        "{__name__=~\"clawker_egress.*\",job=\"otel-collector-exporter\"}",
+    );
+    assert!(
+        forged.is_empty(),
+        "agent-door metric became a daemon metric: {forged:?}"
     );
     let m = &series[0]["metric"];
     assert_eq!(m["project"], "proj-1", "{m}");
@@ -716,6 +742,34 @@ fn shipped_collector_config_validates() {
     }
     let bin = run_ok(script("stack-collector"), "scripts/stack-collector");
     let dir = repo().join("otel-collector");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = script("stack-credentials");
+    c.arg(tmp.path());
+    run_ok(c, "scripts/stack-credentials");
+    let creds = [
+        ("DAEMON_DOOR_CERT_FILE", tmp.path().join("collector.pem")),
+        ("DAEMON_DOOR_KEY_FILE", tmp.path().join("collector.key")),
+        ("DAEMON_DOOR_TOKEN_FILE", tmp.path().join("daemon.token")),
+    ];
+    // Fail closed: without its certificate or its token the daemon door,
+    // and so the collector, does not start.
+    for missing in ["DAEMON_DOOR_CERT_FILE", "DAEMON_DOOR_TOKEN_FILE"] {
+        let mut c = Command::new(&bin);
+        c.arg("validate")
+            .arg("--config")
+            .arg(dir.join("config.yaml"))
+            .env("OPENSEARCH_PASSWORD", "x");
+        for (k, v) in &creds {
+            if *k != missing {
+                c.env(k, v);
+            }
+        }
+        let out = c.output().unwrap();
+        assert!(
+            !out.status.success(),
+            "the collector accepted a config without {missing}"
+        );
+    }
     for overlays in [vec![], vec!["coredns.yaml"]] {
         let mut c = Command::new(&bin);
         c.arg("validate")
@@ -725,7 +779,8 @@ fn shipped_collector_config_validates() {
             c.arg("--config").arg(dir.join(o));
         }
         c.env("OPENSEARCH_PASSWORD", "x")
-            .env("COREDNS_LOG_PATH", "/nonexistent/coredns.log");
+            .env("COREDNS_LOG_PATH", "/nonexistent/coredns.log")
+            .envs(creds.iter().map(|(k, v)| (k, v)));
         run_ok(c, &format!("otelcol validate {overlays:?}"));
     }
 }

@@ -230,6 +230,16 @@ pub(crate) fn reap_stale_servers() {
         if !name.starts_with("clawker-stack-") || name.contains(&me) {
             continue;
         }
+        // "clawker-<name>-<pid>-<random>": only a DEAD test process's
+        // servers are stale; a live one (another test binary running now,
+        // e.g. another engineer's) keeps its servers.
+        let owner = name
+            .rsplit_once('-')
+            .and_then(|(head, _)| head.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+            continue;
+        }
         for (what, pidfile, marker) in [
             (
                 "opensearch",
@@ -266,14 +276,122 @@ pub(crate) fn reap_stale_servers() {
 }
 
 pub(crate) struct CollectorPorts {
+    /// The daemon door (TLS + mTLS + bearer token), gRPC and HTTP.
     pub(crate) grpc: u16,
+    pub(crate) daemon_http: u16,
+    /// The agent door (OTLP/HTTP, unauthenticated, Claude Code only).
     pub(crate) http: u16,
     pub(crate) telemetry: u16,
     pub(crate) exporter: u16,
     pub(crate) health: u16,
 }
 
-/// The shipped config (plus optional overlays), only addresses in the env.
+/// The stack's credentials (CA, collector and daemon certificates, the
+/// daemon door's token), made once per stack by scripts/stack-credentials --
+/// the script the compose init service runs.
+pub(crate) fn stack_pki(stack: &Stack) -> PathBuf {
+    let dir = stack.path("pki");
+    if !dir.join("daemon.token").exists() {
+        let mut c = script("stack-credentials");
+        c.arg(&dir).args(["--names", "localhost,127.0.0.1"]);
+        run_ok(c, "scripts/stack-credentials");
+    }
+    dir
+}
+
+/// How a trusted sender reaches the daemon door.
+#[derive(Clone)]
+pub(crate) struct DaemonDoor {
+    pub(crate) grpc: u16,
+    pub(crate) http: u16,
+    pub(crate) pki: PathBuf,
+}
+
+impl DaemonDoor {
+    pub(crate) fn new(stack: &Stack, ports: &CollectorPorts) -> DaemonDoor {
+        DaemonDoor {
+            grpc: ports.grpc,
+            http: ports.daemon_http,
+            pki: stack_pki(stack),
+        }
+    }
+
+    /// An HTTP client that trusts the stack's CA and presents the daemon's
+    /// client certificate.
+    pub(crate) fn agent(&self, with_client_cert: bool) -> ureq::Agent {
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        let ca = std::fs::read(self.pki.join("ca.pem")).unwrap();
+        let cert = std::fs::read(self.pki.join("daemon.pem")).unwrap();
+        let key = std::fs::read(self.pki.join("daemon.key")).unwrap();
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(std::sync::Arc::new(vec![
+                Certificate::from_pem(&ca).unwrap(),
+            ])))
+            .client_cert(with_client_cert.then(|| {
+                ClientCert::new_with_certs(
+                    &[Certificate::from_pem(&cert).unwrap()],
+                    PrivateKey::from_pem(&key).unwrap(),
+                )
+            }))
+            .build();
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .tls_config(tls)
+            .build()
+            .into()
+    }
+
+    pub(crate) fn token(&self) -> String {
+        std::fs::read_to_string(self.pki.join("daemon.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// POST OTLP/HTTP JSON to the daemon door: (status, body), status 0 on
+    /// a transport (TLS) error. `token`: the authorization value, if any.
+    pub(crate) fn post(&self, path: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
+        self.post_as(true, path, body, token)
+    }
+
+    pub(crate) fn post_without_client_cert(
+        &self,
+        path: &str,
+        body: &Value,
+        token: &str,
+    ) -> (u16, Value) {
+        self.post_as(false, path, body, Some(token))
+    }
+
+    fn post_as(
+        &self,
+        with_client_cert: bool,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("https://localhost:{}{path}", self.http);
+        let mut req = self
+            .agent(with_client_cert)
+            .post(&url)
+            .header("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        match req.send(body.to_string()) {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let text = r.body_mut().read_to_string().unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({ "transport_error": e.to_string() })),
+        }
+    }
+}
+
+/// The shipped config (plus optional overlays), only addresses and
+/// credential file paths in the env.
 pub(crate) fn start_collector(
     stack: &mut Stack,
     name: &str,
@@ -286,6 +404,7 @@ pub(crate) fn start_collector(
     let bin = run_ok(script("stack-collector"), "scripts/stack-collector");
     let build = t0.elapsed();
     let log = File::create(stack.path(&format!("{name}.log"))).unwrap();
+    let pki = stack_pki(stack);
     let mut cmd = Command::new(&bin);
     cmd.arg("--config")
         .arg(repo().join("otel-collector/config.yaml"));
@@ -295,6 +414,14 @@ pub(crate) fn start_collector(
     }
     cmd.env("OTLP_GRPC_ENDPOINT", format!("127.0.0.1:{}", ports.grpc))
         .env("OTLP_HTTP_ENDPOINT", format!("127.0.0.1:{}", ports.http))
+        .env(
+            "OTLP_DAEMON_HTTP_ENDPOINT",
+            format!("127.0.0.1:{}", ports.daemon_http),
+        )
+        .env("DAEMON_DOOR_CERT_FILE", pki.join("collector.pem"))
+        .env("DAEMON_DOOR_KEY_FILE", pki.join("collector.key"))
+        .env("DAEMON_DOOR_CLIENT_CA_FILE", pki.join("ca.pem"))
+        .env("DAEMON_DOOR_TOKEN_FILE", pki.join("daemon.token"))
         .env("OPENSEARCH_ENDPOINT", opensearch)
         .env("OPENSEARCH_PASSWORD", "unused-on-a-node-without-security")
         .env(

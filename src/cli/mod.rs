@@ -30,6 +30,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the flag struct does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Attach the BPF programs and stream records until SIGTERM/SIGINT.
     Run(RunArgs),

@@ -306,9 +306,21 @@ impl Metrics {
         }
         let mut lost = 0;
         for (now, seen, reason) in [
-            (reading.flow_table_full, &mut seen.flow_table_full, DropReason::FlowTableFull),
-            (reading.dns_cache_full, &mut seen.dns_cache_full, DropReason::DnsCacheFull),
-            (reading.rate_limited, &mut seen.rate_limited, DropReason::RateLimited),
+            (
+                reading.flow_table_full,
+                &mut seen.flow_table_full,
+                DropReason::FlowTableFull,
+            ),
+            (
+                reading.dns_cache_full,
+                &mut seen.dns_cache_full,
+                DropReason::DnsCacheFull,
+            ),
+            (
+                reading.rate_limited,
+                &mut seen.rate_limited,
+                DropReason::RateLimited,
+            ),
         ] {
             let delta = now.saturating_sub(*seen);
             if delta > 0 {
@@ -328,7 +340,11 @@ impl Metrics {
             .iter()
             .map(|h| reading.ringbuf_drops[h.raw() as usize])
             .sum();
-        if lost > 0 && seen.last_warn.is_none_or(|t| t.elapsed() >= DROP_WARN_EVERY) {
+        if lost > 0
+            && seen
+                .last_warn
+                .is_none_or(|t| t.elapsed() >= DROP_WARN_EVERY)
+        {
             seen.last_warn = Some(std::time::Instant::now());
             tracing::warn!(
                 event = "kernel_drops",

@@ -292,6 +292,18 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     })
 }
 
+/// libbpf's own messages (verifier logs of a program that fails to load,
+/// e.g. the optional LSM one) go to the daemon's log at debug level, not
+/// raw to stderr: every failure that matters is returned with context.
+fn route_libbpf_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, |_, msg| {
+            tracing::debug!(target: "libbpf", "{}", msg.trim_end());
+        })));
+    });
+}
+
 /// Open one BPF object, point its maps at the pins and load it.
 fn load<'obj, B: SkelBuilder<'obj>>(
     builder: B,
@@ -300,6 +312,7 @@ fn load<'obj, B: SkelBuilder<'obj>>(
     opts: &AttachOptions,
     pins: &PinLayout,
 ) -> Result<<B::Output as OpenSkel<'obj>>::Output, KernelError> {
+    route_libbpf_messages();
     let mut open = builder
         .open(storage)
         .map_err(bpf_err(format!("open {what} BPF object")))?;
@@ -307,6 +320,22 @@ fn load<'obj, B: SkelBuilder<'obj>>(
     open.load().map_err(bpf_err(format!(
         "load {what} programs (see `clawker-egress check`)"
     )))
+}
+
+/// Can this host run the every-family socket program (BPF LSM active and
+/// its programs load)? `Err` says why not. Loads nothing it keeps.
+pub fn lsm_programs_load() -> Result<(), String> {
+    if !lsm_supported() {
+        return Err("BPF LSM is not active (`bpf` missing from /sys/kernel/security/lsm)".into());
+    }
+    route_libbpf_messages();
+    let mut storage = MaybeUninit::uninit();
+    let open = LsmSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|e| format!("open: {e}"))?;
+    open.load().map(drop).map_err(|e| {
+        format!("BPF LSM is active but its programs do not load here ({e}); trampolines may be forbidden")
+    })
 }
 
 /// Is BPF LSM active (`bpf` in the kernel's LSM list)?

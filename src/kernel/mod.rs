@@ -14,8 +14,8 @@ mod scope;
 mod usage;
 
 pub use attach::{
-    detach, forget_self, load_and_attach, lsm_supported, AttachOptions, Attached, Fairness,
-    KernelError, PinLayout,
+    detach, forget_self, load_and_attach, lsm_programs_load, lsm_supported, AttachOptions,
+    Attached, Fairness, KernelError, PinLayout,
 };
 pub use dns::DnsCache;
 pub use fill::RingbufFill;

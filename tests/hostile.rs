@@ -52,7 +52,12 @@ fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 /// Records for which `pred` holds, waiting up to `timeout` for at least
 /// `min` of them; returns what was there at the end (never panics).
-fn collect(daemon: &Daemon, min: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+fn collect(
+    daemon: &Daemon,
+    min: usize,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let found: Vec<Value> = daemon.records().into_iter().filter(|r| pred(r)).collect();
@@ -96,7 +101,12 @@ fn pinned_map(pin_root: &Path, map: &str) -> PathBuf {
             }
         }
     }
-    assert_eq!(found.len(), 1, "one pinned {map} under {}", pin_root.display());
+    assert_eq!(
+        found.len(),
+        1,
+        "one pinned {map} under {}",
+        pin_root.display()
+    );
     found.remove(0)
 }
 
@@ -191,7 +201,11 @@ impl FrameCounter {
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK,
                 i32::from(ETH_P_MARKER.to_be()),
             );
-            assert!(fd >= 0, "AF_PACKET listener: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET listener: {}",
+                std::io::Error::last_os_error()
+            );
             let size: libc::c_int = 8 << 20;
             libc::setsockopt(
                 fd,
@@ -209,7 +223,12 @@ impl FrameCounter {
                 (&sll as *const libc::sockaddr_ll).cast(),
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             );
-            assert_eq!(rc, 0, "bind listener to lo: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "bind listener to lo: {}",
+                std::io::Error::last_os_error()
+            );
             FrameCounter {
                 fd,
                 marker: marker.to_vec(),
@@ -324,13 +343,22 @@ struct PacketAttack {
 impl PacketAttack {
     fn stopped(&self) -> bool {
         self.status.signal() == Some(libc::SIGKILL)
-            || self.stdout.lines().any(|l| l.trim() == format!("socket {}", libc::EPERM))
+            || self
+                .stdout
+                .lines()
+                .any(|l| l.trim() == format!("socket {}", libc::EPERM))
     }
 }
 
 /// Run one packet-socket attack in `cg` and collect what it achieved and
 /// what the daemon recorded about packet sockets in `cg`.
-fn packet_attack(daemon: &Daemon, cg: &TestCgroup, variant: &str, n: usize, verdict: &str) -> PacketAttack {
+fn packet_attack(
+    daemon: &Daemon,
+    cg: &TestCgroup,
+    variant: &str,
+    n: usize,
+    verdict: &str,
+) -> PacketAttack {
     let marker: Vec<u8> = {
         let seed = format!("{}-{:?}-{variant}", std::process::id(), Instant::now());
         let mut m = b"CLAWKER-RT-".to_vec();
@@ -340,7 +368,10 @@ fn packet_attack(daemon: &Daemon, cg: &TestCgroup, variant: &str, n: usize, verd
     let hex: String = marker.iter().map(|b| format!("{b:02x}")).collect();
     let counter = FrameCounter::new(&marker);
     let out = cg
-        .command("python3", &["-c", PACKET_SENDER, &hex, variant, &n.to_string()])
+        .command(
+            "python3",
+            &["-c", PACKET_SENDER, &hex, variant, &n.to_string()],
+        )
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -386,7 +417,9 @@ fn assert_packet_denied(a: &PacketAttack, what: &str) {
         !a.records.is_empty()
             && (a.stopped() || forked)
             && a.frames <= 1
-            && a.records.iter().all(|r| r["hook"] == "lsm_socket" || r["hook"] == "packet_send"),
+            && a.records
+                .iter()
+                .all(|r| r["hook"] == "lsm_socket" || r["hook"] == "packet_send"),
         "{what} under raw_sockets: deny: {} DENIED packet records (hooks {hooks:?}), \
          sender exit {} (stdout {:?}), {} marker frames delivered on lo \
          (contract: >= 1 record with hook lsm_socket|packet_send, EPERM or SIGKILL, <= 1 frame)",
@@ -417,7 +450,11 @@ fn packet_socket_denied_is_recorded_and_stopped() {
         .args(["-c", PACKET_SENDER, &hex, "raw", "3"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "a host process outside scope is untouched: {}", out.status);
+    assert!(
+        out.status.success(),
+        "a host process outside scope is untouched: {}",
+        out.status
+    );
     assert_eq!(counter.count(), 3, "its frames are delivered");
 }
 
@@ -501,8 +538,14 @@ fn unspecified_destination_is_decided_as_loopback() {
     let t6 = TcpListener::bind("[::1]:0").unwrap();
     let u4 = UdpSocket::bind("127.0.0.1:0").unwrap();
     let u6 = UdpSocket::bind("[::1]:0").unwrap();
-    let (p4, p6) = (t4.local_addr().unwrap().port(), t6.local_addr().unwrap().port());
-    let (q4, q6) = (u4.local_addr().unwrap().port(), u6.local_addr().unwrap().port());
+    let (p4, p6) = (
+        t4.local_addr().unwrap().port(),
+        t6.local_addr().unwrap().port(),
+    );
+    let (q4, q6) = (
+        u4.local_addr().unwrap().port(),
+        u6.local_addr().unwrap().port(),
+    );
     let script = r#"
 import os, socket, sys
 p4, p6, q4, q6 = map(int, sys.argv[1:5])
@@ -538,12 +581,23 @@ print('tcp4_any_retried', r1 if r1 else r2)
     let out = cg
         .command(
             "python3",
-            &["-c", script, &p4.to_string(), &p6.to_string(), &q4.to_string(), &q6.to_string()],
+            &[
+                "-c",
+                script,
+                &p4.to_string(),
+                &p6.to_string(),
+                &q4.to_string(),
+                &q6.to_string(),
+            ],
         )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pid = pid_of(&stdout);
     let results: Vec<(String, i64)> = stdout
         .lines()
@@ -553,8 +607,10 @@ print('tcp4_any_retried', r1 if r1 else r2)
             Some((k.to_owned(), v.trim().parse().ok()?))
         })
         .collect();
-    let not_denied: Vec<&(String, i64)> =
-        results.iter().filter(|(_, e)| *e != i64::from(libc::EPERM)).collect();
+    let not_denied: Vec<&(String, i64)> = results
+        .iter()
+        .filter(|(_, e)| *e != i64::from(libc::EPERM))
+        .collect();
     assert!(
         results.len() == 8 && not_denied.is_empty(),
         "every attempt to the unspecified address under deny 127.0.0.0/8 + ::1/128 gets EPERM; \
@@ -567,7 +623,9 @@ print('tcp4_any_retried', r1 if r1 else r2)
         assert!(u.recv(&mut buf).is_err(), "a datagram got through");
     }
     // Each denial is recorded with the destination the kernel would have used.
-    let denied = collect(&daemon, 9, WAIT, |r| r["pid"] == pid && r["verdict"] == "DENIED");
+    let denied = collect(&daemon, 9, WAIT, |r| {
+        r["pid"] == pid && r["verdict"] == "DENIED"
+    });
     let expect = [
         ("connect4", "127.0.0.1", p4),
         ("connect6", "::1", p6),
@@ -585,7 +643,9 @@ print('tcp4_any_retried', r1 if r1 else r2)
         );
     }
     assert!(
-        denied.iter().all(|r| r["dst_ip"] != "0.0.0.0" && r["dst_ip"] != "::"),
+        denied
+            .iter()
+            .all(|r| r["dst_ip"] != "0.0.0.0" && r["dst_ip"] != "::"),
         "no record names the unspecified address: {denied:#?}"
     );
     assert!(
@@ -645,7 +705,11 @@ except OSError as e: print('udp_pktinfo_any', e.errno)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let accepted = forbidden_tcp.accept().is_ok();
     forbidden_udp.set_nonblocking(true).unwrap();
     let mut got = Vec::new();
@@ -775,7 +839,11 @@ fn records_lost_for(recs: &[Value], c: &support::docker::Container) -> Vec<Value
 fn scope_ids(cs: &[&support::docker::Container]) -> Vec<u64> {
     use std::os::unix::fs::MetadataExt;
     cs.iter()
-        .map(|c| std::fs::metadata(c.cgroup_dir(&cgroup2_root())).unwrap().ino())
+        .map(|c| {
+            std::fs::metadata(c.cgroup_dir(&cgroup2_root()))
+                .unwrap()
+                .ino()
+        })
         .collect()
 }
 
@@ -853,8 +921,14 @@ fn flooding_container_cannot_starve_another() {
          (rate_limited seen before it started: {limited}); victim's own loss reports: {victim_losses:#?}",
         flows.len()
     );
-    assert!(victim_losses.is_empty(), "the victim lost nothing: {victim_losses:#?}");
-    let lost_total: u64 = flooder_losses.iter().map(|r| r["lost_total"].as_u64().unwrap_or(0)).sum();
+    assert!(
+        victim_losses.is_empty(),
+        "the victim lost nothing: {victim_losses:#?}"
+    );
+    let lost_total: u64 = flooder_losses
+        .iter()
+        .map(|r| r["lost_total"].as_u64().unwrap_or(0))
+        .sum();
     let lost_rl: u64 = flooder_losses
         .iter()
         .map(|r| r["lost_rate_limited"].as_u64().unwrap_or(0))
@@ -867,7 +941,10 @@ fn flooding_container_cannot_starve_another() {
         flooder_losses.iter().all(|r| agent_of(r) == "flooder"),
         "attributed to the flooder's agent: {flooder_losses:#?}"
     );
-    assert!(dropped > 0.0, "rate_limited drops are counted in Prometheus");
+    assert!(
+        dropped > 0.0,
+        "rate_limited drops are counted in Prometheus"
+    );
     assert!(
         back_to_baseline,
         "the flows table is back to its baseline ({baseline} entries of these containers): {}",
@@ -883,7 +960,8 @@ fn udp_flow_flood_cannot_untrack_another_containers_flows() {
     const N: usize = 1000;
     let _alone = one_flood_at_a_time();
     let _engine = engine();
-    let daemon = Daemon::start(DaemonOptions::host_root().arg("--loss-report-interval").arg("1s"));
+    // Default options only: the per-container flow quota is on by default.
+    let daemon = Daemon::start(DaemonOptions::host_root());
     wait_attribution_ready(&daemon);
     let flooder = sleeper("rt-udpflood", "udp-flooder");
     let victim = sleeper("rt-udpvictim", "udp-victim");
@@ -927,7 +1005,8 @@ fn udp_flow_flood_cannot_untrack_another_containers_flows() {
         r["pid"] == victim_pid && r["container_id"] == victim.id.as_str()
     });
     let flows = flows_to(&victim_recs, server);
-    let reports = collect(&daemon, 1, Duration::from_secs(10), |r| {
+    // Loss reports come every 10 s by default.
+    let reports = collect(&daemon, 1, Duration::from_secs(25), |r| {
         r["event"] == "records_lost"
             && r["container_id"] == flooder.id.as_str()
             && r["lost_flow_not_tracked"].as_u64().unwrap_or(0) > 0
@@ -1022,7 +1101,11 @@ fn daemon_exemption_ends_with_the_daemon() {
     // SIGTERM: the exemption is cleared.
     let daemon = Daemon::start(first);
     let pid = daemon.child.id();
-    assert_eq!(pinned_self_tgid(&pin_root), u64::from(pid), "running daemon is exempt");
+    assert_eq!(
+        pinned_self_tgid(&pin_root),
+        u64::from(pid),
+        "running daemon is exempt"
+    );
     let (status, _) = daemon.stop_keeping_pins();
     assert!(status.success(), "SIGTERM exits 0: {status}");
     let after_stop = pinned_self_tgid(&pin_root);
@@ -1038,10 +1121,15 @@ fn daemon_exemption_ends_with_the_daemon() {
         .unwrap_or_else(|| panic!("could not get pid {dead} for the impostor after 200 tries"));
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let out = child.wait_with_output().unwrap();
-    let errno: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(-1);
+    let errno: i64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(-1);
     let next = Daemon::start(same_pins(opts()));
     let recs = collect(&next, 1, WAIT, |r| r["pid"] == dead);
-    let denied = recs.iter().any(|r| r["verdict"] == "DENIED" && r["dst_port"] == port);
+    let denied = recs
+        .iter()
+        .any(|r| r["verdict"] == "DENIED" && r["dst_port"] == port);
 
     assert!(
         after_stop == 0 && errno == i64::from(libc::EPERM) && denied,

@@ -278,13 +278,24 @@ payload = marker + b'\x00' * 32
 frame = b'\x00' * 6 + b'\x00' * 6 + struct.pack('>H', ETH) + payload
 kind = socket.SOCK_DGRAM if variant == 'dgram' else socket.SOCK_RAW
 try:
-    s = socket.socket(socket.AF_PACKET, kind, socket.htons(ETH))
+    if variant == 'spkt':
+        # obsolete (PF_INET, SOCK_PACKET): the kernel makes it a packet socket
+        s = socket.socket(socket.AF_INET, 10, socket.htons(ETH))
+    else:
+        s = socket.socket(socket.AF_PACKET, kind, socket.htons(ETH))
 except OSError as e:
     print('socket', e.errno, flush=True)
     sys.exit(0)
-s.bind(('lo', ETH))
+if variant != 'spkt':
+    s.bind(('lo', ETH))
 print('socket ok', flush=True)
-if variant == 'raw':
+if variant == 'spkt':
+    libc = ctypes.CDLL(None, use_errno=True)
+    addr = struct.pack('=H14sH', 17, b'lo', socket.htons(ETH))  # sockaddr_pkt
+    for _ in range(n):
+        if libc.sendto(s.fileno(), frame, len(frame), 0, addr, len(addr)) < 0:
+            print('sendto errno', ctypes.get_errno(), flush=True)
+elif variant == 'raw':
     for _ in range(n):
         s.send(frame)
 elif variant == 'dgram':
@@ -488,6 +499,16 @@ fn packet_socket_cooked_dgram_is_stopped() {
     let (cg, daemon, _dir) = packet_daemon("rt-pkt-dgram", "deny");
     let a = packet_attack(&daemon, &cg, "dgram", 20, "DENIED");
     assert_packet_denied(&a, "AF_PACKET/SOCK_DGRAM, 20 frames");
+}
+
+#[test]
+fn packet_socket_obsolete_inet_sock_packet_is_stopped() {
+    if !require_root("packet_socket_obsolete_inet_sock_packet_is_stopped") {
+        return;
+    }
+    let (cg, daemon, _dir) = packet_daemon("rt-pkt-spkt", "deny");
+    let a = packet_attack(&daemon, &cg, "spkt", 20, "DENIED");
+    assert_packet_denied(&a, "socket(AF_INET, SOCK_PACKET), 20 frames");
 }
 
 #[test]

@@ -1059,6 +1059,46 @@ fn udp_flow_flood_cannot_untrack_another_containers_flows() {
     );
 }
 
+/// The flow quota protects the others; it must not become a place for an
+/// agent to hide its own bytes. Fill the quota (and, without one, the whole
+/// table) with cheap UDP flows, then exfiltrate over TCP: the volume must
+/// still be on record.
+#[test]
+fn filling_its_own_flow_quota_does_not_hide_exfiltrated_bytes() {
+    if !require_root("filling_its_own_flow_quota_does_not_hide_exfiltrated_bytes") {
+        return;
+    }
+    const EXFIL: usize = 1 << 20;
+    let cg = TestCgroup::new("rt-quota-hide");
+    let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
+    let server = support::TcpServer::spawn("127.0.0.1:0", None, 0);
+    let out = cg.python(&format!(
+        "import os, socket\nprint(os.getpid(), flush=True)\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for a in ('127.0.0.1', '127.0.0.2'):\n\
+         \x20   for p in range(1, 35001):\n\
+         \x20       u.sendto(b'x', (a, p))\n\
+         t = socket.create_connection(('127.0.0.1', {port}))\n\
+         t.sendall(b'e' * {EXFIL})\n\
+         t.close()\nu.close()\n",
+        port = server.port
+    ));
+    let pid = pid_of(&out);
+    let port = server.port;
+    let recs = collect(&daemon, 1, WAIT, |r| {
+        r["pid"] == pid && r["dst_port"] == port && r["bytes_out"].as_u64().unwrap_or(0) > 0
+    });
+    let all: Vec<Value> = by_pid(&daemon.records(), pid)
+        .into_iter()
+        .filter(|r| r["dst_port"] == port)
+        .collect();
+    assert!(
+        recs.iter()
+            .any(|r| r["bytes_out"].as_u64().unwrap_or(0) >= EXFIL as u64),
+        "1 MiB sent to 127.0.0.1:{port} after 70,000 UDP flows: its records say {all:#?}"
+    );
+}
+
 // ------------------------------------------------ item 9: self-exemption
 
 /// Removes a pin directory the daemons of a test kept (kill -9, SIGTERM).

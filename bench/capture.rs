@@ -34,13 +34,169 @@ fn main() {
         return;
     }
     println!("clawker-egress capture bench");
-    decode_and_serialize();
+    // `cargo bench --bench capture -- kernel`: the kernel-cost part only.
+    let only_kernel = std::env::args().any(|a| a == "kernel");
+    if !only_kernel {
+        decode_and_serialize();
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIPPED connect-rate bench: needs root (BPF attach, cgroups)");
         return;
     }
-    connect_rate();
+    kernel_cost();
+    if !only_kernel {
+        connect_rate();
+    }
+}
+
+/// Connections per kernel-cost run: socket+connect+close to a closed port.
+const COST_CONNECTS: usize = 100_000;
+
+/// (d) Kernel ns per connection, from the kernel's own per-program
+/// statistics (`kernel.bpf_stats_enabled`): in scope (a watched cgroup) and
+/// out of scope (a host process while the daemon watches containers at the
+/// host root). Only this daemon's programs count (by the ids of its pinned
+/// links), so other BPF users on the host do not blur the figure.
+fn kernel_cost() {
+    let root = clawker_egress::kernel::cgroup2_root().expect("cgroup2 mount");
+    let me = std::process::id();
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    // In scope: the loop runs in the watched cgroup.
+    let cg = root.join(format!("clawker-bench-cost-{me}"));
+    std::fs::create_dir_all(&cg).expect("bench cgroup");
+    let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-cost-{me}"));
+    let daemon = start_daemon(&root, &cg, &pins);
+    let before = prog_stats(&pins);
+    connect_loop(&cg, closed);
+    let after = prog_stats(&pins);
+    stop_daemon(daemon, &cg, &pins);
+    let _ = std::fs::remove_dir(&cg);
+    print_cost("in scope (watched cgroup)", &before, &after);
+    // Out of scope: the daemon watches containers at the host root; the
+    // loop is a host process.
+    let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-host-{me}"));
+    let daemon = start_host_daemon(&root, &pins);
+    let before = prog_stats(&pins);
+    connect_loop(&root, closed);
+    let after = prog_stats(&pins);
+    stop_daemon(daemon, &root, &pins);
+    print_cost("out of scope (host process)", &before, &after);
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+}
+
+/// COST_CONNECTS socket+connect+close from a child in `cgroup`, as fast as
+/// a C-speed Python loop goes (the cost is read per program, not timed).
+fn connect_loop(cgroup: &Path, port: u16) {
+    let script = format!(
+        "import socket\nfor _ in range({COST_CONNECTS}):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', {port}))\n    except OSError: pass\n    s.close()\n"
+    );
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\"",
+            cgroup.display()
+        ))
+        .arg(script)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "connect loop failed");
+}
+
+/// run_time_ns / run_cnt per program of the daemon pinned at `pins`.
+fn prog_stats(pins: &Path) -> Vec<(String, u64, u64)> {
+    let links = pins
+        .join(format!("v{}", abi::EGRESS_ABI_VERSION))
+        .read_dir()
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path().join("links"));
+    let Some(links) = links else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(links).into_iter().flatten().flatten() {
+        let out = Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(entry.path())
+            .output();
+        if let Ok(out) = out {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(id) = v["prog_id"].as_u64() {
+                ids.push(id);
+            }
+        }
+    }
+    let mut stats = Vec::new();
+    for id in ids {
+        let out = Command::new("bpftool")
+            .args(["-j", "prog", "show", "id", &id.to_string()])
+            .output();
+        if let Ok(out) = out {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            stats.push((
+                v["name"].as_str().unwrap_or("?").to_owned(),
+                v["run_time_ns"].as_u64().unwrap_or(0),
+                v["run_cnt"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    stats.sort();
+    stats
+}
+
+fn print_cost(what: &str, before: &[(String, u64, u64)], after: &[(String, u64, u64)]) {
+    println!("kernel ns per connection, {what} ({COST_CONNECTS} socket+connect+close):");
+    let mut total = 0.0;
+    for (name, ns, cnt) in after {
+        let (ns0, cnt0) = before
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, a, b)| (*a, *b))
+            .unwrap_or((0, 0));
+        let (dns, dcnt) = (ns.saturating_sub(ns0), cnt.saturating_sub(cnt0));
+        if dcnt == 0 {
+            continue;
+        }
+        let per_conn = dns as f64 / COST_CONNECTS as f64;
+        total += per_conn;
+        println!(
+            "  {name:<20} {:>7.0} ns/run x {:>5.2} runs/conn = {per_conn:>7.1} ns",
+            dns as f64 / dcnt as f64,
+            dcnt as f64 / COST_CONNECTS as f64
+        );
+    }
+    println!("  {:<20} {total:>52.1} ns per connection", "total");
+}
+
+fn start_host_daemon(root: &Path, pins: &Path) -> Child {
+    let bin = env!("CARGO_BIN_EXE_clawker-egress");
+    let child = Command::new(bin)
+        .args([
+            "run",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--scope",
+            "containers",
+            "--pin-root",
+        ])
+        .arg(pins)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start daemon");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && prog_stats(pins).len() < 10 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = root;
+    std::thread::sleep(SETTLE);
+    child
 }
 
 fn sample_bytes() -> Vec<u8> {

@@ -445,7 +445,9 @@ fn check_reports_a_ready_host() {
     assert!(out.status.success(), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok")).count(),
-        5,
+        6,
         "{text}"
     );
+    // Which path stops packet sockets on this host, said in one line.
+    assert!(text.lines().any(|l| l.contains("BPF LSM")), "{text}");
 }

@@ -11,7 +11,8 @@
 //!   that the kernel delivers to loopback — or to the socket's own source
 //!   address;
 //! - item 5: fairness — one flooding container must not starve another's
-//!   records or flow tracking, and its losses are reported in-band;
+//!   records or flow tracking, and its losses are reported in-band; nor may
+//!   an agent hide its own bytes by filling its own flow quota;
 //! - item 9: the daemon's self-exemption must not outlive the daemon (pid
 //!   reuse after SIGTERM or kill -9).
 //!

@@ -1100,6 +1100,136 @@ fn filling_its_own_flow_quota_does_not_hide_exfiltrated_bytes() {
     );
 }
 
+/// A network namespace the test made, deleted on drop.
+struct NetNs(String);
+
+impl NetNs {
+    fn new(prefix: &str) -> NetNs {
+        let name = support::unique(prefix);
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name}");
+        let ns = NetNs(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let ok = Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip -n {} {args:?}", self.0);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// MPTCP: the first subflow is connected by the caller (decided), further
+/// subflows by the kernel's path manager in a kworker. The cgroup hook runs
+/// for them (the subflow socket inherits the caller's cgroup) but
+/// `current` is the kworker, which no scope check finds in a container.
+/// Here the peer announces 127.0.0.2 (ADD_ADDR) in a namespace whose MPTCP
+/// limits accept announcements (an admin's setting, or a host-network
+/// container on such a host); the policy allows only 127.0.0.1.
+#[test]
+fn mptcp_subflow_to_a_denied_address_is_denied() {
+    if !require_root("mptcp_subflow_to_a_denied_address_is_denied") {
+        return;
+    }
+    let _engine = engine();
+    let ns = NetNs::new("rt-mptcp");
+    ns.ip(&[
+        "mptcp",
+        "limits",
+        "set",
+        "subflows",
+        "4",
+        "add_addr_accepted",
+        "4",
+    ]);
+    ns.ip(&[
+        "mptcp",
+        "endpoint",
+        "add",
+        "127.0.0.2",
+        "dev",
+        "lo",
+        "signal",
+    ]);
+    let (_dir, policy) = policy_file(
+        "raw_sockets: allow\ndefault:\n  default_action: allow\n  rules:\n\
+         \x20   - {dst: 127.0.0.1/32, action: allow}\n\
+         \x20   - {dst: 127.0.0.0/8, action: deny}\n",
+    );
+    let daemon = Daemon::start(DaemonOptions::host_root().policy(&policy));
+    wait_attribution_ready(&daemon);
+    let agent = sleeper("rt-mptcp", "mptcp");
+    let sub = enrolled_sub_cgroup(&daemon, &agent, "mp");
+    let server = r#"
+import socket
+l = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+l.bind(('0.0.0.0', 5555)); l.listen(5)
+print('ready', flush=True)
+c, _ = l.accept(); c.settimeout(10)
+try:
+    while c.recv(65536): pass
+except OSError: pass
+"#;
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c", server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(srv.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let client = r#"
+import os, socket, subprocess, time
+print(os.getpid(), flush=True)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+print('connect', s.connect_ex(('127.0.0.1', 5555)), flush=True)
+s.sendall(b'x' * 1000)
+end = time.time() + 3
+while time.time() < end:
+    ss = subprocess.run(['ss', '-tnH', 'state', 'established'], capture_output=True, text=True).stdout
+    if '127.0.0.2:5555' in ss: break
+    time.sleep(0.1)
+print(ss, flush=True)
+for _ in range(50):
+    s.sendall(b'x' * 65536)
+s.close()
+"#;
+    let out = sub
+        .command("ip", &["netns", "exec", &ns.0, "python3", "-c", client])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(
+        stdout.contains("connect 0"),
+        "the first subflow (127.0.0.1) is allowed: {stdout}"
+    );
+    let to_denied = collect(&daemon, 1, Duration::from_secs(5), |r| {
+        r["dst_ip"] == "127.0.0.2" && r["dst_port"] == 5555
+    });
+    assert!(
+        !stdout.contains("127.0.0.2:5555"),
+        "an MPTCP subflow to 127.0.0.2:5555 (denied) was established by the kernel: {stdout}; \
+         records to it: {to_denied:#?}"
+    );
+}
+
 // ------------------------------------------------ item 9: self-exemption
 
 /// Removes a pin directory the daemons of a test kept (kill -9, SIGTERM).

@@ -41,8 +41,8 @@ use support::{
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The two floods at the host root run one at a time: each daemon sees
-/// every container, and two floods on two cores starve both daemons.
+/// Tests with a daemon at the host root run one at a time: each daemon
+/// sees every container, so one test's flood loads the other's daemon.
 static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -1145,6 +1145,7 @@ fn mptcp_subflow_to_a_denied_address_is_denied() {
     if !require_root("mptcp_subflow_to_a_denied_address_is_denied") {
         return;
     }
+    let _alone = one_flood_at_a_time();
     let _engine = engine();
     let ns = NetNs::new("rt-mptcp");
     ns.ip(&[

@@ -9,10 +9,11 @@
 //!   sockets, `sendmmsg`, the TX ring, forking senders);
 //! - item 4: unspecified destinations (`0.0.0.0`, `::`, `::ffff:0.0.0.0`)
 //!   that the kernel delivers to loopback — or to the socket's own source
-//!   address;
+//!   address; and MPTCP subflows the kernel opens on the agent's behalf;
 //! - item 5: fairness — one flooding container must not starve another's
 //!   records or flow tracking, and its losses are reported in-band; nor may
-//!   an agent hide its own bytes by filling its own flow quota;
+//!   an agent hide its own flows by spending its own record budget or
+//!   filling its own flow quota;
 //! - item 9: the daemon's self-exemption must not outlive the daemon (pid
 //!   reuse after SIGTERM or kill -9).
 //!
@@ -1097,6 +1098,64 @@ fn filling_its_own_flow_quota_does_not_hide_exfiltrated_bytes() {
         recs.iter()
             .any(|r| r["bytes_out"].as_u64().unwrap_or(0) >= EXFIL as u64),
         "1 MiB sent to 127.0.0.1:{port} after 70,000 UDP flows: its records say {all:#?}"
+    );
+}
+
+/// The record budget protects the others; it must not become a way for an
+/// agent to drop its own records. Spend the budget with a flood of cheap
+/// connects, and meanwhile exfiltrate in 5 connections: each of them must
+/// still be on record with its bytes.
+#[test]
+fn spending_its_own_record_budget_does_not_hide_exfiltration() {
+    if !require_root("spending_its_own_record_budget_does_not_hide_exfiltration") {
+        return;
+    }
+    const CHUNK: usize = 256 << 10;
+    let cg = TestCgroup::new("rt-budget-hide");
+    let daemon = Daemon::start(
+        DaemonOptions::for_cgroup(&cg)
+            .arg("--container-record-rate")
+            .arg("200")
+            .arg("--container-record-burst")
+            .arg("200"),
+    );
+    let closed = support::free_port();
+    let mut flooders: Vec<_> = (0..3)
+        .map(|_| {
+            cg.command("python3", &["-c", FLOODER, &closed.to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let limited = eventually(Duration::from_secs(30), || {
+        daemon.metric("clawker_egress_events_dropped_total{reason=\"rate_limited\"}") > 0.0
+    });
+    let server = support::TcpServer::spawn("127.0.0.1:0", None, 0);
+    let out = cg.python(&format!(
+        "import os, socket\nprint(os.getpid(), flush=True)\n\
+         for _ in range(5):\n\
+         \x20   t = socket.create_connection(('127.0.0.1', {port}))\n\
+         \x20   t.sendall(b'e' * {CHUNK}); t.close()\n",
+        port = server.port
+    ));
+    let pid = pid_of(&out);
+    let port = server.port;
+    let big = |r: &Value| {
+        r["pid"] == pid && r["dst_port"] == port && r["bytes_out"].as_u64() == Some(CHUNK as u64)
+    };
+    let recs = collect(&daemon, 5, WAIT, big);
+    for f in &mut flooders {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
+    assert!(limited, "the flood spent the budget (rate_limited > 0)");
+    assert_eq!(
+        recs.len(),
+        5,
+        "5 connections of 256 KiB each made while the agent floods its own budget: \
+         {} on record (the rest dropped as rate_limited)",
+        recs.len()
     );
 }
 

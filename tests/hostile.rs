@@ -171,7 +171,11 @@ fn flows_to(recs: &[Value], port: u16) -> Vec<Value> {
 
 /// A loopback TCP server that accepts and drops connections.
 fn accept_and_drop() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    accept_and_drop_on("127.0.0.1:0")
+}
+
+fn accept_and_drop_on(bind: &str) -> u16 {
+    let l = TcpListener::bind(bind).unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for c in l.incoming() {
@@ -802,6 +806,53 @@ fn unspecified_destination_flows_are_exact() {
         recs_now.len(),
         flows.len(),
         recs_now.first()
+    );
+    assert!(
+        back_to_baseline,
+        "the flows map is back to its baseline of {baseline} entries: it holds {}",
+        flow_entries(&daemon.pin_root, &[])
+    );
+}
+
+/// The same for IPv6 `::` and for `::ffff:0.0.0.0` on a dual-stack socket
+/// (which the kernel connects over IPv4).
+#[test]
+fn unspecified_v6_destination_flows_are_exact() {
+    if !require_root("unspecified_v6_destination_flows_are_exact") {
+        return;
+    }
+    const N: usize = 500;
+    let cg = TestCgroup::new("rt-unspec6-flows");
+    let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
+    let baseline = flow_entries(&daemon.pin_root, &[]);
+    let p6 = accept_and_drop_on("[::1]:0");
+    let p4 = accept_and_drop();
+    let out = cg.python(&format!(
+        "import os, socket\nprint(os.getpid(), flush=True)\n\
+         for _ in range({N}):\n\
+         \x20   s = socket.socket(socket.AF_INET6); s.connect(('::', {p6})); s.close()\n\
+         \x20   s = socket.socket(socket.AF_INET6); s.connect(('::ffff:0.0.0.0', {p4})); s.close()\n"
+    ));
+    let pid = pid_of(&out);
+    let mine = |r: &Value| r["pid"] == pid;
+    collect(&daemon, 2 * N, Duration::from_secs(60), mine);
+    std::thread::sleep(Duration::from_millis(500));
+    let recs: Vec<Value> = daemon.records().into_iter().filter(|r| mine(r)).collect();
+    let v6 = flows_to(&recs, p6);
+    let v4 = flows_to(&recs, p4);
+    let v6_ok = v6.iter().filter(|r| r["dst_ip"] == "::1").count();
+    let v4_ok = v4.iter().filter(|r| r["dst_ip"] == "127.0.0.1").count();
+    let back_to_baseline = eventually(Duration::from_secs(10), || {
+        flow_entries(&daemon.pin_root, &[]) == baseline
+    });
+    assert!(
+        recs.len() == 2 * N && v6_ok == N && v4_ok == N,
+        "{N} connects each to [::]:{p6} and [::ffff:0.0.0.0]:{p4}: {} records, {} flows to ::1, \
+         {} flows to 127.0.0.1; first: {:#?}",
+        recs.len(),
+        v6_ok,
+        v4_ok,
+        recs.first()
     );
     assert!(
         back_to_baseline,

@@ -109,10 +109,13 @@ fn connect_loop(cgroup: &Path, port: u16) {
 
 /// run_time_ns / run_cnt per program of the daemon pinned at `pins`.
 fn prog_stats(pins: &Path) -> Vec<(String, u64, u64)> {
+    // <pins>/v<ABI>/cg-<id>/links, whichever ABI the measured daemon has.
     let links = pins
-        .join(format!("v{}", abi::EGRESS_ABI_VERSION))
         .read_dir()
         .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .and_then(|v| v.path().read_dir().ok())
         .and_then(|mut d| d.next())
         .and_then(|e| e.ok())
         .map(|e| e.path().join("links"));
@@ -175,7 +178,7 @@ fn print_cost(what: &str, before: &[(String, u64, u64)], after: &[(String, u64, 
 }
 
 fn start_host_daemon(root: &Path, pins: &Path) -> Child {
-    let bin = env!("CARGO_BIN_EXE_clawker-egress");
+    let bin = daemon_bin();
     let child = Command::new(bin)
         .args([
             "run",
@@ -397,9 +400,16 @@ fn throughput(addr: std::net::SocketAddr) -> f64 {
     sent as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The daemon measured: this build, or `CLAWKER_BENCH_BIN` (e.g. an older
+/// release, for a before/after table on the same machine and load).
+fn daemon_bin() -> String {
+    std::env::var("CLAWKER_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_clawker-egress").into())
+}
+
 fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
     // The daemon runs in the root cgroup, outside the measured one.
-    let bin = env!("CARGO_BIN_EXE_clawker-egress");
+    let bin = daemon_bin();
     let child = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -407,7 +417,7 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
             root.display()
         ))
         .arg("sh")
-        .arg(bin)
+        .arg(&bin)
         .args(["run", "--metrics-listen", "127.0.0.1:0", "--cgroup-root"])
         .arg(cg)
         .arg("--pin-root")
@@ -423,7 +433,7 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
             .ok()
             .and_then(|mut d| d.next())
             .is_some();
-        if links && bpftool_attachments(cg) == 10 {
+        if links && bpftool_attachments(cg) >= 10 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -438,7 +448,7 @@ fn stop_daemon(mut child: Child, cg: &Path, pins: &Path) {
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let _ = Command::new(env!("CARGO_BIN_EXE_clawker-egress"))
+    let _ = Command::new(daemon_bin())
         .args(["detach", "--cgroup-root"])
         .arg(cg)
         .arg("--pin-root")

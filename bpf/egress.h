@@ -190,6 +190,10 @@ struct scope_usage {
 	__u64 dns_entries; /* `dns_cache` entries made */
 	__u64 dns_pending; /* `dns_pending` entries made, minus those the kernel removed */
 	__u64 lost[SCOPE_LOSS_MAX];
+	/* Payload bytes of TCP flow ends whose record was lost: the volume an
+	 * agent moved stays on record even when its flows' records do not. */
+	__u64 lost_bytes_out;
+	__u64 lost_bytes_in;
 };
 
 /* `scope_released` value, per scope cgroup: written by user space only. */
@@ -283,6 +287,8 @@ struct sock_release_event {
 #define SOCK_F_AUDIT 0x4       /* its last decision was an unenforced DENY */
 
 #define SOCK_F_TCP_FLOW 0x8    /* tcp_key names this socket's TCP flow */
+#define SOCK_F_TCP_UNTRACKED 0x10 /* no `flows` entry (table or share full):
+				   * its end is built from this storage */
 
 /* Per-socket storage: who owns a socket in scope (set in process context). */
 struct sock_owner {
@@ -298,6 +304,7 @@ struct sock_owner {
 	/* The TCP flow's key as connect() decided it: sock_ops and release
 	 * find the flow by it, never by re-deriving the address. */
 	struct flow_key tcp_key;
+	__u64 tcp_start_ns; /* connect() time of an untracked TCP flow */
 };
 
 /* policy_rule.kind */

@@ -15,8 +15,38 @@ use super::abi;
 use super::attach::{dup_handle, KernelError};
 use super::pod::{bytes_of, from_bytes};
 
-/// Records a container lost, by reason (`abi::scope_loss`).
-pub type LossCounts = [u64; abi::scope_loss::SCOPE_LOSS_MAX as usize];
+/// What a container lost in the kernel (cumulative, or a difference).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Records lost, by reason (`abi::scope_loss` index).
+    pub records: [u64; abi::scope_loss::SCOPE_LOSS_MAX as usize],
+    /// Payload bytes of the TCP flow ends among them.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+impl Losses {
+    /// What grew since `earlier` (counters are monotonic).
+    pub fn since(&self, earlier: &Losses) -> Losses {
+        let mut d = Losses {
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            ..Losses::default()
+        };
+        for (d, (now, was)) in d
+            .records
+            .iter_mut()
+            .zip(self.records.iter().zip(earlier.records.iter()))
+        {
+            *d = now.saturating_sub(*was);
+        }
+        d
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.iter().all(|n| *n == 0) && self.bytes_out == 0 && self.bytes_in == 0
+    }
+}
 
 pub struct ScopeUsage {
     usage: MapHandle,
@@ -77,13 +107,20 @@ impl ScopeUsage {
     }
 
     /// Every container's lost-record counters (cumulative).
-    pub fn losses(&self) -> Vec<(u64, LossCounts)> {
+    pub fn losses(&self) -> Vec<(u64, Losses)> {
         self.usage
             .keys()
             .filter_map(|k| {
                 let scope = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
                 let v: abi::scope_usage = from_bytes(&self.usage.lookup(&k, MapFlags::ANY).ok()??)?;
-                Some((scope, v.lost))
+                Some((
+                    scope,
+                    Losses {
+                        records: v.lost,
+                        bytes_out: v.lost_bytes_out,
+                        bytes_in: v.lost_bytes_in,
+                    },
+                ))
             })
             .collect()
     }

@@ -55,6 +55,8 @@ pub const LOST_RINGBUF_FULL: &str = "lost_ringbuf_full";
 pub const LOST_FLOW_NOT_TRACKED: &str = "lost_flow_not_tracked";
 pub const LOST_DNS_NOT_CACHED: &str = "lost_dns_not_cached";
 pub const INTERVAL_MS: &str = "interval_ms";
+pub const LOST_BYTES_OUT: &str = "lost_bytes_out";
+pub const LOST_BYTES_IN: &str = "lost_bytes_in";
 
 /// Every key, for the prefix-conflict check.
 pub const ALL: &[&str] = &[
@@ -110,4 +112,6 @@ pub const ALL: &[&str] = &[
     LOST_FLOW_NOT_TRACKED,
     LOST_DNS_NOT_CACHED,
     INTERVAL_MS,
+    LOST_BYTES_OUT,
+    LOST_BYTES_IN,
 ];

@@ -79,6 +79,10 @@ pub struct Config {
     /// How often per-container losses become `records_lost` records ("10s").
     #[serde(with = "humantime_serde")]
     pub loss_report_interval: Duration,
+    /// The local API's unix socket (`observe`, `top`; docs/API.md).
+    pub api_socket: PathBuf,
+    /// Group that may use the API socket besides root (mode 0660).
+    pub api_group: Option<String>,
 }
 
 impl Default for Config {
@@ -104,6 +108,8 @@ impl Default for Config {
             container_max_flows: crate::kernel::Fairness::default().max_flows_per_container,
             container_max_dns_answers: crate::kernel::Fairness::default().max_dns_per_container,
             loss_report_interval: Duration::from_secs(10),
+            api_socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
+            api_group: None,
         }
     }
 }
@@ -146,6 +152,8 @@ pub struct Overrides {
         with = "humantime_serde::option"
     )]
     pub loss_report_interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

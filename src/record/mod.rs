@@ -7,6 +7,7 @@ mod egress;
 pub mod key;
 mod loss;
 
+pub use egress::l4_proto;
 pub use loss::{LOSS_FIELDS, RECORDS_LOST};
 
 use std::fmt::Write as _;

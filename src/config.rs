@@ -83,6 +83,15 @@ pub struct Config {
     pub api_socket: PathBuf,
     /// Group that may use the API socket besides root (mode 0660).
     pub api_group: Option<String>,
+    /// History `observe --since/--last` can reach: at most this many
+    /// records...
+    pub api_history_records: usize,
+    /// ...of at most this age ("5m").
+    #[serde(with = "humantime_serde")]
+    pub api_history_age: Duration,
+    /// Records queued for one API client before its records are dropped
+    /// (counted, and told to that client).
+    pub api_queue_records: usize,
 }
 
 impl Default for Config {
@@ -110,6 +119,9 @@ impl Default for Config {
             loss_report_interval: Duration::from_secs(10),
             api_socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
             api_group: None,
+            api_history_records: 10_000,
+            api_history_age: Duration::from_secs(300),
+            api_queue_records: 10_000,
         }
     }
 }
@@ -165,6 +177,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The local API's bounds.
+    pub fn api_options(&self) -> crate::api::HubOptions {
+        crate::api::HubOptions {
+            history_records: self.api_history_records,
+            history_age: self.api_history_age,
+            queue_records: self.api_queue_records.max(1),
+        }
+    }
+
     pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {

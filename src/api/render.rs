@@ -35,7 +35,8 @@ pub fn clock(r: &Value) -> &str {
         .unwrap_or(t)
 }
 
-/// Bytes as B, KiB, MiB, GiB with one decimal above 1 KiB.
+/// Bytes as B, KiB, MiB, GiB with one decimal from 1 KiB: at most 8
+/// characters below 1000 TiB.
 pub fn bytes(b: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if b < 1024 {
@@ -43,7 +44,7 @@ pub fn bytes(b: u64) -> String {
     }
     let mut v = b as f64 / 1024.0;
     let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
+    while v >= 999.95 && unit < UNITS.len() - 1 {
         v /= 1024.0;
         unit += 1;
     }
@@ -264,5 +265,7 @@ mod tests {
         assert_eq!(bytes(0), "0B");
         assert_eq!(bytes(1536), "1.5KiB");
         assert_eq!(bytes(3 * 1024 * 1024), "3.0MiB");
+        assert_eq!(bytes(1023 * 1024), "1.0MiB");
+        assert!(bytes(999 * 1024 + 1000).len() <= 8);
     }
 }

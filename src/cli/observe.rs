@@ -2,7 +2,7 @@
 //! daemon, one compact line each (or --json: the stdout schema verbatim).
 //! A closed stdout (`| head -1`) ends it quietly, exit 0.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufReader, IsTerminal, Read, Write};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -119,7 +119,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn stream(
-    reader: &mut impl BufRead,
+    reader: &mut BufReader<impl Read>,
     out: &mut impl Write,
     json: bool,
     colour: bool,
@@ -161,7 +161,7 @@ fn stream(
             Some(Line::Control(Control::State(_))) => bail!("unexpected state line in a stream"),
         }
         // Flush when nothing more is waiting: prompt, yet one write per burst.
-        if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+        if reader.buffer().is_empty() {
             out.flush().context("write to stdout")?;
         }
     }
@@ -222,7 +222,7 @@ mod tests {
             "\n",
         );
         let mut out = Vec::new();
-        stream(&mut input.as_bytes(), &mut out, true, false, false).unwrap();
+        stream(&mut BufReader::new(input.as_bytes()), &mut out, true, false, false).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 1);
         assert!(text.starts_with(r#"{"@timestamp""#));

@@ -100,7 +100,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let api_flows = FlowMaps::new(&attached.flows, &attached.flow_reported, usage.clone())?;
     let _api_socket = match api::bind(&config.api_socket, config.api_group.as_deref()) {
         Ok(listener) => {
-            let hub = api::Hub::new(&api::HubOptions::default(), metrics.clone());
+            let hub = api::Hub::new(&config.api_options(), metrics.clone());
             let (tx, rx) = mpsc::channel(STAGE_QUEUE);
             sink_tx.push(tx);
             sinks.push(tokio::spawn(run_sink(api::ApiSink(hub.clone()), rx)));

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::api::wire::{AgentState, State};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortKey {
     Agent,
     Project,
@@ -40,6 +40,11 @@ impl SortKey {
         }
     }
 
+    /// Names read best A to Z, figures largest first.
+    fn descending(self) -> bool {
+        !matches!(self, SortKey::Agent | SortKey::Project)
+    }
+
     fn next(self) -> SortKey {
         let i = SortKey::ALL.iter().position(|k| *k == self).unwrap_or(0);
         SortKey::ALL[(i + 1) % SortKey::ALL.len()]
@@ -70,6 +75,9 @@ pub struct App {
     pub selected: usize,
     pub view: View,
     pub error: Option<String>,
+    /// Only agents of these projects / with these names (empty: all).
+    pub projects: Vec<String>,
+    pub agents: Vec<String>,
     prev: HashMap<String, (Instant, u64, u64, u64)>,
 }
 
@@ -83,6 +91,8 @@ impl Default for App {
             selected: 0,
             view: View::Agents,
             error: None,
+            projects: Vec::new(),
+            agents: Vec::new(),
             prev: HashMap::new(),
         }
     }
@@ -102,9 +112,14 @@ impl App {
     pub fn update(&mut self, state: State, at: Instant) {
         let selected_key = self.selected_key();
         let mut prev = HashMap::with_capacity(state.agents.len());
+        let wanted = |a: &AgentState| {
+            (self.projects.is_empty() || self.projects.contains(&a.project))
+                && (self.agents.is_empty() || self.agents.contains(&a.agent))
+        };
         self.rows = state
             .agents
             .iter()
+            .filter(|a| wanted(a))
             .map(|a| {
                 let mut row = Row {
                     agent: a.clone(),
@@ -174,7 +189,12 @@ impl App {
     }
 
     pub fn next_sort(&mut self) {
-        self.sort = self.sort.next();
+        self.sort_by(self.sort.next());
+    }
+
+    pub fn sort_by(&mut self, key: SortKey) {
+        self.sort = key;
+        self.descending = key.descending();
         self.sort_rows();
     }
 
@@ -239,13 +259,29 @@ mod tests {
         assert_eq!(app.rows[0].out_rate, 2000.0);
         assert_eq!(app.rows[1].out_rate, 500.0);
         assert_eq!(app.rows[1].flow_rate, 1.0);
-        app.next_sort(); // in/s: equal, by key
+        app.next_sort(); // in/s: all equal, by key
         app.next_sort(); // open
         app.next_sort(); // flows/s
         assert_eq!(app.sort, SortKey::Flows);
         assert_eq!(app.rows[0].agent.key, "a");
         app.reverse();
         assert_eq!(app.rows[0].agent.key, "b");
+        app.sort_by(SortKey::Agent);
+        assert!(!app.descending);
+        assert_eq!(app.rows[0].agent.key, "a");
+    }
+
+    #[test]
+    fn project_and_agent_filters() {
+        let mut app = App {
+            projects: vec!["p".into()],
+            ..Default::default()
+        };
+        let mut a = agent("a", 0, 0);
+        a.project = "p".into();
+        app.update(state(vec![a, agent("b", 0, 0)]), Instant::now());
+        assert_eq!(app.rows.len(), 1);
+        assert_eq!(app.rows[0].agent.key, "a");
     }
 
     #[test]

@@ -22,6 +22,15 @@ pub struct TopArgs {
     /// Time between readings (at least 200ms).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// Only agents of this project (repeat for several).
+    #[arg(long)]
+    pub project: Vec<String>,
+    /// Only this agent (repeat for several).
+    #[arg(long)]
+    pub agent: Vec<String>,
+    /// Initial sort column (`s` cycles, `r` reverses).
+    #[arg(long, value_enum, default_value = "out")]
+    pub sort: app::SortKey,
 }
 
 pub fn top(args: &TopArgs) -> Result<()> {
@@ -30,6 +39,9 @@ pub fn top(args: &TopArgs) -> Result<()> {
     let first = client::state(&args.api.socket, None)?;
     let interval = args.interval.max(Duration::from_millis(200));
     let mut app = App::default();
+    app.projects.clone_from(&args.project);
+    app.agents.clone_from(&args.agent);
+    app.sort_by(args.sort);
     app.update(first, Instant::now());
     let mut terminal = ratatui::init();
     let result = run(&mut terminal, &mut app, args, interval);

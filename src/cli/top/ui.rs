@@ -52,14 +52,14 @@ pub fn draw(frame: &mut Frame, app: &App) {
 }
 
 fn rate(bps: f64) -> String {
-    format!("{}/s", render::bytes(bps.round() as u64))
+    render::bytes(bps.round() as u64)
 }
 
 fn agents(frame: &mut Frame, area: Rect, app: &App) {
     let [table_area, denials_area] =
         Layout::vertical([Constraint::Min(4), Constraint::Length(7)]).areas(area);
     let header = TableRow::new([
-        "AGENT", "PROJECT", "CONTAINER", "OPEN", "OUT", "IN", "FL/s", "DENY", "LAST DENIED", "DNS",
+        "AGENT", "PROJECT", "CONTAINER", "OPEN", "OUT/s", "IN/s", "FL/s", "DENY", "LAST DENIED", "DNS",
     ])
     .style(Style::new().bold());
     let rows = app.rows.iter().map(|r| {
@@ -88,17 +88,18 @@ fn agents(frame: &mut Frame, area: Rect, app: &App) {
             Cell::from(a.dns_names.last().cloned().unwrap_or_default()),
         ])
     });
+    // 80 columns: 9 gaps + 71 of columns.
     let widths = [
         Constraint::Length(10),
         Constraint::Length(8),
-        Constraint::Length(12),
+        Constraint::Length(10),
         Constraint::Length(4),
-        Constraint::Length(9),
-        Constraint::Length(9),
+        Constraint::Length(8),
+        Constraint::Length(8),
         Constraint::Length(4),
         Constraint::Length(4),
-        Constraint::Min(10),
-        Constraint::Min(8),
+        Constraint::Fill(2),
+        Constraint::Fill(1),
     ];
     let table = Table::new(rows, widths)
         .header(header)
@@ -151,7 +152,7 @@ fn detail(frame: &mut Frame, area: Rect, app: &App) {
             )),
         ]),
         Line::raw(format!(
-            " out {} in {}  flows {} ({:.1}/s)  open {}  denied {}",
+            " out {}/s in {}/s  flows {} ({:.1}/s)  open {}  denied {}",
             rate(row.out_rate),
             rate(row.in_rate),
             a.flows,

@@ -51,6 +51,15 @@ pub fn bytes(b: u64) -> String {
     format!("{v:.1}{}", UNITS[unit])
 }
 
+/// Bytes in at most 6 characters: 999B, 1.5K, 999.9K, 12.3M, 4.0G.
+pub fn bytes_short(b: u64) -> String {
+    let long = bytes(b);
+    match long.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) if long[i..].len() > 1 => format!("{}{}", &long[..i], &long[i..i + 1]),
+        _ => long,
+    }
+}
+
 /// `host:port` (`ip:port` without a name) of the record's destination.
 pub fn destination(r: &Value) -> String {
     let host = match s(r, key::DST_HOST) {
@@ -267,5 +276,8 @@ mod tests {
         assert_eq!(bytes(3 * 1024 * 1024), "3.0MiB");
         assert_eq!(bytes(1023 * 1024), "1.0MiB");
         assert!(bytes(999 * 1024 + 1000).len() <= 8);
+        assert_eq!(bytes_short(999), "999B");
+        assert_eq!(bytes_short(1536), "1.5K");
+        assert_eq!(bytes_short(999 * 1024), "999.0K");
     }
 }

@@ -52,7 +52,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
 }
 
 fn rate(bps: f64) -> String {
-    render::bytes(bps.round() as u64)
+    render::bytes_short(bps.round() as u64)
 }
 
 fn agents(frame: &mut Frame, area: Rect, app: &App) {
@@ -88,17 +88,17 @@ fn agents(frame: &mut Frame, area: Rect, app: &App) {
             Cell::from(a.dns_names.last().cloned().unwrap_or_default()),
         ])
     });
-    // 80 columns: 9 gaps + 71 of columns.
+    // 80 columns: 9 gaps, 49 fixed, the rest for the names.
     let widths = [
-        Constraint::Length(10),
-        Constraint::Length(8),
-        Constraint::Length(10),
-        Constraint::Length(4),
+        Constraint::Length(9),
         Constraint::Length(8),
         Constraint::Length(8),
         Constraint::Length(4),
+        Constraint::Length(6),
+        Constraint::Length(6),
         Constraint::Length(4),
-        Constraint::Fill(2),
+        Constraint::Length(4),
+        Constraint::Min(15),
         Constraint::Fill(1),
     ];
     let table = Table::new(rows, widths)

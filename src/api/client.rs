@@ -46,7 +46,14 @@ pub fn request(path: &Path, request: &Request) -> Result<BufReader<UnixStream>> 
     Ok(BufReader::with_capacity(256 * 1024, stream))
 }
 
-pub fn parse(line: &str) -> Result<Line> {
+/// `parse_records`: also parse record lines (else their value is `Null`,
+/// for a caller that only passes the line on).
+pub fn parse(line: &str, parse_records: bool) -> Result<Line> {
+    // A record's first key is `@timestamp`; only control lines start
+    // with `api`.
+    if !parse_records && line.starts_with("{\"@timestamp\"") {
+        return Ok(Line::Record(line.to_owned(), serde_json::Value::Null));
+    }
     let value: serde_json::Value =
         serde_json::from_str(line).with_context(|| format!("daemon sent a non-JSON line: {line:.80}"))?;
     if value.get(CONTROL_KEY).is_some() {
@@ -57,20 +64,24 @@ pub fn parse(line: &str) -> Result<Line> {
 }
 
 /// Read the next line; `None` at end of stream.
-pub fn next_line(reader: &mut impl BufRead, buf: &mut String) -> Result<Option<Line>> {
+pub fn next_line(
+    reader: &mut impl BufRead,
+    buf: &mut String,
+    parse_records: bool,
+) -> Result<Option<Line>> {
     buf.clear();
     let n = reader.read_line(buf).context("read from the daemon")?;
     if n == 0 {
         return Ok(None);
     }
-    parse(buf.trim_end_matches('\n')).map(Some)
+    parse(buf.trim_end_matches('\n'), parse_records).map(Some)
 }
 
 /// One `state` answer.
 pub fn state(path: &Path, detail: Option<String>) -> Result<super::wire::State> {
     let mut reader = request(path, &Request::State { detail })?;
     let mut buf = String::new();
-    match next_line(&mut reader, &mut buf)? {
+    match next_line(&mut reader, &mut buf, true)? {
         Some(Line::Control(Control::State(s))) => Ok(s),
         Some(Line::Control(Control::Error { error })) => Err(anyhow!("daemon: {error}")),
         Some(other) => Err(anyhow!("unexpected answer to a state request: {other:?}")),

@@ -127,7 +127,7 @@ fn stream(
 ) -> Result<()> {
     let mut buf = String::new();
     loop {
-        let line = client::next_line(reader, &mut buf)?;
+        let line = client::next_line(reader, &mut buf, !json)?;
         match line {
             None => {
                 out.flush().context("write to stdout")?;

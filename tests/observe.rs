@@ -19,9 +19,7 @@ const AGENT: &str = "dev.clawker.agent";
 const PROJECT: &str = "dev.clawker.project";
 
 fn socket_path() -> PathBuf {
-    std::env::temp_dir()
-        .join(unique("ce-api"))
-        .join("api.sock")
+    std::env::temp_dir().join(unique("ce-api")).join("api.sock")
 }
 
 /// A running `observe`, its output collected as it arrives.
@@ -146,9 +144,13 @@ fn assert_same(got: Vec<String>, want: Vec<String>, what: &str) {
     );
 }
 
-fn of<'a>(recs: &'a [Value], ids: &[&str]) -> Vec<Value> {
+fn of(recs: &[Value], ids: &[&str]) -> Vec<Value> {
     recs.iter()
-        .filter(|r| r["container_id"].as_str().is_some_and(|id| ids.contains(&id)))
+        .filter(|r| {
+            r["container_id"]
+                .as_str()
+                .is_some_and(|id| ids.contains(&id))
+        })
         .cloned()
         .collect()
 }
@@ -229,7 +231,11 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
         (
             "dst cidr",
             vec!["--dst".into(), "127.0.4.0/24".into()],
-            Box::new(|r| r["dst_ip"].as_str().is_some_and(|ip| ip.starts_with("127.0.4."))),
+            Box::new(|r| {
+                r["dst_ip"]
+                    .as_str()
+                    .is_some_and(|ip| ip.starts_with("127.0.4."))
+            }),
         ),
         (
             "port",
@@ -299,7 +305,11 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
     .label(AGENT, &agent_b)
     .label(PROJECT, &proj_b)
     .run();
-    let c = Spec::new("ce-obs-c", format!("sleep 1; {}", nc("127.0.0.1", allowed.port))).run();
+    let c = Spec::new(
+        "ce-obs-c",
+        format!("sleep 1; {}", nc("127.0.0.1", allowed.port)),
+    )
+    .run();
     for x in [&a, &b, &c] {
         x.wait();
         x.remove();
@@ -307,13 +317,18 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
     let ids = [a.id.as_str(), b.id.as_str(), c.id.as_str()];
     let recs = daemon.wait_for("the three containers' flows and ends", WAIT, |r| {
         ids.iter().all(|id| {
-            r.iter().any(|x| {
-                x["container_id"] == *id && x["event"] == "container_destroy"
-            }) && r.iter().any(|x| {
-                x["container_id"] == *id && x["clawker.source"] == "egress" && x["l7_proto"] != "dns"
-            })
-        }) && r.iter().any(|x| x["container_id"] == a.id.as_str() && x["l7_proto"] == "dns")
-            && r.iter().any(|x| x["container_id"] == b.id.as_str() && x["verdict"] == "DENIED")
+            r.iter()
+                .any(|x| x["container_id"] == *id && x["event"] == "container_destroy")
+                && r.iter().any(|x| {
+                    x["container_id"] == *id
+                        && x["clawker.source"] == "egress"
+                        && x["l7_proto"] != "dns"
+                })
+        }) && r
+            .iter()
+            .any(|x| x["container_id"] == a.id.as_str() && x["l7_proto"] == "dns")
+            && r.iter()
+                .any(|x| x["container_id"] == b.id.as_str() && x["verdict"] == "DENIED")
     });
     let ours = of(&recs, &ids);
     std::thread::sleep(Duration::from_secs(2));
@@ -324,9 +339,15 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
             assert!(pred(r), "filter {name} let through {r}");
         }
         let expected: Vec<Value> = ours.iter().filter(|r| pred(r)).cloned().collect();
-        assert!(!expected.is_empty(), "filter {name}: the test made no record for it");
+        assert!(
+            !expected.is_empty(),
+            "filter {name}: the test made no record for it"
+        );
         if *name != "all" && *name != "source" {
-            assert!(expected.len() < ours.len(), "filter {name} excludes nothing of ours");
+            assert!(
+                expected.len() < ours.len(),
+                "filter {name} excludes nothing of ours"
+            );
         }
         assert_same(
             sorted(of(&got, &ids)),
@@ -343,13 +364,21 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
     let by_name = history(&socket, &["--since", "5m", "--container", &a.name]);
     assert_same(
         sorted(by_name),
-        sorted(ours.iter().filter(|r| r["container_id"] == a.id.as_str()).cloned()),
+        sorted(
+            ours.iter()
+                .filter(|r| r["container_id"] == a.id.as_str())
+                .cloned(),
+        ),
         "--container NAME",
     );
     let by_id = history(&socket, &["--since", "5m", "--container", &b.id[..12]]);
     assert_same(
         sorted(by_id),
-        sorted(ours.iter().filter(|r| r["container_id"] == b.id.as_str()).cloned()),
+        sorted(
+            ours.iter()
+                .filter(|r| r["container_id"] == b.id.as_str())
+                .cloned(),
+        ),
         "--container ID-PREFIX",
     );
     let last = history(&socket, &["--last", "1", "--agent", &agent_b]);
@@ -358,8 +387,7 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
         last[0],
         *ours
             .iter()
-            .filter(|r| r["agent"] == agent_b.as_str())
-            .next_back()
+            .rfind(|r| r["agent"] == agent_b.as_str())
             .unwrap()
     );
     assert_eq!(daemon.metric("clawker_egress_api_dropped_total"), 0.0);
@@ -397,9 +425,7 @@ fn a_stopped_observer_loses_only_its_own_records() {
          \x20   s.close()\n"
     ));
     let egress = |r: &[Value]| r.iter().filter(|x| x["clawker.source"] == "egress").count();
-    let recs = daemon.wait_for("every refused connect", WAIT, |r| {
-        egress(r) >= 20000
-    });
+    let recs = daemon.wait_for("every refused connect", WAIT, |r| egress(r) >= 20000);
     let total = egress(&recs);
     eprintln!(
         "20000 connects and their records on stdout in {:?} with one observer stopped",
@@ -417,7 +443,10 @@ fn a_stopped_observer_loses_only_its_own_records() {
     assert_same(
         sorted(running.records()),
         sorted(stdout),
-        &format!("the running observer gets everything ({:?})", running.stderr()),
+        &format!(
+            "the running observer gets everything ({:?})",
+            running.stderr()
+        ),
     );
     assert_eq!(running.lost(), 0);
     assert!(running.stderr().is_empty(), "{:?}", running.stderr());
@@ -433,7 +462,10 @@ fn a_stopped_observer_loses_only_its_own_records() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(stopped.lost() as f64, dropped, "{:?}", stopped.stderr());
-    assert_eq!(stopped.records().len() as u64 + stopped.lost(), total as u64);
+    assert_eq!(
+        stopped.records().len() as u64 + stopped.lost(),
+        total as u64
+    );
     assert_eq!(
         daemon.metric("clawker_egress_events_dropped_total{reason=\"sink_failure\"}"),
         0.0
@@ -530,8 +562,16 @@ fn observe_ends_quietly_on_a_closed_pipe_and_errors_in_one_line() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let out = pipe.wait_with_output().unwrap();
-    assert!(status.success(), "{status}: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        status.success(),
+        "{status}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let first: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     assert_eq!(first["clawker.source"], "egress");
     drop(daemon);
@@ -658,20 +698,31 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     Tmux::run(&["respawn-pane", "-k", "-t", &tmux.0, &cmd]);
     let last_denied = format!("127.0.0.1:{}", denied.port);
     let screen = tmux.wait_screen("both agents, busy's denial", |s| {
-        s.contains(quiet) && s.lines().any(|l| l.starts_with(busy) && l.contains(&last_denied))
+        s.contains(quiet)
+            && s.lines()
+                .any(|l| l.starts_with(busy) && l.contains(&last_denied))
     });
     eprintln!("{screen}");
     let busy_line = screen.lines().find(|l| l.starts_with(busy)).unwrap();
     let cols: Vec<&str> = busy_line.split_whitespace().collect();
     assert_eq!(cols[1], &project[..8], "{busy_line}");
-    assert!(cols[3].parse::<u64>().unwrap() >= 1, "an open flow: {busy_line}");
+    assert!(
+        cols[3].parse::<u64>().unwrap() >= 1,
+        "an open flow: {busy_line}"
+    );
     assert!(cols[7].parse::<u64>().unwrap() >= 1, "denials: {busy_line}");
     let quiet_line = screen.lines().find(|l| l.starts_with(quiet)).unwrap();
     let cols: Vec<&str> = quiet_line.split_whitespace().collect();
-    assert_eq!((cols[3], cols[4], cols[7]), ("0", "0B", "0"), "{quiet_line}");
+    assert_eq!(
+        (cols[3], cols[4], cols[7]),
+        ("0", "0B", "0"),
+        "{quiet_line}"
+    );
     assert!(screen.contains("q quit"), "keys on screen");
     assert!(screen.contains("denials"));
-    assert!(screen.lines().any(|l| l.contains("DENIED") && l.contains(busy)));
+    assert!(screen
+        .lines()
+        .any(|l| l.contains("DENIED") && l.contains(busy)));
     // figures move: out/s of busy is not zero within a few readings
     tmux.wait_screen("busy's traffic rate", |s| {
         s.lines()

@@ -280,7 +280,11 @@ mod tests {
     #[test]
     fn totals_denials_names_and_open_flows() {
         let mut a = Agents::default();
-        let id = [(key::CONTAINER_ID, "c1"), (key::AGENT, "dev"), (key::PROJECT, "web")];
+        let id = [
+            (key::CONTAINER_ID, "c1"),
+            (key::AGENT, "dev"),
+            (key::PROJECT, "web"),
+        ];
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut f = id.to_vec();
             f.extend_from_slice(extra);
@@ -288,7 +292,11 @@ mod tests {
         };
         a.ingest(&rec(
             &with(&[(key::FLOW_STATE, "ended"), (key::VERDICT, "ALLOWED")]),
-            &[(key::BYTES_OUT, 100), (key::BYTES_IN, 10), (key::CGROUP_ID, 7)],
+            &[
+                (key::BYTES_OUT, 100),
+                (key::BYTES_IN, 10),
+                (key::CGROUP_ID, 7),
+            ],
         ));
         a.ingest(&rec(
             &with(&[

@@ -54,10 +54,11 @@ pub fn parse(line: &str, parse_records: bool) -> Result<Line> {
     if !parse_records && line.starts_with("{\"@timestamp\"") {
         return Ok(Line::Record(line.to_owned(), serde_json::Value::Null));
     }
-    let value: serde_json::Value =
-        serde_json::from_str(line).with_context(|| format!("daemon sent a non-JSON line: {line:.80}"))?;
+    let value: serde_json::Value = serde_json::from_str(line)
+        .with_context(|| format!("daemon sent a non-JSON line: {line:.80}"))?;
     if value.get(CONTROL_KEY).is_some() {
-        let c: Control = serde_json::from_value(value).context("daemon sent an unknown control line")?;
+        let c: Control =
+            serde_json::from_value(value).context("daemon sent an unknown control line")?;
         return Ok(Line::Control(c));
     }
     Ok(Line::Record(line.to_owned(), value))
@@ -85,6 +86,8 @@ pub fn state(path: &Path, detail: Option<String>) -> Result<super::wire::State> 
         Some(Line::Control(Control::State(s))) => Ok(s),
         Some(Line::Control(Control::Error { error })) => Err(anyhow!("daemon: {error}")),
         Some(other) => Err(anyhow!("unexpected answer to a state request: {other:?}")),
-        None => Err(anyhow!("the daemon closed the connection without an answer")),
+        None => Err(anyhow!(
+            "the daemon closed the connection without an answer"
+        )),
     }
 }

@@ -110,7 +110,8 @@ impl Filter {
             && any_or_empty(&s.project, |p| r.get_str(key::PROJECT) == Some(p))
             && any_or_empty(&s.container, |c| {
                 r.get_str(key::CONTAINER_NAME) == Some(c)
-                    || r.get_str(key::CONTAINER_ID).is_some_and(|id| id.starts_with(c.as_str()))
+                    || r.get_str(key::CONTAINER_ID)
+                        .is_some_and(|id| id.starts_with(c.as_str()))
             })
             && any_or_empty(&s.verdict, |v| field(key::VERDICT).eq_ignore_ascii_case(v))
             && any_or_empty(&s.port, |p| r.get_int(key::DST_PORT) == Some(i64::from(*p)))
@@ -226,8 +227,14 @@ mod tests {
     #[test]
     fn each_kind_selects() {
         assert_eq!(selected(&filter(|s| s.agent = vec!["ops".into()])), [1]);
-        assert_eq!(selected(&filter(|s| s.project = vec!["web".into()])), [0, 1]);
-        assert_eq!(selected(&filter(|s| s.project = vec!["api".into()])), [] as [usize; 0]);
+        assert_eq!(
+            selected(&filter(|s| s.project = vec!["web".into()])),
+            [0, 1]
+        );
+        assert_eq!(
+            selected(&filter(|s| s.project = vec!["api".into()])),
+            [] as [usize; 0]
+        );
         assert_eq!(selected(&filter(|s| s.container = vec!["abc".into()])), [0]);
         assert_eq!(
             selected(&filter(|s| s.container = vec!["clawker.web.ops".into()])),
@@ -238,11 +245,17 @@ mod tests {
             selected(&filter(|s| s.container = vec!["clawker.web".into()])),
             [] as [usize; 0]
         );
-        assert_eq!(selected(&filter(|s| s.verdict = vec!["denied".into()])), [1]);
+        assert_eq!(
+            selected(&filter(|s| s.verdict = vec!["denied".into()])),
+            [1]
+        );
         assert_eq!(selected(&filter(|s| s.port = vec![443])), [0]);
         assert_eq!(selected(&filter(|s| s.proto = vec!["UDP".into()])), [1]);
         assert_eq!(selected(&filter(|s| s.l7 = vec!["dns".into()])), [1]);
-        assert_eq!(selected(&filter(|s| s.source = vec!["egress".into()])), [0, 1]);
+        assert_eq!(
+            selected(&filter(|s| s.source = vec!["egress".into()])),
+            [0, 1]
+        );
         assert_eq!(
             selected(&filter(|s| s.source = vec!["overseer".into()])),
             [] as [usize; 0]
@@ -251,9 +264,15 @@ mod tests {
 
     #[test]
     fn dst_globs_addresses_and_cidrs() {
-        assert_eq!(selected(&filter(|s| s.dst = vec!["*.github.com".into()])), [0]);
+        assert_eq!(
+            selected(&filter(|s| s.dst = vec!["*.github.com".into()])),
+            [0]
+        );
         assert_eq!(selected(&filter(|s| s.dst = vec!["*.example".into()])), [1]);
-        assert_eq!(selected(&filter(|s| s.dst = vec!["10.0.0.0/8".into()])), [0]);
+        assert_eq!(
+            selected(&filter(|s| s.dst = vec!["10.0.0.0/8".into()])),
+            [0]
+        );
         assert_eq!(selected(&filter(|s| s.dst = vec!["10.1.2.3".into()])), [0]);
         assert_eq!(selected(&filter(|s| s.dst = vec!["fd00::/8".into()])), [1]);
         assert_eq!(

@@ -62,13 +62,13 @@ impl History {
 
 /// The records of `batches` that `pick` accepts and that are newer than
 /// `since` before `now`, at most the `last` newest, oldest first.
-pub fn select<'a>(
-    batches: &'a [Batch],
+pub fn select(
+    batches: &[Batch],
     now: SystemTime,
     since: Option<Duration>,
     last: Option<usize>,
     pick: impl Fn(&Record) -> bool,
-) -> Vec<&'a Record> {
+) -> Vec<&Record> {
     let cutoff = since.and_then(|s| now.checked_sub(s));
     let mut out: Vec<&Record> = batches
         .iter()

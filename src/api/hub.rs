@@ -125,9 +125,7 @@ impl Hub {
             inner.agents.ingest(r);
         }
         let (bound, metrics) = (self.queue_records, &*self.metrics);
-        inner
-            .subscribers
-            .retain(|s| s.offer(batch, bound, metrics));
+        inner.subscribers.retain(|s| s.offer(batch, bound, metrics));
     }
 
     /// The history held now and, when following, a subscription that
@@ -220,7 +218,9 @@ mod tests {
         // slow: 2 + 2 queued (4), the third batch would make 6 > 5.
         assert_eq!(slow.sub.take_missed(), 4);
         assert_eq!(slow.sub.take_missed(), 0);
-        assert!(metrics.encode().contains("clawker_egress_api_dropped_total 4"));
+        assert!(metrics
+            .encode()
+            .contains("clawker_egress_api_dropped_total 4"));
     }
 
     #[test]

@@ -144,7 +144,11 @@ async fn handle(stream: UnixStream, hub: &Hub, flows: Option<&OpenFlows>) -> Res
     let mut limited = (&mut rd).take(MAX_REQUEST_BYTES as u64 + 1);
     let read = limited.read_line(&mut line);
     match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-        Err(_) => return write_control(&mut out, &error("no request line within 5 s")).await.map_err(Into::into),
+        Err(_) => {
+            return write_control(&mut out, &error("no request line within 5 s"))
+                .await
+                .map_err(Into::into)
+        }
         Ok(r) => {
             r?;
         }
@@ -176,7 +180,7 @@ async fn handle(stream: UnixStream, hub: &Hub, flows: Option<&OpenFlows>) -> Res
             last,
             follow,
         } => {
-            let filter = match Filter::compile(filter) {
+            let filter = match Filter::compile(*filter) {
                 Ok(f) => f,
                 Err(e) => {
                     write_control(&mut out, &error(e.to_string())).await?;
@@ -187,7 +191,9 @@ async fn handle(stream: UnixStream, hub: &Hub, flows: Option<&OpenFlows>) -> Res
             let mut sent = 0u64;
             if since_ms.is_some() || last.is_some() {
                 let since = since_ms.map(Duration::from_millis);
-                for r in select(&history, SystemTime::now(), since, last, |r| filter.matches(r)) {
+                for r in select(&history, SystemTime::now(), since, last, |r| {
+                    filter.matches(r)
+                }) {
                     write_record(&mut out, r).await?;
                     sent += 1;
                 }

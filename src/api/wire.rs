@@ -20,7 +20,7 @@ pub enum Request {
     /// with `follow`, every new one that passes the filter.
     Subscribe {
         #[serde(default)]
-        filter: FilterSpec,
+        filter: Box<FilterSpec>,
         /// History: records of the last this-many milliseconds.
         #[serde(default)]
         since_ms: Option<u64>,
@@ -47,12 +47,18 @@ fn yes() -> bool {
 #[serde(tag = "api", rename_all = "snake_case")]
 pub enum Control {
     /// History is done; live records follow (if following).
-    HistoryEnd { records: u64 },
+    HistoryEnd {
+        records: u64,
+    },
     /// This client's queue was full: `lost` matching records were dropped
     /// for it alone (Hubble's LostEvent).
-    Lost { lost: u64 },
+    Lost {
+        lost: u64,
+    },
     /// The request was refused; the daemon closes the connection.
-    Error { error: String },
+    Error {
+        error: String,
+    },
     State(State),
 }
 
@@ -127,7 +133,7 @@ mod tests {
         assert_eq!(
             r,
             Request::Subscribe {
-                filter: FilterSpec::default(),
+                filter: Box::default(),
                 since_ms: None,
                 last: None,
                 follow: true

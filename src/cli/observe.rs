@@ -89,7 +89,7 @@ impl ObserveArgs {
         // Validate here so a typo is one clear line before connecting.
         let spec = Filter::compile(self.spec())?.spec().clone();
         Ok(Request::Subscribe {
-            filter: spec,
+            filter: Box::new(spec),
             since_ms: self
                 .since
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -193,7 +193,9 @@ mod tests {
 
     #[test]
     fn flags_become_the_request() {
-        let a = parse(&["--agent", "a", "--agent", "b", "--port", "443", "--since", "2s"]);
+        let a = parse(&[
+            "--agent", "a", "--agent", "b", "--port", "443", "--since", "2s",
+        ]);
         match a.request().unwrap() {
             Request::Subscribe {
                 filter,
@@ -222,7 +224,14 @@ mod tests {
             "\n",
         );
         let mut out = Vec::new();
-        stream(&mut BufReader::new(input.as_bytes()), &mut out, true, false, false).unwrap();
+        stream(
+            &mut BufReader::new(input.as_bytes()),
+            &mut out,
+            true,
+            false,
+            false,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 1);
         assert!(text.starts_with(r#"{"@timestamp""#));

@@ -105,7 +105,11 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             sink_tx.push(tx);
             sinks.push(tokio::spawn(run_sink(api::ApiSink(hub.clone()), rx)));
             tracing::info!(event = "api_listening", socket = %config.api_socket.display(), "local API up");
-            Some(tokio::spawn(api::serve(listener, hub, Some(api::OpenFlows::new(api_flows)))))
+            Some(tokio::spawn(api::serve(
+                listener,
+                hub,
+                Some(api::OpenFlows::new(api_flows)),
+            )))
         }
         Err(e) => {
             tracing::warn!(event = "api_unavailable", error = %format!("{e:#}"), "local API not served (observe/top will not work)");

@@ -59,12 +59,25 @@ fn agents(frame: &mut Frame, area: Rect, app: &App) {
     let [table_area, denials_area] =
         Layout::vertical([Constraint::Min(4), Constraint::Length(7)]).areas(area);
     let header = TableRow::new([
-        "AGENT", "PROJECT", "CONTAINER", "OPEN", "OUT/s", "IN/s", "FL/s", "DENY", "LAST DENIED", "DNS",
+        "AGENT",
+        "PROJECT",
+        "CONTAINER",
+        "OPEN",
+        "OUT/s",
+        "IN/s",
+        "FL/s",
+        "DENY",
+        "LAST DENIED",
+        "DNS",
     ])
     .style(Style::new().bold());
     let rows = app.rows.iter().map(|r| {
         let a = &r.agent;
-        let name = if a.agent.is_empty() { a.key.as_str() } else { a.agent.as_str() };
+        let name = if a.agent.is_empty() {
+            a.key.as_str()
+        } else {
+            a.agent.as_str()
+        };
         let container = if a.container_name.is_empty() {
             a.container_id.get(..12).unwrap_or(&a.container_id)
         } else {
@@ -147,8 +160,16 @@ fn detail(frame: &mut Frame, area: Rect, app: &App) {
             ),
             Span::raw(format!(
                 "project {}  container {}",
-                if a.project.is_empty() { "-" } else { &a.project },
-                if a.container_name.is_empty() { &a.key } else { &a.container_name }
+                if a.project.is_empty() {
+                    "-"
+                } else {
+                    &a.project
+                },
+                if a.container_name.is_empty() {
+                    &a.key
+                } else {
+                    &a.container_name
+                }
             )),
         ]),
         Line::raw(format!(
@@ -208,8 +229,11 @@ fn detail(frame: &mut Frame, area: Rect, app: &App) {
         .map(|r| Line::raw(render::line(r, false)))
         .collect();
     frame.render_widget(
-        Paragraph::new(lines)
-            .block(Block::new().borders(Borders::TOP).title(" last records (newest first) ")),
+        Paragraph::new(lines).block(
+            Block::new()
+                .borders(Borders::TOP)
+                .title(" last records (newest first) "),
+        ),
         recent_area,
     );
 }

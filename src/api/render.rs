@@ -172,6 +172,17 @@ pub fn line(r: &Value, colour: bool) -> String {
     printable(&out)
 }
 
+/// Every control character (ESC, BEL, CR, ...) as U+FFFD: for text from a
+/// record (a comm, a label, a DNS name) that a terminal UI shows as is.
+pub fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 /// Keep ESC only as part of our own colour codes: every other control
 /// character becomes U+FFFD.
 fn printable(s: &str) -> String {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::api::render::clean;
 use crate::api::wire::{AgentState, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,9 +108,43 @@ fn rate(now: u64, before: u64, secs: f64) -> f64 {
     now.saturating_sub(before) as f64 / secs
 }
 
+/// Text from records reaches the terminal only without control characters
+/// (a comm or a DNS name an agent chose must not drive the terminal).
+fn sanitize(state: &mut State) {
+    for a in &mut state.agents {
+        for s in [
+            &mut a.key,
+            &mut a.agent,
+            &mut a.project,
+            &mut a.container_name,
+            &mut a.container_id,
+            &mut a.last_denied,
+        ] {
+            *s = clean(s);
+        }
+        for n in &mut a.dns_names {
+            *n = clean(n);
+        }
+    }
+    for f in &mut state.open_flows {
+        for s in [
+            &mut f.key,
+            &mut f.agent,
+            &mut f.project,
+            &mut f.container_name,
+            &mut f.l4_proto,
+            &mut f.dst_ip,
+            &mut f.comm,
+        ] {
+            *s = clean(s);
+        }
+    }
+}
+
 impl App {
     /// Fold in a new reading taken at `at`.
-    pub fn update(&mut self, state: State, at: Instant) {
+    pub fn update(&mut self, mut state: State, at: Instant) {
+        sanitize(&mut state);
         let selected_key = self.selected_key();
         let mut prev = HashMap::with_capacity(state.agents.len());
         let wanted = |a: &AgentState| {
@@ -269,6 +304,47 @@ mod tests {
         app.sort_by(SortKey::Agent);
         assert!(!app.descending);
         assert_eq!(app.rows[0].agent.key, "a");
+    }
+
+    /// An agent names its process or its DNS query after a terminal escape
+    /// sequence: the screen shows a replacement character, the terminal
+    /// never gets the ESC.
+    #[test]
+    fn escape_sequences_from_records_never_reach_the_terminal() {
+        use crate::api::wire::OpenFlow;
+        use ratatui::backend::TestBackend;
+        let evil = "x\x1b]0;pwned\x07\x1b[2J";
+        let mut a = agent("k", 0, 0);
+        a.agent = evil.into();
+        a.last_denied = evil.into();
+        a.dns_names = vec![evil.into()];
+        let mut app = App::default();
+        app.update(
+            State {
+                agents: vec![a],
+                open_flows: vec![OpenFlow {
+                    key: "k".into(),
+                    comm: evil.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            Instant::now(),
+        );
+        for view in [View::Agents, View::Detail("k".into())] {
+            app.view = view;
+            let mut term = ratatui::Terminal::new(TestBackend::new(80, 24)).unwrap();
+            term.draw(|f| super::super::ui::draw(f, &app)).unwrap();
+            let buf = term.backend().buffer();
+            assert!(
+                buf.content()
+                    .iter()
+                    .all(|c| !c.symbol().contains(char::is_control)),
+                "a control character reached the screen"
+            );
+            let text: String = buf.content().iter().map(|c| c.symbol()).collect();
+            assert!(text.contains("x\u{fffd}]0;pwned"), "{text}");
+        }
     }
 
     #[test]

@@ -101,11 +101,11 @@ fn agents(frame: &mut Frame, area: Rect, app: &App) {
             Cell::from(a.dns_names.last().cloned().unwrap_or_default()),
         ])
     });
-    // 80 columns: 9 gaps, 49 fixed, the rest for the names.
+    // 80 columns: 9 gaps, 50 fixed, the rest for the names.
     let widths = [
         Constraint::Length(9),
         Constraint::Length(8),
-        Constraint::Length(8),
+        Constraint::Length(9),
         Constraint::Length(4),
         Constraint::Length(6),
         Constraint::Length(6),

@@ -88,6 +88,10 @@ fn verdict_colour(v: &str) -> &'static str {
 
 /// The line, without a trailing newline.
 pub fn line(r: &Value, colour: bool) -> String {
+    // Fields first lose their control characters, then get our colours:
+    // a comm of "\x1b[8m" (conceal) must not hide what follows it.
+    let cleaned = clean_strings(r);
+    let r = &cleaned;
     let mut out = String::with_capacity(160);
     let paint = |out: &mut String, code: &str, text: &str| {
         if colour && !code.is_empty() {
@@ -169,7 +173,20 @@ pub fn line(r: &Value, colour: bool) -> String {
             }
         }
     }
-    printable(&out)
+    out
+}
+
+fn clean_strings(r: &Value) -> Value {
+    match r {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (clean(k), clean_strings(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(clean_strings).collect()),
+        v => v.clone(),
+    }
 }
 
 /// Every control character (ESC, BEL, CR, ...) as U+FFFD: for text from a
@@ -181,33 +198,6 @@ pub fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
         .collect()
-}
-
-/// Keep ESC only as part of our own colour codes: every other control
-/// character becomes U+FFFD.
-fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' && chars.peek() == Some(&'[') {
-            // Ours: ESC [ digits ; m. Anything else is replaced.
-            let rest: String = chars.clone().take(6).collect();
-            let code_len = rest[1..]
-                .find('m')
-                .filter(|&i| rest[1..=i].chars().all(|c| c.is_ascii_digit() || c == ';'));
-            if let Some(i) = code_len {
-                out.push(c);
-                for _ in 0..=i + 1 {
-                    if let Some(c) = chars.next() {
-                        out.push(c);
-                    }
-                }
-                continue;
-            }
-        }
-        out.push(if c.is_control() { '\u{fffd}' } else { c });
-    }
-    out
 }
 
 #[cfg(test)]
@@ -249,11 +239,15 @@ mod tests {
     fn colour_only_when_asked_and_no_foreign_escapes() {
         let mut r = flow();
         r["comm"] = json!("x\x1b]0;pwned\x07");
+        r["agent"] = json!("a\x1b[8m");
         let plain = line(&r, false);
         assert!(!plain.contains('\x1b'), "{plain:?}");
         let coloured = line(&r, true);
         assert!(coloured.contains("\x1b[1;31mDENIED\x1b[0m"));
         assert!(!coloured.contains("\x1b]"), "{coloured:?}");
+        // Only our own sequences: a record's SGR (conceal) is replaced.
+        assert!(!coloured.contains("\x1b[8m"), "{coloured:?}");
+        assert_eq!(coloured.matches('\x1b').count(), 4, "{coloured:?}");
     }
 
     #[test]

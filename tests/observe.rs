@@ -700,7 +700,9 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     Tmux::run(&["respawn-pane", "-k", "-t", &tmux.0, &cmd]);
     let last_denied = format!("127.0.0.1:{}", denied.port);
     let screen = tmux.wait_screen("both agents, busy's denial", |s| {
-        s.contains(quiet)
+        // The key line is drawn last: the frame is complete.
+        s.contains("q quit")
+            && s.contains(quiet)
             && s.lines()
                 .any(|l| l.starts_with(busy) && l.contains(&last_denied))
     });
@@ -745,20 +747,32 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     // Drill-down: the first row (sorted by agent) is busy.
     tmux.keys("Enter");
     let detail = tmux.wait_screen("busy's open flows and records", |s| {
-        s.contains("open flows") && s.contains("last records") && s.contains("nc[")
+        s.contains("open flows")
+            && s.contains("last records")
+            && s.contains("nc[")
+            && s.contains("esc back")
     });
     eprintln!("{detail}");
     assert!(detail.contains(&format!("127.0.0.1:{}", server.port)));
     assert!(detail.contains("esc back"));
     tmux.keys("Escape");
-    tmux.wait_screen("the agents again", |s| s.contains("LAST DENIED"));
+    tmux.wait_screen("the agents again", |s| {
+        s.contains("LAST DENIED") && s.contains("drill-down")
+    });
     tmux.keys("q");
     let deadline = Instant::now() + WAIT;
-    while tmux.display("#{pane_dead}") != "1" {
+    // tmux may see the terminal close before it has reaped the process:
+    // wait for the exit status too.
+    while tmux.display("#{pane_dead}") != "1" || tmux.display("#{pane_dead_status}").is_empty() {
         assert!(Instant::now() < deadline, "q did not end top");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(tmux.display("#{pane_dead_status}"), "0");
+    assert_eq!(
+        tmux.display("#{pane_dead_status}"),
+        "0",
+        "top's exit status; screen:\n{}",
+        tmux.screen()
+    );
     assert_eq!(tmux.display("#{alternate_on}"), "0", "terminal restored");
     assert!(!tmux.screen().contains("LAST DENIED"), "{}", tmux.screen());
     drop(quiet_c);

@@ -18,8 +18,15 @@ const WAIT: Duration = Duration::from_secs(30);
 const AGENT: &str = "dev.clawker.agent";
 const PROJECT: &str = "dev.clawker.project";
 
-fn socket_path() -> PathBuf {
-    std::env::temp_dir().join(unique("ce-api")).join("api.sock")
+/// A socket path in a directory of its own, removed with the guard (a
+/// daemon killed at the end of a test cannot remove its socket). The
+/// directory is world-traversable, so only the socket's mode keeps others out.
+fn socket_path() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("ce-api").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("api.sock");
+    (dir, path)
 }
 
 /// A running `observe`, its output collected as it arrives.
@@ -189,7 +196,7 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
         ),
     )
     .unwrap();
-    let socket = socket_path();
+    let (_socket_dir, socket) = socket_path();
     let daemon = Daemon::start(
         DaemonOptions::host_root()
             .policy(&policy)
@@ -403,7 +410,7 @@ fn a_stopped_observer_loses_only_its_own_records() {
         return;
     }
     let cg = TestCgroup::new("ce-obs-stop");
-    let socket = socket_path();
+    let (_socket_dir, socket) = socket_path();
     let mut opts = DaemonOptions::for_cgroup(&cg)
         .arg("--api-socket")
         .arg(socket.to_str().unwrap())
@@ -493,7 +500,7 @@ fn observe_ends_quietly_on_a_closed_pipe_and_errors_in_one_line() {
         return;
     }
     // No daemon.
-    let missing = socket_path();
+    let (_missing_dir, missing) = socket_path();
     let out = Command::new(bin())
         .args(["observe", "--socket"])
         .arg(&missing)
@@ -512,7 +519,7 @@ fn observe_ends_quietly_on_a_closed_pipe_and_errors_in_one_line() {
     assert!(!out.status.success() && err.contains("--dst"), "{err}");
 
     let cg = TestCgroup::new("ce-obs-pipe");
-    let socket = socket_path();
+    let (_socket_dir, socket) = socket_path();
     let daemon = Daemon::start(
         DaemonOptions::for_cgroup(&cg)
             .arg("--api-socket")
@@ -671,7 +678,7 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
         ),
     )
     .unwrap();
-    let socket = socket_path();
+    let (_socket_dir, socket) = socket_path();
     let daemon = Daemon::start(
         DaemonOptions::host_root()
             .policy(&policy)

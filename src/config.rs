@@ -222,6 +222,19 @@ pub struct Config {
     /// How often per-container losses become `records_lost` records ("10s").
     #[serde(with = "humantime_serde")]
     pub loss_report_interval: Duration,
+    /// The local API's unix socket (`observe`, `top`; docs/API.md).
+    pub api_socket: PathBuf,
+    /// Group that may use the API socket besides root (mode 0660).
+    pub api_group: Option<String>,
+    /// History `observe --since/--last` can reach: at most this many
+    /// records...
+    pub api_history_records: usize,
+    /// ...of at most this age ("5m").
+    #[serde(with = "humantime_serde")]
+    pub api_history_age: Duration,
+    /// Records queued for one API client before its records are dropped
+    /// (counted, and told to that client).
+    pub api_queue_records: usize,
 }
 
 impl Default for Config {
@@ -261,6 +274,11 @@ impl Default for Config {
             container_max_dns_pending: crate::kernel::Fairness::default()
                 .max_dns_pending_per_container,
             loss_report_interval: Duration::from_secs(10),
+            api_socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
+            api_group: None,
+            api_history_records: 10_000,
+            api_history_age: Duration::from_secs(300),
+            api_queue_records: 10_000,
         }
     }
 }
@@ -317,6 +335,8 @@ pub struct Overrides {
         with = "humantime_serde::option"
     )]
     pub loss_report_interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +348,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The local API's bounds.
+    pub fn api_options(&self) -> crate::api::HubOptions {
+        crate::api::HubOptions {
+            history_records: self.api_history_records,
+            history_age: self.api_history_age,
+            queue_records: self.api_queue_records.max(1),
+        }
+    }
+
     pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {

@@ -3,8 +3,10 @@
 //! Data path, one direction: [`kernel`] (load/attach) -> [`capture`] (ring
 //! buffer drain, decode) -> [`flow`] (one record per flow) -> [`pipeline`] ([`record`] + [`attribute`]) ->
 //! [`export`] (sinks). [`metrics`] counts every stage; [`config`] and [`cli`]
-//! sit at the edge.
+//! sit at the edge. [`api`] is one more sink: the local socket `observe`
+//! and `top` read.
 
+pub mod api;
 pub mod attribute;
 pub mod capture;
 pub mod cli;

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(cli::bypass(args))),
+        Command::Observe(args) => cli::observe(args),
+        Command::Top(args) => cli::top(args),
         Command::Check(args) => cli::check(args),
         Command::Detach(args) => cli::detach(args),
         Command::Policy(args) => cli::policy(args),

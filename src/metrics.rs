@@ -136,6 +136,8 @@ pub struct Metrics {
     /// Kernel drop totals already folded into the counters.
     kernel_seen: Mutex<KernelSeen>,
     container_lost: Family<AgentReasonLabels, Counter>,
+    /// Records a local API client missed because its own queue was full.
+    api_dropped: Counter,
     /// (agent, project) pairs with their own series; past the cap, `_other`.
     agent_series: Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -188,6 +190,7 @@ impl Metrics {
             ringbuf_size: Gauge::default(),
             kernel_seen: Mutex::new(KernelSeen::default()),
             container_lost: Family::default(),
+            api_dropped: Counter::default(),
             agent_series: Mutex::default(),
             registry: Registry::default(),
         };
@@ -288,6 +291,11 @@ impl Metrics {
             m.ringbuf_size.clone(),
         );
         registry.register(
+            "api_dropped",
+            "Records a local API client (observe, top) missed because it read too slowly: its queue was full; other clients and sinks are unaffected",
+            m.api_dropped.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![
@@ -383,6 +391,10 @@ impl Metrics {
         self.spool_bytes
             .get_or_create(&SinkLabels { sink })
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn api_dropped(&self, n: u64) {
+        self.api_dropped.inc_by(n);
     }
 
     pub fn unattributed(&self) {

@@ -3,8 +3,10 @@
 mod bypass;
 mod check;
 mod detach;
+mod observe;
 mod policy;
 mod run;
+mod top;
 
 use std::path::PathBuf;
 
@@ -15,8 +17,10 @@ use crate::config::{Outputs, Overrides, Scope};
 pub use bypass::{bypass, BypassArgs};
 pub use check::check;
 pub use detach::detach;
+pub use observe::{observe, ObserveArgs};
 pub use policy::{policy, PolicyArgs, PolicyCommand};
 pub use run::run;
+pub use top::{top, TopArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,8 +48,20 @@ pub enum Command {
     Bypass(BypassArgs),
     /// Egress policy files, offline: `check FILE`, `explain`.
     Policy(PolicyArgs),
+    /// Follow the running daemon's records, filtered (its local API).
+    Observe(ObserveArgs),
+    /// Live per-agent view of the running daemon (terminal UI).
+    Top(TopArgs),
     /// Print the version and the kernel ABI version.
     Version,
+}
+
+/// How a client reaches the daemon's local API.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The daemon's API socket.
+    #[arg(long, value_name = "PATH", env = "CLAWKER_EGRESS_API_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -121,6 +137,9 @@ pub struct RunArgs {
     /// How often per-container losses are reported (`records_lost`).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub loss_report_interval: Option<std::time::Duration>,
+    /// Unix socket of the local API (observe, top).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 impl CommonArgs {
@@ -154,6 +173,7 @@ impl RunArgs {
             container_record_rate: self.container_record_rate,
             container_record_burst: self.container_record_burst,
             loss_report_interval: self.loss_report_interval,
+            api_socket: self.api_socket.clone(),
             ..self.common.overrides()
         }
     }

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::check::{cgroup_dir, require_privileges};
 use super::RunArgs;
+use crate::api;
 use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
 use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
@@ -104,7 +105,28 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         usage.clone(),
     )?));
 
-    let (sink_tx, sinks) = start_sinks(&config, transport.as_ref(), metrics.clone()).await?;
+    let (mut sink_tx, mut sinks) =
+        start_sinks(&config, transport.as_ref(), metrics.clone()).await?;
+    // The local API (observe, top): one more sink, never a slow one.
+    let api_flows = FlowMaps::new(&attached.flows, &attached.flow_reported, usage.clone())?;
+    let _api_socket = match api::bind(&config.api_socket, config.api_group.as_deref()) {
+        Ok(listener) => {
+            let hub = api::Hub::new(&config.api_options(), metrics.clone());
+            let (tx, rx) = mpsc::channel(STAGE_QUEUE);
+            sink_tx.push(tx);
+            sinks.push(tokio::spawn(run_sink(api::ApiSink(hub.clone()), rx)));
+            tracing::info!(event = "api_listening", socket = %config.api_socket.display(), "local API up");
+            Some(tokio::spawn(api::serve(
+                listener,
+                hub,
+                Some(api::OpenFlows::new(api_flows)),
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(event = "api_unavailable", error = %format!("{e:#}"), "local API not served (observe/top will not work)");
+            None
+        }
+    };
     let cp_logs = cp_rx
         .zip(transport.as_ref())
         .map(|(rx, t)| start_cp_logs(&config, t, rx, metrics.clone()))

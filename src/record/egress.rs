@@ -209,7 +209,7 @@ fn ip_version(family: u16) -> Option<u32> {
 /// socket is `raw` (its packets' flows carry the protocol on the wire), an
 /// AF_PACKET socket `packet`, any other non-inet family `family:<n>`;
 /// `sock_type` 0 means "a flow".
-fn l4_proto(family: u16, sock_type: u16, protocol: u16) -> String {
+pub fn l4_proto(family: u16, sock_type: u16, protocol: u16) -> String {
     match i32::from(family) {
         libc::AF_PACKET => return "packet".into(),
         0 | libc::AF_INET | libc::AF_INET6 => {}

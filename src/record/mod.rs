@@ -8,6 +8,7 @@ pub mod id;
 pub mod key;
 mod loss;
 
+pub use egress::l4_proto;
 pub use loss::{LOSS_FIELDS, RECORDS_LOST};
 
 use std::fmt::Write as _;

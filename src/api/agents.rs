@@ -1,0 +1,355 @@
+//! Per-agent aggregates for `top`, folded from the records as they pass,
+//! joined with the kernel's open flows when a client asks. Bounded: at most
+//! [`MAX_AGENTS`] agents (the least recently seen leaves first).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::SystemTime;
+
+use super::wire::{AgentState, OpenFlow, State};
+use crate::capture::FlowSnapshot;
+use crate::record::{key, l4_proto, Record, Source};
+
+pub const MAX_AGENTS: usize = 1000;
+/// Records kept per agent for the drill-down.
+const RECENT_PER_AGENT: usize = 20;
+/// Denied records kept for the denials pane.
+const RECENT_DENIALS: usize = 50;
+/// Distinct names kept per agent.
+const DNS_NAMES: usize = 5;
+/// cgroup ids and interim-reported flows remembered (cleared past this).
+const MAX_TRACKED: usize = 100_000;
+
+#[derive(Default)]
+struct Agent {
+    state: AgentState,
+    recent: VecDeque<Record>,
+    seq: u64,
+}
+
+#[derive(Default)]
+pub struct Agents {
+    by_key: HashMap<String, Agent>,
+    /// cgroup id -> agent key, to place the kernel's open flows.
+    cgroups: HashMap<u64, String>,
+    /// community id -> (agent key, bytes out, bytes in) already reported
+    /// by interim records of flows still open: the kernel's live counters
+    /// include them.
+    interim: HashMap<String, (String, u64, u64)>,
+    denials: VecDeque<Record>,
+    seq: u64,
+}
+
+/// The key a record is aggregated under; `None` for daemon logs.
+pub fn agent_key(r: &Record) -> Option<String> {
+    if r.source == Source::Cp {
+        return None;
+    }
+    if let Some(id) = r.get_str(key::CONTAINER_ID).filter(|s| !s.is_empty()) {
+        return Some(id.to_owned());
+    }
+    if let Some(agent) = r.get_str(key::AGENT).filter(|s| !s.is_empty()) {
+        let project = r.get_str(key::PROJECT).unwrap_or("");
+        return Some(format!("{agent}/{project}"));
+    }
+    r.get_int(key::CGROUP_ID).map(|id| format!("cgroup:{id}"))
+}
+
+fn nonneg(n: Option<i64>) -> u64 {
+    n.map_or(0, i64::unsigned_abs)
+}
+
+impl Agents {
+    pub fn ingest(&mut self, r: &Record) {
+        let Some(k) = agent_key(r) else { return };
+        self.seq += 1;
+        if !self.by_key.contains_key(&k) && self.by_key.len() >= MAX_AGENTS {
+            self.evict_oldest();
+        }
+        let agent = self.by_key.entry(k.clone()).or_default();
+        agent.seq = self.seq;
+        let s = &mut agent.state;
+        s.key.clone_from(&k);
+        for (field, slot) in [
+            (key::AGENT, &mut s.agent),
+            (key::PROJECT, &mut s.project),
+            (key::CONTAINER_NAME, &mut s.container_name),
+            (key::CONTAINER_ID, &mut s.container_id),
+        ] {
+            if let Some(v) = r.get_str(field).filter(|v| !v.is_empty()) {
+                if slot != v {
+                    *slot = v.to_owned();
+                }
+            }
+        }
+        s.records += 1;
+        s.last_seen = r.timestamp();
+        if let Some(id) = r.get_int(key::CGROUP_ID) {
+            if self.cgroups.len() >= MAX_TRACKED {
+                self.cgroups.clear();
+            }
+            self.cgroups.insert(id.unsigned_abs(), k.clone());
+        }
+        let (out, inb) = (
+            nonneg(r.get_int(key::BYTES_OUT)),
+            nonneg(r.get_int(key::BYTES_IN)),
+        );
+        s.bytes_out += out;
+        s.bytes_in += inb;
+        let community = r.get_str(key::COMMUNITY_ID).filter(|c| !c.is_empty());
+        match r.get_str(key::FLOW_STATE) {
+            Some("active") => {
+                if let Some(c) = community {
+                    if self.interim.len() >= MAX_TRACKED {
+                        self.interim.clear();
+                    }
+                    let e = self
+                        .interim
+                        .entry(c.to_owned())
+                        .or_insert_with(|| (k.clone(), 0, 0));
+                    e.1 += out;
+                    e.2 += inb;
+                }
+            }
+            Some("ended") => {
+                if let Some(c) = community {
+                    self.interim.remove(c);
+                }
+                if r.get_str(key::CLOSE_REASON) != Some("denied") {
+                    s.flows += 1;
+                }
+            }
+            _ => {}
+        }
+        if r.get_str(key::VERDICT) == Some("DENIED") {
+            s.denials += 1;
+            s.last_denied = destination(r);
+            if self.denials.len() == RECENT_DENIALS {
+                self.denials.pop_front();
+            }
+            self.denials.push_back(r.clone());
+        }
+        if let Some(q) = r.get_str(key::QNAME).filter(|q| !q.is_empty()) {
+            let q = q.trim_end_matches('.').to_owned();
+            s.dns_names.retain(|n| *n != q);
+            s.dns_names.push(q);
+            if s.dns_names.len() > DNS_NAMES {
+                s.dns_names.remove(0);
+            }
+        }
+        if agent.recent.len() == RECENT_PER_AGENT {
+            agent.recent.pop_front();
+        }
+        agent.recent.push_back(r.clone());
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(k) = self
+            .by_key
+            .iter()
+            .min_by_key(|(_, a)| a.seq)
+            .map(|(k, _)| k.clone())
+        {
+            self.by_key.remove(&k);
+        }
+    }
+
+    /// A reading: the aggregates joined with the open flows (`now_ns`:
+    /// boot-clock nanoseconds, for their age).
+    pub fn state(&self, open: &[FlowSnapshot], now_ns: u64, detail: Option<&str>) -> State {
+        let mut agents: HashMap<&str, AgentState> = self
+            .by_key
+            .iter()
+            .map(|(k, a)| (k.as_str(), a.state.clone()))
+            .collect();
+        for (k, out, inb) in self.interim.values() {
+            if let Some(a) = agents.get_mut(k.as_str()) {
+                a.bytes_out = a.bytes_out.saturating_sub(*out);
+                a.bytes_in = a.bytes_in.saturating_sub(*inb);
+            }
+        }
+        let mut flows = Vec::with_capacity(open.len());
+        for f in open {
+            let k = self.cgroups.get(&f.cgroup_id).map(String::as_str);
+            let agent = k.and_then(|k| agents.get_mut(k));
+            let mut flow = OpenFlow {
+                key: k.unwrap_or("").to_owned(),
+                l4_proto: l4_proto(
+                    if f.remote.0.is_ipv4() {
+                        libc::AF_INET as u16
+                    } else {
+                        libc::AF_INET6 as u16
+                    },
+                    0,
+                    u16::from(f.protocol),
+                ),
+                dst_ip: f.remote.0.to_string(),
+                dst_port: f.remote.1,
+                comm: f.comm.clone(),
+                pid: f.tgid,
+                bytes_out: f.counters.bytes_out,
+                bytes_in: f.counters.bytes_in,
+                age_ms: now_ns.saturating_sub(f.start_ns) / 1_000_000,
+                ..Default::default()
+            };
+            if let Some(a) = agent {
+                a.open_flows += 1;
+                a.bytes_out += f.counters.bytes_out;
+                a.bytes_in += f.counters.bytes_in;
+                flow.agent.clone_from(&a.agent);
+                flow.project.clone_from(&a.project);
+                flow.container_name.clone_from(&a.container_name);
+            }
+            flows.push(flow);
+        }
+        let mut agents: Vec<AgentState> = agents.into_values().collect();
+        agents.sort_by(|a, b| a.key.cmp(&b.key));
+        let json = |r: &Record| serde_json::to_value(r).unwrap_or_default();
+        State {
+            time: Record::new(SystemTime::now(), Source::Egress).timestamp(),
+            agents,
+            open_flows: flows,
+            denials: self.denials.iter().map(json).collect(),
+            recent: detail
+                .and_then(|k| self.by_key.get(k))
+                .map(|a| a.recent.iter().map(json).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `host:port`, else `ip:port`, of a record's destination.
+pub fn destination(r: &Record) -> String {
+    let host = r
+        .get_str(key::DST_HOST)
+        .filter(|h| !h.is_empty())
+        .or_else(|| r.get_str(key::DST_IP))
+        .unwrap_or("?");
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    match r.get_int(key::DST_PORT) {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{Counters, Verdict};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn rec(fields: &[(&'static str, &str)], ints: &[(&'static str, i64)]) -> Record {
+        let mut r = Record::new(SystemTime::now(), Source::Egress);
+        for (k, v) in fields {
+            r.set(k, *v);
+        }
+        for (k, v) in ints {
+            r.set(k, *v);
+        }
+        r
+    }
+
+    fn flow(cgroup_id: u64, out: u64) -> FlowSnapshot {
+        FlowSnapshot {
+            sock_cookie: 1,
+            remote: (IpAddr::V4(Ipv4Addr::LOCALHOST), 80),
+            local: None,
+            protocol: libc::IPPROTO_TCP as u8,
+            start_ns: 1_000_000,
+            last_seen_ns: 0,
+            cgroup_id,
+            scope_cgroup_id: cgroup_id,
+            pid: 5,
+            tgid: 5,
+            comm: "curl".into(),
+            verdict: Verdict::Allowed,
+            syn_sent: true,
+            audit: false,
+            counters: Counters {
+                bytes_out: out,
+                bytes_in: 0,
+                packets_out: 1,
+                packets_in: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn totals_denials_names_and_open_flows() {
+        let mut a = Agents::default();
+        let id = [
+            (key::CONTAINER_ID, "c1"),
+            (key::AGENT, "dev"),
+            (key::PROJECT, "web"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut f = id.to_vec();
+            f.extend_from_slice(extra);
+            f
+        };
+        a.ingest(&rec(
+            &with(&[(key::FLOW_STATE, "ended"), (key::VERDICT, "ALLOWED")]),
+            &[
+                (key::BYTES_OUT, 100),
+                (key::BYTES_IN, 10),
+                (key::CGROUP_ID, 7),
+            ],
+        ));
+        a.ingest(&rec(
+            &with(&[
+                (key::FLOW_STATE, "ended"),
+                (key::VERDICT, "DENIED"),
+                (key::CLOSE_REASON, "denied"),
+                (key::DST_IP, "10.0.0.1"),
+                (key::DST_HOST, "evil.test"),
+            ]),
+            &[(key::DST_PORT, 443)],
+        ));
+        a.ingest(&rec(
+            &with(&[(key::L7_PROTO, "dns"), (key::QNAME, "a.test.")]),
+            &[],
+        ));
+        // An interim report of a flow still open: its bytes are in the
+        // kernel's counter too, and must not count twice.
+        a.ingest(&rec(
+            &with(&[(key::FLOW_STATE, "active"), (key::COMMUNITY_ID, "1:x")]),
+            &[(key::BYTES_OUT, 40)],
+        ));
+        let s = a.state(&[flow(7, 50)], 2_000_000, Some("c1"));
+        assert_eq!(s.agents.len(), 1);
+        let dev = &s.agents[0];
+        assert_eq!((dev.agent.as_str(), dev.project.as_str()), ("dev", "web"));
+        assert_eq!(dev.flows, 1);
+        assert_eq!(dev.denials, 1);
+        assert_eq!(dev.last_denied, "evil.test:443");
+        assert_eq!(dev.dns_names, vec!["a.test".to_string()]);
+        assert_eq!(dev.open_flows, 1);
+        assert_eq!(dev.bytes_out, 100 + 50);
+        assert_eq!(dev.bytes_in, 10);
+        assert_eq!(s.open_flows[0].agent, "dev");
+        assert_eq!(s.open_flows[0].age_ms, 1);
+        assert_eq!(s.denials.len(), 1);
+        assert_eq!(s.recent.len(), 4);
+        assert!(a.state(&[], 0, None).recent.is_empty());
+    }
+
+    #[test]
+    fn bounded_agents() {
+        let mut a = Agents::default();
+        for i in 0..(MAX_AGENTS + 10) {
+            a.ingest(&rec(&[(key::CONTAINER_ID, &format!("c{i}"))], &[]));
+        }
+        let s = a.state(&[], 0, None);
+        assert_eq!(s.agents.len(), MAX_AGENTS);
+        assert!(s.agents.iter().all(|x| x.key != "c0"));
+    }
+
+    #[test]
+    fn daemon_logs_are_not_agents() {
+        let r = Record::new(SystemTime::now(), Source::Cp);
+        assert_eq!(agent_key(&r), None);
+    }
+}

@@ -79,6 +79,12 @@ pub struct Config {
     /// How often per-container losses become `records_lost` records ("10s").
     #[serde(with = "humantime_serde")]
     pub loss_report_interval: Duration,
+    /// Agent/project pairs with their own per-agent Prometheus series; the
+    /// rest are counted as agent="_other" (docs/ALERTS.md).
+    pub agent_series_max: usize,
+    /// How long a pair's series stay after its last container is gone ("10m").
+    #[serde(with = "humantime_serde")]
+    pub agent_series_retention: Duration,
 }
 
 impl Default for Config {
@@ -104,6 +110,8 @@ impl Default for Config {
             container_max_flows: crate::kernel::Fairness::default().max_flows_per_container,
             container_max_dns_answers: crate::kernel::Fairness::default().max_dns_per_container,
             loss_report_interval: Duration::from_secs(10),
+            agent_series_max: crate::detect::AgentLimits::default().max_pairs,
+            agent_series_retention: crate::detect::AgentLimits::default().retention,
         }
     }
 }
@@ -202,6 +210,12 @@ impl Config {
                 self.loss_report_interval
             )));
         }
+        if self.agent_series_max > 100_000 {
+            return Err(ConfigError::Invalid(format!(
+                "agent_series_max = {}: at most 100000 (each pair costs ~15 series)",
+                self.agent_series_max
+            )));
+        }
         if self.attribution_wait > Duration::from_secs(60) {
             return Err(ConfigError::Invalid(format!(
                 "attribution_wait = {:?}: at most 60s (records wait in memory)",
@@ -225,6 +239,14 @@ impl Config {
         crate::attribute::LabelPolicy {
             agent_key: self.agent_label.clone(),
             project_key: self.project_label.clone(),
+        }
+    }
+
+    /// The bounds of the per-agent Prometheus series.
+    pub fn agent_limits(&self) -> crate::detect::AgentLimits {
+        crate::detect::AgentLimits {
+            max_pairs: self.agent_series_max,
+            retention: self.agent_series_retention,
         }
     }
 

@@ -77,7 +77,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         "BPF programs attached"
     );
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_agent_limits(config.agent_limits()));
     let refresh = kernel_refresher(&attached, metrics.clone())?;
     let listener = metrics::bind(config.metrics_listen)
         .await
@@ -140,7 +140,14 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             Scope::Containers => Some(label_cache),
             _ => None,
         };
-        start_policy(path, policy, &attached, targets, control_tx)?;
+        start_policy(
+            path,
+            policy,
+            &attached,
+            targets,
+            control_tx,
+            metrics.clone(),
+        )?;
     }
     let pipeline =
         tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, control_rx));
@@ -177,6 +184,7 @@ fn start_policy(
     attached: &Attached,
     containers: Option<Arc<LabelCache>>,
     out: mpsc::Sender<Record>,
+    metrics: Arc<Metrics>,
 ) -> Result<()> {
     let maps = PolicyMaps::new(
         &attached.container_policy,
@@ -198,7 +206,8 @@ fn start_policy(
         None => (Targets::Everything, changes),
     };
     let writer = RuleSetWriter::new(maps);
-    let controller = PolicyController::start(path.to_path_buf(), policy, writer, targets, out);
+    let controller =
+        PolicyController::start(path.to_path_buf(), policy, writer, targets, out, metrics);
     tokio::spawn(async move {
         let _keep = keep;
         controller.run(changes).await

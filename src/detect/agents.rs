@@ -296,6 +296,9 @@ impl AgentMetrics {
             };
         let size = table.slots.len() + usize::from(!table.slots.contains_key(&pair));
         self.tracked.set(i64::try_from(size).unwrap_or(i64::MAX));
+        if !table.slots.contains_key(&pair) {
+            self.zero_series(&pair.0, &pair.1);
+        }
         let slot = table
             .slots
             .entry(pair.clone())
@@ -464,6 +467,38 @@ impl AgentMetrics {
         }
         self.tracked
             .set(i64::try_from(table.slots.len()).unwrap_or(i64::MAX));
+    }
+
+    /// A new pair's alert inputs start at 0: `increase()` cannot see what a
+    /// series already held at its first scrape, so an agent's first burst
+    /// (its first upload, its first denials) would otherwise go unseen.
+    fn zero_series(&self, agent: &str, project: &str) {
+        let a = || agent.to_owned();
+        let p = || project.to_owned();
+        for l4_proto in ["tcp", "udp"] {
+            self.bytes_out.get_or_create(&ProtoLabels {
+                agent: a(),
+                project: p(),
+                l4_proto,
+            });
+            self.denials.get_or_create(&DenialLabels {
+                agent: a(),
+                project: p(),
+                l4_proto,
+                enforced: "true",
+            });
+        }
+        self.new_destinations.get_or_create(&AgentLabels {
+            agent: a(),
+            project: p(),
+        });
+        for s in SUSPICIONS {
+            self.dns_suspicious.get_or_create(&ReasonLabels {
+                agent: a(),
+                project: p(),
+                reason: s.label(),
+            });
+        }
     }
 
     /// Every label set a pair can have (the vocabularies are fixed).

@@ -184,6 +184,21 @@ fn each_record_kind_is_counted_for_its_agent() {
 }
 
 #[test]
+fn a_new_pairs_alert_inputs_start_at_zero() {
+    let f = Fixture::new(10, Duration::from_secs(60));
+    f.m.observe_at(&lifecycle("n", "container_create", "c9"), Instant::now());
+    let a = r#"agent="n",project="p""#;
+    for series in [
+        format!("clawker_egress_agent_bytes_out_total{{{a},l4_proto=\"tcp\"}}"),
+        format!("clawker_egress_agent_denials_total{{{a},l4_proto=\"udp\",enforced=\"true\"}}"),
+        format!("clawker_egress_agent_new_destinations_total{{{a}}}"),
+        format!("clawker_egress_agent_dns_suspicious_total{{{a},reason=\"encoded\"}}"),
+    ] {
+        assert_eq!(f.value(&series), Some(0), "{series}\n{}", f.text());
+    }
+}
+
+#[test]
 fn pairs_past_the_cap_are_other_and_counted() {
     let f = Fixture::new(2, Duration::from_secs(60));
     let now = Instant::now();

@@ -476,24 +476,24 @@ impl AgentMetrics {
         let a = || agent.to_owned();
         let p = || project.to_owned();
         for l4_proto in ["tcp", "udp"] {
-            self.bytes_out.get_or_create(&ProtoLabels {
+            let _ = self.bytes_out.get_or_create(&ProtoLabels {
                 agent: a(),
                 project: p(),
                 l4_proto,
             });
-            self.denials.get_or_create(&DenialLabels {
+            let _ = self.denials.get_or_create(&DenialLabels {
                 agent: a(),
                 project: p(),
                 l4_proto,
                 enforced: "true",
             });
         }
-        self.new_destinations.get_or_create(&AgentLabels {
+        let _ = self.new_destinations.get_or_create(&AgentLabels {
             agent: a(),
             project: p(),
         });
         for s in SUSPICIONS {
-            self.dns_suspicious.get_or_create(&ReasonLabels {
+            let _ = self.dns_suspicious.get_or_create(&ReasonLabels {
                 agent: a(),
                 project: p(),
                 reason: s.label(),

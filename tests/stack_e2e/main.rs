@@ -38,6 +38,7 @@ use serde_json::{json, Value};
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerts;
 mod daemon;
 mod plumbing;
 

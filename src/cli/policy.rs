@@ -16,11 +16,15 @@ pub struct PolicyArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy file: a summary and warnings, or one
-    /// `file:line:column: reason` line and a non-zero exit.
+    /// Validate a policy file, or a bare `.clawker.yaml` with --project: a
+    /// summary and warnings, or one `file:line:column: reason` line and a
+    /// non-zero exit.
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// FILE is a bare `.clawker.yaml`: load it as this project's rules.
+        #[arg(long, value_name = "NAME")]
+        project: Option<String>,
     },
     /// Say which rule decides a connection and why.
     Explain(ExplainArgs),
@@ -28,13 +32,15 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct ExplainArgs {
-    /// Policy file.
+    /// Policy file, or a bare `.clawker.yaml` (then --project names the
+    /// project it is loaded as).
     #[arg(long, value_name = "FILE")]
     pub file: PathBuf,
     /// The container's agent label value (omit for none).
     #[arg(long)]
     pub agent: Option<String>,
-    /// The container's project label value (omit for none).
+    /// The container's project label value (omit for none; required with a
+    /// bare `.clawker.yaml`).
     #[arg(long)]
     pub project: Option<String>,
     /// Destination: host:port, ipv4:port or [ipv6]:port (port optional for icmp).
@@ -50,15 +56,15 @@ pub struct ExplainArgs {
 
 pub fn policy(args: &PolicyArgs) -> Result<()> {
     match &args.command {
-        PolicyCommand::Check { file } => check(file),
+        PolicyCommand::Check { file, project } => check(file, project.as_deref()),
         PolicyCommand::Explain(a) => explain(a),
     }
 }
 
 /// A rejected file is one `file:line:column: reason` line on stderr, with no
 /// prefix, so editors and CI annotators can jump to it.
-fn load_or_exit(file: &Path) -> Policy {
-    match Policy::load(file) {
+fn load_or_exit(file: &Path, project: Option<&str>) -> (Policy, bool) {
+    match Policy::load_any(file, project) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -67,8 +73,20 @@ fn load_or_exit(file: &Path) -> Policy {
     }
 }
 
-fn check(file: &Path) -> Result<()> {
-    let policy = load_or_exit(file);
+fn check(file: &Path, project: Option<&str>) -> Result<()> {
+    let (policy, clawker) = load_or_exit(file, project);
+    if let (false, Some(p)) = (clawker, project) {
+        bail!(
+            "{}: a policy file, not a bare .clawker.yaml: --project {p} does not apply",
+            file.display()
+        );
+    }
+    if let (true, Some(p)) = (clawker, project) {
+        println!(
+            "{}: a bare .clawker.yaml, loaded as project {p}",
+            file.display()
+        );
+    }
     for line in summary(file, &policy) {
         println!("{line}");
     }
@@ -104,7 +122,7 @@ fn set_summary(set: &RuleSet) -> String {
 }
 
 fn explain(a: &ExplainArgs) -> Result<()> {
-    let policy = load_or_exit(&a.file);
+    let (policy, _) = load_or_exit(&a.file, a.project.as_deref());
     let target = target(&a.dst, a.ip, a.proto)?;
     let resolved = policy.rules_for(a.agent.as_deref(), a.project.as_deref());
     print_explanation(&resolved, &target, &a.dst);

@@ -1,9 +1,10 @@
-//! `policy check FILE` and `policy explain`: offline, no root, no kernel.
+//! `policy check FILE`, `policy explain` and `policy suggest`: offline, no
+//! root, no kernel.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::policy::{Mode, Policy, Proto, Resolved, RuleSet, Target};
@@ -28,6 +29,35 @@ pub enum PolicyCommand {
     },
     /// Say which rule decides a connection and why.
     Explain(ExplainArgs),
+    /// Write the smallest `.clawker.yaml` firewall section that would have
+    /// allowed what an agent or project did (from its records).
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SuggestArgs {
+    /// Records as JSON lines (the daemon's stdout output); `-`: stdin.
+    #[arg(long, value_name = "FILE")]
+    pub records: PathBuf,
+    /// Only this agent's records.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only this project's records.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only records at or after this time (RFC 3339, e.g. 2026-11-30T08:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<std::time::SystemTime>,
+    /// Only records at or before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<std::time::SystemTime>,
+    /// Also allow connections an enforced policy denied (by default only
+    /// what flowed: allowed, bypassed, and audit-mode denials).
+    #[arg(long)]
+    pub include_denied: bool,
+    /// Write the file here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -58,6 +88,7 @@ pub fn policy(args: &PolicyArgs) -> Result<()> {
     match &args.command {
         PolicyCommand::Check { file, project } => check(file, project.as_deref()),
         PolicyCommand::Explain(a) => explain(a),
+        PolicyCommand::Suggest(a) => suggest(a),
     }
 }
 
@@ -147,6 +178,72 @@ fn print_explanation(r: &Resolved, t: &Target, dst: &str) {
     if r.mode == Mode::Audit {
         println!("note:     audit mode: a deny is recorded (enforced=false), never blocked");
     }
+}
+
+fn suggest(a: &SuggestArgs) -> Result<()> {
+    use crate::policy::suggest::{observe, render, verify, Selection};
+    let text = if a.records.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("read records from stdin")?
+    } else {
+        std::fs::read_to_string(&a.records)
+            .with_context(|| format!("read records {}", a.records.display()))?
+    };
+    let sel = Selection {
+        agent: a.agent.clone(),
+        project: a.project.clone(),
+        since: a.since,
+        until: a.until,
+        include_denied: a.include_denied,
+    };
+    let (seen, t) = observe(&text, &sel);
+    let who = match (&a.agent, &a.project) {
+        (Some(ag), Some(p)) => format!("agent {ag}, project {p}"),
+        (Some(ag), None) => format!("agent {ag}"),
+        (None, Some(p)) => format!("project {p}"),
+        (None, None) => "every agent".into(),
+    };
+    let when = |t: Option<std::time::SystemTime>| {
+        t.map_or("-".to_string(), |t| {
+            humantime::format_rfc3339(t).to_string()
+        })
+    };
+    let header = format!(
+        "Suggested by `clawker-egress policy suggest` for {who}, {} to {}:\n\
+         {} destination(s) from {} record(s) of {} line(s).\n\
+         Left out: {} enforced denial(s) (--include-denied), {} raw/packet socket(s) \
+         (raw_sockets in a policy file), {} without a destination, {} not JSON.",
+        when(a.since),
+        when(a.until),
+        seen.len(),
+        t.used,
+        t.lines,
+        t.enforced_denials,
+        t.raw_or_packet,
+        t.no_destination,
+        t.not_json
+    );
+    let yaml = render(&seen, &header);
+    let project = a.project.as_deref().unwrap_or("suggested");
+    let missed = verify(&yaml, project, &seen).context("the suggested file does not load")?;
+    if !missed.is_empty() {
+        bail!(
+            "the suggested file would not allow {} observed flow(s): {missed:?}",
+            missed.len()
+        );
+    }
+    eprintln!("{}", header.replace('\n', " "));
+    match &a.out {
+        Some(path) => {
+            std::fs::write(path, &yaml).with_context(|| format!("write {}", path.display()))?
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(())
+}
+
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?}: {e} (RFC 3339, e.g. 2026-11-30T08:00:00Z)"))
 }
 
 fn parse_proto(s: &str) -> Result<Proto, String> {

@@ -7,6 +7,7 @@ pub mod model;
 mod parse;
 mod resolve;
 mod rules;
+pub mod suggest;
 pub mod values;
 mod yaml;
 
@@ -75,9 +76,15 @@ impl Policy {
     /// A policy made of one `.clawker.yaml` as project `project`, nothing
     /// else (default section empty: deny).
     pub fn from_clawker_file(path: &Path, project: &str) -> Result<Policy, PolicyError> {
+        let text = read_text(path)?;
+        Policy::from_clawker_str(&text, &path.display().to_string(), project)
+    }
+
+    /// [`Policy::from_clawker_file`] of text; `file` names it in messages.
+    pub fn from_clawker_str(text: &str, file: &str, project: &str) -> Result<Policy, PolicyError> {
         let mut warnings = Vec::new();
         let scope = format!("project {project}");
-        let rules = clawker::firewall_rules_from_file(path, &scope, &mut warnings)?;
+        let rules = clawker::firewall_rules_from_str(text, file, &scope, &mut warnings)?;
         let mut policy = Policy {
             warnings,
             ..Policy::default()

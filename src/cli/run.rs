@@ -125,6 +125,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     )?;
     let attribution = start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?;
     let label_cache = attribution.cache.clone();
+    tokio::spawn(scan_resources(label_cache.clone(), metrics.clone()));
     let (attributor, lifecycle, attribution) = attribution.split();
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
@@ -229,6 +230,30 @@ impl Directory for LabelDirectory {
                 None => (id, None, None),
             })
             .collect()
+    }
+}
+
+/// Per-agent resource gauges from the container cgroups, every 10 s.
+async fn scan_resources(cache: Arc<LabelCache>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let dirs = cache.enrolled_dirs();
+        let read = tokio::task::spawn_blocking(move || {
+            dirs.into_iter()
+                .filter_map(|(dir, identity)| {
+                    let usage = crate::detect::resources::read_usage(&dir)?;
+                    let (agent, project) = identity
+                        .map(|i| (i.agent.clone(), i.project.clone()))
+                        .unwrap_or_default();
+                    Some((agent, project, usage))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        if let Ok(usage) = read {
+            metrics.agents().resources(&usage);
+        }
     }
 }
 

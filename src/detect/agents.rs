@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::RandomState;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use prometheus_client::registry::Registry;
 use super::destinations::Destinations;
 use super::dns::{suspicious, Suspicion};
 use super::enforcement::Enforcement;
+use super::resources::Usage;
 use crate::record::{key, Record, Source, LOSS_FIELDS, RECORDS_LOST};
 
 /// The label value of everything past the cap (and of unlabelled records).
@@ -123,6 +125,8 @@ impl Slot {
 
 struct Table {
     slots: HashMap<Pair, Slot>,
+    /// Pairs whose resource gauges are set.
+    with_resources: HashSet<Pair>,
     last_sweep: Option<Instant>,
 }
 
@@ -139,6 +143,11 @@ pub struct AgentMetrics {
     dns_suspicious: Family<ReasonLabels, Counter>,
     new_destinations: Family<AgentLabels, Counter>,
     records_lost: Family<ReasonLabels, Counter>,
+    cpu_seconds: Family<AgentLabels, Gauge<f64, AtomicU64>>,
+    memory_bytes: Family<AgentLabels, Gauge>,
+    pids: Family<AgentLabels, Gauge>,
+    io_read_bytes: Family<AgentLabels, Gauge>,
+    io_write_bytes: Family<AgentLabels, Gauge>,
     tracked: Gauge,
     overflow: Counter,
     expired: Counter,
@@ -163,6 +172,11 @@ impl AgentMetrics {
             dns_suspicious: Family::default(),
             new_destinations: Family::default(),
             records_lost: Family::default(),
+            cpu_seconds: Family::default(),
+            memory_bytes: Family::default(),
+            pids: Family::default(),
+            io_read_bytes: Family::default(),
+            io_write_bytes: Family::default(),
             tracked: Gauge::default(),
             overflow: Counter::default(),
             expired: Counter::default(),
@@ -170,6 +184,7 @@ impl AgentMetrics {
             hasher: RandomState::new(),
             table: Mutex::new(Table {
                 slots: HashMap::new(),
+                with_resources: HashSet::new(),
                 last_sweep: None,
             }),
         };
@@ -232,6 +247,19 @@ impl AgentMetrics {
             per_agent("Records a container lost in the kernel, by agent, project and reason (rate_limited, ringbuf_full, flow_not_tracked, dns_not_cached)"),
             m.records_lost.clone(),
         );
+        for (name, help, family) in [
+            ("agent_memory_bytes", "Memory of an agent's running containers (cgroup memory.current, summed)", &m.memory_bytes),
+            ("agent_pids", "Processes of an agent's running containers (cgroup pids.current, summed)", &m.pids),
+            ("agent_io_read_bytes", "Bytes an agent's running containers read from block devices (cgroup io.stat rbytes, summed; falls when a container ends)", &m.io_read_bytes),
+            ("agent_io_write_bytes", "Bytes an agent's running containers wrote to block devices (cgroup io.stat wbytes, summed; falls when a container ends)", &m.io_write_bytes),
+        ] {
+            registry.register(name, per_agent(help), family.clone());
+        }
+        registry.register(
+            "agent_cpu_usage_seconds",
+            per_agent("CPU time of an agent's running containers (cgroup cpu.stat usage_usec, summed; falls when a container ends)"),
+            m.cpu_seconds.clone(),
+        );
         registry.register(
             "agent_series",
             "Agent/project pairs that have their own per-agent series now",
@@ -281,7 +309,23 @@ impl AgentMetrics {
         r: &Record,
         now: Instant,
     ) -> (String, String, &'t mut Slot) {
-        let pair = match (r.get_str(key::AGENT), r.get_str(key::PROJECT)) {
+        let pair = self.pair_for(table, r.get_str(key::AGENT), r.get_str(key::PROJECT), now);
+        let slot = table
+            .slots
+            .entry(pair.clone())
+            .or_insert_with(|| Slot::new(now));
+        (pair.0, pair.1, slot)
+    }
+
+    /// The pair's own slot (taken if free, touched), or `_other`.
+    fn pair_for(
+        &self,
+        table: &mut Table,
+        agent: Option<&str>,
+        project: Option<&str>,
+        now: Instant,
+    ) -> Pair {
+        let pair = match (agent, project) {
             (None, None) => (OTHER.to_owned(), OTHER.to_owned()),
             (a, p) => (a.unwrap_or(OTHER).to_owned(), p.unwrap_or(OTHER).to_owned()),
         };
@@ -299,12 +343,80 @@ impl AgentMetrics {
         if !table.slots.contains_key(&pair) {
             self.zero_series(&pair.0, &pair.1);
         }
-        let slot = table
+        table
             .slots
             .entry(pair.clone())
-            .or_insert_with(|| Slot::new(now));
-        slot.last_seen = now;
-        (pair.0, pair.1, slot)
+            .or_insert_with(|| Slot::new(now))
+            .last_seen = now;
+        pair
+    }
+
+    /// Set the resource gauges from a scan of the live containers' cgroups
+    /// (agent, project, usage); pairs with no container left lose them. A
+    /// running container keeps its pair's series from expiring.
+    pub fn resources(&self, containers: &[(Option<String>, Option<String>, Usage)]) {
+        self.resources_at(containers, Instant::now());
+    }
+
+    pub fn resources_at(
+        &self,
+        containers: &[(Option<String>, Option<String>, Usage)],
+        now: Instant,
+    ) {
+        let Ok(mut table) = self.table.lock() else {
+            return;
+        };
+        let mut sums: HashMap<Pair, Usage> = HashMap::new();
+        for (agent, project, usage) in containers {
+            let pair = self.pair_for(&mut table, agent.as_deref(), project.as_deref(), now);
+            *sums.entry(pair).or_default() += *usage;
+        }
+        for ((agent, project), u) in &sums {
+            let labels = AgentLabels {
+                agent: agent.clone(),
+                project: project.clone(),
+            };
+            let g = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.cpu_seconds
+                .get_or_create(&labels)
+                .set(u.cpu_usec as f64 / 1e6);
+            self.memory_bytes
+                .get_or_create(&labels)
+                .set(g(u.memory_bytes));
+            self.pids.get_or_create(&labels).set(g(u.pids));
+            self.io_read_bytes
+                .get_or_create(&labels)
+                .set(g(u.io_read_bytes));
+            self.io_write_bytes
+                .get_or_create(&labels)
+                .set(g(u.io_write_bytes));
+        }
+        let gone: Vec<Pair> = table
+            .with_resources
+            .iter()
+            .filter(|p| !sums.contains_key(*p))
+            .cloned()
+            .collect();
+        for pair in gone {
+            self.remove_resources(&pair.0, &pair.1);
+        }
+        table.with_resources = sums.into_keys().collect();
+    }
+
+    fn remove_resources(&self, agent: &str, project: &str) {
+        let labels = AgentLabels {
+            agent: agent.to_owned(),
+            project: project.to_owned(),
+        };
+        self.cpu_seconds.remove(&labels);
+        for family in [
+            &self.memory_bytes,
+            &self.pids,
+            &self.io_read_bytes,
+            &self.io_write_bytes,
+        ] {
+            family.remove(&labels);
+        }
     }
 
     fn overseer(&self, r: &Record, agent: &str, project: &str, slot: &mut Slot) {
@@ -555,6 +667,7 @@ impl AgentMetrics {
                 reason: s.label(),
             });
         }
+        self.remove_resources(agent, project);
         for (_, reason) in LOSS_FIELDS {
             self.records_lost.remove(&ReasonLabels {
                 agent: a(),

@@ -311,3 +311,61 @@ fn bypass_and_policy_mode_gauges() {
     f.m.observe(&bypass("bypass_expired"));
     assert_eq!(f.value(series), None, "{}", f.text());
 }
+
+#[test]
+fn resource_gauges_sum_an_agents_containers_and_go_with_them() {
+    use super::resources::Usage;
+    let f = Fixture::new(10, Duration::from_secs(60));
+    let u = |cpu_usec, memory_bytes| Usage {
+        cpu_usec,
+        memory_bytes,
+        pids: 2,
+        io_read_bytes: 10,
+        io_write_bytes: 20,
+    };
+    let a = (Some("a".to_string()), Some("p".to_string()));
+    let b = (Some("b".to_string()), Some("p".to_string()));
+    let t0 = Instant::now();
+    f.m.resources_at(
+        &[
+            (a.0.clone(), a.1.clone(), u(1_500_000, 100)),
+            (a.0.clone(), a.1.clone(), u(500_000, 50)),
+            (b.0.clone(), b.1.clone(), u(1, 1)),
+        ],
+        t0,
+    );
+    let l = r#"{agent="a",project="p"}"#;
+    assert_eq!(
+        f.value(&format!("clawker_egress_agent_memory_bytes{l}")),
+        Some(150)
+    );
+    assert_eq!(f.value(&format!("clawker_egress_agent_pids{l}")), Some(4));
+    assert_eq!(
+        f.value(&format!("clawker_egress_agent_io_write_bytes{l}")),
+        Some(40)
+    );
+    assert!(
+        f.text()
+            .contains(&format!("clawker_egress_agent_cpu_usage_seconds{l} 2.0")),
+        "{}",
+        f.text()
+    );
+    // b's container ended: its gauges go at the next scan, a's stay.
+    f.m.resources_at(&[(a.0.clone(), a.1.clone(), u(2_000_000, 100))], t0);
+    let text = f.text();
+    assert!(
+        !text.contains(r#"clawker_egress_agent_pids{agent="b""#),
+        "{text}"
+    );
+    assert_eq!(
+        f.value(&format!("clawker_egress_agent_memory_bytes{l}")),
+        Some(100)
+    );
+    // A running container keeps its pair from expiring.
+    f.m.resources_at(
+        &[(a.0.clone(), a.1.clone(), u(2_000_000, 100))],
+        t0 + Duration::from_secs(3600),
+    );
+    f.m.sweep_at(t0 + Duration::from_secs(3601));
+    assert_eq!(f.value(&format!("clawker_egress_agent_pids{l}")), Some(2));
+}

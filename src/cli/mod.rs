@@ -4,6 +4,7 @@ mod bypass;
 mod check;
 mod detach;
 mod policy;
+mod report;
 mod run;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ pub use bypass::{bypass, BypassArgs};
 pub use check::check;
 pub use detach::detach;
 pub use policy::{policy, PolicyArgs, PolicyCommand};
+pub use report::{report, ReportArgs};
 pub use run::run;
 
 #[derive(Debug, Parser)]
@@ -40,8 +42,10 @@ pub enum Command {
     /// Audited break-glass: let a container's traffic through (still
     /// recorded, as BYPASSED) until it expires or `--off`.
     Bypass(BypassArgs),
-    /// Egress policy files, offline: `check FILE`, `explain`.
+    /// Egress policy files, offline: `check FILE`, `explain`, `suggest`.
     Policy(PolicyArgs),
+    /// Per-agent summary over a window, from OpenSearch: a table, --json or --csv.
+    Report(ReportArgs),
     /// Print the version and the kernel ABI version.
     Version,
 }

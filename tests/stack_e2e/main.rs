@@ -41,6 +41,7 @@ mod support;
 mod alerts;
 mod daemon;
 mod plumbing;
+mod report;
 
 use daemon::*;
 use plumbing::*;

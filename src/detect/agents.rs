@@ -26,6 +26,7 @@ use super::destinations::Destinations;
 use super::dns::{suspicious, Suspicion};
 use super::enforcement::Enforcement;
 use super::resources::Usage;
+use crate::capture::DnsReject;
 use crate::record::{key, Record, Source, LOSS_FIELDS, RECORDS_LOST};
 
 /// The label value of everything past the cap (and of unlabelled records).
@@ -141,6 +142,7 @@ pub struct AgentMetrics {
     bypassed: Family<ProtoLabels, Counter>,
     dns_queries: Family<RcodeLabels, Counter>,
     dns_suspicious: Family<ReasonLabels, Counter>,
+    dns_rejected: Family<ReasonLabels, Counter>,
     new_destinations: Family<AgentLabels, Counter>,
     records_lost: Family<ReasonLabels, Counter>,
     cpu_seconds: Family<AgentLabels, Gauge<f64, AtomicU64>>,
@@ -170,6 +172,7 @@ impl AgentMetrics {
             bypassed: Family::default(),
             dns_queries: Family::default(),
             dns_suspicious: Family::default(),
+            dns_rejected: Family::default(),
             new_destinations: Family::default(),
             records_lost: Family::default(),
             cpu_seconds: Family::default(),
@@ -236,6 +239,11 @@ impl AgentMetrics {
             "agent_dns_suspicious",
             per_agent("DNS query names of an agent that look like tunnelling, by reason (long, encoded; docs/ALERTS.md)"),
             m.dns_suspicious.clone(),
+        );
+        registry.register(
+            "agent_dns_answers_rejected",
+            per_agent("DNS answers of an agent the kernel did not let count, by reason (unsolicited, mismatch, local_sender: forged or stray answers)"),
+            m.dns_rejected.clone(),
         );
         registry.register(
             "agent_new_destinations",
@@ -464,6 +472,20 @@ impl AgentMetrics {
                     rcode: fold(r.get_str(key::RCODE), &RCODES),
                 })
                 .inc();
+            if let Some(why) = r.get_str(key::DNS_REJECTED) {
+                let reason = DnsReject::ALL
+                    .iter()
+                    .map(|d| d.name())
+                    .find(|n| *n == why)
+                    .unwrap_or("other");
+                self.dns_rejected
+                    .get_or_create(&ReasonLabels {
+                        agent: agent.clone(),
+                        project: project.clone(),
+                        reason,
+                    })
+                    .inc();
+            }
             if let Some(s) = suspicious(qname) {
                 self.dns_suspicious
                     .get_or_create(&ReasonLabels {
@@ -665,6 +687,13 @@ impl AgentMetrics {
                 agent: a(),
                 project: p(),
                 reason: s.label(),
+            });
+        }
+        for reason in DnsReject::ALL.iter().map(|d| d.name()).chain(["other"]) {
+            self.dns_rejected.remove(&ReasonLabels {
+                agent: a(),
+                project: p(),
+                reason,
             });
         }
         self.remove_resources(agent, project);

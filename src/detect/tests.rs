@@ -96,6 +96,9 @@ fn each_record_kind_is_counted_for_its_agent() {
     let tunnel = format!("{}.t.example.com", "ab12".repeat(15));
     f.m.observe_at(&dns("a", &tunnel, "NXDOMAIN"), now);
     f.m.observe_at(&dns("a", "x", "YXDOMAIN"), now);
+    let mut forged = dns("a", "github.com", "NOERROR");
+    forged.set(key::DNS_REJECTED, "unsolicited");
+    f.m.observe_at(&forged, now);
     let mut lost = Record::new(SystemTime::now(), Source::Overseer);
     lost.set(key::EVENT, crate::record::RECORDS_LOST);
     lost.set(key::AGENT, "a");
@@ -152,6 +155,12 @@ fn each_record_kind_is_counted_for_its_agent() {
     assert_eq!(
         v(&format!(
             "clawker_egress_agent_dns_queries_total{{{a},rcode=\"NOERROR\"}}"
+        )),
+        Some(2)
+    );
+    assert_eq!(
+        v(&format!(
+            "clawker_egress_agent_dns_answers_rejected_total{{{a},reason=\"unsolicited\"}}"
         )),
         Some(1)
     );

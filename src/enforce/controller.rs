@@ -161,6 +161,14 @@ impl PolicyController {
                     "rules beyond the kernel limit were dropped"
                 );
             }
+            if !notes.hash_collisions.is_empty() {
+                tracing::warn!(
+                    event = "policy_hash_collision",
+                    cgroup_id = id,
+                    names = ?notes.hash_collisions,
+                    "domain rules whose name hash collides with another rule's never match in the kernel"
+                );
+            }
             match self.writer.install(id, &set) {
                 Ok(()) => {
                     self.installed.insert(id, labels);

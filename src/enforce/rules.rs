@@ -12,8 +12,51 @@ pub struct KernelRuleSet {
     pub raw_allow: bool,
     /// First match wins; at most EGRESS_MAX_RULES - 1.
     pub rules: Vec<abi::policy_rule>,
-    /// (wildcard, name suffix hash, bitmask of the domain rules it matches).
-    pub domains: Vec<(bool, u64, u64)>,
+    /// The names domain rules match, with the rules (bits) each matches.
+    pub domains: Vec<DomainEntry>,
+}
+
+/// One name of a rule set's domain rules, as `domain_rules` holds it:
+/// keyed by its hash, confirmed on the whole name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainEntry {
+    /// `.example.com`: the name and every name under it; else exact.
+    pub wildcard: bool,
+    /// Lowercase, no trailing dot (as `normalize_domain` leaves it).
+    pub name: String,
+    /// Bit i: rule i of the set matches this name.
+    pub mask: u64,
+}
+
+impl DomainEntry {
+    pub fn key(&self, rule_set: u32) -> abi::domain_key {
+        abi::domain_key {
+            rule_set,
+            wildcard: u32::from(self.wildcard),
+            hash: name_hash(&self.name),
+        }
+    }
+
+    /// The kernel value: the mask and the name, right-aligned (see
+    /// `dns_value.name` in bpf/egress.h). A name longer than the kernel's
+    /// buffer cannot be a DNS name and is refused.
+    pub fn value(&self) -> Option<abi::domain_value> {
+        let bytes = self.name.as_bytes();
+        let len = abi::DNS_NAME_LEN as usize;
+        if bytes.is_empty() || bytes.len() > len {
+            return None;
+        }
+        let mut v = abi::domain_value {
+            mask: self.mask,
+            name_len: bytes.len() as u16,
+            _pad: [0; 6],
+            name: [0; abi::DNS_NAME_LEN as usize],
+        };
+        for (d, s) in v.name[len - bytes.len()..].iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        Some(v)
+    }
 }
 
 impl KernelRuleSet {
@@ -95,24 +138,18 @@ impl RuleSetWriter {
         self.assigned.remove(&scope_cgroup_id);
     }
 
-    /// Replace slot `slot`'s domain entries: (wildcard, name hash, bitmask
-    /// of the domain rules it matches).
-    fn write_domains(
-        &mut self,
-        slot: u32,
-        entries: &[(bool, u64, u64)],
-    ) -> Result<(), KernelError> {
+    /// Replace slot `slot`'s domain entries.
+    fn write_domains(&mut self, slot: u32, entries: &[DomainEntry]) -> Result<(), KernelError> {
         for stale in self.domains.remove(&slot).unwrap_or_default() {
             self.maps.delete_domain(&stale);
         }
         let mut written = Vec::with_capacity(entries.len());
-        for &(wildcard, hash, mask) in entries {
-            let key = abi::domain_key {
-                rule_set: slot,
-                wildcard: u32::from(wildcard),
-                hash,
+        for entry in entries {
+            let key = entry.key(slot);
+            let Some(value) = entry.value() else {
+                continue; // compile() only passes names of 1..=253 bytes
             };
-            self.maps.put_domain(&key, mask)?;
+            self.maps.put_domain(&key, &value)?;
             written.push(key);
         }
         self.domains.insert(slot, written);
@@ -203,4 +240,40 @@ pub fn any_rule(protocol: u8, ports: Option<(u16, u16)>, allow: bool) -> abi::po
     r.kind = abi::rule_kind::RULE_ANY as u8;
     r.family = 0;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tests/fixtures/dns_collision.py found it: a 45-byte name under a zone
+    /// an attacker could hold, with github.com's hash (issue 9 item 3).
+    const COLLIDER: &str = "aftkdtesaxvlafewbcokawpmanhicsfx.collide.test";
+
+    #[test]
+    fn the_collision_fixture_collides() {
+        assert_eq!(name_hash(COLLIDER), name_hash("github.com"));
+        assert_ne!(COLLIDER, "github.com");
+    }
+
+    #[test]
+    fn domain_values_hold_the_name_right_aligned() {
+        let e = DomainEntry {
+            wildcard: true,
+            name: "github.com".into(),
+            mask: 5,
+        };
+        let v = e.value().unwrap();
+        let len = abi::DNS_NAME_LEN as usize;
+        let tail: Vec<u8> = v.name[len - 10..].iter().map(|&c| c as u8).collect();
+        assert_eq!(tail, b"github.com");
+        assert!(v.name[..len - 10].iter().all(|&c| c == 0));
+        assert_eq!((v.mask, v.name_len), (5, 10));
+        assert_eq!(e.key(3).hash, name_hash("github.com"));
+        let long = DomainEntry {
+            name: "a".repeat(257),
+            ..e
+        };
+        assert!(long.value().is_none());
+    }
 }

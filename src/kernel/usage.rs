@@ -55,6 +55,27 @@ impl ScopeUsage {
         }
     }
 
+    /// User space expired `n` `dns_pending` entries of each scope cgroup.
+    pub fn release_pending(&self, counts: &HashMap<u64, u64>) {
+        if counts.is_empty() {
+            return;
+        }
+        let map = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        for (scope, n) in counts {
+            let key = scope.to_ne_bytes();
+            let mut v: abi::scope_released = map
+                .lookup(&key, MapFlags::ANY)
+                .ok()
+                .flatten()
+                .and_then(|b| from_bytes(&b))
+                .unwrap_or_default();
+            v.dns_pending += n;
+            if let Err(e) = map.update(&key, bytes_of(&v), MapFlags::ANY) {
+                tracing::warn!(event = "scope_release_failed", scope_cgroup_id = scope, error = %e, "could not return a container's table share");
+            }
+        }
+    }
+
     /// Every container's lost-record counters (cumulative).
     pub fn losses(&self) -> Vec<(u64, LossCounts)> {
         self.usage

@@ -45,6 +45,8 @@ pub const QTYPE: &str = "qtype";
 pub const RCODE: &str = "rcode";
 pub const ANSWERS: &str = "answers";
 pub const TTL: &str = "ttl";
+pub const DNS_ANSWERED: &str = "dns_answered";
+pub const DNS_REJECTED: &str = "dns_rejected";
 pub const LOST_TOTAL: &str = "lost_total";
 pub const LOST_RATE_LIMITED: &str = "lost_rate_limited";
 pub const LOST_RINGBUF_FULL: &str = "lost_ringbuf_full";
@@ -97,6 +99,8 @@ pub const ALL: &[&str] = &[
     RCODE,
     ANSWERS,
     TTL,
+    DNS_ANSWERED,
+    DNS_REJECTED,
     LOST_TOTAL,
     LOST_RATE_LIMITED,
     LOST_RINGBUF_FULL,

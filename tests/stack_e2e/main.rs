@@ -676,6 +676,7 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
         reasons,
         [
             "dns_cache_full",
+            "dns_pending_full",
             "flow_table_full",
             "parse_failure",
             "rate_limited",

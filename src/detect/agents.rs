@@ -317,7 +317,13 @@ impl AgentMetrics {
         r: &Record,
         now: Instant,
     ) -> (String, String, &'t mut Slot) {
-        let pair = self.pair_for(table, r.get_str(key::AGENT), r.get_str(key::PROJECT), now);
+        let pair = self.pair_for(
+            table,
+            r.get_str(key::AGENT),
+            r.get_str(key::PROJECT),
+            now,
+            true,
+        );
         let slot = table
             .slots
             .entry(pair.clone())
@@ -325,13 +331,15 @@ impl AgentMetrics {
         (pair.0, pair.1, slot)
     }
 
-    /// The pair's own slot (taken if free, touched), or `_other`.
+    /// The pair's own slot (taken if free, touched), or `_other` (counted
+    /// as overflow when `record`: the overflow counter counts records).
     fn pair_for(
         &self,
         table: &mut Table,
         agent: Option<&str>,
         project: Option<&str>,
         now: Instant,
+        record: bool,
     ) -> Pair {
         let pair = match (agent, project) {
             (None, None) => (OTHER.to_owned(), OTHER.to_owned()),
@@ -343,7 +351,9 @@ impl AgentMetrics {
             if pair == other || table.slots.contains_key(&pair) || own < self.limits.max_pairs {
                 pair
             } else {
-                self.overflow.inc();
+                if record {
+                    self.overflow.inc();
+                }
                 other
             };
         let size = table.slots.len() + usize::from(!table.slots.contains_key(&pair));
@@ -376,7 +386,7 @@ impl AgentMetrics {
         };
         let mut sums: HashMap<Pair, Usage> = HashMap::new();
         for (agent, project, usage) in containers {
-            let pair = self.pair_for(&mut table, agent.as_deref(), project.as_deref(), now);
+            let pair = self.pair_for(&mut table, agent.as_deref(), project.as_deref(), now, false);
             *sums.entry(pair).or_default() += *usage;
         }
         for ((agent, project), u) in &sums {

@@ -235,6 +235,12 @@ pub struct Config {
     /// Records queued for one API client before its records are dropped
     /// (counted, and told to that client).
     pub api_queue_records: usize,
+    /// Agent/project pairs with their own per-agent Prometheus series; the
+    /// rest are counted as agent="_other" (docs/ALERTS.md).
+    pub agent_series_max: usize,
+    /// How long a pair's series stay after its last container is gone ("10m").
+    #[serde(with = "humantime_serde")]
+    pub agent_series_retention: Duration,
 }
 
 impl Default for Config {
@@ -279,6 +285,8 @@ impl Default for Config {
             api_history_records: 10_000,
             api_history_age: Duration::from_secs(300),
             api_queue_records: 10_000,
+            agent_series_max: crate::detect::AgentLimits::default().max_pairs,
+            agent_series_retention: crate::detect::AgentLimits::default().retention,
         }
     }
 }
@@ -453,6 +461,12 @@ impl Config {
                 self.loss_report_interval
             )));
         }
+        if self.agent_series_max > 100_000 {
+            return Err(ConfigError::Invalid(format!(
+                "agent_series_max = {}: at most 100000 (each pair costs ~15 series)",
+                self.agent_series_max
+            )));
+        }
         if self.attribution_wait > Duration::from_secs(60) {
             return Err(ConfigError::Invalid(format!(
                 "attribution_wait = {:?}: at most 60s (records wait in memory)",
@@ -489,6 +503,14 @@ impl Config {
         crate::attribute::LabelPolicy {
             agent_key: self.agent_label.clone(),
             project_key: self.project_label.clone(),
+        }
+    }
+
+    /// The bounds of the per-agent Prometheus series.
+    pub fn agent_limits(&self) -> crate::detect::AgentLimits {
+        crate::detect::AgentLimits {
+            max_pairs: self.agent_series_max,
+            retention: self.agent_series_retention,
         }
     }
 

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check(args),
         Command::Detach(args) => cli::detach(args),
         Command::Policy(args) => cli::policy(args),
+        Command::Report(args) => cli::report(args),
         Command::Version => {
             println!(
                 "clawker-egress {} (kernel ABI v{})",

@@ -20,6 +20,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::capture::{DnsReject, Hook, Verdict};
+use crate::detect::{AgentLimits, AgentMetrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -135,23 +136,10 @@ pub struct Metrics {
     ringbuf_size: Gauge,
     /// Kernel drop totals already folded into the counters.
     kernel_seen: Mutex<KernelSeen>,
-    container_lost: Family<AgentReasonLabels, Counter>,
     /// Records a local API client missed because its own queue was full.
     api_dropped: Counter,
-    /// (agent, project) pairs with their own series; past the cap, `_other`.
-    agent_series: Mutex<std::collections::HashSet<(String, String)>>,
-}
-
-/// Distinct (agent, project) label pairs a per-agent family may hold.
-const AGENT_SERIES_CAP: usize = 1000;
-/// The label value of everything past the cap (and of unlabelled records).
-const OTHER: &str = "_other";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AgentReasonLabels {
-    agent: String,
-    project: String,
-    reason: &'static str,
+    /// Per-agent series (bounded), counted by the detection stage.
+    agents: AgentMetrics,
 }
 
 /// What `observe_kernel` folded in so far, and when it last warned.
@@ -172,7 +160,12 @@ const DROP_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_agent_limits(AgentLimits::default())
+    }
+
+    pub fn with_agent_limits(limits: AgentLimits) -> Self {
         let mut registry = Registry::with_prefix("clawker_egress");
+        let agents = AgentMetrics::register(&mut registry, limits);
         let m = Metrics {
             events: Family::default(),
             dropped: Family::default(),
@@ -189,9 +182,8 @@ impl Metrics {
             ringbuf_used: Gauge::default(),
             ringbuf_size: Gauge::default(),
             kernel_seen: Mutex::new(KernelSeen::default()),
-            container_lost: Family::default(),
             api_dropped: Counter::default(),
-            agent_series: Mutex::default(),
+            agents,
             registry: Registry::default(),
         };
         registry.register(
@@ -230,11 +222,6 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
-        registry.register(
-            "container_records_lost",
-            "Records a container lost in the kernel, by agent, project and reason (rate_limited, ringbuf_full, flow_not_tracked, dns_not_cached); at most 1000 agent/project pairs, the rest as _other",
-            m.container_lost.clone(),
-        );
         registry.register(
             "flows",
             "Flow records made, by state (ended, active: an interim report)",
@@ -339,40 +326,9 @@ impl Metrics {
         self.dropped(DropReason::SinkFailure, n);
     }
 
-    /// A container lost `n` records for `reason` (from its in-band report).
-    pub fn container_lost(
-        &self,
-        agent: Option<&str>,
-        project: Option<&str>,
-        reason: &'static str,
-        n: u64,
-    ) {
-        let (agent, project) = self.agent_labels(agent, project);
-        self.container_lost
-            .get_or_create(&AgentReasonLabels {
-                agent,
-                project,
-                reason,
-            })
-            .inc_by(n);
-    }
-
-    /// Bounded per-agent label values: the first AGENT_SERIES_CAP pairs keep
-    /// their own series, later ones (and records without labels) are `_other`.
-    fn agent_labels(&self, agent: Option<&str>, project: Option<&str>) -> (String, String) {
-        let pair = (
-            agent.unwrap_or(OTHER).to_owned(),
-            project.unwrap_or(OTHER).to_owned(),
-        );
-        let Ok(mut seen) = self.agent_series.lock() else {
-            return (OTHER.into(), OTHER.into());
-        };
-        if seen.contains(&pair) || seen.len() < AGENT_SERIES_CAP {
-            seen.insert(pair.clone());
-            pair
-        } else {
-            (OTHER.into(), OTHER.into())
-        }
+    /// The per-agent series and enforcement gauges.
+    pub fn agents(&self) -> &AgentMetrics {
+        &self.agents
     }
 
     /// The disk spool refused `n` records (full): lost, with their reason.
@@ -515,6 +471,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        self.agents.sweep();
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

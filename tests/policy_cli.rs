@@ -175,6 +175,73 @@ fn explain_rejects_a_bad_dst() {
 }
 
 #[test]
+fn check_and_explain_take_a_bare_clawker_yaml_with_project() {
+    let file = fixture("clawker.yaml");
+    let f = file.to_str().unwrap();
+    let o = run(&["policy", "check", f, "--project", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("a bare .clawker.yaml, loaded as project web"),
+        "{out}"
+    );
+    assert!(out.contains("project web: 7 rule(s)"), "{out}");
+    // Without the project it says what is missing, and fails.
+    let o = run(&["policy", "check", f]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("needs --project NAME"),
+        "{}",
+        stderr(&o)
+    );
+    // A policy file is not taken for a .clawker.yaml.
+    let policy = fixture("policy.yaml");
+    let o = run(&[
+        "policy",
+        "check",
+        policy.to_str().unwrap(),
+        "--project",
+        "web",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--project web does not apply"),
+        "{}",
+        stderr(&o)
+    );
+
+    let explain = |dst: &str, project: &str| {
+        let o = run(&[
+            "policy",
+            "explain",
+            "--file",
+            f,
+            "--project",
+            project,
+            "--dst",
+            dst,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let out = explain("github.com:443", "web");
+    assert!(out.contains("decision: allow"), "{out}");
+    assert!(
+        out.contains("clawker.yaml:26:9 (project web, clawker add_domains 1)"),
+        "{out}"
+    );
+    let out = explain("169.254.169.254:443", "web");
+    assert!(out.contains("decision: deny"), "{out}");
+    assert!(out.contains("clawker.yaml:44:"), "{out}");
+    // Not listed: clawker's allowlist denies by default.
+    let out = explain("example.org:443", "web");
+    assert!(
+        out.contains("decision: deny") && out.contains("rule:     none"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_warns_about_domain_rules_the_kernel_cannot_tell_apart() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.yaml");

@@ -175,6 +175,24 @@ impl LabelCache {
             .collect()
     }
 
+    /// Live enrolled container cgroup directories with the identity when
+    /// known: where per-container resource usage is read.
+    pub fn enrolled_dirs(&self) -> Vec<(PathBuf, Option<Arc<Identity>>)> {
+        let inner = self.read();
+        inner
+            .by_cgroup
+            .values()
+            .filter(|b| b.enrolled && b.dead_until.is_none())
+            .map(|b| {
+                let identity = inner
+                    .containers
+                    .get(&b.container)
+                    .and_then(|e| e.identity.clone());
+                (b.dir.clone(), identity)
+            })
+            .collect()
+    }
+
     pub fn lookup_cgroup(&self, cgroup_id: u64) -> Lookup {
         let inner = self.read();
         let Some(b) = inner.by_cgroup.get(&cgroup_id) else {

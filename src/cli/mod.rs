@@ -5,6 +5,7 @@ mod check;
 mod detach;
 mod observe;
 mod policy;
+mod report;
 mod run;
 mod top;
 
@@ -19,6 +20,7 @@ pub use check::check;
 pub use detach::detach;
 pub use observe::{observe, ObserveArgs};
 pub use policy::{policy, PolicyArgs, PolicyCommand};
+pub use report::{report, ReportArgs};
 pub use run::run;
 pub use top::{top, TopArgs};
 
@@ -46,12 +48,14 @@ pub enum Command {
     /// Audited break-glass: let a container's traffic through (still
     /// recorded, as BYPASSED) until it expires or `--off`.
     Bypass(BypassArgs),
-    /// Egress policy files, offline: `check FILE`, `explain`.
+    /// Egress policy files, offline: `check FILE`, `explain`, `suggest`.
     Policy(PolicyArgs),
     /// Follow the running daemon's records, filtered (its local API).
     Observe(ObserveArgs),
     /// Live per-agent view of the running daemon (terminal UI).
     Top(TopArgs),
+    /// Per-agent summary over a window, from OpenSearch: a table, --json or --csv.
+    Report(ReportArgs),
     /// Print the version and the kernel ABI version.
     Version,
 }

@@ -1,9 +1,10 @@
-//! `policy check FILE` and `policy explain`: offline, no root, no kernel.
+//! `policy check FILE`, `policy explain` and `policy suggest`: offline, no
+//! root, no kernel.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::policy::{Mode, Policy, Proto, Resolved, RuleSet, Target};
@@ -16,25 +17,60 @@ pub struct PolicyArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy file: a summary and warnings, or one
-    /// `file:line:column: reason` line and a non-zero exit.
+    /// Validate a policy file, or a bare `.clawker.yaml` with --project: a
+    /// summary and warnings, or one `file:line:column: reason` line and a
+    /// non-zero exit.
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// FILE is a bare `.clawker.yaml`: load it as this project's rules.
+        #[arg(long, value_name = "NAME")]
+        project: Option<String>,
     },
     /// Say which rule decides a connection and why.
     Explain(ExplainArgs),
+    /// Write the smallest `.clawker.yaml` firewall section that would have
+    /// allowed what an agent or project did (from its records).
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SuggestArgs {
+    /// Records as JSON lines (the daemon's stdout output); `-`: stdin.
+    #[arg(long, value_name = "FILE")]
+    pub records: PathBuf,
+    /// Only this agent's records.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only this project's records.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only records at or after this time (RFC 3339, e.g. 2026-11-30T08:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<std::time::SystemTime>,
+    /// Only records at or before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<std::time::SystemTime>,
+    /// Also allow connections an enforced policy denied (by default only
+    /// what flowed: allowed, bypassed, and audit-mode denials).
+    #[arg(long)]
+    pub include_denied: bool,
+    /// Write the file here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ExplainArgs {
-    /// Policy file.
+    /// Policy file, or a bare `.clawker.yaml` (then --project names the
+    /// project it is loaded as).
     #[arg(long, value_name = "FILE")]
     pub file: PathBuf,
     /// The container's agent label value (omit for none).
     #[arg(long)]
     pub agent: Option<String>,
-    /// The container's project label value (omit for none).
+    /// The container's project label value (omit for none; required with a
+    /// bare `.clawker.yaml`).
     #[arg(long)]
     pub project: Option<String>,
     /// Destination: host:port, ipv4:port or [ipv6]:port (port optional for icmp).
@@ -50,15 +86,16 @@ pub struct ExplainArgs {
 
 pub fn policy(args: &PolicyArgs) -> Result<()> {
     match &args.command {
-        PolicyCommand::Check { file } => check(file),
+        PolicyCommand::Check { file, project } => check(file, project.as_deref()),
         PolicyCommand::Explain(a) => explain(a),
+        PolicyCommand::Suggest(a) => suggest(a),
     }
 }
 
 /// A rejected file is one `file:line:column: reason` line on stderr, with no
 /// prefix, so editors and CI annotators can jump to it.
-fn load_or_exit(file: &Path) -> Policy {
-    match Policy::load(file) {
+fn load_or_exit(file: &Path, project: Option<&str>) -> (Policy, bool) {
+    match Policy::load_any(file, project) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -67,8 +104,20 @@ fn load_or_exit(file: &Path) -> Policy {
     }
 }
 
-fn check(file: &Path) -> Result<()> {
-    let policy = load_or_exit(file);
+fn check(file: &Path, project: Option<&str>) -> Result<()> {
+    let (policy, clawker) = load_or_exit(file, project);
+    if let (false, Some(p)) = (clawker, project) {
+        bail!(
+            "{}: a policy file, not a bare .clawker.yaml: --project {p} does not apply",
+            file.display()
+        );
+    }
+    if let (true, Some(p)) = (clawker, project) {
+        println!(
+            "{}: a bare .clawker.yaml, loaded as project {p}",
+            file.display()
+        );
+    }
     for line in summary(file, &policy) {
         println!("{line}");
     }
@@ -133,7 +182,7 @@ fn set_summary(set: &RuleSet) -> String {
 }
 
 fn explain(a: &ExplainArgs) -> Result<()> {
-    let policy = load_or_exit(&a.file);
+    let (policy, _) = load_or_exit(&a.file, a.project.as_deref());
     let target = target(&a.dst, a.ip, a.proto)?;
     let resolved = policy.rules_for(a.agent.as_deref(), a.project.as_deref());
     print_explanation(&resolved, &target, &a.dst);
@@ -158,6 +207,72 @@ fn print_explanation(r: &Resolved, t: &Target, dst: &str) {
     if r.mode == Mode::Audit {
         println!("note:     audit mode: a deny is recorded (enforced=false), never blocked");
     }
+}
+
+fn suggest(a: &SuggestArgs) -> Result<()> {
+    use crate::policy::suggest::{observe, render, verify, Selection};
+    let text = if a.records.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("read records from stdin")?
+    } else {
+        std::fs::read_to_string(&a.records)
+            .with_context(|| format!("read records {}", a.records.display()))?
+    };
+    let sel = Selection {
+        agent: a.agent.clone(),
+        project: a.project.clone(),
+        since: a.since,
+        until: a.until,
+        include_denied: a.include_denied,
+    };
+    let (seen, t) = observe(&text, &sel);
+    let who = match (&a.agent, &a.project) {
+        (Some(ag), Some(p)) => format!("agent {ag}, project {p}"),
+        (Some(ag), None) => format!("agent {ag}"),
+        (None, Some(p)) => format!("project {p}"),
+        (None, None) => "every agent".into(),
+    };
+    let when = |t: Option<std::time::SystemTime>| {
+        t.map_or("-".to_string(), |t| {
+            humantime::format_rfc3339(t).to_string()
+        })
+    };
+    let header = format!(
+        "Suggested by `clawker-egress policy suggest` for {who}, {} to {}:\n\
+         {} destination(s) from {} record(s) of {} line(s).\n\
+         Left out: {} enforced denial(s) (--include-denied), {} raw/packet socket(s) \
+         (raw_sockets in a policy file), {} without a destination, {} not JSON.",
+        when(a.since),
+        when(a.until),
+        seen.len(),
+        t.used,
+        t.lines,
+        t.enforced_denials,
+        t.raw_or_packet,
+        t.no_destination,
+        t.not_json
+    );
+    let yaml = render(&seen, &header);
+    let project = a.project.as_deref().unwrap_or("suggested");
+    let missed = verify(&yaml, project, &seen).context("the suggested file does not load")?;
+    if !missed.is_empty() {
+        bail!(
+            "the suggested file would not allow {} observed flow(s): {missed:?}",
+            missed.len()
+        );
+    }
+    eprintln!("{}", header.replace('\n', " "));
+    match &a.out {
+        Some(path) => {
+            std::fs::write(path, &yaml).with_context(|| format!("write {}", path.display()))?
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(())
+}
+
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?}: {e} (RFC 3339, e.g. 2026-11-30T08:00:00Z)"))
 }
 
 fn parse_proto(s: &str) -> Result<Proto, String> {

@@ -87,7 +87,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         "BPF programs attached"
     );
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_agent_limits(config.agent_limits()));
     let refresh = kernel_refresher(&attached, metrics.clone())?;
     let listener = metrics::bind(config.metrics_listen)
         .await
@@ -158,6 +158,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     )?;
     let attribution = start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?;
     let label_cache = attribution.cache.clone();
+    tokio::spawn(scan_resources(label_cache.clone(), metrics.clone()));
     let (attributor, lifecycle, attribution) = attribution.split();
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
@@ -173,7 +174,14 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             Scope::Containers => Some(label_cache),
             _ => None,
         };
-        start_policy(path, policy, &attached, targets, control_tx)?;
+        start_policy(
+            path,
+            policy,
+            &attached,
+            targets,
+            control_tx,
+            metrics.clone(),
+        )?;
     }
     let pipeline =
         tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, control_rx));
@@ -210,6 +218,7 @@ fn start_policy(
     attached: &Attached,
     containers: Option<Arc<LabelCache>>,
     out: mpsc::Sender<Record>,
+    metrics: Arc<Metrics>,
 ) -> Result<()> {
     let maps = PolicyMaps::new(
         &attached.container_policy,
@@ -231,7 +240,8 @@ fn start_policy(
         None => (Targets::Everything, changes),
     };
     let writer = RuleSetWriter::new(maps);
-    let controller = PolicyController::start(path.to_path_buf(), policy, writer, targets, out);
+    let controller =
+        PolicyController::start(path.to_path_buf(), policy, writer, targets, out, metrics);
     tokio::spawn(async move {
         let _keep = keep;
         controller.run(changes).await
@@ -253,6 +263,30 @@ impl Directory for LabelDirectory {
                 None => (id, None, None),
             })
             .collect()
+    }
+}
+
+/// Per-agent resource gauges from the container cgroups, every 10 s.
+async fn scan_resources(cache: Arc<LabelCache>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let dirs = cache.enrolled_dirs();
+        let read = tokio::task::spawn_blocking(move || {
+            dirs.into_iter()
+                .filter_map(|(dir, identity)| {
+                    let usage = crate::detect::resources::read_usage(&dir)?;
+                    let (agent, project) = identity
+                        .map(|i| (i.agent.clone(), i.project.clone()))
+                        .unwrap_or_default();
+                    Some((agent, project, usage))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        if let Ok(usage) = read {
+            metrics.agents().resources(&usage);
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -13,7 +14,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::compile::compile;
 use super::rules::RuleSetWriter;
-use crate::policy::Policy;
+use crate::detect::PolicyModes;
+use crate::metrics::Metrics;
+use crate::policy::{Mode, Policy};
 use crate::record::{key, Record, Source};
 
 /// Who is in scope, with the labels their policy is chosen by.
@@ -37,7 +40,10 @@ pub struct PolicyController {
     stamp: Option<(SystemTime, u64)>,
     /// What each cgroup has now, to reinstall only on change.
     installed: HashMap<u64, (Option<String>, Option<String>)>,
+    /// The mode of each installed rule set, for the enforcement gauge.
+    modes: HashMap<u64, Mode>,
     out: mpsc::Sender<Record>,
+    metrics: Arc<Metrics>,
 }
 
 impl PolicyController {
@@ -49,6 +55,7 @@ impl PolicyController {
         writer: RuleSetWriter,
         targets: Targets,
         out: mpsc::Sender<Record>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let stamp = file_stamp(&path);
         let mut c = PolicyController {
@@ -58,7 +65,9 @@ impl PolicyController {
             policy,
             stamp,
             installed: HashMap::new(),
+            modes: HashMap::new(),
             out,
+            metrics,
         };
         c.install_all(true);
         c
@@ -163,6 +172,7 @@ impl PolicyController {
             match self.writer.install(id, &set) {
                 Ok(()) => {
                     self.installed.insert(id, labels);
+                    self.modes.insert(id, resolved.mode);
                 }
                 Err(e) => {
                     tracing::error!(event = "policy_install_failed", cgroup_id = id, error = %e, "policy not installed for this cgroup")
@@ -178,7 +188,26 @@ impl PolicyController {
         for id in gone {
             self.writer.remove(id);
             self.installed.remove(&id);
+            self.modes.remove(&id);
         }
+        self.report_modes();
+    }
+
+    /// Rule sets by mode. Per container, key 0 (the fallback for labels not
+    /// yet known) is left out; with one rule set for everything it is all.
+    fn report_modes(&self) {
+        let per_container = matches!(self.targets, Targets::Containers(_));
+        let mut m = PolicyModes::default();
+        for (id, mode) in &self.modes {
+            if per_container && *id == 0 {
+                continue;
+            }
+            match mode {
+                Mode::Enforce => m.enforce += 1,
+                Mode::Audit => m.audit += 1,
+            }
+        }
+        self.metrics.agents().enforcement().policy_modes(m);
     }
 }
 

@@ -60,9 +60,19 @@ pub fn firewall_rules_from_file(
     scope: &str,
     warnings: &mut Warnings,
 ) -> Result<Vec<Rule>, PolicyError> {
-    let src = Src::new(path.display().to_string());
     let text = super::read_text(path)?;
-    let doc = src.parse(&text)?;
+    firewall_rules_from_str(&text, &path.display().to_string(), scope, warnings)
+}
+
+/// Parse a `.clawker.yaml` document's text; `file` names it in errors.
+pub fn firewall_rules_from_str(
+    text: &str,
+    file: &str,
+    scope: &str,
+    warnings: &mut Warnings,
+) -> Result<Vec<Rule>, PolicyError> {
+    let src = Src::new(file);
+    let doc = src.parse(text)?;
     firewall_rules(&src, &doc, scope, warnings)
 }
 

@@ -7,6 +7,7 @@ pub mod model;
 mod parse;
 mod resolve;
 mod rules;
+pub mod suggest;
 pub mod values;
 mod yaml;
 
@@ -52,12 +53,38 @@ impl Policy {
         parse::parse_policy(text, file, base)
     }
 
+    /// A policy file, or a bare `.clawker.yaml` (a file whose top level has
+    /// none of the policy file's keys) loaded as project `project`, which
+    /// it then requires. The bool says which it was (true: `.clawker.yaml`).
+    pub fn load_any(path: &Path, project: Option<&str>) -> Result<(Policy, bool), PolicyError> {
+        let text = read_text(path)?;
+        let file = path.display().to_string();
+        if parse::is_policy_text(&text, &file)? {
+            return Policy::load(path).map(|p| (p, false));
+        }
+        let Some(project) = project else {
+            return Err(PolicyError::Read {
+                file,
+                reason: "not a policy file (no mode, raw_sockets, default or projects key): \
+                         as a bare .clawker.yaml it needs --project NAME"
+                    .into(),
+            });
+        };
+        Policy::from_clawker_file(path, project).map(|p| (p, true))
+    }
+
     /// A policy made of one `.clawker.yaml` as project `project`, nothing
     /// else (default section empty: deny).
     pub fn from_clawker_file(path: &Path, project: &str) -> Result<Policy, PolicyError> {
+        let text = read_text(path)?;
+        Policy::from_clawker_str(&text, &path.display().to_string(), project)
+    }
+
+    /// [`Policy::from_clawker_file`] of text; `file` names it in messages.
+    pub fn from_clawker_str(text: &str, file: &str, project: &str) -> Result<Policy, PolicyError> {
         let mut warnings = Vec::new();
         let scope = format!("project {project}");
-        let rules = clawker::firewall_rules_from_file(path, &scope, &mut warnings)?;
+        let rules = clawker::firewall_rules_from_str(text, file, &scope, &mut warnings)?;
         let mut policy = Policy {
             warnings,
             ..Policy::default()

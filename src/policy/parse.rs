@@ -26,6 +26,13 @@ const PROJECT_KEYS: &[&str] = &[
 ];
 const OWN_DEFAULTS: RuleDefaults = RuleDefaults { proto: "any" };
 
+/// Whether `text` is our policy file (its top level has one of our keys)
+/// rather than a bare `.clawker.yaml`.
+pub fn is_policy_text(text: &str, file: &str) -> Result<bool, PolicyError> {
+    let top = Src::new(file).parse(text)?;
+    Ok(TOP_KEYS.iter().any(|k| get(&top, k).is_some()))
+}
+
 /// Parse a policy file's text. `file` names it in messages; relative
 /// `clawker_file` paths are taken from `base_dir`.
 pub fn parse_policy(text: &str, file: &str, base_dir: &Path) -> Result<Policy, PolicyError> {

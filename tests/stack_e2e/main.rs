@@ -39,9 +39,11 @@ use serde_json::{json, Value};
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerts;
 mod daemon;
 mod doors;
 mod plumbing;
+mod report;
 
 use daemon::*;
 use doors::*;

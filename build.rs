@@ -17,6 +17,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("bpf/flow.bpf.c", "flow.skel.rs"),
     ("bpf/dns.bpf.c", "dns.skel.rs"),
     ("bpf/lsm.bpf.c", "lsm.skel.rs"),
+    ("bpf/iter.bpf.c", "iter.skel.rs"),
 ];
 const SHARED: &[&str] = &["bpf/common.bpf.h", "bpf/lib"];
 
@@ -43,7 +44,7 @@ fn main() {
         .derive_copy(true)
         .prepend_enum_name(false)
         .constified_enum_module(
-            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss",
+            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss|sweep_outcome",
         )
         .generate()
         .expect("bindgen bpf/egress.h")

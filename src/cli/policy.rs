@@ -1,4 +1,7 @@
 //! `policy check FILE` and `policy explain`: offline, no root, no kernel.
+//! Both refuse a file the kernel could not hold (more rules per rule set or
+//! more distinct rule sets than it has room for), exactly as the daemon
+//! does at start-up and reload.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -58,7 +61,7 @@ pub fn policy(args: &PolicyArgs) -> Result<()> {
 /// A rejected file is one `file:line:column: reason` line on stderr, with no
 /// prefix, so editors and CI annotators can jump to it.
 fn load_or_exit(file: &Path) -> Policy {
-    match Policy::load(file) {
+    match crate::enforce::load_policy(file) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");

@@ -18,7 +18,9 @@ use super::RunArgs;
 use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
 use crate::capture::{spawn_drain, BootClock, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
-use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
+use crate::enforce::{
+    BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets,
+};
 use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
 use crate::flow::FlowStage;
 use crate::kernel::{
@@ -50,9 +52,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         kernel::ensure_bpffs(&kernel::bpffs_root())?;
     }
     let scope = config.effective_scope();
-    // Validate the policy before touching the kernel.
+    // Validate the policy (and that the kernel can hold it) before
+    // touching the kernel.
     let policy = match &config.policy_file {
-        Some(path) => Some(Policy::load(path)?),
+        Some(path) => Some(crate::enforce::load_policy(path)?),
         None => None,
     };
     let attached = kernel::load_and_attach(&AttachOptions {
@@ -134,13 +137,19 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         &attached.policy_rules,
         &attached.bypass,
     )?;
-    tokio::spawn(BypassWatcher::new(policy_maps, clock).run(control_tx.clone()));
+    // Policy changes (reload, bypass end) reach sockets already open.
+    let reapply = Reapply::new(kernel::SocketSweeper::new(&attached.pins));
+    tokio::spawn(
+        BypassWatcher::new(policy_maps, clock)
+            .with_reapply(reapply.clone())
+            .run(control_tx.clone()),
+    );
     if let (Some(path), Some(policy)) = (&config.policy_file, policy) {
         let targets = match scope {
             Scope::Containers => Some(label_cache),
             _ => None,
         };
-        start_policy(path, policy, &attached, targets, control_tx)?;
+        start_policy(path, policy, &attached, targets, reapply, control_tx)?;
     }
     let pipeline =
         tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, control_rx));
@@ -176,6 +185,7 @@ fn start_policy(
     policy: Policy,
     attached: &Attached,
     containers: Option<Arc<LabelCache>>,
+    reapply: Reapply,
     out: mpsc::Sender<Record>,
 ) -> Result<()> {
     let maps = PolicyMaps::new(
@@ -198,7 +208,8 @@ fn start_policy(
         None => (Targets::Everything, changes),
     };
     let writer = RuleSetWriter::new(maps);
-    let controller = PolicyController::start(path.to_path_buf(), policy, writer, targets, out);
+    let controller =
+        PolicyController::start(path.to_path_buf(), policy, writer, targets, Some(reapply), out);
     tokio::spawn(async move {
         let _keep = keep;
         controller.run(changes).await

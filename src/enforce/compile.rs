@@ -1,18 +1,40 @@
-//! Policy model -> kernel rule sets.
+//! Policy model -> kernel rule sets, and what the kernel can hold.
 
-use crate::policy::{Action, Dst, Mode, Proto, Resolved};
+use std::path::Path;
+
+use crate::policy::{Action, Dst, Limits, Mode, Policy, PolicyError, Proto, Resolved};
 
 use super::rules::{any_rule, cidr_rule, domain_rule, name_hash, KernelRuleSet};
 use crate::kernel::abi;
 
-/// What a compile could not fully honour.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CompileNotes {
-    /// Domain rules compiled (matched against DNS answers in the kernel).
-    pub domain_rules: usize,
-    /// Rules beyond the kernel's per-set limit (they are dropped: the
-    /// default action decides instead).
-    pub truncated: usize,
+/// Rule-set slots kept free so a reload can write a new rule set while
+/// the old one is still deciding (see `RuleSetWriter`).
+pub const RESERVED_SLOTS: u32 = 1;
+
+/// What the kernel holds: `EGRESS_MAX_RULES` rules per set, and
+/// `EGRESS_MAX_POLICIES` slots minus the reserved one for distinct
+/// non-empty rule sets (containers with equal rules share a slot; an empty
+/// rule set needs none).
+pub const KERNEL_LIMITS: Limits = Limits {
+    rules_per_set: abi::EGRESS_MAX_RULES as usize,
+    rule_sets: (abi::EGRESS_MAX_POLICIES - RESERVED_SLOTS) as usize,
+};
+
+/// Read, validate and check a policy file against the kernel's limits:
+/// what `policy check`, start-up and every reload accept.
+pub fn load_policy(path: &Path) -> Result<Policy, PolicyError> {
+    let policy = Policy::load(path)?;
+    policy.check_limits(&path.display().to_string(), &KERNEL_LIMITS)?;
+    Ok(policy)
+}
+
+/// A rule list the kernel cannot hold: never installed cut down.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{rules} rules in the rule set of {scope}; the kernel holds at most {max}")]
+pub struct TooManyRules {
+    pub scope: String,
+    pub rules: usize,
+    pub max: usize,
 }
 
 fn protocol(p: Proto) -> u8 {
@@ -25,10 +47,17 @@ fn protocol(p: Proto) -> u8 {
 }
 
 /// Compile one container's resolved rules, in order (first match wins).
-pub fn compile(resolved: &Resolved) -> (KernelRuleSet, CompileNotes) {
-    let mut notes = CompileNotes::default();
-    let max = abi::EGRESS_MAX_RULES as usize - 1;
-    let mut rules = Vec::new();
+/// Every rule is kept or the whole set is refused.
+pub fn compile(resolved: &Resolved) -> Result<KernelRuleSet, TooManyRules> {
+    let max = KERNEL_LIMITS.rules_per_set;
+    if resolved.rules.len() > max {
+        return Err(TooManyRules {
+            scope: resolved.scope.clone(),
+            rules: resolved.rules.len(),
+            max,
+        });
+    }
+    let mut rules = Vec::with_capacity(resolved.rules.len());
     let mut domains: Vec<(bool, u64, u64)> = Vec::new();
     for rule in &resolved.rules {
         let allow = rule.action == Action::Allow;
@@ -37,30 +66,104 @@ pub fn compile(resolved: &Resolved) -> (KernelRuleSet, CompileNotes) {
             Dst::Any => any_rule(proto, rule.ports, allow),
             Dst::Cidr(net) => cidr_rule(net.network(), net.prefix_len(), proto, rule.ports, allow),
             Dst::Domain(name) | Dst::Wildcard(name) => {
-                if rules.len() < max {
-                    let wildcard = matches!(rule.dst, Dst::Wildcard(_));
-                    let entry = (wildcard, name_hash(name));
-                    match domains.iter_mut().find(|(w, h, _)| (*w, *h) == entry) {
-                        Some(d) => d.2 |= 1u64 << rules.len(),
-                        None => domains.push((entry.0, entry.1, 1u64 << rules.len())),
-                    }
-                    notes.domain_rules += 1;
+                let wildcard = matches!(rule.dst, Dst::Wildcard(_));
+                let entry = (wildcard, name_hash(name));
+                let bit = 1u64 << rules.len();
+                match domains.iter_mut().find(|(w, h, _)| (*w, *h) == entry) {
+                    Some(d) => d.2 |= bit,
+                    None => domains.push((entry.0, entry.1, bit)),
                 }
                 domain_rule(proto, rule.ports, allow)
             }
         };
-        if rules.len() == max {
-            notes.truncated += 1;
-            continue;
-        }
         rules.push(compiled);
     }
-    let set = KernelRuleSet {
+    Ok(KernelRuleSet {
         audit: resolved.mode == Mode::Audit,
         default_allow: resolved.default_action == Action::Allow,
         raw_allow: resolved.raw_sockets == Action::Allow,
         rules,
         domains,
-    };
-    (set, notes)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: usize) -> String {
+        let mut s = String::from("default:\n  default_action: allow\n  rules:\n");
+        for i in 0..rules {
+            s.push_str(&format!(
+                "    - {{dst: 10.{}.{}.0/24, action: allow}}\n",
+                i / 256,
+                i % 256
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn a_full_rule_set_compiles_whole() {
+        let p = Policy::parse_str(&policy(64), "p.yaml").unwrap();
+        p.check_limits("p.yaml", &KERNEL_LIMITS).unwrap();
+        let set = compile(&p.rules_for(None, None)).unwrap();
+        assert_eq!(set.rules.len(), 64, "the 64th rule is kept");
+    }
+
+    #[test]
+    fn one_rule_too_many_is_an_error_not_a_cut() {
+        let p = Policy::parse_str(&policy(65), "p.yaml").unwrap();
+        let e = p.check_limits("p.yaml", &KERNEL_LIMITS).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("p.yaml:"), "{msg}");
+        assert!(msg.contains("at most 64"), "{msg}");
+        assert!(msg.contains("rule 65"), "{msg}");
+        let err = compile(&p.rules_for(None, None)).unwrap_err();
+        assert_eq!(err.rules, 65);
+    }
+
+    #[test]
+    fn agent_plus_project_rules_count_together() {
+        let mut s = String::from("projects:\n  web:\n    rules:\n");
+        for i in 0..40 {
+            s.push_str(&format!("      - {{dst: 10.0.{i}.0/24, action: allow}}\n"));
+        }
+        s.push_str("    agents:\n      bot:\n        rules:\n");
+        for i in 0..25 {
+            s.push_str(&format!("          - {{dst: 10.1.{i}.0/24, action: deny}}\n"));
+        }
+        let p = Policy::parse_str(&s, "p.yaml").unwrap();
+        let e = p.check_limits("p.yaml", &KERNEL_LIMITS).unwrap_err();
+        assert!(e.to_string().contains("agent bot"), "{e}");
+    }
+
+    fn projects(n: usize, same_rules: bool) -> String {
+        let mut s = String::from("projects:\n");
+        for i in 0..n {
+            let net = if same_rules { 0 } else { i };
+            s.push_str(&format!(
+                "  p{i}:\n    rules:\n      - {{dst: 10.{}.{}.0/24, action: allow}}\n",
+                net / 256,
+                net % 256
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn more_distinct_rule_sets_than_slots_is_an_error() {
+        let fits = Policy::parse_str(&projects(255, false), "p.yaml").unwrap();
+        fits.check_limits("p.yaml", &KERNEL_LIMITS).unwrap();
+        let over = Policy::parse_str(&projects(256, false), "p.yaml").unwrap();
+        let e = over.check_limits("p.yaml", &KERNEL_LIMITS).unwrap_err();
+        assert!(matches!(e, PolicyError::Limit { .. }), "{e}");
+        assert!(e.to_string().contains("256 distinct rule sets"), "{e}");
+    }
+
+    #[test]
+    fn equal_rule_sets_count_once() {
+        let p = Policy::parse_str(&projects(400, true), "p.yaml").unwrap();
+        p.check_limits("p.yaml", &KERNEL_LIMITS).unwrap();
+    }
 }

@@ -1,7 +1,9 @@
 //! Compiled rule sets and their atomic installation.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
+use super::slots::{Plan, SlotTable, NO_RULES};
+use crate::kernel::pod::bytes_of;
 use crate::kernel::{abi, KernelError, PolicyMaps};
 
 /// One container's (or the default) policy, in kernel form.
@@ -10,13 +12,28 @@ pub struct KernelRuleSet {
     pub audit: bool,
     pub default_allow: bool,
     pub raw_allow: bool,
-    /// First match wins; at most EGRESS_MAX_RULES - 1.
+    /// First match wins; at most EGRESS_MAX_RULES.
     pub rules: Vec<abi::policy_rule>,
     /// (wildcard, name suffix hash, bitmask of the domain rules it matches).
     pub domains: Vec<(bool, u64, u64)>,
 }
 
 impl KernelRuleSet {
+    /// What the slot holds, as bytes: equal bytes, equal decisions. Empty
+    /// for a set without rules (it needs no slot).
+    pub fn content(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in &self.rules {
+            out.extend_from_slice(bytes_of(r));
+        }
+        for (wildcard, hash, mask) in &self.domains {
+            out.push(u8::from(*wildcard));
+            out.extend_from_slice(&hash.to_ne_bytes());
+            out.extend_from_slice(&mask.to_ne_bytes());
+        }
+        out
+    }
+
     fn header(&self, rule_set: u32) -> abi::container_policy {
         let action = |allow: bool| {
             (if allow {
@@ -39,8 +56,18 @@ impl KernelRuleSet {
     }
 }
 
+/// How one cgroup's install ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Its own rules are in force.
+    Installed,
+    /// No slot could hold its rules: it denies everything (fail closed).
+    FailedClosed,
+}
+
 /// Installs rule sets: each install writes a slot no live decision uses,
-/// then repoints the cgroup in a single map update.
+/// then repoints the cgroup in a single map update. Equal rule sets share a
+/// slot; a cgroup is never pointed at another set's rules (see `slots`).
 ///
 /// The daemon is the only writer of `container_policy` and `domain_rules`,
 /// so which slot each cgroup uses and which domain keys each slot holds are
@@ -48,51 +75,132 @@ impl KernelRuleSet {
 /// the syscalls for its own rules, not a scan of every container's.
 pub struct RuleSetWriter {
     maps: PolicyMaps,
-    next_slot: u32,
-    /// scope cgroup id -> the slot its rules are in.
-    assigned: HashMap<u64, u32>,
+    slots: SlotTable,
     /// slot -> the domain keys written for it.
     domains: HashMap<u32, Vec<abi::domain_key>>,
 }
 
 impl RuleSetWriter {
     pub fn new(maps: PolicyMaps) -> Self {
-        let assigned: HashMap<u64, u32> = maps
-            .assignments()
-            .into_iter()
-            .map(|(id, p)| (id, p.rule_set))
-            .collect();
+        let slots =
+            SlotTable::from_assignments(maps.assignments().into_iter().map(|(id, p)| (id, p.rule_set)));
         let mut domains: HashMap<u32, Vec<abi::domain_key>> = HashMap::new();
         for key in maps.domain_keys() {
             domains.entry(key.rule_set).or_default().push(key);
         }
-        // Start after every slot a previous daemon left in use.
-        let used = assigned.values().map(|s| s + 1).max().unwrap_or(0);
         RuleSetWriter {
             maps,
-            next_slot: used % abi::EGRESS_MAX_POLICIES,
-            assigned,
+            slots,
             domains,
         }
     }
 
-    /// Enforce `set` for `scope_cgroup_id` (0: everything in SCOPE_ALL mode).
+    /// Enforce `set` for `scope_cgroup_id` (0: everything in SCOPE_ALL
+    /// mode). With no slot free it fails closed: deny-all for this cgroup.
     pub fn install(
         &mut self,
         scope_cgroup_id: u64,
         set: &KernelRuleSet,
-    ) -> Result<(), KernelError> {
-        let slot = self.take_slot();
-        self.write_domains(slot, &set.domains)?;
-        self.maps.write_rule_set(slot, &set.rules)?;
-        self.maps.assign(scope_cgroup_id, &set.header(slot))?;
-        self.assigned.insert(scope_cgroup_id, slot);
+    ) -> Result<Placed, KernelError> {
+        if self.try_install(scope_cgroup_id, set)? {
+            return Ok(Placed::Installed);
+        }
+        self.fail_closed(scope_cgroup_id)?;
+        Ok(Placed::FailedClosed)
+    }
+
+    /// Install a whole policy. A cgroup whose new rules find no free slot
+    /// waits until the others have moved off the old slots; if some still
+    /// find none, the waiting cgroups fail closed (freeing their old
+    /// slots) and are tried once more. Only more distinct rule sets than
+    /// slots leaves one failed closed.
+    pub fn install_many(
+        &mut self,
+        sets: &[(u64, KernelRuleSet)],
+    ) -> Vec<(u64, Result<Placed, KernelError>)> {
+        let mut out = Vec::with_capacity(sets.len());
+        let mut waiting = Vec::new();
+        for (id, set) in sets {
+            match self.try_install(*id, set) {
+                Ok(true) => out.push((*id, Ok(Placed::Installed))),
+                Ok(false) => waiting.push((*id, set)),
+                Err(e) => out.push((*id, Err(e))),
+            }
+        }
+        let mut still = Vec::new();
+        for (id, set) in waiting {
+            match self.try_install(id, set) {
+                Ok(true) => out.push((id, Ok(Placed::Installed))),
+                Ok(false) => match self.fail_closed(id) {
+                    Ok(()) => still.push((id, set)),
+                    Err(e) => out.push((id, Err(e))),
+                },
+                Err(e) => out.push((id, Err(e))),
+            }
+        }
+        for (id, set) in still {
+            let placed = match self.try_install(id, set) {
+                Ok(true) => Ok(Placed::Installed),
+                Ok(false) => Ok(Placed::FailedClosed),
+                Err(e) => Err(e),
+            };
+            out.push((id, placed));
+        }
+        out
+    }
+
+    /// Deny everything for this cgroup: no rules, default and raw deny,
+    /// enforced. Needs no slot.
+    pub fn fail_closed(&mut self, scope_cgroup_id: u64) -> Result<(), KernelError> {
+        let deny = abi::container_policy {
+            rule_set: NO_RULES,
+            mode: abi::policy_mode::POLICY_ENFORCE as u8,
+            default_action: abi::egress_verdict::VERDICT_DENY as u8,
+            raw_action: abi::egress_verdict::VERDICT_DENY as u8,
+            _pad: 0,
+        };
+        self.maps.assign(scope_cgroup_id, &deny)?;
+        self.slots.point(scope_cgroup_id, NO_RULES);
         Ok(())
     }
 
     pub fn remove(&mut self, scope_cgroup_id: u64) {
         self.maps.unassign(scope_cgroup_id);
-        self.assigned.remove(&scope_cgroup_id);
+        self.slots.remove(scope_cgroup_id);
+    }
+
+    /// Slots holding rules now.
+    pub fn slots_in_use(&self) -> usize {
+        self.slots.slots_in_use()
+    }
+
+    /// `false`: no slot can hold `set` now (nothing was changed).
+    fn try_install(&mut self, id: u64, set: &KernelRuleSet) -> Result<bool, KernelError> {
+        let content = set.content();
+        let slot = match self.slots.plan(id, &content) {
+            Plan::Point(slot) => slot,
+            Plan::Write(slot) => {
+                self.write(slot, set, content)?;
+                slot
+            }
+            Plan::Rewrite(slot) => {
+                // Its only user denies everything while the slot changes.
+                self.fail_closed(id)?;
+                self.write(slot, set, content)?;
+                slot
+            }
+            Plan::NoSlot => return Ok(false),
+        };
+        self.maps.assign(id, &set.header(slot))?;
+        self.slots.point(id, slot);
+        Ok(true)
+    }
+
+    fn write(&mut self, slot: u32, set: &KernelRuleSet, content: Vec<u8>) -> Result<(), KernelError> {
+        self.write_domains(slot, &set.domains)?;
+        self.maps.write_rule_set(slot, &set.rules)?;
+        self.slots.wrote(slot, content);
+        Ok(())
     }
 
     /// Replace slot `slot`'s domain entries: (wildcard, name hash, bitmask
@@ -117,25 +225,6 @@ impl RuleSetWriter {
         }
         self.domains.insert(slot, written);
         Ok(())
-    }
-
-    /// The next slot not referenced by any assignment.
-    fn take_slot(&mut self) -> u32 {
-        let in_use: HashSet<u32> = self.assigned.values().copied().collect();
-        for _ in 0..abi::EGRESS_MAX_POLICIES {
-            let slot = self.next_slot;
-            self.next_slot = (self.next_slot + 1) % abi::EGRESS_MAX_POLICIES;
-            if !in_use.contains(&slot) {
-                return slot;
-            }
-        }
-        // Every slot in use: reuse the next one (a cgroup may briefly see a
-        // mixed set; only possible beyond EGRESS_MAX_POLICIES containers).
-        tracing::warn!(
-            event = "policy_slots_exhausted",
-            "all kernel rule-set slots are in use"
-        );
-        self.next_slot
     }
 }
 

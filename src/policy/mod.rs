@@ -3,6 +3,7 @@
 //! the kernel side compiles [`Resolved`] into BPF maps. See docs/POLICY.md.
 
 mod clawker;
+mod limits;
 pub mod model;
 mod parse;
 mod resolve;
@@ -19,6 +20,7 @@ pub use model::{
     Action, Decision, Dst, Mode, Origin, Policy, ProjectPolicy, Proto, Resolved, Rule, RuleSet,
     Target,
 };
+pub use limits::{content_key, ContentKey, Limits};
 pub use rules::L7_KEYS;
 pub use yaml::MAX_FILE_BYTES;
 
@@ -35,6 +37,9 @@ pub enum PolicyError {
         column: usize,
         reason: String,
     },
+    /// The file is valid but more than the kernel can hold.
+    #[error("{file}: {reason}")]
+    Limit { file: String, reason: String },
 }
 
 impl Policy {

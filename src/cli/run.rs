@@ -138,7 +138,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         &attached.bypass,
     )?;
     // Policy changes (reload, bypass end) reach sockets already open.
-    let reapply = Reapply::new(kernel::SocketSweeper::new(&attached.pins));
+    let reapply = Reapply::new(attached.pins.clone());
+    reapply.preload();
     tokio::spawn(
         BypassWatcher::new(policy_maps, clock)
             .with_reapply(reapply.clone())

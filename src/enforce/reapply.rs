@@ -4,30 +4,69 @@
 //! flow records say close_reason=policy). One overseer record per sweep
 //! says what happened.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex, OnceCell};
 
-use crate::kernel::{SocketSweeper, SweepReport};
+use crate::kernel::{KernelError, PinLayout, SocketSweeper, SweepReport};
 use crate::record::{key, Record, Source};
 
-/// Runs the kernel's socket re-decision and reports it.
+/// Runs the kernel's socket re-decision and reports it. The iterators are
+/// loaded once, in the background (`preload`), on first use at the latest.
 #[derive(Debug, Clone)]
 pub struct Reapply {
-    sweeper: SocketSweeper,
+    pins: PinLayout,
+    sweeper: Arc<OnceCell<Result<Arc<SocketSweeper>, String>>>,
+    /// One sweep at a time (a reload and a bypass end may coincide).
+    running: Arc<Mutex<()>>,
 }
 
 impl Reapply {
-    pub fn new(sweeper: SocketSweeper) -> Self {
-        Reapply { sweeper }
+    pub fn new(pins: PinLayout) -> Self {
+        Reapply {
+            pins,
+            sweeper: Arc::new(OnceCell::new()),
+            running: Arc::new(Mutex::new(())),
+        }
     }
 
-    /// Sweep now; `why` names the trigger ("reload", "bypass end").
+    /// Load the iterators now, without waiting for them.
+    pub fn preload(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.sweeper().await {
+                tracing::error!(event = "policy_reapply_unavailable", error = %e, "open sockets will not be decided again after reloads and bypass ends");
+            }
+        });
+    }
+
+    async fn sweeper(&self) -> Result<Arc<SocketSweeper>, String> {
+        let pins = self.pins.clone();
+        self.sweeper
+            .get_or_init(|| async move {
+                match tokio::task::spawn_blocking(move || SocketSweeper::load(&pins)).await {
+                    Ok(Ok(s)) => Ok(Arc::new(s)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// Sweep now; `why` names the trigger ("policy reload", "bypass end").
     pub async fn run(&self, why: &str, out: &mpsc::Sender<Record>) -> Option<SweepReport> {
-        let sweeper = self.sweeper.clone();
-        let result = tokio::task::spawn_blocking(move || sweeper.sweep()).await;
+        let _one = self.running.lock().await;
+        let result = match self.sweeper().await {
+            Ok(sweeper) => tokio::task::spawn_blocking(move || sweeper.sweep())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e: KernelError| e.to_string())),
+            Err(e) => Err(e),
+        };
         let (event, body, report) = match result {
-            Ok(Ok(r)) => {
+            Ok(r) => {
                 tracing::info!(
                     event = "policy_reapplied",
                     why,
@@ -47,13 +86,8 @@ impl Reapply {
                 );
                 ("policy_reapplied", body, Some(r))
             }
-            Ok(Err(e)) => {
-                tracing::error!(event = "policy_reapply_failed", why, error = %e, "open sockets were not decided again");
-                let body = format!("open sockets were NOT decided again after {why}: {e}");
-                ("policy_reapply_failed", body, None)
-            }
             Err(e) => {
-                tracing::error!(event = "policy_reapply_failed", why, error = %e, "socket sweep task failed");
+                tracing::error!(event = "policy_reapply_failed", why, error = %e, "open sockets were not decided again");
                 let body = format!("open sockets were NOT decided again after {why}: {e}");
                 ("policy_reapply_failed", body, None)
             }

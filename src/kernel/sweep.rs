@@ -4,9 +4,10 @@
 //! again and end the ones the policy now denies (`bpf_sock_destroy`); this
 //! side only runs them and counts what they report.
 //!
-//! The iterator object is loaded for each sweep (a reload is rare) and
-//! reuses the daemon's pinned maps: the same rule sets, bypasses, DNS
-//! answers and per-socket owners the decision hooks use.
+//! The iterator programs are loaded once (verifying them takes seconds on
+//! a busy host) and reuse the daemon's pinned maps: the same rule sets,
+//! bypasses, DNS answers and per-socket owners the decision hooks use. A
+//! sweep only opens the iterators and reads them.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -14,7 +15,6 @@ use std::io::Read;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Iter, IterOpts, Link, MapCore, MapHandle, MapType};
@@ -64,30 +64,25 @@ impl SweepReport {
     }
 }
 
-/// Runs the socket iterators against one attachment's pinned maps.
-#[derive(Debug, Clone)]
+/// The loaded socket iterators of one attachment. The links keep the
+/// programs (and, through them, the pinned maps) alive.
+#[derive(Debug)]
 pub struct SocketSweeper {
-    maps_dir: PathBuf,
+    tcp: Link,
+    udp: Link,
 }
 
 impl SocketSweeper {
-    pub fn new(pins: &PinLayout) -> Self {
-        SocketSweeper {
-            maps_dir: pins.maps(),
-        }
-    }
-
-    /// Decide every in-scope TCP and connected UDP socket again, in every
-    /// network namespace; end the ones now denied. Blocking: call it off
-    /// the async runtime.
-    pub fn sweep(&self) -> Result<SweepReport, KernelError> {
+    /// Load the iterator programs against `pins`' maps (blocking, slow).
+    pub fn load(pins: &PinLayout) -> Result<Self, KernelError> {
+        let maps_dir = pins.maps();
         let mut storage = MaybeUninit::uninit();
         let mut open = IterSkelBuilder::default()
             .open(&mut storage)
             .map_err(bpf_err("open iter BPF object"))?;
         for mut map in open.open_object_mut().maps_mut() {
             let name = map.name().to_string_lossy().into_owned();
-            let path = self.maps_dir.join(&name);
+            let path = maps_dir.join(&name);
             if map.map_type() == MapType::RingBuf {
                 // Reuse the pinned ring buffer whatever size it was given.
                 let pinned = MapHandle::from_pinned_path(&path)
@@ -103,9 +98,9 @@ impl SocketSweeper {
             map.set_pin_path(&path)
                 .map_err(bpf_err(format!("pin path for map {name}")))?;
         }
-        let skel = open
-            .load()
-            .map_err(bpf_err("load socket iterators (kernel >= 6.5 for bpf_sock_destroy)"))?;
+        let skel = open.load().map_err(bpf_err(
+            "load socket iterators (bpf_sock_destroy needs kernel >= 6.5)",
+        ))?;
         let tcp = skel
             .progs
             .sweep_tcp
@@ -116,10 +111,17 @@ impl SocketSweeper {
             .sweep_udp
             .attach_iter_with_opts(IterOpts::None)
             .map_err(bpf_err("attach UDP socket iterator"))?;
+        Ok(SocketSweeper { tcp, udp })
+    }
 
+    /// Decide every in-scope TCP and connected UDP socket again, in every
+    /// network namespace; end the ones now denied. Blocking: call it off
+    /// the async runtime.
+    pub fn sweep(&self) -> Result<SweepReport, KernelError> {
+        let (tcp, udp) = (&self.tcp, &self.udp);
         let mut report = SweepReport::default();
         // Our own namespace first, in this thread.
-        for link in [&tcp, &udp] {
+        for link in [tcp, udp] {
             read_records(link, &mut report)?;
         }
         report.namespaces += 1;
@@ -132,7 +134,7 @@ impl SocketSweeper {
                         source: libbpf_rs::Error::from(e),
                     })?;
                     let mut r = SweepReport::default();
-                    for link in [&tcp, &udp] {
+                    for link in [tcp, udp] {
                         read_records(link, &mut r)?;
                     }
                     Ok(r)

@@ -58,6 +58,7 @@ impl Reapply {
     /// Sweep now; `why` names the trigger ("policy reload", "bypass end").
     pub async fn run(&self, why: &str, out: &mpsc::Sender<Record>) -> Option<SweepReport> {
         let _one = self.running.lock().await;
+        let started = std::time::Instant::now();
         let result = match self.sweeper().await {
             Ok(sweeper) => tokio::task::spawn_blocking(move || sweeper.sweep())
                 .await
@@ -65,6 +66,7 @@ impl Reapply {
                 .and_then(|r| r.map_err(|e: KernelError| e.to_string())),
             Err(e) => Err(e),
         };
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         let (event, body, report) = match result {
             Ok(r) => {
                 tracing::info!(
@@ -76,12 +78,13 @@ impl Reapply {
                     ended = r.ended,
                     audit = r.audit,
                     failed = r.failed,
+                    elapsed_ms,
                     "open sockets decided again"
                 );
                 let body = format!(
                     "open sockets decided again after {why}: {} decided, {} ended by policy, \
                      {} denied in audit mode (left open), {} could not be ended; {} network \
-                     namespace(s), {} not entered",
+                     namespace(s), {} not entered; {elapsed_ms:.1} ms",
                     r.decided, r.ended, r.audit, r.failed, r.namespaces, r.namespaces_failed
                 );
                 ("policy_reapplied", body, Some(r))

@@ -17,6 +17,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("bpf/flow.bpf.c", "flow.skel.rs"),
     ("bpf/dns.bpf.c", "dns.skel.rs"),
     ("bpf/lsm.bpf.c", "lsm.skel.rs"),
+    ("bpf/packet.bpf.c", "packet.skel.rs"),
     ("bpf/iter.bpf.c", "iter.skel.rs"),
 ];
 const SHARED: &[&str] = &["bpf/common.bpf.h", "bpf/lib"];

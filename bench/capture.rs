@@ -267,7 +267,7 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
             .ok()
             .and_then(|mut d| d.next())
             .is_some();
-        if links && bpftool_attachments(cg) == 12 {
+        if links && bpftool_attachments(cg) == 10 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

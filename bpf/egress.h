@@ -58,7 +58,8 @@ enum egress_hook {
 	HOOK_SOCK_RELEASE = 10,
 	HOOK_DNS = 11,
 	HOOK_LSM_SOCKET = 12, /* lsm_cgroup/socket_create: every socket family */
-	HOOK_MAX = 13,
+	HOOK_PACKET_SEND = 13, /* tp_btf/sock_send_length: non-inet sends */
+	HOOK_MAX = 14,
 };
 
 /* What the policy decided (D3). */
@@ -138,6 +139,11 @@ struct egress_config {
 	/* Per-container share of the shared tables (0: no quota). */
 	__u32 max_flows_per_scope;
 	__u32 max_dns_per_scope;
+	/* The cgroup the programs are attached to and its depth below the v2
+	 * root: programs on global hooks (tracepoints) keep to its subtree. */
+	__u64 attach_cgroup_id;
+	__u32 attach_level;
+	__u32 _pad;
 };
 
 /*

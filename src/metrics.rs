@@ -120,6 +120,21 @@ pub struct Metrics {
     ringbuf_size: Gauge,
     /// Kernel drop totals already folded into the counters.
     kernel_seen: Mutex<KernelSeen>,
+    container_lost: Family<AgentReasonLabels, Counter>,
+    /// (agent, project) pairs with their own series; past the cap, `_other`.
+    agent_series: Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+/// Distinct (agent, project) label pairs a per-agent family may hold.
+const AGENT_SERIES_CAP: usize = 1000;
+/// The label value of everything past the cap (and of unlabelled records).
+const OTHER: &str = "_other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentReasonLabels {
+    agent: String,
+    project: String,
+    reason: &'static str,
 }
 
 /// What `observe_kernel` folded in so far, and when it last warned.
@@ -153,6 +168,8 @@ impl Metrics {
             ringbuf_used: Gauge::default(),
             ringbuf_size: Gauge::default(),
             kernel_seen: Mutex::new(KernelSeen::default()),
+            container_lost: Family::default(),
+            agent_series: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,6 +194,11 @@ impl Metrics {
         ] {
             m.dropped(reason, 0);
         }
+        registry.register(
+            "container_records_lost",
+            "Records a container lost in the kernel, by agent, project and reason (rate_limited, ringbuf_full, flow_not_tracked, dns_not_cached); at most 1000 agent/project pairs, the rest as _other",
+            m.container_lost.clone(),
+        );
         registry.register(
             "flows",
             "Flow records made, by state (ended, active: an interim report)",
@@ -271,6 +293,42 @@ impl Metrics {
         self.dropped(DropReason::SinkFailure, n);
     }
 
+    /// A container lost `n` records for `reason` (from its in-band report).
+    pub fn container_lost(
+        &self,
+        agent: Option<&str>,
+        project: Option<&str>,
+        reason: &'static str,
+        n: u64,
+    ) {
+        let (agent, project) = self.agent_labels(agent, project);
+        self.container_lost
+            .get_or_create(&AgentReasonLabels {
+                agent,
+                project,
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    /// Bounded per-agent label values: the first AGENT_SERIES_CAP pairs keep
+    /// their own series, later ones (and records without labels) are `_other`.
+    fn agent_labels(&self, agent: Option<&str>, project: Option<&str>) -> (String, String) {
+        let pair = (
+            agent.unwrap_or(OTHER).to_owned(),
+            project.unwrap_or(OTHER).to_owned(),
+        );
+        let Ok(mut seen) = self.agent_series.lock() else {
+            return (OTHER.into(), OTHER.into());
+        };
+        if seen.contains(&pair) || seen.len() < AGENT_SERIES_CAP {
+            seen.insert(pair.clone());
+            pair
+        } else {
+            (OTHER.into(), OTHER.into())
+        }
+    }
+
     pub fn unattributed(&self) {
         self.unattributed.inc();
     }
@@ -306,9 +364,21 @@ impl Metrics {
         }
         let mut lost = 0;
         for (now, seen, reason) in [
-            (reading.flow_table_full, &mut seen.flow_table_full, DropReason::FlowTableFull),
-            (reading.dns_cache_full, &mut seen.dns_cache_full, DropReason::DnsCacheFull),
-            (reading.rate_limited, &mut seen.rate_limited, DropReason::RateLimited),
+            (
+                reading.flow_table_full,
+                &mut seen.flow_table_full,
+                DropReason::FlowTableFull,
+            ),
+            (
+                reading.dns_cache_full,
+                &mut seen.dns_cache_full,
+                DropReason::DnsCacheFull,
+            ),
+            (
+                reading.rate_limited,
+                &mut seen.rate_limited,
+                DropReason::RateLimited,
+            ),
         ] {
             let delta = now.saturating_sub(*seen);
             if delta > 0 {
@@ -328,7 +398,11 @@ impl Metrics {
             .iter()
             .map(|h| reading.ringbuf_drops[h.raw() as usize])
             .sum();
-        if lost > 0 && seen.last_warn.is_none_or(|t| t.elapsed() >= DROP_WARN_EVERY) {
+        if lost > 0
+            && seen
+                .last_warn
+                .is_none_or(|t| t.elapsed() >= DROP_WARN_EVERY)
+        {
             seen.last_warn = Some(std::time::Instant::now());
             tracing::warn!(
                 event = "kernel_drops",

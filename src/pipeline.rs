@@ -15,7 +15,7 @@ use crate::attribute::Attributor;
 use crate::export::Batch;
 use crate::flow::Observation;
 use crate::metrics::Metrics;
-use crate::record::{key, Record};
+use crate::record::{key, Record, LOSS_FIELDS, RECORDS_LOST};
 
 pub struct Pipeline {
     attributor: Attributor,
@@ -83,11 +83,32 @@ impl Pipeline {
         if records.is_empty() {
             return;
         }
+        for r in &records {
+            self.count_losses(r);
+        }
         let batch = Arc::new(records);
         for sink in &self.sinks {
             // Back-pressure: a slow sink slows the drain; the kernel then
             // counts what the ring buffer could not hold.
             let _ = sink.send(batch.clone()).await;
+        }
+    }
+
+    /// Per-agent loss series, from the in-band reports once attributed.
+    fn count_losses(&self, r: &Record) {
+        if r.get_str(key::EVENT) != Some(RECORDS_LOST) {
+            return;
+        }
+        for (field, reason) in LOSS_FIELDS {
+            let n = r.get_int(field).unwrap_or(0);
+            if n > 0 {
+                self.metrics.container_lost(
+                    r.get_str(key::AGENT),
+                    r.get_str(key::PROJECT),
+                    reason,
+                    n.unsigned_abs(),
+                );
+            }
         }
     }
 

@@ -58,4 +58,18 @@ static __always_inline bool in_scope(__u64 *scope_id)
 	return false;
 }
 
+/*
+ * in_scope() for programs on global hooks (tracepoints), which also run for
+ * tasks outside the attach cgroup: only its subtree counts.
+ */
+static __always_inline bool in_scope_global(__u64 *scope_id)
+{
+	struct egress_config *cfg = config();
+
+	*scope_id = 0;
+	if (!cfg || bpf_get_current_ancestor_cgroup_id(cfg->attach_level) != cfg->attach_cgroup_id)
+		return false;
+	return in_scope(scope_id);
+}
+
 #endif /* CLAWKER_LIB_SCOPE_H */

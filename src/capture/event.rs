@@ -19,10 +19,11 @@ pub enum Hook {
     SockRelease,
     Dns,
     LsmSocket,
+    PacketSend,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 11] = [
+    pub const ALL: [Hook; 12] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::Sendmsg4,
@@ -34,6 +35,7 @@ impl Hook {
         Hook::SockRelease,
         Hook::Dns,
         Hook::LsmSocket,
+        Hook::PacketSend,
     ];
 
     pub fn from_raw(raw: u32) -> Option<Hook> {
@@ -49,6 +51,7 @@ impl Hook {
             h::HOOK_SOCK_RELEASE => Hook::SockRelease,
             h::HOOK_DNS => Hook::Dns,
             h::HOOK_LSM_SOCKET => Hook::LsmSocket,
+            h::HOOK_PACKET_SEND => Hook::PacketSend,
             _ => return None,
         })
     }
@@ -67,6 +70,7 @@ impl Hook {
             Hook::SockRelease => h::HOOK_SOCK_RELEASE,
             Hook::Dns => h::HOOK_DNS,
             Hook::LsmSocket => h::HOOK_LSM_SOCKET,
+            Hook::PacketSend => h::HOOK_PACKET_SEND,
         }
     }
 
@@ -83,6 +87,7 @@ impl Hook {
             Hook::SockRelease => "sock_release",
             Hook::Dns => "dns",
             Hook::LsmSocket => "lsm_socket",
+            Hook::PacketSend => "packet_send",
         }
     }
 }

@@ -72,10 +72,7 @@ impl LossReporter {
     }
 
     /// Report every interval into the pipeline until it closes.
-    pub async fn run<T: From<ContainerLoss> + Send + 'static>(
-        mut self,
-        out: mpsc::Sender<Vec<T>>,
-    ) {
+    pub async fn run<T: From<ContainerLoss> + Send + 'static>(mut self, out: mpsc::Sender<Vec<T>>) {
         let mut tick = tokio::time::interval(self.interval);
         tick.tick().await;
         loop {

@@ -11,7 +11,7 @@ mod loss;
 pub use clock::BootClock;
 pub use decode::{decode, decode_flow, DecodeError};
 pub use drain::{spawn_drain, DrainHandle};
-pub use loss::{ContainerLoss, LossReporter};
 pub use event::{
     CloseReason, Counters, DnsAnswer, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
 };
+pub use loss::{ContainerLoss, LossReporter};

@@ -52,6 +52,17 @@ pub fn preflight(config: &Config) -> Vec<Finding> {
             "ring buffer maps unsupported: a Linux kernel >= 5.8 is required",
         ),
     });
+    // Informational: the daemon works either way, with a weaker defence.
+    out.push(match kernel::lsm_programs_load() {
+        Ok(()) => finding(
+            true,
+            "BPF LSM: programs load; packet and other non-inet sockets are decided at creation",
+        ),
+        Err(why) => finding(
+            true,
+            format!("BPF LSM unavailable: {why}; fallback: packet sockets are recorded at their first send and a denied sender is killed (docs/SECURITY.md)"),
+        ),
+    });
     out
 }
 

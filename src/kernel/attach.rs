@@ -29,6 +29,7 @@ use super::abi;
 use super::dns_skel::DnsSkelBuilder;
 use super::flow_skel::FlowSkelBuilder;
 use super::lsm_skel::LsmSkelBuilder;
+use super::packet_skel::PacketSkelBuilder;
 use super::skel::EgressSkelBuilder;
 
 #[derive(Debug, Error)]
@@ -176,17 +177,49 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     }
 
     let mut egress_storage = MaybeUninit::uninit();
-    let egress = load(EgressSkelBuilder::default(), &mut egress_storage, "egress", opts, &pins)?;
+    let egress = load(
+        EgressSkelBuilder::default(),
+        &mut egress_storage,
+        "egress",
+        opts,
+        &pins,
+    )?;
     let mut flow_storage = MaybeUninit::uninit();
-    let flow = load(FlowSkelBuilder::default(), &mut flow_storage, "flow", opts, &pins)?;
+    let flow = load(
+        FlowSkelBuilder::default(),
+        &mut flow_storage,
+        "flow",
+        opts,
+        &pins,
+    )?;
     let mut dns_storage = MaybeUninit::uninit();
-    let dns = load(DnsSkelBuilder::default(), &mut dns_storage, "dns", opts, &pins)?;
+    let dns = load(
+        DnsSkelBuilder::default(),
+        &mut dns_storage,
+        "dns",
+        opts,
+        &pins,
+    )?;
+    let mut packet_storage = MaybeUninit::uninit();
+    let packet = load(
+        PacketSkelBuilder::default(),
+        &mut packet_storage,
+        "packet",
+        opts,
+        &pins,
+    )?;
     // Every socket family at creation: only where BPF LSM programs load
     // (BPF LSM active, trampolines allowed; see `check`). Elsewhere
     // packet.bpf.c records and stops packet sockets at their first send.
     let mut lsm_storage = MaybeUninit::uninit();
     let lsm = if lsm_supported() {
-        match load(LsmSkelBuilder::default(), &mut lsm_storage, "lsm", opts, &pins) {
+        match load(
+            LsmSkelBuilder::default(),
+            &mut lsm_storage,
+            "lsm",
+            opts,
+            &pins,
+        ) {
             Ok(skel) => Some(skel),
             Err(e) => {
                 tracing::warn!(event = "lsm_unavailable", error = %e, "BPF LSM programs cannot load here: packet sockets are stopped at their first send instead of at creation");
@@ -210,6 +243,9 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         record_burst_ns: opts.fairness.record_burst_ns(),
         max_flows_per_scope: opts.fairness.max_flows_per_container,
         max_dns_per_scope: opts.fairness.max_dns_per_container,
+        attach_cgroup_id: cgroup_id,
+        attach_level: cgroup_level(&opts.cgroup),
+        _pad: 0,
     };
     write_config(&egress.maps.egress_config, &config)?;
 
@@ -224,6 +260,10 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         let (r, c) = attach_all(object, cgroup.as_raw_fd(), &pins)?;
         reused += r;
         created += c;
+    }
+    // Global hooks (tracepoints) keep to the attach cgroup's subtree.
+    if lsm.is_none() {
+        created += attach_tracing(packet.object(), &pins)?;
     }
 
     let handle = |m: &libbpf_rs::MapMut, name: &str| {
@@ -252,6 +292,18 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     })
 }
 
+/// libbpf's own messages (verifier logs of a program that fails to load,
+/// e.g. the optional LSM one) go to the daemon's log at debug level, not
+/// raw to stderr: every failure that matters is returned with context.
+fn route_libbpf_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, |_, msg| {
+            tracing::debug!(target: "libbpf", "{}", msg.trim_end());
+        })));
+    });
+}
+
 /// Open one BPF object, point its maps at the pins and load it.
 fn load<'obj, B: SkelBuilder<'obj>>(
     builder: B,
@@ -260,12 +312,30 @@ fn load<'obj, B: SkelBuilder<'obj>>(
     opts: &AttachOptions,
     pins: &PinLayout,
 ) -> Result<<B::Output as OpenSkel<'obj>>::Output, KernelError> {
+    route_libbpf_messages();
     let mut open = builder
         .open(storage)
         .map_err(bpf_err(format!("open {what} BPF object")))?;
     prepare(open.open_object_mut(), opts, pins)?;
-    open.load()
-        .map_err(bpf_err(format!("load {what} programs (see `clawker-egress check`)")))
+    open.load().map_err(bpf_err(format!(
+        "load {what} programs (see `clawker-egress check`)"
+    )))
+}
+
+/// Can this host run the every-family socket program (BPF LSM active and
+/// its programs load)? `Err` says why not. Loads nothing it keeps.
+pub fn lsm_programs_load() -> Result<(), String> {
+    if !lsm_supported() {
+        return Err("BPF LSM is not active (`bpf` missing from /sys/kernel/security/lsm)".into());
+    }
+    route_libbpf_messages();
+    let mut storage = MaybeUninit::uninit();
+    let open = LsmSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|e| format!("open: {e}"))?;
+    open.load().map(drop).map_err(|e| {
+        format!("BPF LSM is active but its programs do not load here ({e}); trampolines may be forbidden")
+    })
 }
 
 /// Is BPF LSM active (`bpf` in the kernel's LSM list)?
@@ -409,6 +479,39 @@ pub fn forget_self(attached: &Attached) -> Result<(), KernelError> {
         .config
         .update(&key, super::pod::bytes_of(&config), MapFlags::ANY)
         .map_err(bpf_err("clear the daemon's exemption"))
+}
+
+/// Attach tracepoint programs. A tracing link cannot be updated in place:
+/// the new program is attached first and the pinned old one removed after,
+/// so there is no instant without one.
+fn attach_tracing(object: &Object, pins: &PinLayout) -> Result<usize, KernelError> {
+    let mut created = 0;
+    for prog in object.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let path = pins.links().join(&name);
+        let mut link = prog.attach().map_err(bpf_err(format!("attach {name}")))?;
+        if path.exists() {
+            fs::remove_file(&path).map_err(|source| KernelError::PinDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        link.pin(&path)
+            .map_err(bpf_err(format!("pin link {name}")))?;
+        created += 1;
+    }
+    Ok(created)
+}
+
+/// How deep a cgroup sits below the v2 root (the root is level 0).
+fn cgroup_level(cgroup: &Path) -> u32 {
+    let root = super::mounts::cgroup2_root().ok();
+    let rel = root
+        .as_deref()
+        .and_then(|root| cgroup.strip_prefix(root).ok())
+        .map(|rel| rel.components().count())
+        .unwrap_or(0);
+    u32::try_from(rel).unwrap_or(0)
 }
 
 fn write_config(map: &libbpf_rs::MapMut, config: &abi::egress_config) -> Result<(), KernelError> {

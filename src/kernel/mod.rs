@@ -15,7 +15,8 @@ mod sweep;
 mod usage;
 
 pub use attach::{
-    detach, forget_self, load_and_attach, lsm_supported, AttachOptions, Attached, Fairness, KernelError, PinLayout,
+    detach, forget_self, load_and_attach, lsm_programs_load, lsm_supported, AttachOptions,
+    Attached, Fairness, KernelError, PinLayout,
 };
 pub use dns::DnsCache;
 pub use fill::RingbufFill;
@@ -42,6 +43,11 @@ mod skel {
 #[allow(clippy::all, clippy::pedantic, dead_code)]
 mod dns_skel {
     include!(concat!(env!("OUT_DIR"), "/dns.skel.rs"));
+}
+
+#[allow(clippy::all, clippy::pedantic, dead_code)]
+mod packet_skel {
+    include!(concat!(env!("OUT_DIR"), "/packet.skel.rs"));
 }
 
 #[allow(clippy::all, clippy::pedantic, dead_code)]

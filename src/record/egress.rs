@@ -184,11 +184,17 @@ fn ip_version(family: u16) -> Option<u32> {
     }
 }
 
-/// tcp | udp | icmp | raw | other:<n>. A raw socket is `raw` (its packets'
-/// flows carry the protocol on the wire); `sock_type` 0 means "a flow".
+/// tcp | udp | icmp | raw | packet | family:<n> | other:<n>. A raw inet
+/// socket is `raw` (its packets' flows carry the protocol on the wire), an
+/// AF_PACKET socket `packet`, any other non-inet family `family:<n>`;
+/// `sock_type` 0 means "a flow".
 fn l4_proto(family: u16, sock_type: u16, protocol: u16) -> String {
-    let raw_socket = i32::from(sock_type) == libc::SOCK_RAW || i32::from(family) == libc::AF_PACKET;
-    if raw_socket {
+    match i32::from(family) {
+        libc::AF_PACKET => return "packet".into(),
+        0 | libc::AF_INET | libc::AF_INET6 => {}
+        f => return format!("family:{f}"),
+    }
+    if i32::from(sock_type) == libc::SOCK_RAW {
         return "raw".into();
     }
     match i32::from(protocol) {
@@ -258,7 +264,11 @@ mod tests {
         assert_eq!(p(libc::SOCK_STREAM, 132), "other:132");
         assert_eq!(
             l4_proto(libc::AF_PACKET as u16, libc::SOCK_DGRAM as u16, 0),
-            "raw"
+            "packet"
+        );
+        assert_eq!(
+            l4_proto(libc::AF_VSOCK as u16, libc::SOCK_STREAM as u16, 0),
+            format!("family:{}", libc::AF_VSOCK)
         );
     }
 

@@ -6,6 +6,17 @@ use super::{key, Record, Severity, Source};
 use crate::capture::ContainerLoss;
 use crate::kernel::abi::scope_loss as l;
 
+/// Each per-reason field of a `records_lost` record and its metric reason.
+pub const LOSS_FIELDS: [(&str, &str); 4] = [
+    (key::LOST_RATE_LIMITED, "rate_limited"),
+    (key::LOST_RINGBUF_FULL, "ringbuf_full"),
+    (key::LOST_FLOW_NOT_TRACKED, "flow_not_tracked"),
+    (key::LOST_DNS_NOT_CACHED, "dns_not_cached"),
+];
+
+/// The `event` value of a loss record.
+pub const RECORDS_LOST: &str = "records_lost";
+
 impl Record {
     pub fn from_loss(loss: &ContainerLoss) -> Self {
         let at = |i: u32| loss.lost.get(i as usize).copied().unwrap_or(0);
@@ -16,7 +27,7 @@ impl Record {
                 "{total} records lost in the kernel over {} ms",
                 loss.interval.as_millis()
             ));
-        r.set(key::EVENT, "records_lost");
+        r.set(key::EVENT, RECORDS_LOST);
         r.set(key::CGROUP_ID, loss.scope_cgroup_id);
         r.set(key::LOST_TOTAL, total);
         r.set(key::LOST_RATE_LIMITED, at(l::SCOPE_LOSS_RATE_LIMITED));

@@ -7,6 +7,8 @@ mod egress;
 pub mod key;
 mod loss;
 
+pub use loss::{LOSS_FIELDS, RECORDS_LOST};
+
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 

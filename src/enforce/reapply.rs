@@ -67,6 +67,7 @@ impl Reapply {
             Err(e) => Err(e),
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut body_error = None;
         let (event, body, report) = match result {
             Ok(r) => {
                 tracing::info!(
@@ -92,11 +93,22 @@ impl Reapply {
             Err(e) => {
                 tracing::error!(event = "policy_reapply_failed", why, error = %e, "open sockets were not decided again");
                 let body = format!("open sockets were NOT decided again after {why}: {e}");
+                body_error = Some(e);
                 ("policy_reapply_failed", body, None)
             }
         };
         let mut r = Record::new(SystemTime::now(), Source::Overseer).with_body(body);
         r.set(key::EVENT, event);
+        r.set(key::DURATION_MS, elapsed_ms.round() as u64);
+        match &report {
+            Some(rep) => {
+                r.set(key::SOCKETS_DECIDED, rep.decided);
+                r.set(key::SOCKETS_ENDED, rep.ended);
+                r.set(key::SOCKETS_AUDIT, rep.audit);
+                r.set(key::SOCKETS_END_FAILED, rep.failed);
+            }
+            None => r.set(key::ERROR, body_error.unwrap_or_default()),
+        }
         let _ = out.send(r).await;
         report
     }

@@ -348,3 +348,65 @@ fn raw_sends_are_decided_per_destination() {
         .collect();
     assert_eq!(denied_recs[0]["hook"], "skb_egress", "{denied_recs:#?}");
 }
+
+/// A container in its own network namespace (`--network none`: loopback
+/// only) streams to a listener inside itself; a reload that denies
+/// loopback to its project ends that connection too: the sweep enters
+/// every network namespace, not only the daemon's.
+#[test]
+fn a_reload_reaches_connections_inside_a_containers_network_namespace() {
+    if !require_root("a_reload_reaches_connections_inside_a_containers_network_namespace") {
+        return;
+    }
+    let _engine = support::docker::engine();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let project = "ce-reload-netns";
+    write_atomic(
+        &policy,
+        &format!("default:\n  default_action: allow\nprojects:\n  {project}:\n    default_action: allow\n"),
+    );
+    let daemon = Daemon::start(DaemonOptions::host_root().policy(&policy));
+    support::docker::wait_attribution_ready(&daemon);
+    // Exit 7 once the stream ends; it would run for 60 s undisturbed.
+    let script = "sleep 100 | nc -l -p 9000 > /dev/null & sleep 1; i=0; \
+                  while [ $i -lt 60 ]; do echo xxxxxxxxxxxxxxxxxxxxxxxx; sleep 1; i=$((i+1)); done \
+                  | nc 127.0.0.1 9000; exit 7";
+    let c = support::docker::Spec::new("ce-reload-netns", script)
+        .network("none")
+        .label("dev.clawker.project", project)
+        .run();
+    // The stream is open once its flow has been reported as active or the
+    // connect was recorded; give it a moment either way.
+    std::thread::sleep(Duration::from_secs(3));
+    write_atomic(
+        &policy,
+        &format!(
+            "default:\n  default_action: allow\nprojects:\n  {project}:\n    default_action: allow\n    rules:\n      - {{dst: 127.0.0.0/8, action: deny}}\n"
+        ),
+    );
+    let reloaded = Instant::now();
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    assert_eq!(c.wait(), 7);
+    let took = reloaded.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "the container's stream went on after the reload ({took:?})"
+    );
+    let recs = daemon.wait_for("the container's flow end", WAIT, |r| {
+        r.iter().any(|x| {
+            x["container_id"] == c.id.as_str()
+                && x["flow_state"] == "ended"
+                && x["dst_port"] == 9000
+        })
+    });
+    let ended: Vec<&Value> = recs
+        .iter()
+        .filter(|x| {
+            x["container_id"] == c.id.as_str() && x["flow_state"] == "ended" && x["dst_port"] == 9000
+        })
+        .collect();
+    assert_eq!(ended[0]["close_reason"], "policy", "{:#?}", ended[0]);
+    assert_eq!(ended[0]["project"], project);
+}

@@ -410,3 +410,98 @@ fn a_reload_reaches_connections_inside_a_containers_network_namespace() {
     assert_eq!(ended[0]["close_reason"], "policy", "{:#?}", ended[0]);
     assert_eq!(ended[0]["project"], project);
 }
+
+/// A connected UDP socket keeps its destination without naming it on each
+/// send (sendmsg hooks never see those sends): a reload that denies it
+/// disconnects the socket, and its flow record says policy.
+#[test]
+fn a_reload_disconnects_a_connected_udp_socket_the_new_policy_denies() {
+    if !require_root("a_reload_disconnects_a_connected_udp_socket_the_new_policy_denies") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    write_atomic(&policy, "default:\n  default_action: allow\n");
+    let sink = std::net::UdpSocket::bind("127.0.0.8:0").unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let received = Arc::new(AtomicU64::new(0));
+    {
+        let r = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = sink.recv(&mut buf) {
+                r.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        });
+    }
+    let cg = TestCgroup::new("ce-reload-udp");
+    let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg).policy(&policy));
+    let mut client = cg
+        .command(
+            "python3",
+            &[
+                "-u",
+                "-c",
+                &format!(
+                    "import os, socket, time\nprint(os.getpid(), flush=True)\n\
+                     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                     s.connect(('127.0.0.8', {port}))\n\
+                     end = time.time() + 60\n\
+                     try:\n\
+                     \x20   while time.time() < end:\n\
+                     \x20       s.send(b'u' * 100); time.sleep(0.01)\n\
+                     \x20   print('still open', flush=True)\n\
+                     except OSError as e:\n\
+                     \x20   print('ended', e.errno, flush=True)\n"
+                ),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    {
+        let out = client.stdout.as_mut().unwrap();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            first.push(byte[0] as char);
+        }
+    }
+    let pid: u32 = first.trim().parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while received.load(Ordering::SeqCst) < 2_000 {
+        assert!(Instant::now() < deadline, "the sender never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write_atomic(
+        &policy,
+        "default:\n  default_action: allow\n  rules:\n    - {dst: 127.0.0.0/8, action: deny}\n",
+    );
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    daemon.wait_for("the reload", WAIT, |r| !overseer(r, "policy_loaded").is_empty());
+    settle(&daemon);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = received.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        received.load(Ordering::SeqCst) - after,
+        0,
+        "the connected UDP socket kept delivering after the policy denied it"
+    );
+    let mut rest = String::new();
+    client.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(rest.starts_with("ended"), "the sender's socket was ended: {rest:?}");
+    let recs = daemon.wait_for("the UDP flow's end", WAIT, |r| {
+        by_pid(r, pid)
+            .iter()
+            .any(|x| x["flow_state"] == "ended" && x["l4_proto"] == "udp")
+    });
+    let ended: Vec<Value> = by_pid(&recs, pid)
+        .into_iter()
+        .filter(|x| x["flow_state"] == "ended" && x["l4_proto"] == "udp")
+        .collect();
+    assert_eq!(ended[0]["close_reason"], "policy", "{:#?}", ended[0]);
+}

@@ -130,10 +130,18 @@ fn assert_ended_by_policy(daemon: &Daemon, sink: &Sink, mut client: Child, pid: 
         "the old connection kept delivering after the policy denied it"
     );
     let mut rest = String::new();
-    client.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
     let _ = client.kill();
     let _ = client.wait();
-    assert!(rest.starts_with("ended"), "the sender's socket was ended: {rest:?}");
+    assert!(
+        rest.starts_with("ended"),
+        "the sender's socket was ended: {rest:?}"
+    );
     let recs = daemon.wait_for("the flow's end record", WAIT, |r| {
         by_pid(r, pid).iter().any(|x| x["flow_state"] == "ended")
     });
@@ -165,7 +173,9 @@ fn a_reload_ends_open_connections_the_new_policy_denies() {
     );
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
-    daemon.wait_for("the reload", WAIT, |r| !overseer(r, "policy_loaded").is_empty());
+    daemon.wait_for("the reload", WAIT, |r| {
+        !overseer(r, "policy_loaded").is_empty()
+    });
     settle(&daemon);
     assert_ended_by_policy(&daemon, &sink, client, pid);
 }
@@ -206,11 +216,17 @@ fn a_bypass_end_ends_the_connections_it_let_through() {
     let pin_root = opts.pin_root.clone();
     let daemon = Daemon::start(opts);
 
-    bypass(&pin_root, &cg, &["--for", "15m", "--reason", "debug session"]);
+    bypass(
+        &pin_root,
+        &cg,
+        &["--for", "15m", "--reason", "debug session"],
+    );
     let (client, pid) = streamer(&cg, "127.0.0.4", sink.port);
     sink.wait_for_bytes(5_000);
     bypass(&pin_root, &cg, &["--off"]);
-    daemon.wait_for("the bypass end", WAIT, |r| !overseer(r, "bypass_stop").is_empty());
+    daemon.wait_for("the bypass end", WAIT, |r| {
+        !overseer(r, "bypass_stop").is_empty()
+    });
     settle(&daemon);
     assert_ended_by_policy(&daemon, &sink, client, pid);
 }
@@ -220,7 +236,11 @@ fn a_bypass_end_ends_the_connections_it_let_through() {
 fn long_section(n: usize, last: &str) -> String {
     let mut s = String::from("default:\n  default_action: allow\n  rules:\n");
     for i in 0..n - 1 {
-        s.push_str(&format!("    - {{dst: 10.{}.{}.0/24, action: allow}}\n", i / 256, i % 256));
+        s.push_str(&format!(
+            "    - {{dst: 10.{}.{}.0/24, action: allow}}\n",
+            i / 256,
+            i % 256
+        ));
     }
     s.push_str(&format!("    - {last}\n"));
     s
@@ -243,13 +263,20 @@ fn rule_limits_are_never_silent() {
 
     // 64 rules fit, and the 64th decides (it was dropped before).
     let policy = dir.path().join("policy.yaml");
-    write_atomic(&policy, &long_section(64, "{dst: 127.0.0.0/8, action: deny}"));
+    write_atomic(
+        &policy,
+        &long_section(64, "{dst: 127.0.0.0/8, action: deny}"),
+    );
     let check = Command::new(support::bin())
         .args(["policy", "check"])
         .arg(&policy)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let cg = TestCgroup::new("ce-limits");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg).policy(&policy));
     assert_eq!(
@@ -260,8 +287,11 @@ fn rule_limits_are_never_silent() {
 
     // 65 rules: `policy check` refuses the file, naming the 65th rule...
     let over = dir.path().join("over.yaml");
-    let text = long_section(65, "{dst: 127.0.0.0/8, action: deny}")
-        .replacen("rules:\n", "rules:\n    - {dst: 127.0.0.0/8, action: allow}\n", 1);
+    let text = long_section(65, "{dst: 127.0.0.0/8, action: deny}").replacen(
+        "rules:\n",
+        "rules:\n    - {dst: 127.0.0.0/8, action: allow}\n",
+        1,
+    );
     write_atomic(&over, &text);
     let check = Command::new(support::bin())
         .args(["policy", "check"])
@@ -330,7 +360,10 @@ fn raw_sends_are_decided_per_destination() {
         ))
     };
     let allowed = ping("127.0.0.7");
-    assert!(allowed.contains("reply"), "an allowed destination answers: {allowed}");
+    assert!(
+        allowed.contains("reply"),
+        "an allowed destination answers: {allowed}"
+    );
     let denied = ping("127.0.0.6");
     let pid: u32 = denied.lines().next().unwrap().trim().parse().unwrap();
     assert!(
@@ -404,7 +437,9 @@ fn a_reload_reaches_connections_inside_a_containers_network_namespace() {
     let ended: Vec<&Value> = recs
         .iter()
         .filter(|x| {
-            x["container_id"] == c.id.as_str() && x["flow_state"] == "ended" && x["dst_port"] == 9000
+            x["container_id"] == c.id.as_str()
+                && x["flow_state"] == "ended"
+                && x["dst_port"] == 9000
         })
         .collect();
     assert_eq!(ended[0]["close_reason"], "policy", "{:#?}", ended[0]);
@@ -479,7 +514,9 @@ fn a_reload_disconnects_a_connected_udp_socket_the_new_policy_denies() {
     );
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
-    daemon.wait_for("the reload", WAIT, |r| !overseer(r, "policy_loaded").is_empty());
+    daemon.wait_for("the reload", WAIT, |r| {
+        !overseer(r, "policy_loaded").is_empty()
+    });
     settle(&daemon);
     std::thread::sleep(Duration::from_millis(300));
     let after = received.load(Ordering::SeqCst);
@@ -490,10 +527,18 @@ fn a_reload_disconnects_a_connected_udp_socket_the_new_policy_denies() {
         "the connected UDP socket kept delivering after the policy denied it"
     );
     let mut rest = String::new();
-    client.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
     let _ = client.kill();
     let _ = client.wait();
-    assert!(rest.starts_with("ended"), "the sender's socket was ended: {rest:?}");
+    assert!(
+        rest.starts_with("ended"),
+        "the sender's socket was ended: {rest:?}"
+    );
     let recs = daemon.wait_for("the UDP flow's end", WAIT, |r| {
         by_pid(r, pid)
             .iter()

@@ -18,9 +18,7 @@ use super::RunArgs;
 use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
 use crate::capture::{spawn_drain, BootClock, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
-use crate::enforce::{
-    BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets,
-};
+use crate::enforce::{BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets};
 use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
 use crate::flow::FlowStage;
 use crate::kernel::{
@@ -209,8 +207,14 @@ fn start_policy(
         None => (Targets::Everything, changes),
     };
     let writer = RuleSetWriter::new(maps);
-    let controller =
-        PolicyController::start(path.to_path_buf(), policy, writer, targets, Some(reapply), out);
+    let controller = PolicyController::start(
+        path.to_path_buf(),
+        policy,
+        writer,
+        targets,
+        Some(reapply),
+        out,
+    );
     tokio::spawn(async move {
         let _keep = keep;
         controller.run(changes).await

@@ -131,7 +131,9 @@ mod tests {
         }
         s.push_str("    agents:\n      bot:\n        rules:\n");
         for i in 0..25 {
-            s.push_str(&format!("          - {{dst: 10.1.{i}.0/24, action: deny}}\n"));
+            s.push_str(&format!(
+                "          - {{dst: 10.1.{i}.0/24, action: deny}}\n"
+            ));
         }
         let p = Policy::parse_str(&s, "p.yaml").unwrap();
         let e = p.check_limits("p.yaml", &KERNEL_LIMITS).unwrap_err();

@@ -11,6 +11,6 @@ mod slots;
 
 pub use bypass::{request_bypass, BypassRequest, BypassWatcher};
 pub use compile::{compile, load_policy, TooManyRules, KERNEL_LIMITS, RESERVED_SLOTS};
-pub use reapply::Reapply;
 pub use controller::{Directory, PolicyController, Targets};
+pub use reapply::Reapply;
 pub use rules::{KernelRuleSet, Placed, RuleSetWriter};

@@ -73,17 +73,64 @@ pub enum Placed {
 /// so which slot each cgroup uses and which domain keys each slot holds are
 /// read from the kernel once, at start-up, and kept here: an install costs
 /// the syscalls for its own rules, not a scan of every container's.
-pub struct RuleSetWriter {
-    maps: PolicyMaps,
+pub struct RuleSetWriter<S: RuleStore = PolicyMaps> {
+    maps: S,
     slots: SlotTable,
     /// slot -> the domain keys written for it.
     domains: HashMap<u32, Vec<abi::domain_key>>,
 }
 
-impl RuleSetWriter {
-    pub fn new(maps: PolicyMaps) -> Self {
-        let slots =
-            SlotTable::from_assignments(maps.assignments().into_iter().map(|(id, p)| (id, p.rule_set)));
+/// Where rule sets go: the kernel's policy maps (`PolicyMaps`), or an
+/// in-memory model in unit tests.
+pub trait RuleStore {
+    fn assignments(&self) -> Vec<(u64, abi::container_policy)>;
+    fn domain_keys(&self) -> Vec<abi::domain_key>;
+    fn put_domain(&self, key: &abi::domain_key, mask: u64) -> Result<(), KernelError>;
+    fn delete_domain(&self, key: &abi::domain_key);
+    fn write_rule_set(&self, set: u32, rules: &[abi::policy_rule]) -> Result<(), KernelError>;
+    fn assign(
+        &self,
+        scope_cgroup_id: u64,
+        policy: &abi::container_policy,
+    ) -> Result<(), KernelError>;
+    fn unassign(&self, scope_cgroup_id: u64);
+}
+
+impl RuleStore for PolicyMaps {
+    fn assignments(&self) -> Vec<(u64, abi::container_policy)> {
+        PolicyMaps::assignments(self)
+    }
+    fn domain_keys(&self) -> Vec<abi::domain_key> {
+        PolicyMaps::domain_keys(self)
+    }
+    fn put_domain(&self, key: &abi::domain_key, mask: u64) -> Result<(), KernelError> {
+        PolicyMaps::put_domain(self, key, mask)
+    }
+    fn delete_domain(&self, key: &abi::domain_key) {
+        PolicyMaps::delete_domain(self, key)
+    }
+    fn write_rule_set(&self, set: u32, rules: &[abi::policy_rule]) -> Result<(), KernelError> {
+        PolicyMaps::write_rule_set(self, set, rules)
+    }
+    fn assign(
+        &self,
+        scope_cgroup_id: u64,
+        policy: &abi::container_policy,
+    ) -> Result<(), KernelError> {
+        PolicyMaps::assign(self, scope_cgroup_id, policy)
+    }
+    fn unassign(&self, scope_cgroup_id: u64) {
+        PolicyMaps::unassign(self, scope_cgroup_id)
+    }
+}
+
+impl<S: RuleStore> RuleSetWriter<S> {
+    pub fn new(maps: S) -> Self {
+        let slots = SlotTable::from_assignments(
+            maps.assignments()
+                .into_iter()
+                .map(|(id, p)| (id, p.rule_set)),
+        );
         let mut domains: HashMap<u32, Vec<abi::domain_key>> = HashMap::new();
         for key in maps.domain_keys() {
             domains.entry(key.rule_set).or_default().push(key);
@@ -196,7 +243,12 @@ impl RuleSetWriter {
         Ok(true)
     }
 
-    fn write(&mut self, slot: u32, set: &KernelRuleSet, content: Vec<u8>) -> Result<(), KernelError> {
+    fn write(
+        &mut self,
+        slot: u32,
+        set: &KernelRuleSet,
+        content: Vec<u8>,
+    ) -> Result<(), KernelError> {
         self.write_domains(slot, &set.domains)?;
         self.maps.write_rule_set(slot, &set.rules)?;
         self.slots.wrote(slot, content);
@@ -292,4 +344,166 @@ pub fn any_rule(protocol: u8, ports: Option<(u16, u16)>, allow: bool) -> abi::po
     r.kind = abi::rule_kind::RULE_ANY as u8;
     r.family = 0;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against an in-memory model of the policy maps: whatever
+    //! the order of installs, every cgroup ends up with exactly its own
+    //! rules, or denies everything.
+    use std::cell::RefCell;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Model {
+        headers: RefCell<HashMap<u64, abi::container_policy>>,
+        slots: RefCell<HashMap<u32, Vec<abi::policy_rule>>>,
+    }
+
+    impl RuleStore for Model {
+        fn assignments(&self) -> Vec<(u64, abi::container_policy)> {
+            self.headers
+                .borrow()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect()
+        }
+        fn domain_keys(&self) -> Vec<abi::domain_key> {
+            Vec::new()
+        }
+        fn put_domain(&self, _: &abi::domain_key, _: u64) -> Result<(), KernelError> {
+            Ok(())
+        }
+        fn delete_domain(&self, _: &abi::domain_key) {}
+        fn write_rule_set(&self, set: u32, rules: &[abi::policy_rule]) -> Result<(), KernelError> {
+            assert!(set < abi::EGRESS_MAX_POLICIES, "slot {set} out of range");
+            let in_use = self.headers.borrow().values().any(|h| h.rule_set == set);
+            assert!(
+                !in_use,
+                "slot {set} rewritten while a cgroup decides with it"
+            );
+            self.slots.borrow_mut().insert(set, rules.to_vec());
+            Ok(())
+        }
+        fn assign(&self, id: u64, policy: &abi::container_policy) -> Result<(), KernelError> {
+            self.headers.borrow_mut().insert(id, *policy);
+            Ok(())
+        }
+        fn unassign(&self, id: u64) {
+            self.headers.borrow_mut().remove(&id);
+        }
+    }
+
+    fn set(n: u32) -> KernelRuleSet {
+        let a = std::net::Ipv4Addr::from(0x0a00_0000 + (n << 8));
+        KernelRuleSet {
+            rules: vec![cidr_rule(a.into(), 24, 0, None, n % 2 == 0)],
+            default_allow: true,
+            ..Default::default()
+        }
+    }
+
+    fn rules_bytes(rules: &[abi::policy_rule]) -> Vec<u8> {
+        rules.iter().flat_map(|r| bytes_of(r).to_vec()).collect()
+    }
+
+    /// Own rules, or deny-all.
+    fn check(w: &RuleSetWriter<Model>, expected: &[(u64, KernelRuleSet)]) -> usize {
+        let headers = w.maps.headers.borrow();
+        let slots = w.maps.slots.borrow();
+        let mut closed = 0;
+        for (id, want) in expected {
+            let h = headers[id];
+            if h.rule_set == NO_RULES {
+                if want.rules.is_empty() {
+                    continue;
+                }
+                assert_eq!(
+                    (h.default_action, h.raw_action, h.mode),
+                    (
+                        abi::egress_verdict::VERDICT_DENY as u8,
+                        abi::egress_verdict::VERDICT_DENY as u8,
+                        abi::policy_mode::POLICY_ENFORCE as u8
+                    ),
+                    "cgroup {id} without a slot must deny everything"
+                );
+                closed += 1;
+                continue;
+            }
+            assert_eq!(
+                rules_bytes(&slots[&h.rule_set]),
+                rules_bytes(&want.rules),
+                "cgroup {id} was given slot {} with other rules",
+                h.rule_set
+            );
+        }
+        closed
+    }
+
+    #[test]
+    fn equal_sets_share_and_every_cgroup_gets_its_own_rules() {
+        let mut w = RuleSetWriter::new(Model::default());
+        let sets: Vec<(u64, KernelRuleSet)> = (0..300).map(|id| (id, set(id as u32 % 3))).collect();
+        assert!(w
+            .install_many(&sets)
+            .iter()
+            .all(|(_, p)| matches!(p, Ok(Placed::Installed))));
+        assert_eq!(check(&w, &sets), 0);
+        assert_eq!(w.slots_in_use(), 3);
+    }
+
+    #[test]
+    fn one_distinct_set_too_many_fails_closed_never_shares() {
+        let mut w = RuleSetWriter::new(Model::default());
+        let mut sets: Vec<(u64, KernelRuleSet)> = (0..u64::from(abi::EGRESS_MAX_POLICIES))
+            .map(|id| (id, set(id as u32)))
+            .collect();
+        assert!(w
+            .install_many(&sets)
+            .iter()
+            .all(|(_, p)| matches!(p, Ok(Placed::Installed))));
+        // The 257th distinct rule set: no slot, so deny-all.
+        let extra = (9_999, set(9_999));
+        assert_eq!(w.install(extra.0, &extra.1).unwrap(), Placed::FailedClosed);
+        sets.push(extra);
+        assert_eq!(check(&w, &sets), 1);
+    }
+
+    #[test]
+    fn a_reload_to_all_new_rules_finds_slots_even_when_old_slots_are_shared() {
+        let mut w = RuleSetWriter::new(Model::default());
+        // 255 slots in use; cgroups 0 and 1 share slot of set 0.
+        let old: Vec<(u64, KernelRuleSet)> = (0..256u64)
+            .map(|id| (id, set(if id == 1 { 0 } else { id as u32 })))
+            .collect();
+        w.install_many(&old);
+        assert_eq!(check(&w, &old), 0);
+        assert_eq!(w.slots_in_use(), 255);
+        // New policy: every cgroup different rules, 256 distinct sets in all
+        // (more than the 255 a checked policy may have: the worst case).
+        let new: Vec<(u64, KernelRuleSet)> =
+            (0..256u64).map(|id| (id, set(1_000 + id as u32))).collect();
+        let placed = w.install_many(&new);
+        assert!(
+            placed
+                .iter()
+                .all(|(_, p)| matches!(p, Ok(Placed::Installed))),
+            "{placed:?}"
+        );
+        assert_eq!(check(&w, &new), 0);
+    }
+
+    #[test]
+    fn empty_sets_and_removed_cgroups_hold_no_slot() {
+        let mut w = RuleSetWriter::new(Model::default());
+        let empty = KernelRuleSet::default();
+        assert_eq!(w.install(1, &empty).unwrap(), Placed::Installed);
+        assert_eq!(w.slots_in_use(), 0);
+        w.install(2, &set(5)).unwrap();
+        assert_eq!(w.slots_in_use(), 1);
+        w.remove(2);
+        assert_eq!(w.slots_in_use(), 0);
+        assert!(!w.maps.headers.borrow().contains_key(&2));
+    }
 }

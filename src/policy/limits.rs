@@ -39,7 +39,11 @@ impl Policy {
     pub fn every_rule_set(&self) -> Vec<(Option<&str>, Option<&str>, Resolved)> {
         let mut out = vec![(None, None, self.rules_for(None, None))];
         for (project, pp) in &self.projects {
-            out.push((None, Some(project.as_str()), self.rules_for(None, Some(project))));
+            out.push((
+                None,
+                Some(project.as_str()),
+                self.rules_for(None, Some(project)),
+            ));
             for agent in pp.agents.keys() {
                 out.push((
                     Some(agent.as_str()),

@@ -16,11 +16,11 @@ mod tests;
 
 use std::path::Path;
 
+pub use limits::{content_key, ContentKey, Limits};
 pub use model::{
     Action, Decision, Dst, Mode, Origin, Policy, ProjectPolicy, Proto, Resolved, Rule, RuleSet,
     Target,
 };
-pub use limits::{content_key, ContentKey, Limits};
 pub use rules::L7_KEYS;
 pub use yaml::MAX_FILE_BYTES;
 

@@ -178,6 +178,11 @@ fn a_reload_ends_open_connections_the_new_policy_denies() {
     });
     settle(&daemon);
     assert_ended_by_policy(&daemon, &sink, client, pid);
+    assert!(
+        daemon.metric("clawker_egress_policy_actions_total{action=\"sockets_ended\"}") >= 1.0,
+        "{}",
+        daemon.metrics()
+    );
 }
 
 fn bypass(pin_root: &Path, cg: &TestCgroup, extra: &[&str]) {
@@ -315,6 +320,10 @@ fn rule_limits_are_never_silent() {
     assert!(
         rejected["error"].as_str().unwrap().contains("at most 64"),
         "{rejected:#?}"
+    );
+    assert_eq!(
+        daemon.metric("clawker_egress_policy_actions_total{action=\"rejected\"}"),
+        1.0
     );
     assert_eq!(
         connect_errno(&cg, "127.0.0.5", sink.port),

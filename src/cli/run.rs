@@ -136,7 +136,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         &attached.bypass,
     )?;
     // Policy changes (reload, bypass end) reach sockets already open.
-    let reapply = Reapply::new(attached.pins.clone());
+    let reapply = Reapply::new(attached.pins.clone(), metrics.clone());
     reapply.preload();
     tokio::spawn(
         BypassWatcher::new(policy_maps, clock)
@@ -148,7 +148,15 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             Scope::Containers => Some(label_cache),
             _ => None,
         };
-        start_policy(path, policy, &attached, targets, reapply, control_tx)?;
+        start_policy(
+            path,
+            policy,
+            &attached,
+            targets,
+            reapply,
+            metrics.clone(),
+            control_tx,
+        )?;
     }
     let pipeline =
         tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, control_rx));
@@ -185,6 +193,7 @@ fn start_policy(
     attached: &Attached,
     containers: Option<Arc<LabelCache>>,
     reapply: Reapply,
+    metrics: Arc<Metrics>,
     out: mpsc::Sender<Record>,
 ) -> Result<()> {
     let maps = PolicyMaps::new(
@@ -213,6 +222,7 @@ fn start_policy(
         writer,
         targets,
         Some(reapply),
+        metrics,
         out,
     );
     tokio::spawn(async move {

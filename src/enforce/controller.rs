@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::compile::{compile, load_policy};
 use super::reapply::Reapply;
 use super::rules::{KernelRuleSet, Placed, RuleSetWriter};
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::record::{key, Record, Source};
 
@@ -44,6 +46,7 @@ pub struct PolicyController {
     /// could not be compiled), since start.
     failed_closed: u64,
     reapply: Option<Reapply>,
+    metrics: Arc<Metrics>,
     out: mpsc::Sender<Record>,
 }
 
@@ -56,6 +59,7 @@ impl PolicyController {
         writer: RuleSetWriter,
         targets: Targets,
         reapply: Option<Reapply>,
+        metrics: Arc<Metrics>,
         out: mpsc::Sender<Record>,
     ) -> Self {
         let stamp = file_stamp(&path);
@@ -68,6 +72,7 @@ impl PolicyController {
             installed: HashMap::new(),
             failed_closed: 0,
             reapply,
+            metrics,
             out,
         };
         c.install_all(true);
@@ -116,6 +121,7 @@ impl PolicyController {
                 }
             }
             Err(e) => {
+                self.metrics.policy("rejected", 1);
                 tracing::error!(event = "policy_rejected", error = %e, "invalid policy file; the previous policy stays in force");
                 self.audit(
                     "policy_rejected",
@@ -166,6 +172,7 @@ impl PolicyController {
                 Err(e) => {
                     // Checked at load: only a bug gets here. Never a cut-down set.
                     self.failed_closed += 1;
+                    self.metrics.policy("fail_closed", 1);
                     tracing::error!(event = "policy_fail_closed", cgroup_id = id, error = %e, total = self.failed_closed, "rules not compiled: this cgroup denies everything");
                     if self.writer.fail_closed(id).is_ok() {
                         self.installed.insert(id, labels);
@@ -182,6 +189,7 @@ impl PolicyController {
                 }
                 Ok(Placed::FailedClosed) => {
                     self.failed_closed += 1;
+                    self.metrics.policy("fail_closed", 1);
                     tracing::error!(
                         event = "policy_fail_closed",
                         cgroup_id = id,

@@ -10,24 +10,27 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, Mutex, OnceCell};
 
 use crate::kernel::{KernelError, PinLayout, SocketSweeper, SweepReport};
+use crate::metrics::Metrics;
 use crate::record::{key, Record, Source};
 
 /// Runs the kernel's socket re-decision and reports it. The iterators are
 /// loaded once, in the background (`preload`), on first use at the latest.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Reapply {
     pins: PinLayout,
     sweeper: Arc<OnceCell<Result<Arc<SocketSweeper>, String>>>,
     /// One sweep at a time (a reload and a bypass end may coincide).
     running: Arc<Mutex<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Reapply {
-    pub fn new(pins: PinLayout) -> Self {
+    pub fn new(pins: PinLayout, metrics: Arc<Metrics>) -> Self {
         Reapply {
             pins,
             sweeper: Arc::new(OnceCell::new()),
             running: Arc::new(Mutex::new(())),
+            metrics,
         }
     }
 
@@ -70,6 +73,8 @@ impl Reapply {
         let mut body_error = None;
         let (event, body, report) = match result {
             Ok(r) => {
+                self.metrics.policy("sockets_ended", r.ended);
+                self.metrics.policy("sockets_end_failed", r.failed);
                 tracing::info!(
                     event = "policy_reapplied",
                     why,
@@ -91,6 +96,7 @@ impl Reapply {
                 ("policy_reapplied", body, Some(r))
             }
             Err(e) => {
+                self.metrics.policy("reapply_failed", 1);
                 tracing::error!(event = "policy_reapply_failed", why, error = %e, "open sockets were not decided again");
                 let body = format!("open sockets were NOT decided again after {why}: {e}");
                 body_error = Some(e);

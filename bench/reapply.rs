@@ -58,7 +58,10 @@ fn one_size(root: &Path, n: usize) {
     // N connections from the cgroup, held open.
     let mut holder = Command::new("sh")
         .arg("-c")
-        .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cg.display()))
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            cg.display()
+        ))
         .arg("sh")
         .args([
             "python3",
@@ -91,11 +94,13 @@ fn one_size(root: &Path, n: usize) {
     let end = reload(&daemon, &log);
     println!(
         "{n:>5} open connections: re-decide all, keep all: {:>8.2} ms (decided {}); \
-         end all: {:>8.2} ms (ended {})",
+         end all: {:>8.2} ms (decided {}, ended {}, failed {})",
         median(keep.iter().map(|r| r.0).collect()),
         keep.last().map_or(0, |r| r.1),
         end.0,
-        end.2
+        end.1,
+        end.2,
+        end.3
     );
     let _ = holder.kill();
     let _ = holder.wait();
@@ -126,7 +131,10 @@ type Log = Arc<Mutex<Vec<String>>>;
 fn start_daemon(root: &Path, cg: &Path, pins: &Path, policy: &Path) -> (Child, Log) {
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", root.display()))
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            root.display()
+        ))
         .arg("sh")
         .arg(env!("CARGO_BIN_EXE_clawker-egress"))
         .args(["run", "--metrics-listen", "127.0.0.1:0", "--cgroup-root"])
@@ -164,8 +172,9 @@ fn wait_line(log: &Log, needle: &str, timeout: Duration) -> String {
     }
 }
 
-/// SIGHUP, then the next `policy_reapplied`: (elapsed ms, decided, ended).
-fn reload(daemon: &Child, log: &Log) -> (f64, u64, u64) {
+/// SIGHUP, then the next `policy_reapplied`: (elapsed ms, decided, ended,
+/// could not be ended).
+fn reload(daemon: &Child, log: &Log) -> (f64, u64, u64, u64) {
     let seen = log.lock().expect("log").len();
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGHUP) };
@@ -176,9 +185,17 @@ fn reload(daemon: &Child, log: &Log) -> (f64, u64, u64) {
             .find(|l| l.contains("event=\"policy_reapplied\""))
             .cloned();
         if let Some(l) = line {
-            return (field(&l, "elapsed_ms"), field(&l, "decided") as u64, field(&l, "ended") as u64);
+            return (
+                field(&l, "elapsed_ms"),
+                field(&l, "decided") as u64,
+                field(&l, "ended") as u64,
+                field(&l, "failed") as u64,
+            );
         }
-        assert!(Instant::now() < deadline, "no policy_reapplied after SIGHUP");
+        assert!(
+            Instant::now() < deadline,
+            "no policy_reapplied after SIGHUP"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -299,7 +299,8 @@ enum sweep_outcome {
 	SWEEP_KEPT = 0,     /* still allowed (or bypassed) */
 	SWEEP_ENDED = 1,    /* denied: bpf_sock_destroy() ended it */
 	SWEEP_AUDIT = 2,    /* denied in audit mode: left open */
-	SWEEP_FAILED = 3,   /* denied, but bpf_sock_destroy() failed (err) */
+	SWEEP_FAILED = 3,   /* follows the socket's SWEEP_ENDED: bpf_sock_destroy()
+			     * failed after all (err) */
 };
 
 struct sweep_record {

@@ -13,7 +13,9 @@
  * Iterators walk the network namespace of the process that opens them:
  * user space opens one per namespace its containers use.
  *
- * Output: one struct sweep_record per decided socket (bpf_seq_write).
+ * Output: one struct sweep_record per decided socket (bpf_seq_write), and
+ * a SWEEP_FAILED record after the SWEEP_ENDED one of a socket that could
+ * not be ended.
  */
 #include "common.bpf.h"
 #include "lib/policy.h"
@@ -103,19 +105,30 @@ static __always_inline void redecide(struct seq_file *seq, struct sock_common *s
 	rec.remote_port = a.dst_port;
 	rec.family = a.family;
 	rec.protocol = protocol;
-	if (verdict != VERDICT_DENY) {
-		rec.outcome = SWEEP_KEPT;
-	} else if (flags & EVENT_F_AUDIT) {
-		rec.outcome = SWEEP_AUDIT;
-	} else {
-		v = flow ? bpf_map_lookup_elem(&flows, flow) : NULL;
-		if (v)
-			v->flags |= FLOW_F_POLICY_END;
-		owner->verdict = VERDICT_DENY;
-		rec.err = bpf_sock_destroy(skc);
-		rec.outcome = rec.err ? SWEEP_FAILED : SWEEP_ENDED;
+	if (verdict != VERDICT_DENY || (flags & EVENT_F_AUDIT)) {
+		rec.outcome = verdict == VERDICT_DENY ? SWEEP_AUDIT : SWEEP_KEPT;
+		bpf_seq_write(seq, &rec, sizeof(rec));
+		return;
 	}
-	bpf_seq_write(seq, &rec, sizeof(rec));
+	/*
+	 * The record first: when the output buffer is full the kernel shows
+	 * this socket again after flushing it, which only works while the
+	 * socket is still in the hash table (an ended one would be skipped,
+	 * its record lost).
+	 */
+	rec.outcome = SWEEP_ENDED;
+	if (bpf_seq_write(seq, &rec, sizeof(rec)))
+		return;
+	v = flow ? bpf_map_lookup_elem(&flows, flow) : NULL;
+	if (v)
+		v->flags |= FLOW_F_POLICY_END;
+	owner->verdict = VERDICT_DENY;
+	rec.err = bpf_sock_destroy(skc);
+	if (rec.err) {
+		/* corrects the SWEEP_ENDED above */
+		rec.outcome = SWEEP_FAILED;
+		bpf_seq_write(seq, &rec, sizeof(rec));
+	}
 }
 
 SEC("iter/tcp")

@@ -84,6 +84,7 @@ impl Reapply {
                     ended = r.ended,
                     audit = r.audit,
                     failed = r.failed,
+                    passes = r.passes,
                     elapsed_ms,
                     "open sockets decided again"
                 );

@@ -45,7 +45,7 @@ fn main() {
         .derive_copy(true)
         .prepend_enum_name(false)
         .constified_enum_module(
-            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss|sweep_outcome",
+            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss|dns_message|dns_reject|sweep_outcome",
         )
         .generate()
         .expect("bindgen bpf/egress.h")

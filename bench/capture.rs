@@ -34,13 +34,172 @@ fn main() {
         return;
     }
     println!("clawker-egress capture bench");
-    decode_and_serialize();
+    // `cargo bench --bench capture -- kernel`: the kernel-cost part only.
+    let only_kernel = std::env::args().any(|a| a == "kernel");
+    if !only_kernel {
+        decode_and_serialize();
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIPPED connect-rate bench: needs root (BPF attach, cgroups)");
         return;
     }
-    connect_rate();
+    kernel_cost();
+    if !only_kernel {
+        connect_rate();
+    }
+}
+
+/// Connections per kernel-cost run: socket+connect+close to a closed port.
+const COST_CONNECTS: usize = 100_000;
+
+/// (d) Kernel ns per connection, from the kernel's own per-program
+/// statistics (`kernel.bpf_stats_enabled`): in scope (a watched cgroup) and
+/// out of scope (a host process while the daemon watches containers at the
+/// host root). Only this daemon's programs count (by the ids of its pinned
+/// links), so other BPF users on the host do not blur the figure.
+fn kernel_cost() {
+    let root = clawker_egress::kernel::cgroup2_root().expect("cgroup2 mount");
+    let me = std::process::id();
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    // In scope: the loop runs in the watched cgroup.
+    let cg = root.join(format!("clawker-bench-cost-{me}"));
+    std::fs::create_dir_all(&cg).expect("bench cgroup");
+    let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-cost-{me}"));
+    let daemon = start_daemon(&root, &cg, &pins);
+    let before = prog_stats(&pins);
+    connect_loop(&cg, closed);
+    let after = prog_stats(&pins);
+    stop_daemon(daemon, &cg, &pins);
+    let _ = std::fs::remove_dir(&cg);
+    print_cost("in scope (watched cgroup)", &before, &after);
+    // Out of scope: the daemon watches containers at the host root; the
+    // loop is a host process.
+    let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-host-{me}"));
+    let daemon = start_host_daemon(&root, &pins);
+    let before = prog_stats(&pins);
+    connect_loop(&root, closed);
+    let after = prog_stats(&pins);
+    stop_daemon(daemon, &root, &pins);
+    print_cost("out of scope (host process)", &before, &after);
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+}
+
+/// COST_CONNECTS socket+connect+close from a child in `cgroup`, as fast as
+/// a C-speed Python loop goes (the cost is read per program, not timed).
+fn connect_loop(cgroup: &Path, port: u16) {
+    let script = format!(
+        "import socket\nfor _ in range({COST_CONNECTS}):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', {port}))\n    except OSError: pass\n    s.close()\n"
+    );
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\"",
+            cgroup.display()
+        ))
+        .arg(script)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "connect loop failed");
+}
+
+/// run_time_ns / run_cnt per program of the daemon pinned at `pins`.
+fn prog_stats(pins: &Path) -> Vec<(String, u64, u64)> {
+    // <pins>/v<ABI>/cg-<id>/links, whichever ABI the measured daemon has.
+    let links = pins
+        .read_dir()
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .and_then(|v| v.path().read_dir().ok())
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path().join("links"));
+    let Some(links) = links else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(links).into_iter().flatten().flatten() {
+        let out = Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(entry.path())
+            .output();
+        if let Ok(out) = out {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(id) = v["prog_id"].as_u64() {
+                ids.push(id);
+            }
+        }
+    }
+    let mut stats = Vec::new();
+    for id in ids {
+        let out = Command::new("bpftool")
+            .args(["-j", "prog", "show", "id", &id.to_string()])
+            .output();
+        if let Ok(out) = out {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            stats.push((
+                v["name"].as_str().unwrap_or("?").to_owned(),
+                v["run_time_ns"].as_u64().unwrap_or(0),
+                v["run_cnt"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    stats.sort();
+    stats
+}
+
+fn print_cost(what: &str, before: &[(String, u64, u64)], after: &[(String, u64, u64)]) {
+    println!("kernel ns per connection, {what} ({COST_CONNECTS} socket+connect+close):");
+    let mut total = 0.0;
+    for (name, ns, cnt) in after {
+        let (ns0, cnt0) = before
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, a, b)| (*a, *b))
+            .unwrap_or((0, 0));
+        let (dns, dcnt) = (ns.saturating_sub(ns0), cnt.saturating_sub(cnt0));
+        if dcnt == 0 {
+            continue;
+        }
+        let per_conn = dns as f64 / COST_CONNECTS as f64;
+        total += per_conn;
+        println!(
+            "  {name:<20} {:>7.0} ns/run x {:>5.2} runs/conn = {per_conn:>7.1} ns",
+            dns as f64 / dcnt as f64,
+            dcnt as f64 / COST_CONNECTS as f64
+        );
+    }
+    println!("  {:<20} {total:>52.1} ns per connection", "total");
+}
+
+fn start_host_daemon(root: &Path, pins: &Path) -> Child {
+    let bin = daemon_bin();
+    let child = Command::new(bin)
+        .args([
+            "run",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--scope",
+            "containers",
+            "--pin-root",
+        ])
+        .arg(pins)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start daemon");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && prog_stats(pins).len() < 10 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = root;
+    std::thread::sleep(SETTLE);
+    child
 }
 
 fn sample_bytes() -> Vec<u8> {
@@ -241,9 +400,16 @@ fn throughput(addr: std::net::SocketAddr) -> f64 {
     sent as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The daemon measured: this build, or `CLAWKER_BENCH_BIN` (e.g. an older
+/// release, for a before/after table on the same machine and load).
+fn daemon_bin() -> String {
+    std::env::var("CLAWKER_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_clawker-egress").into())
+}
+
 fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
     // The daemon runs in the root cgroup, outside the measured one.
-    let bin = env!("CARGO_BIN_EXE_clawker-egress");
+    let bin = daemon_bin();
     let child = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -251,7 +417,7 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
             root.display()
         ))
         .arg("sh")
-        .arg(bin)
+        .arg(&bin)
         .args(["run", "--metrics-listen", "127.0.0.1:0", "--cgroup-root"])
         .arg(cg)
         .arg("--pin-root")
@@ -267,7 +433,7 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
             .ok()
             .and_then(|mut d| d.next())
             .is_some();
-        if links && bpftool_attachments(cg) == 10 {
+        if links && bpftool_attachments(cg) >= 10 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -282,7 +448,7 @@ fn stop_daemon(mut child: Child, cg: &Path, pins: &Path) {
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let _ = Command::new(env!("CARGO_BIN_EXE_clawker-egress"))
+    let _ = Command::new(daemon_bin())
         .args(["detach", "--cgroup-root"])
         .arg(cg)
         .arg("--pin-root")

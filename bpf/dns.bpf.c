@@ -1,15 +1,30 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /*
- * DNS answers seen by containers (issue 6). A cgroup_skb ingress program on
- * UDP datagrams and TCP segments from port 53 to sockets in scope parses
- * the answer before it is queued to the socket, so:
+ * DNS seen by containers (issue 6, issue 9).
+ *
+ * Queries: a cgroup_skb egress program parses every DNS query a socket in
+ * scope sends (UDP or TCP to port 53, as the socket sees the server: NAT
+ * such as Docker's embedded resolver rewrites the packet, not the socket):
+ *  - one dns_event goes to user space when the query is sent, so a query
+ *    that never gets an answer (or whose socket closed first) is recorded
+ *    by its name, up to the 253-byte DNS limit;
+ *  - the query is remembered in `dns_pending` {socket, id, type} ->
+ *    {server address/port, protocol, question hash, time}.
+ *
+ * Answers: a cgroup_skb ingress program parses every answer from port 53
+ * to a socket in scope, before it is queued to the socket. The answer
+ * counts only when it answers a query of this socket (id, type, question,
+ * server address/port and protocol) and was not sent by a socket in scope
+ * (a container answering itself). Then:
  *  - every A/AAAA address is recorded in `dns_cache` under the receiving
- *    scope cgroup with the name's suffix hashes: a connect issued right
- *    after the application reads the answer already gets the domain's
- *    verdict (no race), and one container's lookups never open doors for
- *    another (the key holds the scope cgroup);
+ *    scope cgroup with the name (right-aligned) and its suffix hashes: a
+ *    connect issued right after the application reads the answer already
+ *    gets the domain's verdict (no race), and one container's lookups never
+ *    open doors for another (the key holds the scope cgroup);
  *  - one dns_event goes to user space: the DNS record (qname, qtype,
  *    rcode, answers, TTLs) and the names behind `dst_host`.
+ * An answer that does not count changes nothing, is counted by reason
+ * (`egress_drops[DNS_REJECTED_FIRST + reason]`) and recorded.
  *
  * The parsing loops run under bpf_loop(): the verifier checks each body
  * once instead of every iteration. Their state lives in a per-CPU scratch
@@ -40,6 +55,8 @@ struct scratch {
 	__u32 pos;   /* parse position */
 	__u32 left;  /* bytes left in the current label */
 	__u32 state; /* 0 parsing, 1 done, 2 failed */
+	__u32 dotted; /* a label holds a '.': the name cannot be matched */
+	__u32 file;  /* the answer counts: file its addresses */
 	__u16 ancount;
 	__u64 hash;
 };
@@ -50,6 +67,32 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scratch);
 } dns_scratch SEC(".maps");
+
+/* Queries waiting for their answer (see egress.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESS_MAX_DNS_PENDING);
+	__type(key, struct dns_pending_key);
+	__type(value, struct dns_pending_value);
+} dns_pending SEC(".maps");
+
+/*
+ * The server an unconnected UDP socket last sent to, as the application
+ * addressed it (cgroup sendmsg sees it before NAT; the packet does not).
+ */
+struct dns_dst {
+	__u8 addr[EGRESS_ADDR_LEN];
+	__u8 family;
+	__u8 _pad;
+	__u16 port; /* host order; 0: the last send was not to port 53 */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct dns_dst);
+} dns_dsts SEC(".maps");
 
 static __always_inline struct scratch *scratch(void)
 {
@@ -90,7 +133,7 @@ static long qname_step(__u32 i, void *unused)
 	out = s->ev.name_len;
 	if (s->left == 0) {
 		if (c == 0) {
-			s->state = 1;
+			s->state = out ? 1 : 2; /* the root name is no name */
 			return 1;
 		}
 		if (c & 0xC0)
@@ -108,6 +151,8 @@ static long qname_step(__u32 i, void *unused)
 		goto fail;
 	if (c >= 'A' && c <= 'Z')
 		c += 'a' - 'A';
+	if (c == '.')
+		s->dotted = 1;
 	s->ev.qname[out & NAME_MASK] = c;
 	s->ev.name_len = out + 1;
 	s->left--;
@@ -119,12 +164,14 @@ fail:
 
 /*
  * Suffix hashes (see DNS_HASH_PRIME), walking the name from its end; the
- * value at each label start is the hash of that suffix.
+ * value at each label start is the hash of that suffix. The name is copied
+ * right-aligned into value.name on the way.
  */
 static long hash_step(__u32 k, void *unused)
 {
 	struct scratch *s = scratch();
 	__u32 len, i, n;
+	__u8 c;
 
 	if (!s)
 		return 1;
@@ -132,15 +179,44 @@ static long hash_step(__u32 k, void *unused)
 	if (k >= len || len > DNS_NAME_LEN)
 		return 1;
 	i = len - 1 - k;
-	s->hash = (__u64)(__u8)s->ev.qname[i & NAME_MASK] + DNS_HASH_PRIME * s->hash;
-	if (i == 0 || s->ev.qname[(i - 1) & NAME_MASK] == '.') {
+	c = s->ev.qname[i & NAME_MASK];
+	s->value.name[(DNS_NAME_LEN - 1 - k) & NAME_MASK] = c;
+	s->hash = (__u64)c + DNS_HASH_PRIME * s->hash;
+	/* A proper suffix starts here: slots 1.., shortest first. */
+	if (i > 0 && s->ev.qname[(i - 1) & NAME_MASK] == '.') {
 		n = s->value.n_suffix;
 		if (n < DNS_MAX_SUFFIXES) {
 			s->value.suffix[n & (DNS_MAX_SUFFIXES - 1)] = s->hash;
+			s->value.suffix_len[n & (DNS_MAX_SUFFIXES - 1)] = k + 1;
 			s->value.n_suffix = n + 1;
 		}
 	}
 	return 0;
+}
+
+/* Parse the question at s->pos: name, hashes, qtype. True if it parsed. */
+static __always_inline bool parse_question(struct scratch *s)
+{
+	s->left = 0;
+	s->state = 0;
+	s->dotted = 0;
+	s->ev.name_len = 0;
+	bpf_loop(DNS_NAME_LEN + 1, qname_step, NULL, 0);
+	if (s->state != 1) {
+		s->ev.name_len = 0;
+		return false;
+	}
+	s->ev.qtype = be16_at(s, s->pos);
+	s->pos += 4; /* qtype, qclass */
+	s->hash = 0;
+	s->value.n_suffix = 1; /* slot 0: the whole name, set below */
+	s->value.name_len = s->ev.name_len;
+	bpf_loop(DNS_NAME_LEN, hash_step, NULL, 0);
+	s->value.suffix[0] = s->hash;
+	s->value.suffix_len[0] = s->ev.name_len;
+	if (s->dotted)
+		s->value.n_suffix = 0; /* labels would not split where dots do */
+	return true;
 }
 
 /* Skip an answer's owner name (a pointer, or labels ending in one or 0). */
@@ -197,7 +273,8 @@ static __always_inline void remember(struct scratch *s, struct dns_answer *a)
 	}
 }
 
-/* One answer record: A and AAAA addresses are remembered and reported. */
+/* One answer record: A and AAAA addresses are reported (and remembered
+ * when the answer counts). */
 static long answer_step(__u32 i, void *unused)
 {
 	struct scratch *s = scratch();
@@ -226,24 +303,27 @@ static long answer_step(__u32 i, void *unused)
 	a->ttl = ((__u32)be16_at(s, pos + 4) << 16) | be16_at(s, pos + 6);
 	for (int j = 0; j < EGRESS_ADDR_LEN; j++)
 		a->addr[j] = j < rdlen ? byte_at(s, at + j) : 0;
-	remember(s, a);
+	if (s->file && s->value.n_suffix)
+		remember(s, a);
 	s->ev.answer_count = n + 1;
 	return 0;
 }
 
 /*
- * DNS over TCP: a segment from port 53 that starts with the 2-byte length
- * of a whole message (answers fit one segment; a message split across
- * segments is not parsed, and the record then has no name).
+ * DNS over TCP: a segment that starts with the 2-byte length of a whole
+ * message (queries and answers fit one segment; a message split across
+ * segments is not parsed, and an answer's record then has no name).
  */
 static __always_inline int locate_tcp(struct __sk_buff *skb, struct scratch *s, __u32 l4_off,
-				      __u32 l4_len, __u32 *payload)
+				      __u32 l4_len, bool egress, __u32 *payload)
 {
 	struct tcphdr tcp;
 	__u32 hdr, len;
 	__u8 prefix[2];
 
-	if (bpf_skb_load_bytes(skb, l4_off, &tcp, sizeof(tcp)) || tcp.source != bpf_htons(DNS_PORT))
+	if (bpf_skb_load_bytes(skb, l4_off, &tcp, sizeof(tcp)))
+		return -1;
+	if (!egress && tcp.source != bpf_htons(DNS_PORT))
 		return -1;
 	hdr = tcp.doff * 4;
 	if (l4_len < hdr + 2 + 12 || bpf_skb_load_bytes(skb, l4_off + hdr, prefix, 2))
@@ -255,18 +335,22 @@ static __always_inline int locate_tcp(struct __sk_buff *skb, struct scratch *s, 
 		len = DNS_MAX_PACKET;
 	s->len = len;
 	s->ev.protocol = IPPROTO_TCP;
-	s->ev.local_port = bpf_ntohs(tcp.dest);
+	s->ev.local_port = bpf_ntohs(egress ? tcp.source : tcp.dest);
+	if (!egress)
+		s->ev.resolver_port = bpf_ntohs(tcp.source);
 	*payload = l4_off + hdr + 2;
 	return 0;
 }
 
 static __always_inline int locate_udp(struct __sk_buff *skb, struct scratch *s, __u32 l4_off,
-				      __u32 *payload)
+				      bool egress, __u32 *payload)
 {
 	struct udphdr udp;
 	__u32 len;
 
-	if (bpf_skb_load_bytes(skb, l4_off, &udp, sizeof(udp)) || udp.source != bpf_htons(DNS_PORT))
+	if (bpf_skb_load_bytes(skb, l4_off, &udp, sizeof(udp)))
+		return -1;
+	if (!egress && udp.source != bpf_htons(DNS_PORT))
 		return -1;
 	len = bpf_ntohs(udp.len);
 	len = len > sizeof(udp) ? len - sizeof(udp) : 0;
@@ -274,13 +358,20 @@ static __always_inline int locate_udp(struct __sk_buff *skb, struct scratch *s, 
 		len = DNS_MAX_PACKET;
 	s->len = len;
 	s->ev.protocol = IPPROTO_UDP;
-	s->ev.local_port = bpf_ntohs(udp.dest);
+	s->ev.local_port = bpf_ntohs(egress ? udp.source : udp.dest);
+	if (!egress)
+		s->ev.resolver_port = bpf_ntohs(udp.source);
 	*payload = l4_off + sizeof(udp);
 	return 0;
 }
 
-/* The resolver's address and the DNS message offset, or -1. */
-static __always_inline int locate(struct __sk_buff *skb, struct scratch *s, __u32 *payload)
+/*
+ * Our port and the DNS message offset, or -1; on ingress also the server
+ * (the packet's source: the socket's view, NAT undone by then). Also fills `tuple` with the
+ * 4-tuple as a datagram *to* the remote end would carry it.
+ */
+static __always_inline int locate(struct __sk_buff *skb, struct scratch *s, bool egress,
+				  __u32 *payload, struct bpf_sock_tuple *tuple)
 {
 	__u32 l4_off, l4_len;
 	__u8 proto;
@@ -293,8 +384,12 @@ static __always_inline int locate(struct __sk_buff *skb, struct scratch *s, __u3
 		l4_off = ip.ihl * 4;
 		l4_len = bpf_ntohs(ip.tot_len) > l4_off ? bpf_ntohs(ip.tot_len) - l4_off : 0;
 		proto = ip.protocol;
-		s->ev.family = AF_INET;
-		__builtin_memcpy(s->ev.resolver_ip, &ip.saddr, 4);
+		if (!egress) {
+			s->ev.family = AF_INET;
+			__builtin_memcpy(s->ev.resolver_ip, &ip.saddr, 4);
+		}
+		tuple->ipv4.saddr = egress ? ip.saddr : ip.daddr;
+		tuple->ipv4.daddr = egress ? ip.daddr : ip.saddr;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
@@ -303,80 +398,370 @@ static __always_inline int locate(struct __sk_buff *skb, struct scratch *s, __u3
 		l4_off = sizeof(ip6);
 		l4_len = bpf_ntohs(ip6.payload_len);
 		proto = ip6.nexthdr;
-		s->ev.family = AF_INET6;
-		__builtin_memcpy(s->ev.resolver_ip, &ip6.saddr, 16);
+		if (!egress) {
+			s->ev.family = AF_INET6;
+			__builtin_memcpy(s->ev.resolver_ip, &ip6.saddr, 16);
+		}
+		__builtin_memcpy(tuple->ipv6.saddr, egress ? &ip6.saddr : &ip6.daddr, 16);
+		__builtin_memcpy(tuple->ipv6.daddr, egress ? &ip6.daddr : &ip6.saddr, 16);
 	} else {
 		return -1;
 	}
 	if (proto == IPPROTO_UDP)
-		return locate_udp(skb, s, l4_off, payload);
+		return locate_udp(skb, s, l4_off, egress, payload);
 	if (proto == IPPROTO_TCP)
-		return locate_tcp(skb, s, l4_off, l4_len, payload);
+		return locate_tcp(skb, s, l4_off, l4_len, egress, payload);
 	return -1;
 }
 
-SEC("cgroup_skb/ingress")
-int dns_ingress(struct __sk_buff *skb)
+/* The socket in scope this packet belongs to, as a full socket, or NULL. */
+static __always_inline struct sock_owner *owner_of(struct __sk_buff *skb, struct bpf_sock **out)
 {
 	struct bpf_sock *sk = skb->sk;
-	struct sock_owner *owner;
-	struct scratch *s;
-	__u32 payload, len;
 
 	if (!sk)
-		return SK_PASS;
+		return NULL;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || (sk->protocol != IPPROTO_UDP && sk->protocol != IPPROTO_TCP))
-		return SK_PASS;
-	/* A TCP connection to anything but port 53 carries no DNS: the cheap
-	 * common exit for every packet of a bulk transfer. */
-	if (sk->protocol == IPPROTO_TCP && sk->dst_port != bpf_htons(DNS_PORT))
-		return SK_PASS;
-	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
-	if (!owner)
-		return SK_PASS; /* not a socket in scope */
-	s = scratch();
-	if (!s)
-		return SK_PASS;
-	__builtin_memset(&s->ev, 0, sizeof(s->ev));
-	if (locate(skb, s, &payload))
-		return SK_PASS;
-	len = s->len;
-	if (len < 12 || len > DNS_MAX_PACKET || bpf_skb_load_bytes(skb, payload, s->pkt, len))
-		return SK_PASS;
-	if (!(s->pkt[2] & 0x80))
-		return SK_PASS; /* a query, not an answer */
+		return NULL;
+	*out = sk;
+	return bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+}
 
-	fill_header(&s->ev.hdr, EVENT_KIND_DNS, sizeof(s->ev), HOOK_DNS);
+/* The header, the owner and the message of a DNS event in scratch. */
+static __always_inline bool load_message(struct __sk_buff *skb, struct scratch *s,
+					 struct sock_owner *owner, __u32 payload, __u8 message,
+					 enum egress_hook hook)
+{
+	__u32 len = s->len;
+
+	if (len < 12 || len > DNS_MAX_PACKET || bpf_skb_load_bytes(skb, payload, s->pkt, len))
+		return false;
+	fill_header(&s->ev.hdr, EVENT_KIND_DNS, sizeof(s->ev), hook);
 	s->ev.cgroup_id = owner->cgroup_id;
 	s->ev.scope_cgroup_id = owner->scope_cgroup_id;
 	s->ev.sock_cookie = bpf_get_socket_cookie(skb);
 	s->ev.pid = owner->tgid;
 	__builtin_memcpy(s->ev.comm, owner->comm, sizeof(s->ev.comm));
-	s->ev.rcode = s->pkt[3] & 0x0f;
-	s->ev.resolver_port = DNS_PORT;
-	s->ancount = be16_at(s, 6);
+	s->ev.message = message;
+	s->ev.txid = be16_at(s, 0);
 	s->pos = 12;
-	s->left = 0;
-	s->state = 0;
-	bpf_loop(DNS_NAME_LEN + DNS_MAX_SUFFIXES + 1, qname_step, NULL, 0);
-	if (s->state == 1) {
-		s->ev.qtype = be16_at(s, s->pos);
-		s->pos += 4; /* qtype, qclass */
-		s->hash = 0;
-		s->value.n_suffix = 0;
-		bpf_loop(DNS_NAME_LEN, hash_step, NULL, 0);
-		/* Collected from the end: put the whole name first. */
-		if (s->value.n_suffix > 0) {
-			__u32 last = (s->value.n_suffix - 1) & (DNS_MAX_SUFFIXES - 1);
+	return true;
+}
 
-			s->value.suffix[last] = s->value.suffix[0];
-			s->value.suffix[0] = s->hash;
+static __always_inline void pending_key(const struct scratch *s, struct dns_pending_key *k)
+{
+	k->sock_cookie = s->ev.sock_cookie;
+	k->txid = s->ev.txid;
+	k->qtype = s->ev.qtype;
+}
+
+static __always_inline bool same_addr(const __u8 *x, const __u8 *y)
+{
+	__u64 a[2], b[2];
+
+	__builtin_memcpy(a, x, sizeof(a));
+	__builtin_memcpy(b, y, sizeof(b));
+	return a[0] == b[0] && a[1] == b[1];
+}
+
+/* Is `srv` the server of this message (the event's resolver)? */
+static __always_inline bool is_server(const struct dns_server *srv, const struct scratch *s)
+{
+	return srv->family == s->ev.family && srv->port == s->ev.resolver_port &&
+	       same_addr(srv->ip, s->ev.resolver_ip);
+}
+
+/* Remember a query until its answer, within the container's share. */
+static __always_inline void expect_answer(struct scratch *s)
+{
+	__u64 scope_id = s->ev.scope_cgroup_id;
+	struct scope_usage *u = usage_of(scope_id);
+	struct scope_released *r = bpf_map_lookup_elem(&scope_released, &scope_id);
+	struct egress_config *cfg = config();
+	struct dns_pending_key k = {};
+	struct dns_pending_value v = {}, *p;
+	long err;
+
+	pending_key(s, &k);
+	p = bpf_map_lookup_elem(&dns_pending, &k);
+	if (p && p->qhash == s->value.suffix[0] && p->name_len == s->ev.name_len &&
+	    p->protocol == s->ev.protocol) {
+		/* The same query again: one more server it may come from. */
+		__u8 n = p->n_servers;
+		bool known = false;
+
+		for (int i = 0; i < DNS_PENDING_SERVERS; i++)
+			if (i < n && is_server(&p->servers[i], s))
+				known = true;
+		if (!known && n < DNS_PENDING_SERVERS) {
+			struct dns_server *srv = &p->servers[n < DNS_PENDING_SERVERS ? n : 0];
+
+			__builtin_memcpy(srv->ip, s->ev.resolver_ip, sizeof(srv->ip));
+			srv->port = s->ev.resolver_port;
+			srv->family = s->ev.family;
+			p->n_servers = n + 1;
 		}
-		bpf_loop(DNS_MAX_ANSWERS * 2, answer_step, NULL, 0);
-	} else {
-		s->ev.name_len = 0;
+		p->sent_ns = bpf_ktime_get_boot_ns();
+		return;
 	}
+	v.sent_ns = bpf_ktime_get_boot_ns();
+	v.scope_cgroup_id = scope_id;
+	v.qhash = s->value.suffix[0];
+	v.name_len = s->ev.name_len;
+	v.protocol = s->ev.protocol;
+	v.n_servers = 1;
+	v.servers[0].family = s->ev.family;
+	v.servers[0].port = s->ev.resolver_port;
+	__builtin_memcpy(v.servers[0].ip, s->ev.resolver_ip, sizeof(v.servers[0].ip));
+	/* Another query under the same id and type replaces the old one. */
+	if (p) {
+		bpf_map_update_elem(&dns_pending, &k, &v, BPF_EXIST);
+		return;
+	}
+	if (u && cfg &&
+	    !within_quota(u->dns_pending, r ? r->dns_pending : 0, cfg->max_dns_pending_per_scope)) {
+		count_loss(u, DROP_DNS_PENDING_FULL, SCOPE_LOSS_DNS_QUOTA);
+		return;
+	}
+	err = bpf_map_update_elem(&dns_pending, &k, &v, BPF_NOEXIST);
+	if (err == 0) {
+		if (u)
+			__sync_fetch_and_add(&u->dns_pending, 1);
+	} else if (err == -E2BIG) {
+		count_loss(u, DROP_DNS_PENDING_FULL, SCOPE_LOSS_DNS_QUOTA);
+	}
+}
+
+/*
+ * The server as the socket addressed it: a connected socket's peer, else
+ * the destination of its last sendmsg (dns_dsts). Port 0: not DNS.
+ */
+static __always_inline __u16 server_of(struct bpf_sock *sk, struct scratch *s)
+{
+	struct dns_dst *d;
+
+	if (sk->dst_port) {
+		__u32 d6[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
+
+		if (sk->dst_port != bpf_htons(DNS_PORT))
+			return 0;
+		set_addr(s->ev.resolver_ip, &s->ev.family, sk->family, d6, sk->dst_ip4);
+		return DNS_PORT;
+	}
+	if (sk->protocol != IPPROTO_UDP)
+		return 0;
+	d = bpf_sk_storage_get(&dns_dsts, sk, 0, 0);
+	if (!d || d->port != DNS_PORT)
+		return 0;
+	__builtin_memcpy(s->ev.resolver_ip, d->addr, sizeof(d->addr));
+	s->ev.family = d->family;
+	return DNS_PORT;
+}
+
+SEC("cgroup_skb/egress")
+int dns_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct sock_owner *owner;
+	struct bpf_sock *sk = NULL;
+	struct scratch *s;
+	__u32 payload;
+
+	owner = owner_of(skb, &sk);
+	if (!owner || !sk)
+		return SK_PASS; /* not a socket in scope: the cheap common exit */
+	/* Only sockets talking to port 53 (the common exit for bulk TCP). */
+	if (sk->dst_port && sk->dst_port != bpf_htons(DNS_PORT))
+		return SK_PASS;
+	s = scratch();
+	if (!s)
+		return SK_PASS;
+	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	/* The packet's destination may be NATed: the socket's view counts. */
+	if (!server_of(sk, s))
+		return SK_PASS;
+	s->ev.resolver_port = DNS_PORT;
+	if (locate(skb, s, true, &payload, &tuple))
+		return SK_PASS;
+	if (!load_message(skb, s, owner, payload, DNS_MSG_QUERY, HOOK_DNS))
+		return SK_PASS;
+	if (s->pkt[2] & 0x80)
+		return SK_PASS; /* an answer: a server in scope, not a query */
+	if (parse_question(s))
+		expect_answer(s);
 	output_event(&s->ev, sizeof(s->ev), HOOK_DNS, s->ev.scope_cgroup_id);
 	return SK_PASS;
+}
+
+/*
+ * Is this socket a container's (in scope)? By the cgroup that created it,
+ * as in_scope() decides for the current task: under the attach cgroup, and
+ * in SCOPE_ENROLLED mode under an enrolled container cgroup.
+ */
+static __always_inline bool sk_in_scope(struct bpf_sock *sk)
+{
+	struct egress_config *cfg = config();
+
+	if (!cfg || bpf_sk_ancestor_cgroup_id(sk, cfg->attach_level) != cfg->attach_cgroup_id)
+		return false;
+	if (cfg->scope_mode == SCOPE_ALL)
+		return true;
+	for (int level = 1; level <= EGRESS_SCOPE_MAX_DEPTH; level++) {
+		__u64 id = bpf_sk_ancestor_cgroup_id(sk, level);
+
+		if (id == 0)
+			break;
+		if (bpf_map_lookup_elem(&scoped_cgroups, &id))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Was this answer sent by a socket in scope? The socket that owns the
+ * server's address and port here (the one a datagram or segment to the
+ * server would reach). On the same host a container can bind the server's
+ * address (Docker's embedded resolver 127.0.0.11:53 is only a NAT rule; the
+ * port is free in the container) or run its own resolver, and answer
+ * itself: such answers are the container's own word and do not count.
+ */
+static __always_inline bool from_scope(struct __sk_buff *skb, struct scratch *s,
+				       struct bpf_sock_tuple *tuple)
+{
+	__u32 size = s->ev.family == AF_INET ? sizeof(tuple->ipv4) : sizeof(tuple->ipv6);
+	struct bpf_sock *peer;
+	bool ours;
+
+	if (s->ev.family == AF_INET) {
+		tuple->ipv4.sport = bpf_htons(s->ev.local_port);
+		tuple->ipv4.dport = bpf_htons(s->ev.resolver_port);
+	} else {
+		tuple->ipv6.sport = bpf_htons(s->ev.local_port);
+		tuple->ipv6.dport = bpf_htons(s->ev.resolver_port);
+	}
+	if (s->ev.protocol == IPPROTO_UDP)
+		peer = bpf_sk_lookup_udp(skb, tuple, size, BPF_F_CURRENT_NETNS, 0);
+	else
+		peer = bpf_skc_lookup_tcp(skb, tuple, size, BPF_F_CURRENT_NETNS, 0);
+	if (!peer)
+		return false;
+	ours = sk_in_scope(peer);
+	bpf_sk_release(peer);
+	return ours;
+}
+
+/* Does this answer answer a query this socket sent? DNS_REJECT_*. */
+static __always_inline __u8 check_answer(struct __sk_buff *skb, struct scratch *s, bool parsed,
+					 struct bpf_sock_tuple *tuple)
+{
+	struct dns_pending_key k = {};
+	struct dns_pending_value *p;
+	struct scope_usage *u;
+	bool asked = false;
+
+	if (!parsed)
+		return DNS_REJECT_MISMATCH; /* no question to match */
+	pending_key(s, &k);
+	p = bpf_map_lookup_elem(&dns_pending, &k);
+	if (!p || p->sent_ns + DNS_PENDING_TIMEOUT_S * NSEC_PER_SEC < bpf_ktime_get_boot_ns())
+		return DNS_REJECT_UNSOLICITED;
+	if (p->protocol != s->ev.protocol || p->qhash != s->value.suffix[0] ||
+	    p->name_len != s->ev.name_len)
+		return DNS_REJECT_MISMATCH;
+	for (int i = 0; i < DNS_PENDING_SERVERS; i++)
+		if (i < p->n_servers && is_server(&p->servers[i], s))
+			asked = true;
+	if (!asked)
+		return DNS_REJECT_MISMATCH; /* not from a server the query went to */
+	if (from_scope(skb, s, tuple))
+		return DNS_REJECT_LOCAL_SENDER;
+	/* Answered: the query is no longer pending. */
+	u = bpf_map_lookup_elem(&scope_usage, &p->scope_cgroup_id);
+	if (bpf_map_delete_elem(&dns_pending, &k) == 0 && u)
+		__sync_fetch_and_add(&u->dns_pending, -1);
+	return DNS_REJECT_NONE;
+}
+
+SEC("cgroup_skb/ingress")
+int dns_ingress(struct __sk_buff *skb)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct sock_owner *owner;
+	struct bpf_sock *sk = NULL;
+	struct scratch *s;
+	__u32 payload;
+	bool parsed;
+
+	owner = owner_of(skb, &sk);
+	if (!owner || !sk)
+		return SK_PASS; /* not a socket in scope */
+	/* A TCP connection to anything but port 53 carries no DNS: the cheap
+	 * common exit for every packet of a bulk transfer. */
+	if (sk->protocol == IPPROTO_TCP && sk->dst_port != bpf_htons(DNS_PORT))
+		return SK_PASS;
+	s = scratch();
+	if (!s)
+		return SK_PASS;
+	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	if (locate(skb, s, false, &payload, &tuple))
+		return SK_PASS;
+	if (!load_message(skb, s, owner, payload, DNS_MSG_ANSWER, HOOK_DNS))
+		return SK_PASS;
+	if (!(s->pkt[2] & 0x80))
+		return SK_PASS; /* a query, not an answer */
+	s->ev.rcode = s->pkt[3] & 0x0f;
+	s->ancount = be16_at(s, 6);
+	parsed = parse_question(s);
+	s->ev.rejected = check_answer(skb, s, parsed, &tuple);
+	s->file = s->ev.rejected == DNS_REJECT_NONE;
+	if (!s->file)
+		count_drop(DNS_REJECTED_FIRST + s->ev.rejected);
+	if (parsed)
+		bpf_loop(DNS_MAX_ANSWERS * 2, answer_step, NULL, 0);
+	output_event(&s->ev, sizeof(s->ev), HOOK_DNS, s->ev.scope_cgroup_id);
+	return SK_PASS;
+}
+
+/*
+ * Where an unconnected UDP socket sends: sendmsg sees the address the
+ * application gave, before any NAT. Only sends to port 53 make an entry;
+ * a later send elsewhere clears it.
+ */
+static __always_inline int note_dst(struct bpf_sock_addr *ctx, bool v6)
+{
+	struct dns_dst *d;
+
+	if (ctx->protocol != IPPROTO_UDP || !ctx->sk)
+		return SK_PASS;
+	if (ctx->user_port != bpf_htons(DNS_PORT)) {
+		d = bpf_sk_storage_get(&dns_dsts, ctx->sk, 0, 0);
+		if (d)
+			d->port = 0;
+		return SK_PASS;
+	}
+	d = bpf_sk_storage_get(&dns_dsts, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!d)
+		return SK_PASS;
+	{
+		__u32 d6[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
+				ctx->user_ip6[3] };
+
+		set_addr(d->addr, &d->family, v6 ? AF_INET6 : AF_INET, d6, ctx->user_ip4);
+	}
+	normalize_dst(d->addr, d->family);
+	d->port = DNS_PORT;
+	return SK_PASS;
+}
+
+SEC("cgroup/sendmsg4")
+int dns_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return note_dst(ctx, false);
+}
+
+SEC("cgroup/sendmsg6")
+int dns_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return note_dst(ctx, true);
 }

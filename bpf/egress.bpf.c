@@ -61,6 +61,29 @@ static __always_inline bool same_key(const struct flow_key *x, const struct flow
 }
 
 /*
+ * A TCP flow the flow table (or its container's share) cannot hold: counted
+ * (no interim records for it), but its end is still one record with exact
+ * bytes, built by sock_ops from the socket's own storage. Without that, an
+ * agent could fill its share and then move data unrecorded.
+ */
+static __always_inline void untracked_tcp_flow(const struct attempt *a, struct sock_owner *owner,
+					       struct scope_usage *u, __u64 scope_id, __u8 verdict,
+					       __u8 flags, __u64 cookie, enum egress_hook hook,
+					       const struct flow_key *key)
+{
+	count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
+	if (!owner) {
+		emit_attempt(hook, scope_id, a, cookie, verdict, flags);
+		return;
+	}
+	owner->tcp_key = *key;
+	owner->tcp_start_ns = bpf_ktime_get_boot_ns();
+	owner->flags |= SOCK_F_TCP_FLOW | SOCK_F_TCP_UNTRACKED;
+	if (flags & EVENT_F_AUDIT)
+		owner->flags |= SOCK_F_AUDIT;
+}
+
+/*
  * A TCP connect starts its flow here, where the caller is known. The key is
  * kept in the socket's storage: sock_ops and sock_release find the flow by
  * it. A flow the table (or the container's share of it) cannot hold is
@@ -87,8 +110,7 @@ static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_
 		return; /* connect() retried on the same socket: one flow */
 	if (u && cfg &&
 	    !within_quota(u->flows, r ? r->flows : 0, cfg->max_flows_per_scope)) {
-		count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
-		emit_attempt(hook, scope_id, a, cookie, verdict, flags);
+		untracked_tcp_flow(a, owner, u, scope_id, verdict, flags, cookie, hook, &key);
 		return;
 	}
 	val.start_ns = bpf_ktime_get_boot_ns();
@@ -102,8 +124,7 @@ static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_
 	bpf_get_current_comm(val.comm, sizeof(val.comm));
 	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
 	if (err && err != -EEXIST) {
-		count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
-		emit_attempt(hook, scope_id, a, cookie, verdict, flags);
+		untracked_tcp_flow(a, owner, u, scope_id, verdict, flags, cookie, hook, &key);
 		return;
 	}
 	if (!err && u)
@@ -112,6 +133,56 @@ static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_
 		owner->tcp_key = key;
 		owner->flags |= SOCK_F_TCP_FLOW;
 	}
+}
+
+/*
+ * The destination the kernel will use for an unspecified one (0.0.0.0, ::,
+ * ::ffff:0.0.0.0), as the routing code picks it: IPv4 goes to the source
+ * address (IP_PKTINFO's, else the bound one) or, with none, to 127.0.0.1;
+ * IPv6 goes to the loopback address of the bound source's family
+ * (::ffff:127.0.0.1 for a v4-mapped source: an IPv4 connection). Decided on
+ * anything else, `deny 127.0.0.0/8` would have a side door.
+ */
+static __always_inline void real_dst(struct bpf_sock_addr *ctx, struct bpf_sock *sk,
+				     struct attempt *a, bool v6, bool is_connect)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, a->dst_ip, sizeof(w));
+	if (a->family == AF_INET) {
+		__u32 src = 0;
+
+		if (w[0] != 0)
+			return;
+		if (!v6 && !is_connect)
+			src = ctx->msg_src_ip4;
+		if (!src && !v6)
+			src = sk->src_ip4;
+		if (!src && v6) {
+			__u32 s6[4] = { sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2],
+					sk->src_ip6[3] };
+
+			if (v4_mapped(s6))
+				src = s6[3];
+		}
+		w[0] = src ? src : bpf_htonl(0x7f000001);
+		__builtin_memcpy(a->dst_ip, w, sizeof(w));
+		return;
+	}
+	if ((w[0] | w[1] | w[2] | w[3]) != 0)
+		return;
+	{
+		__u32 s6[4] = { sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3] };
+
+		if (v4_mapped(s6)) {
+			__u32 lo[4] = { bpf_htonl(0x7f000001), 0, 0, 0 };
+
+			a->family = AF_INET;
+			__builtin_memcpy(a->dst_ip, lo, sizeof(lo));
+			return;
+		}
+	}
+	normalize_dst(a->dst_ip, a->family);
 }
 
 static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_hook hook,
@@ -130,7 +201,7 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 				ctx->user_ip6[3] };
 		set_addr(a.dst_ip, &a.family, v6 ? AF_INET6 : AF_INET, d6, ctx->user_ip4);
 	}
-	normalize_dst(a.dst_ip, a.family);
+	real_dst(ctx, sk, &a, v6, is_connect);
 	a.protocol = ctx->protocol;
 	a.sock_type = ctx->type;
 	a.dst_port = bpf_ntohs((__u16)ctx->user_port);

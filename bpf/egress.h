@@ -41,7 +41,7 @@ enum event_kind {
 	EVENT_KIND_SOCK = 1,         /* a denied attempt, or a raw/packet socket */
 	EVENT_KIND_FLOW_END = 2,     /* a TCP connection closed (sock_ops) */
 	EVENT_KIND_SOCK_RELEASE = 3, /* a socket whose flows user space ends */
-	EVENT_KIND_DNS = 4,          /* a DNS answer a container received */
+	EVENT_KIND_DNS = 4,          /* a DNS query a container sent, or an answer it received */
 };
 
 /* The hook that produced a record; also the index of the drop counters. */
@@ -143,7 +143,17 @@ struct egress_config {
 	 * root: programs on global hooks (tracepoints) keep to its subtree. */
 	__u64 attach_cgroup_id;
 	__u32 attach_level;
-	__u32 _pad;
+	/* Per-container share of `dns_pending` (0: no quota). */
+	__u32 max_dns_pending_per_scope;
+};
+
+/* Why an answer changed nothing (dns_event.rejected; 0: it counted). */
+enum dns_reject {
+	DNS_REJECT_NONE = 0,
+	DNS_REJECT_UNSOLICITED = 1,  /* no query of this socket with that id and type */
+	DNS_REJECT_MISMATCH = 2,     /* server address/port, protocol or question differ */
+	DNS_REJECT_LOCAL_SENDER = 3, /* sent by a socket in scope (a container answering itself) */
+	DNS_REJECT_MAX = 4,
 };
 
 /*
@@ -161,7 +171,13 @@ enum egress_drop {
 	DROP_DNS_CACHE_FULL,
 	/* the container's record budget was spent: the record was not written */
 	DROP_RATE_LIMITED,
-	DROP_MAX,
+	/* a DNS query found dns_pending (or its container's share) full: its
+	 * answer will not count (the name gets no domain verdict) */
+	DROP_DNS_PENDING_FULL,
+	/* DNS answers that changed nothing, by enum dns_reject (not losses:
+	 * each is also recorded) */
+	DNS_REJECTED_FIRST,
+	DROP_MAX = DNS_REJECTED_FIRST + DNS_REJECT_MAX,
 };
 
 /* Per-container loss reasons: `scope_usage.lost[]`. */
@@ -178,13 +194,19 @@ struct scope_usage {
 	__u64 tat_ns;      /* GCRA: when the record budget is full again */
 	__u64 flows;       /* `flows` entries made, minus those the kernel removed */
 	__u64 dns_entries; /* `dns_cache` entries made */
+	__u64 dns_pending; /* `dns_pending` entries made, minus those the kernel removed */
 	__u64 lost[SCOPE_LOSS_MAX];
+	/* Payload bytes of TCP flow ends whose record was lost: the volume an
+	 * agent moved stays on record even when its flows' records do not. */
+	__u64 lost_bytes_out;
+	__u64 lost_bytes_in;
 };
 
 /* `scope_released` value, per scope cgroup: written by user space only. */
 struct scope_released {
 	__u64 flows;       /* `flows` entries user space removed */
 	__u64 dns_entries; /* `dns_cache` entries user space expired */
+	__u64 dns_pending; /* `dns_pending` entries user space expired */
 };
 
 /* How a flow ended. */
@@ -271,6 +293,8 @@ struct sock_release_event {
 #define SOCK_F_AUDIT 0x4       /* its last decision was an unenforced DENY */
 
 #define SOCK_F_TCP_FLOW 0x8    /* tcp_key names this socket's TCP flow */
+#define SOCK_F_TCP_UNTRACKED 0x10 /* no `flows` entry (table or share full):
+				   * its end is built from this storage */
 
 /* Per-socket storage: who owns a socket in scope (set in process context). */
 struct sock_owner {
@@ -286,6 +310,7 @@ struct sock_owner {
 	/* The TCP flow's key as connect() decided it: sock_ops and release
 	 * find the flow by it, never by re-deriving the address. */
 	struct flow_key tcp_key;
+	__u64 tcp_start_ns; /* connect() time of an untracked TCP flow */
 };
 
 /*
@@ -367,23 +392,39 @@ struct bypass_entry {
 };
 
 /*
- * DNS. Answers are parsed in cgroup_skb ingress, before the datagram is
- * queued to the socket: the kernel knows which name an address came from
- * before the application can read the answer (race-free domain rules).
+ * DNS (issue 6, issue 9). Queries are parsed in cgroup_skb egress: each is
+ * recorded when it is sent and remembered in `dns_pending`. Answers are
+ * parsed in cgroup_skb ingress, before the datagram is queued to the
+ * socket: an answer counts only when it answers a query this socket sent
+ * (transaction id, question, and the server address/port the query went
+ * to); then the kernel knows which name an address came from before the
+ * application can read the answer (race-free domain rules).
  */
-#define DNS_NAME_LEN 128
+#define DNS_NAME_LEN 256 /* a dotted name is at most 253 bytes */
 #define DNS_MAX_ANSWERS 8
 #define DNS_MAX_SUFFIXES 16
 #define DNS_MAX_PACKET 512
 /* Answer lifetime in the kernel: the TTL, clamped (seconds). */
 #define DNS_TTL_FLOOR_S 30
 #define DNS_TTL_CEILING_S 3600
+/* How long a query waits for its answer (seconds); later answers are
+ * unsolicited, and user space deletes the entry. */
+#define DNS_PENDING_TIMEOUT_S 15
 /*
  * Name hashes: h(i) = c[i] + DNS_HASH_PRIME * h(i+1) over the lowercase
  * dotted name, computed from its end; the value at each label start is the
- * hash of that suffix ("www.example.com", "example.com", "com").
+ * hash of that suffix ("www.example.com", "example.com", "com"). The hash
+ * is only an index: every match is confirmed on the whole name, byte for
+ * byte (lib/policy.h), so a colliding name matches nothing.
  */
 #define DNS_HASH_PRIME 1099511628211ULL
+
+/* dns_event.message */
+enum dns_message {
+	DNS_MSG_QUERY = 1,  /* sent by a socket in scope */
+	DNS_MSG_ANSWER = 2, /* received by a socket in scope */
+};
+
 
 struct dns_answer {
 	__u8 family; /* AF_INET / AF_INET6 */
@@ -392,7 +433,7 @@ struct dns_answer {
 	__u8 addr[EGRESS_ADDR_LEN];
 };
 
-/* EVENT_KIND_DNS */
+/* EVENT_KIND_DNS: one query sent or one answer received. */
 struct dns_event {
 	struct event_header hdr;
 	__u64 cgroup_id;
@@ -402,22 +443,64 @@ struct dns_event {
 	__u16 qtype;
 	__u8 rcode;
 	__u8 answer_count;   /* entries used in answers[] */
-	__u8 resolver_ip[EGRESS_ADDR_LEN];
+	__u8 resolver_ip[EGRESS_ADDR_LEN]; /* the server (as the socket sees it) */
 	__u16 resolver_port;
 	__u16 local_port;
 	__u8 family;
-	__u8 protocol;       /* IPPROTO_UDP */
-	__u8 name_len;       /* 0: the name could not be parsed */
-	__u8 _pad;
-	char qname[DNS_NAME_LEN];
+	__u8 protocol;       /* IPPROTO_UDP / IPPROTO_TCP */
+	__u8 message;        /* enum dns_message */
+	__u8 rejected;       /* enum dns_reject */
+	__u16 txid;          /* the DNS transaction id */
+	__u16 name_len;      /* 0: the name could not be parsed */
+	__u32 _pad;
+	char qname[DNS_NAME_LEN]; /* lowercase, dotted, not NUL-terminated */
 	char comm[EGRESS_COMM_LEN];
 	struct dns_answer answers[DNS_MAX_ANSWERS];
+};
+
+/*
+ * `dns_pending`: queries waiting for their answer (from any of the
+ * servers the same query went to). A plain hash with a
+ * per-container quota (max_dns_pending_per_scope): the answer deletes its
+ * entry, user space deletes those older than DNS_PENDING_TIMEOUT_S.
+ */
+#define EGRESS_MAX_DNS_PENDING 65536
+struct dns_pending_key {
+	__u64 sock_cookie;
+	__u16 txid;
+	__u16 qtype;
+	__u32 _pad;
+};
+
+/* A server a pending query went to. */
+struct dns_server {
+	__u8 ip[EGRESS_ADDR_LEN];
+	__u16 port; /* host order */
+	__u8 family;
+	__u8 _pad;
+};
+
+/* Servers one query may be sent to at once (musl asks every nameserver of
+ * resolv.conf in parallel with the same id; MAXNS is 3). */
+#define DNS_PENDING_SERVERS 3
+
+struct dns_pending_value {
+	__u64 sent_ns;  /* boot time of the last send */
+	__u64 scope_cgroup_id;
+	__u64 qhash;    /* hash of the whole question name */
+	struct dns_server servers[DNS_PENDING_SERVERS];
+	__u8 n_servers;
+	__u8 protocol;
+	__u16 name_len;
+	__u32 _pad;
 };
 
 /*
  * `dns_cache`: which name a scope cgroup learned an address from. A plain
  * hash, not an LRU: user space deletes expired entries, and an answer that
  * finds the cache full is counted (DROP_DNS_CACHE_FULL), never evicts.
+ * Names are stored right-aligned (name[DNS_NAME_LEN - len ..]), so every
+ * suffix of the name ends at the same byte as a rule's name does.
  */
 #define EGRESS_MAX_DNS_ENTRIES 65536
 struct dns_key {
@@ -429,9 +512,12 @@ struct dns_key {
 
 struct dns_value {
 	__u64 expires_ns; /* boot time */
-	__u64 suffix[DNS_MAX_SUFFIXES]; /* suffix hashes, whole name first */
+	__u64 suffix[DNS_MAX_SUFFIXES]; /* suffix hashes: whole name, then shortest first */
+	__u16 suffix_len[DNS_MAX_SUFFIXES]; /* their lengths in bytes */
 	__u32 n_suffix;
-	__u32 _pad;
+	__u16 name_len;
+	__u16 _pad;
+	char name[DNS_NAME_LEN]; /* right-aligned */
 };
 
 /* `domain_rules`: which rules of a rule set a name (suffix) matches. */
@@ -439,6 +525,13 @@ struct domain_key {
 	__u32 rule_set;
 	__u32 wildcard; /* 1: matches the suffix and names under it; 0: exact */
 	__u64 hash;
+};
+
+struct domain_value {
+	__u64 mask;     /* bit i: rule i of the set */
+	__u16 name_len;
+	__u8 _pad[6];
+	char name[DNS_NAME_LEN]; /* the rule's name, right-aligned, zeros before */
 };
 
 #endif /* CLAWKER_EGRESS_H */

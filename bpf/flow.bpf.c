@@ -111,6 +111,64 @@ static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* A TCP flow end whose record was lost: its bytes still count for its container. */
+static __always_inline void count_lost_bytes(__u64 scope_id, const struct tcp_counters *c)
+{
+	struct scope_usage *u = bpf_map_lookup_elem(&scope_usage, &scope_id);
+
+	if (!u)
+		return;
+	__sync_fetch_and_add(&u->lost_bytes_out, c->bytes_out);
+	__sync_fetch_and_add(&u->lost_bytes_in, c->bytes_in);
+}
+
+/* The end of a TCP flow that had no `flows` entry: from the socket's storage. */
+static __always_inline void untracked_tcp_close(struct bpf_sock_ops *ctx, struct sock_owner *o,
+						const struct flow_key *key, __u32 old_state)
+{
+	struct flow_end_event *ev;
+	struct tcp_counters c = {};
+
+	bool have = ctx->sk && read_tcp(ctx->sk, &c);
+
+	o->flags &= ~SOCK_F_TCP_UNTRACKED;
+	ev = reserve_event(sizeof(*ev), HOOK_SOCK_OPS, o->scope_cgroup_id);
+	if (!ev) {
+		if (have)
+			count_lost_bytes(o->scope_cgroup_id, &c);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	fill_header(&ev->hdr, EVENT_KIND_FLOW_END, sizeof(*ev), HOOK_SOCK_OPS);
+	ev->key = *key;
+	ev->value.start_ns = o->tcp_start_ns;
+	ev->value.cgroup_id = o->cgroup_id;
+	ev->value.scope_cgroup_id = o->scope_cgroup_id;
+	ev->value.pid = o->pid;
+	ev->value.tgid = o->tgid;
+	ev->value.verdict = o->verdict;
+	ev->value.flags = (o->flags & SOCK_F_AUDIT) ? FLOW_F_AUDIT : 0;
+	__builtin_memcpy(ev->value.comm, o->comm, sizeof(ev->value.comm));
+	if (have) {
+		ev->value.bytes_out = c.bytes_out;
+		ev->value.bytes_in = c.bytes_in;
+		ev->value.packets_out = c.packets_out;
+		ev->value.packets_in = c.packets_in;
+	}
+	{
+		__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+				ctx->local_ip6[3] };
+		__u8 fam;
+
+		set_addr(ev->value.local_ip, &fam, ctx->family, l6, ctx->local_ip4);
+	}
+	ev->value.local_port = ctx->local_port;
+	ev->end_ns = bpf_ktime_get_boot_ns();
+	ev->sk_err = c.sk_err;
+	ev->close_reason = close_reason(old_state, c.sk_err);
+	bpf_ringbuf_submit(ev, 0);
+}
+
 static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_state)
 {
 	struct flow_end_event *ev;
@@ -127,10 +185,16 @@ static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_sta
 		return;
 	key = owner->tcp_key;
 	owner->flags &= ~SOCK_F_TCP_FLOW;
+	if (owner->flags & SOCK_F_TCP_UNTRACKED) {
+		untracked_tcp_close(ctx, owner, &key, old_state);
+		return;
+	}
 	v = bpf_map_lookup_elem(&flows, &key);
 	if (!v)
 		return;
 	ev = reserve_event(sizeof(*ev), HOOK_SOCK_OPS, v->scope_cgroup_id);
+	if (!ev && ctx->sk && read_tcp(ctx->sk, &c))
+		count_lost_bytes(v->scope_cgroup_id, &c);
 	if (ev) {
 		__builtin_memset(ev, 0, sizeof(*ev));
 		fill_header(&ev->hdr, EVENT_KIND_FLOW_END, sizeof(*ev), HOOK_SOCK_OPS);

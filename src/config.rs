@@ -76,6 +76,10 @@ pub struct Config {
     pub container_max_flows: u32,
     /// DNS answers one container may hold in the kernel's DNS cache.
     pub container_max_dns_answers: u32,
+    /// DNS queries one container may have waiting for their answer in the
+    /// kernel (beyond, a query is still recorded but its answer does not
+    /// count: its domain rules fail closed, no one else's).
+    pub container_max_dns_pending: u32,
     /// How often per-container losses become `records_lost` records ("10s").
     #[serde(with = "humantime_serde")]
     pub loss_report_interval: Duration,
@@ -103,6 +107,8 @@ impl Default for Config {
             container_record_burst: crate::kernel::Fairness::default().record_burst,
             container_max_flows: crate::kernel::Fairness::default().max_flows_per_container,
             container_max_dns_answers: crate::kernel::Fairness::default().max_dns_per_container,
+            container_max_dns_pending: crate::kernel::Fairness::default()
+                .max_dns_pending_per_container,
             loss_report_interval: Duration::from_secs(10),
         }
     }
@@ -187,13 +193,16 @@ impl Config {
         }
         if self.container_max_flows > crate::kernel::abi::EGRESS_MAX_FLOWS
             || self.container_max_dns_answers > crate::kernel::abi::EGRESS_MAX_DNS_ENTRIES
+            || self.container_max_dns_pending > crate::kernel::abi::EGRESS_MAX_DNS_PENDING
         {
             return Err(ConfigError::Invalid(format!(
-                "container_max_flows = {}, container_max_dns_answers = {}: at most the kernel tables' {} and {} entries",
+                "container_max_flows = {}, container_max_dns_answers = {}, container_max_dns_pending = {}: at most the kernel tables' {}, {} and {} entries",
                 self.container_max_flows,
                 self.container_max_dns_answers,
+                self.container_max_dns_pending,
                 crate::kernel::abi::EGRESS_MAX_FLOWS,
-                crate::kernel::abi::EGRESS_MAX_DNS_ENTRIES
+                crate::kernel::abi::EGRESS_MAX_DNS_ENTRIES,
+                crate::kernel::abi::EGRESS_MAX_DNS_PENDING
             )));
         }
         if self.loss_report_interval < Duration::from_millis(100) {
@@ -235,6 +244,7 @@ impl Config {
             record_burst: self.container_record_burst,
             max_flows_per_container: self.container_max_flows,
             max_dns_per_container: self.container_max_dns_answers,
+            max_dns_pending_per_container: self.container_max_dns_pending,
         }
     }
 

@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::capture::{Hook, Verdict};
+use crate::capture::{DnsReject, Hook, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -38,6 +38,10 @@ pub enum DropReason {
     /// A container spent its record budget (P14): its record was not
     /// written, so a flood costs only the flooder's own records.
     RateLimited,
+    /// A DNS query found the kernel's pending-query table (or its
+    /// container's share) full: the query is recorded, but its answer will
+    /// not count (the name gets no domain verdict).
+    DnsPendingFull,
 }
 
 impl DropReason {
@@ -49,6 +53,7 @@ impl DropReason {
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::DnsCacheFull => "dns_cache_full",
             DropReason::RateLimited => "rate_limited",
+            DropReason::DnsPendingFull => "dns_pending_full",
         }
     }
 }
@@ -111,6 +116,10 @@ pub struct KernelReading {
     pub dns_cache_full: u64,
     /// Records not written because their container's budget was spent.
     pub rate_limited: u64,
+    /// DNS queries the kernel could not remember (pending table full).
+    pub dns_pending_full: u64,
+    /// DNS answers the kernel rejected, in `DnsReject::ALL` order.
+    pub dns_rejected: [u64; DnsReject::ALL.len()],
     pub ringbuf_used_bytes: u64,
     pub ringbuf_size_bytes: u64,
 }
@@ -124,6 +133,7 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     dropped: Family<ReasonLabels, Counter>,
     kernel_drops: Family<HookLabels, Counter>,
+    dns_rejected: Family<ReasonLabels, Counter>,
     flows: Family<StateLabels, Counter>,
     exported: Family<SinkLabels, Counter>,
     sink_failures: Family<SinkCauseLabels, Counter>,
@@ -160,6 +170,8 @@ struct KernelSeen {
     flow_table_full: u64,
     dns_cache_full: u64,
     rate_limited: u64,
+    dns_pending_full: u64,
+    dns_rejected: [u64; DnsReject::ALL.len()],
     warned_ringbuf: u64,
     last_warn: Option<std::time::Instant>,
 }
@@ -174,6 +186,7 @@ impl Metrics {
             events: Family::default(),
             dropped: Family::default(),
             kernel_drops: Family::default(),
+            dns_rejected: Family::default(),
             flows: Family::default(),
             exported: Family::default(),
             sink_failures: Family::default(),
@@ -196,7 +209,7 @@ impl Metrics {
         );
         registry.register(
             "events_dropped",
-            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, rate_limited)",
+            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, rate_limited, dns_pending_full)",
             m.dropped.clone(),
         );
         // Every reason from the first scrape, so a query or an alert on
@@ -208,6 +221,7 @@ impl Metrics {
             DropReason::FlowTableFull,
             DropReason::DnsCacheFull,
             DropReason::RateLimited,
+            DropReason::DnsPendingFull,
         ] {
             m.dropped(reason, 0);
         }
@@ -218,6 +232,18 @@ impl Metrics {
         );
         for action in POLICY_ACTIONS {
             m.policy(action, 0);
+        }
+        registry.register(
+            "dns_answers_rejected",
+            "DNS answers the kernel did not let count (they changed nothing and are recorded with dns_rejected), by reason (unsolicited, mismatch, local_sender)",
+            m.dns_rejected.clone(),
+        );
+        for reason in DnsReject::ALL {
+            m.dns_rejected
+                .get_or_create(&ReasonLabels {
+                    reason: reason.name(),
+                })
+                .inc_by(0);
         }
         registry.register(
             "container_records_lost",
@@ -411,12 +437,28 @@ impl Metrics {
                 &mut seen.rate_limited,
                 DropReason::RateLimited,
             ),
+            (
+                reading.dns_pending_full,
+                &mut seen.dns_pending_full,
+                DropReason::DnsPendingFull,
+            ),
         ] {
             let delta = now.saturating_sub(*seen);
             if delta > 0 {
                 *seen = now;
                 lost += delta;
                 self.dropped(reason, delta);
+            }
+        }
+        for (i, reason) in DnsReject::ALL.into_iter().enumerate() {
+            let delta = reading.dns_rejected[i].saturating_sub(seen.dns_rejected[i]);
+            if delta > 0 {
+                seen.dns_rejected[i] = reading.dns_rejected[i];
+                self.dns_rejected
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.name(),
+                    })
+                    .inc_by(delta);
             }
         }
         // Tetragon's convention: counters graph and alert, the log says when

@@ -122,10 +122,10 @@ impl Pipeline {
                 }
                 (record, ev.cgroup_id, ev.scope_cgroup_id)
             }
-            Observation::Dns(answer) => (
-                Record::from_dns(&answer),
-                answer.cgroup_id,
-                answer.scope_cgroup_id,
+            Observation::Dns(exchange) => (
+                Record::from_dns(&exchange),
+                exchange.first().cgroup_id,
+                exchange.first().scope_cgroup_id,
             ),
             Observation::Lost(loss) => (
                 Record::from_loss(&loss),

@@ -12,8 +12,9 @@ use serde_json::Value;
 use support::{by_pid, pid_of, require_root, Daemon, DaemonOptions, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(10);
-/// cgroup programs attached per cgroup: 5 decision hooks + 4 flow hooks + DNS.
-const PROGRAMS: usize = 10;
+/// cgroup programs attached per cgroup: 5 decision hooks + 4 flow hooks + 4
+/// DNS (queries, answers, where unconnected sockets send: sendmsg4/6).
+const PROGRAMS: usize = 13;
 /// Programs on global hooks (pinned links too): the packet-socket tracepoint.
 const TRACING: usize = 1;
 
@@ -445,7 +446,9 @@ fn check_reports_a_ready_host() {
     assert!(out.status.success(), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok")).count(),
-        5,
+        6,
         "{text}"
     );
+    // Which path stops packet sockets on this host, said in one line.
+    assert!(text.lines().any(|l| l.contains("BPF LSM")), "{text}");
 }

@@ -173,3 +173,26 @@ fn explain_rejects_a_bad_dst() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("missing :port"), "{}", stderr(&o));
 }
+
+#[test]
+fn check_warns_about_domain_rules_the_kernel_cannot_tell_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    // The second name has the first one's 64-bit name hash.
+    std::fs::write(
+        &file,
+        "default:\n  rules:\n\
+         \x20   - {dst: github.com, proto: tcp, action: allow}\n\
+         \x20   - {dst: aftkdtesaxvlafewbcokawpmanhicsfx.collide.test, proto: tcp, action: allow}\n",
+    )
+    .unwrap();
+    let out = run(&["policy", "check", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "warning: default: domain aftkdtesaxvlafewbcokawpmanhicsfx.collide.test has the same kernel hash"
+        ),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -122,20 +122,23 @@ struct {
 	__type(value, struct bypass_entry);
 } bypass SEC(".maps");
 
-/* Addresses each scope cgroup learned from DNS answers (per container). */
+/* Addresses each scope cgroup learned from DNS answers (per container).
+ * Allocated as used: a full cache of whole names would be ~28 MiB. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EGRESS_MAX_DNS_ENTRIES);
 	__type(key, struct dns_key);
 	__type(value, struct dns_value);
 } dns_cache SEC(".maps");
 
-/* (rule set, name hash) -> bitmask of the set's domain rules it matches. */
+/* (rule set, name hash) -> the name and the set's domain rules it matches. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EGRESS_MAX_POLICIES * EGRESS_MAX_RULES);
 	__type(key, struct domain_key);
-	__type(value, __u64);
+	__type(value, struct domain_value);
 } domain_rules SEC(".maps");
 
 /* Who owns each socket in scope; freed with the socket. */

@@ -49,9 +49,50 @@ static __always_inline bool addr_matches(const struct policy_rule *r, const stru
 }
 
 /*
+ * Is the suffix of `len` bytes of the cached name exactly the rule's name?
+ * Both are stored right-aligned in DNS_NAME_LEN bytes, so the suffix and
+ * the rule name end at the same byte: compare the last `len` bytes, eight
+ * at a time from the end (constant offsets; the verifier sees each word).
+ * The hash found the entry; this makes a colliding name match nothing.
+ * A global function: the verifier checks it once, not at every call site
+ * of every loop iteration. Words are little-endian (x86-64, arm64).
+ */
+__attribute__((noinline)) int same_name(const struct dns_value *v, const struct domain_value *r,
+				       __u32 len)
+{
+	if (!v || !r || r->name_len != len || len == 0 || len > DNS_NAME_LEN)
+		return false;
+	for (__u32 w = 0; w < DNS_NAME_LEN / 8; w++) {
+		__u32 start = DNS_NAME_LEN - 8 * (w + 1);
+		__u64 a, b, keep = ~0ULL;
+
+		if (8 * w >= len)
+			break;
+		__builtin_memcpy(&a, &v->name[start], 8);
+		__builtin_memcpy(&b, &r->name[start], 8);
+		if (8 * (w + 1) > len)
+			keep <<= 8 * (8 * (w + 1) - len); /* bytes before the suffix */
+		if ((a ^ b) & keep)
+			return false;
+	}
+	return true;
+}
+
+/* The mask of a (rule set, suffix) entry, if the entry is for this very name. */
+static __always_inline __u64 rules_for(struct domain_key *rk, const struct dns_value *v,
+				       __u32 len)
+{
+	struct domain_value *r = bpf_map_lookup_elem(&domain_rules, rk);
+
+	return r && same_name(v, r, len) ? r->mask : 0;
+}
+
+/*
  * Which domain rules of the rule set match the name this scope cgroup
  * learned `a`'s address from (a bit per rule index), 0 if none: the DNS
  * answer was recorded in `dns_cache` before the application could read it.
+ * suffix[0] is the whole name (exact and wildcard rules), the others its
+ * proper suffixes (wildcard rules).
  */
 static __always_inline __u64 domain_mask(const struct container_policy *cp,
 					 const struct attempt *a, __u64 scope_id)
@@ -59,7 +100,7 @@ static __always_inline __u64 domain_mask(const struct container_policy *cp,
 	struct dns_key dk = {};
 	struct domain_key rk = {};
 	struct dns_value *v;
-	__u64 mask = 0, *m;
+	__u64 mask = 0;
 
 	dk.scope_cgroup_id = scope_id;
 	dk.family = a->family;
@@ -69,18 +110,17 @@ static __always_inline __u64 domain_mask(const struct container_policy *cp,
 		return 0;
 	rk.rule_set = cp->rule_set;
 	for (__u32 i = 0; i < DNS_MAX_SUFFIXES; i++) {
+		__u32 len;
+
 		if (i >= v->n_suffix)
 			break;
+		len = v->suffix_len[i];
 		rk.hash = v->suffix[i];
 		rk.wildcard = 1;
-		m = bpf_map_lookup_elem(&domain_rules, &rk);
-		if (m)
-			mask |= *m;
+		mask |= rules_for(&rk, v, len);
 		if (i == 0) {
 			rk.wildcard = 0;
-			m = bpf_map_lookup_elem(&domain_rules, &rk);
-			if (m)
-				mask |= *m;
+			mask |= rules_for(&rk, v, len);
 		}
 	}
 	return mask;

@@ -8,7 +8,8 @@ use thiserror::Error;
 
 use super::clock::BootClock;
 use super::event::{
-    CloseReason, Counters, DnsAnswer, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
+    CloseReason, Counters, DnsKind, DnsMessage, DnsReject, Event, FlowEnd, FlowSnapshot, Hook,
+    SockEvent, Verdict,
 };
 use crate::kernel::abi;
 use crate::kernel::pod::c_str as comm;
@@ -39,6 +40,10 @@ pub enum DecodeError {
     CloseReason(u8),
     #[error("flow key of unknown address family {0}")]
     Family(u8),
+    #[error("unknown DNS message kind {0}")]
+    DnsKind(u8),
+    #[error("unknown DNS rejection reason {0}")]
+    DnsReject(u8),
 }
 
 /// Read a `T` from the start of `bytes`; the caller has checked the length.
@@ -69,7 +74,7 @@ pub fn decode(bytes: &[u8], clock: BootClock) -> Result<Event, DecodeError> {
         }
         abi::event_kind::EVENT_KIND_DNS => {
             check_size::<abi::dns_event>(&header, bytes)?;
-            Ok(Event::Dns(decode_dns(read(bytes), clock)))
+            decode_dns(read(bytes), clock).map(Event::Dns)
         }
         abi::event_kind::EVENT_KIND_SOCK_RELEASE => {
             check_size::<abi::sock_release_event>(&header, bytes)?;
@@ -138,7 +143,14 @@ fn decode_flow_end(raw: abi::flow_end_event) -> Result<FlowEnd, DecodeError> {
     })
 }
 
-fn decode_dns(raw: abi::dns_event, clock: BootClock) -> DnsAnswer {
+fn decode_dns(raw: abi::dns_event, clock: BootClock) -> Result<DnsMessage, DecodeError> {
+    let kind = match u32::from(raw.message) {
+        abi::dns_message::DNS_MSG_QUERY => DnsKind::Query,
+        abi::dns_message::DNS_MSG_ANSWER => DnsKind::Answer,
+        _ => return Err(DecodeError::DnsKind(raw.message)),
+    };
+    let rejected =
+        DnsReject::from_raw(u32::from(raw.rejected)).ok_or(DecodeError::DnsReject(raw.rejected))?;
     let name_len = usize::from(raw.name_len).min(raw.qname.len());
     let qname: Vec<u8> = raw.qname[..name_len].iter().map(|&c| c as u8).collect();
     let count = usize::from(raw.answer_count).min(raw.answers.len());
@@ -148,8 +160,10 @@ fn decode_dns(raw: abi::dns_event, clock: BootClock) -> DnsAnswer {
         .collect();
     let resolver =
         ip(u16::from(raw.family), &raw.resolver_ip).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    DnsAnswer {
+    Ok(DnsMessage {
+        kind,
         time: clock.to_wall(raw.hdr.ts_ns),
+        ts_ns: raw.hdr.ts_ns,
         cgroup_id: raw.cgroup_id,
         scope_cgroup_id: raw.scope_cgroup_id,
         sock_cookie: raw.sock_cookie,
@@ -157,12 +171,14 @@ fn decode_dns(raw: abi::dns_event, clock: BootClock) -> DnsAnswer {
         comm: comm(&raw.comm),
         qname: String::from_utf8_lossy(&qname).into_owned(),
         qtype: raw.qtype,
+        txid: raw.txid,
         rcode: raw.rcode,
+        rejected,
         resolver: (resolver, raw.resolver_port),
         local_port: raw.local_port,
         protocol: raw.protocol,
         answers,
-    }
+    })
 }
 
 /// A flow table entry (from a FLOW_END record or read from the map).

@@ -247,10 +247,70 @@ pub struct FlowEnd {
     pub sk_err: i32,
 }
 
-/// One DNS answer a socket in scope received (parsed in the kernel).
+/// Which way a DNS message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsKind {
+    /// Sent by a socket in scope (recorded when sent, answered or not).
+    Query,
+    /// Received by a socket in scope.
+    Answer,
+}
+
+/// Why the kernel did not let an answer count (it changed nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DnsReject {
+    /// No query of this socket with that id and type is waiting.
+    Unsolicited,
+    /// The server, protocol or question differ from the query's.
+    Mismatch,
+    /// A socket in scope sent it (a container answering itself).
+    LocalSender,
+}
+
+impl DnsReject {
+    pub const ALL: [DnsReject; 3] = [
+        DnsReject::Unsolicited,
+        DnsReject::Mismatch,
+        DnsReject::LocalSender,
+    ];
+
+    pub fn from_raw(raw: u32) -> Option<Option<DnsReject>> {
+        use crate::kernel::abi::dns_reject as r;
+        Some(match raw {
+            r::DNS_REJECT_NONE => None,
+            r::DNS_REJECT_UNSOLICITED => Some(DnsReject::Unsolicited),
+            r::DNS_REJECT_MISMATCH => Some(DnsReject::Mismatch),
+            r::DNS_REJECT_LOCAL_SENDER => Some(DnsReject::LocalSender),
+            _ => return None,
+        })
+    }
+
+    pub fn raw(self) -> u32 {
+        use crate::kernel::abi::dns_reject as r;
+        match self {
+            DnsReject::Unsolicited => r::DNS_REJECT_UNSOLICITED,
+            DnsReject::Mismatch => r::DNS_REJECT_MISMATCH,
+            DnsReject::LocalSender => r::DNS_REJECT_LOCAL_SENDER,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DnsReject::Unsolicited => "unsolicited",
+            DnsReject::Mismatch => "mismatch",
+            DnsReject::LocalSender => "local_sender",
+        }
+    }
+}
+
+/// One DNS query a socket in scope sent, or one answer it received
+/// (parsed in the kernel).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsAnswer {
+pub struct DnsMessage {
+    pub kind: DnsKind,
     pub time: SystemTime,
+    /// Boot-time nanoseconds, as the kernel stamped it.
+    pub ts_ns: u64,
     pub cgroup_id: u64,
     pub scope_cgroup_id: u64,
     pub sock_cookie: u64,
@@ -259,7 +319,13 @@ pub struct DnsAnswer {
     /// Lowercase, no trailing dot; empty when the question did not parse.
     pub qname: String,
     pub qtype: u16,
+    /// The DNS transaction id.
+    pub txid: u16,
+    /// Answers only.
     pub rcode: u8,
+    /// Answers only: why it changed nothing (`None`: it counted).
+    pub rejected: Option<DnsReject>,
+    /// The server, as the socket addressed it.
     pub resolver: (IpAddr, u16),
     pub local_port: u16,
     /// IPPROTO_UDP or IPPROTO_TCP.
@@ -278,5 +344,5 @@ pub enum Event {
     SockRelease {
         sock_cookie: u64,
     },
-    Dns(DnsAnswer),
+    Dns(DnsMessage),
 }

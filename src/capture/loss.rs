@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
-use crate::kernel::{LossCounts, ScopeUsage, ScopedCgroups};
+use crate::kernel::{Losses, ScopeUsage, ScopedCgroups};
 
 /// One container's losses over one interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +17,8 @@ pub struct ContainerLoss {
     pub time: SystemTime,
     /// The container's scope cgroup (0: everything, in SCOPE_ALL mode).
     pub scope_cgroup_id: u64,
-    /// Records lost since the previous report, by `abi::scope_loss` index.
-    pub lost: LossCounts,
+    /// What it lost since the previous report.
+    pub lost: Losses,
     /// The reporting interval.
     pub interval: Duration,
 }
@@ -28,7 +28,7 @@ pub struct LossReporter {
     usage: Arc<ScopeUsage>,
     /// Enrolled containers (None in SCOPE_ALL mode: key 0 only).
     scoped: Option<ScopedCgroups>,
-    seen: HashMap<u64, LossCounts>,
+    seen: HashMap<u64, Losses>,
     interval: Duration,
 }
 
@@ -51,11 +51,8 @@ impl LossReporter {
         let mut out = Vec::new();
         for (scope, counts) in self.usage.losses() {
             let before = self.seen.insert(scope, counts).unwrap_or_default();
-            let mut lost = LossCounts::default();
-            for (d, (now, was)) in lost.iter_mut().zip(counts.iter().zip(before.iter())) {
-                *d = now.saturating_sub(*was);
-            }
-            if lost.iter().any(|n| *n > 0) {
+            let lost = counts.since(&before);
+            if !lost.is_empty() {
                 out.push(ContainerLoss {
                     time,
                     scope_cgroup_id: scope,
@@ -85,7 +82,7 @@ impl LossReporter {
                 tracing::warn!(
                     event = "container_records_lost",
                     scope_cgroup_id = loss.scope_cgroup_id,
-                    lost = loss.lost.iter().sum::<u64>(),
+                    lost = loss.lost.records.iter().sum::<u64>(),
                     "a container lost records (records_lost record follows)"
                 );
             }

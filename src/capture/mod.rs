@@ -12,6 +12,7 @@ pub use clock::BootClock;
 pub use decode::{decode, decode_flow, DecodeError};
 pub use drain::{spawn_drain, DrainHandle};
 pub use event::{
-    CloseReason, Counters, DnsAnswer, Event, FlowEnd, FlowSnapshot, Hook, SockEvent, Verdict,
+    CloseReason, Counters, DnsKind, DnsMessage, DnsReject, Event, FlowEnd, FlowSnapshot, Hook,
+    SockEvent, Verdict,
 };
 pub use loss::{ContainerLoss, LossReporter};

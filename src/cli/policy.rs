@@ -78,7 +78,40 @@ fn check(file: &Path) -> Result<()> {
     for w in &policy.warnings {
         println!("warning: {w}");
     }
+    for w in collisions(&policy) {
+        println!("warning: {w}");
+    }
     Ok(())
+}
+
+/// Domain rules the kernel cannot tell apart: their names have one hash
+/// in one rule set (only a policy crafted to collide). The kernel confirms
+/// every match on the whole name, so such a rule never matches there while
+/// `explain` says it does: say so here.
+fn collisions(p: &Policy) -> Vec<String> {
+    let mut sets = vec![(String::from("default"), p.rules_for(None, None))];
+    for (name, proj) in &p.projects {
+        sets.push((format!("project {name}"), p.rules_for(None, Some(name))));
+        for agent in proj.agents.keys() {
+            sets.push((
+                format!("project {name}, agent {agent}"),
+                p.rules_for(Some(agent), Some(name)),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (scope, resolved) in sets {
+        // Limits were checked at load: compile() does not refuse here.
+        let collisions = crate::enforce::compile(&resolved)
+            .map(|(_, notes)| notes.hash_collisions)
+            .unwrap_or_default();
+        for name in collisions {
+            out.push(format!(
+                "{scope}: domain {name} has the same kernel hash as another domain rule; the kernel will never match it"
+            ));
+        }
+    }
+    out
 }
 
 fn summary(file: &Path, p: &Policy) -> Vec<String> {

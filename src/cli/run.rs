@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::check::{cgroup_dir, require_privileges};
 use super::RunArgs;
 use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
-use crate::capture::{spawn_drain, BootClock, Hook, LossReporter};
+use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets};
 use crate::export::{cp_logs, run_sink, Batch, OtlpOptions, OtlpSink, StdoutSink};
@@ -92,6 +92,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     )?);
     tokio::spawn(expire_dns_answers(DnsCache::new(
         &attached.dns_cache,
+        &attached.dns_pending,
         usage.clone(),
     )?));
 
@@ -340,6 +341,12 @@ fn kernel_refresher(attached: &Attached, metrics: Arc<Metrics>) -> Result<metric
         reading.dns_cache_full = totals.get(dns_full).copied().unwrap_or(0);
         let limited = abi::egress_drop::DROP_RATE_LIMITED as usize;
         reading.rate_limited = totals.get(limited).copied().unwrap_or(0);
+        let pending = abi::egress_drop::DROP_DNS_PENDING_FULL as usize;
+        reading.dns_pending_full = totals.get(pending).copied().unwrap_or(0);
+        for (i, reason) in DnsReject::ALL.into_iter().enumerate() {
+            let slot = (abi::egress_drop::DNS_REJECTED_FIRST + reason.raw()) as usize;
+            reading.dns_rejected[i] = totals.get(slot).copied().unwrap_or(0);
+        }
         metrics.observe_kernel(&reading);
     }))
 }
@@ -358,9 +365,14 @@ async fn expire_dns_answers(cache: DnsCache) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tick.tick().await;
-        let n = cache.expire(BootClock::now_boot_ns());
+        let now = BootClock::now_boot_ns();
+        let n = cache.expire(now);
         if n > 0 {
             tracing::debug!(expired = n, "DNS answers expired");
+        }
+        let n = cache.expire_pending(now);
+        if n > 0 {
+            tracing::debug!(expired = n, "DNS queries without an answer expired");
         }
     }
 }

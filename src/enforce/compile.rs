@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::policy::{Action, Dst, Limits, Mode, Policy, PolicyError, Proto, Resolved};
 
-use super::rules::{any_rule, cidr_rule, domain_rule, name_hash, KernelRuleSet};
+use super::rules::{any_rule, cidr_rule, domain_rule, name_hash, DomainEntry, KernelRuleSet};
 use crate::kernel::abi;
 
 /// Rule-set slots kept free so a reload can write a new rule set while
@@ -37,6 +37,17 @@ pub struct TooManyRules {
     pub max: usize,
 }
 
+/// What a compile noticed without refusing the set.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CompileNotes {
+    /// Domain rules compiled (matched against DNS answers in the kernel).
+    pub domain_rules: usize,
+    /// Domain rules whose name has the same hash as another name of the
+    /// set (only a policy crafted to collide): the kernel cannot index
+    /// them, so they never match there (`policy check` warns).
+    pub hash_collisions: Vec<String>,
+}
+
 fn protocol(p: Proto) -> u8 {
     match p {
         Proto::Any => 0,
@@ -48,7 +59,7 @@ fn protocol(p: Proto) -> u8 {
 
 /// Compile one container's resolved rules, in order (first match wins).
 /// Every rule is kept or the whole set is refused.
-pub fn compile(resolved: &Resolved) -> Result<KernelRuleSet, TooManyRules> {
+pub fn compile(resolved: &Resolved) -> Result<(KernelRuleSet, CompileNotes), TooManyRules> {
     let max = KERNEL_LIMITS.rules_per_set;
     if resolved.rules.len() > max {
         return Err(TooManyRules {
@@ -57,8 +68,9 @@ pub fn compile(resolved: &Resolved) -> Result<KernelRuleSet, TooManyRules> {
             max,
         });
     }
+    let mut notes = CompileNotes::default();
     let mut rules = Vec::with_capacity(resolved.rules.len());
-    let mut domains: Vec<(bool, u64, u64)> = Vec::new();
+    let mut domains: Vec<DomainEntry> = Vec::new();
     for rule in &resolved.rules {
         let allow = rule.action == Action::Allow;
         let proto = protocol(rule.proto);
@@ -67,24 +79,34 @@ pub fn compile(resolved: &Resolved) -> Result<KernelRuleSet, TooManyRules> {
             Dst::Cidr(net) => cidr_rule(net.network(), net.prefix_len(), proto, rule.ports, allow),
             Dst::Domain(name) | Dst::Wildcard(name) => {
                 let wildcard = matches!(rule.dst, Dst::Wildcard(_));
-                let entry = (wildcard, name_hash(name));
                 let bit = 1u64 << rules.len();
-                match domains.iter_mut().find(|(w, h, _)| (*w, *h) == entry) {
-                    Some(d) => d.2 |= bit,
-                    None => domains.push((entry.0, entry.1, bit)),
+                let hash = name_hash(name);
+                let same_key = domains
+                    .iter_mut()
+                    .find(|d| d.wildcard == wildcard && name_hash(&d.name) == hash);
+                match same_key {
+                    Some(d) if d.name == *name => d.mask |= bit,
+                    Some(_) => notes.hash_collisions.push(name.clone()),
+                    None => domains.push(DomainEntry {
+                        wildcard,
+                        name: name.clone(),
+                        mask: bit,
+                    }),
                 }
+                notes.domain_rules += 1;
                 domain_rule(proto, rule.ports, allow)
             }
         };
         rules.push(compiled);
     }
-    Ok(KernelRuleSet {
+    let set = KernelRuleSet {
         audit: resolved.mode == Mode::Audit,
         default_allow: resolved.default_action == Action::Allow,
         raw_allow: resolved.raw_sockets == Action::Allow,
         rules,
         domains,
-    })
+    };
+    Ok((set, notes))
 }
 
 #[cfg(test)]
@@ -107,7 +129,7 @@ mod tests {
     fn a_full_rule_set_compiles_whole() {
         let p = Policy::parse_str(&policy(64), "p.yaml").unwrap();
         p.check_limits("p.yaml", &KERNEL_LIMITS).unwrap();
-        let set = compile(&p.rules_for(None, None)).unwrap();
+        let (set, _) = compile(&p.rules_for(None, None)).unwrap();
         assert_eq!(set.rules.len(), 64, "the 64th rule is kept");
     }
 
@@ -167,5 +189,39 @@ mod tests {
     fn equal_rule_sets_count_once() {
         let p = Policy::parse_str(&projects(400, true), "p.yaml").unwrap();
         p.check_limits("p.yaml", &KERNEL_LIMITS).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod collision_tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    #[test]
+    fn names_with_one_hash_are_one_entry_only_when_equal() {
+        // The collider has github.com's hash (see enforce::rules tests).
+        let p = Policy::parse_str(
+            "default:\n  rules:\n\
+             \x20   - {dst: github.com, proto: tcp, action: allow}\n\
+             \x20   - {dst: github.com, proto: udp, action: allow}\n\
+             \x20   - {dst: aftkdtesaxvlafewbcokawpmanhicsfx.collide.test, proto: tcp, action: allow}\n\
+             \x20   - {dst: .github.com, proto: tcp, action: allow}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let (set, notes) = compile(&p.rules_for(None, None)).unwrap();
+        assert_eq!(
+            notes.hash_collisions,
+            ["aftkdtesaxvlafewbcokawpmanhicsfx.collide.test"]
+        );
+        let names: Vec<(bool, &str, u64)> = set
+            .domains
+            .iter()
+            .map(|d| (d.wildcard, d.name.as_str(), d.mask))
+            .collect();
+        assert_eq!(
+            names,
+            [(false, "github.com", 0b11), (true, "github.com", 0b1000)]
+        );
     }
 }

@@ -165,7 +165,15 @@ impl PolicyController {
                 .policy
                 .rules_for(labels.0.as_deref(), labels.1.as_deref());
             match compile(&resolved) {
-                Ok(set) => {
+                Ok((set, notes)) => {
+                    if !notes.hash_collisions.is_empty() {
+                        tracing::warn!(
+                            event = "policy_hash_collision",
+                            cgroup_id = id,
+                            names = ?notes.hash_collisions,
+                            "domain rules whose name hash collides with another rule's never match in the kernel"
+                        );
+                    }
                     sets.push((id, set));
                     labels_of.insert(id, labels);
                 }

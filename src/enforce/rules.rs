@@ -14,8 +14,51 @@ pub struct KernelRuleSet {
     pub raw_allow: bool,
     /// First match wins; at most EGRESS_MAX_RULES.
     pub rules: Vec<abi::policy_rule>,
-    /// (wildcard, name suffix hash, bitmask of the domain rules it matches).
-    pub domains: Vec<(bool, u64, u64)>,
+    /// The names domain rules match, with the rules (bits) each matches.
+    pub domains: Vec<DomainEntry>,
+}
+
+/// One name of a rule set's domain rules, as `domain_rules` holds it:
+/// keyed by its hash, confirmed on the whole name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainEntry {
+    /// `.example.com`: the name and every name under it; else exact.
+    pub wildcard: bool,
+    /// Lowercase, no trailing dot (as `normalize_domain` leaves it).
+    pub name: String,
+    /// Bit i: rule i of the set matches this name.
+    pub mask: u64,
+}
+
+impl DomainEntry {
+    pub fn key(&self, rule_set: u32) -> abi::domain_key {
+        abi::domain_key {
+            rule_set,
+            wildcard: u32::from(self.wildcard),
+            hash: name_hash(&self.name),
+        }
+    }
+
+    /// The kernel value: the mask and the name, right-aligned (see
+    /// `dns_value.name` in bpf/egress.h). A name longer than the kernel's
+    /// buffer cannot be a DNS name and is refused.
+    pub fn value(&self) -> Option<abi::domain_value> {
+        let bytes = self.name.as_bytes();
+        let len = abi::DNS_NAME_LEN as usize;
+        if bytes.is_empty() || bytes.len() > len {
+            return None;
+        }
+        let mut v = abi::domain_value {
+            mask: self.mask,
+            name_len: bytes.len() as u16,
+            _pad: [0; 6],
+            name: [0; abi::DNS_NAME_LEN as usize],
+        };
+        for (d, s) in v.name[len - bytes.len()..].iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        Some(v)
+    }
 }
 
 impl KernelRuleSet {
@@ -26,10 +69,11 @@ impl KernelRuleSet {
         for r in &self.rules {
             out.extend_from_slice(bytes_of(r));
         }
-        for (wildcard, hash, mask) in &self.domains {
-            out.push(u8::from(*wildcard));
-            out.extend_from_slice(&hash.to_ne_bytes());
-            out.extend_from_slice(&mask.to_ne_bytes());
+        for d in &self.domains {
+            out.push(u8::from(d.wildcard));
+            out.extend_from_slice(&(d.name.len() as u64).to_ne_bytes());
+            out.extend_from_slice(d.name.as_bytes());
+            out.extend_from_slice(&d.mask.to_ne_bytes());
         }
         out
     }
@@ -85,7 +129,8 @@ pub struct RuleSetWriter<S: RuleStore = PolicyMaps> {
 pub trait RuleStore {
     fn assignments(&self) -> Vec<(u64, abi::container_policy)>;
     fn domain_keys(&self) -> Vec<abi::domain_key>;
-    fn put_domain(&self, key: &abi::domain_key, mask: u64) -> Result<(), KernelError>;
+    fn put_domain(&self, key: &abi::domain_key, value: &abi::domain_value)
+        -> Result<(), KernelError>;
     fn delete_domain(&self, key: &abi::domain_key);
     fn write_rule_set(&self, set: u32, rules: &[abi::policy_rule]) -> Result<(), KernelError>;
     fn assign(
@@ -103,8 +148,12 @@ impl RuleStore for PolicyMaps {
     fn domain_keys(&self) -> Vec<abi::domain_key> {
         PolicyMaps::domain_keys(self)
     }
-    fn put_domain(&self, key: &abi::domain_key, mask: u64) -> Result<(), KernelError> {
-        PolicyMaps::put_domain(self, key, mask)
+    fn put_domain(
+        &self,
+        key: &abi::domain_key,
+        value: &abi::domain_value,
+    ) -> Result<(), KernelError> {
+        PolicyMaps::put_domain(self, key, value)
     }
     fn delete_domain(&self, key: &abi::domain_key) {
         PolicyMaps::delete_domain(self, key)
@@ -255,24 +304,18 @@ impl<S: RuleStore> RuleSetWriter<S> {
         Ok(())
     }
 
-    /// Replace slot `slot`'s domain entries: (wildcard, name hash, bitmask
-    /// of the domain rules it matches).
-    fn write_domains(
-        &mut self,
-        slot: u32,
-        entries: &[(bool, u64, u64)],
-    ) -> Result<(), KernelError> {
+    /// Replace slot `slot`'s domain entries.
+    fn write_domains(&mut self, slot: u32, entries: &[DomainEntry]) -> Result<(), KernelError> {
         for stale in self.domains.remove(&slot).unwrap_or_default() {
             self.maps.delete_domain(&stale);
         }
         let mut written = Vec::with_capacity(entries.len());
-        for &(wildcard, hash, mask) in entries {
-            let key = abi::domain_key {
-                rule_set: slot,
-                wildcard: u32::from(wildcard),
-                hash,
+        for entry in entries {
+            let key = entry.key(slot);
+            let Some(value) = entry.value() else {
+                continue; // compile() only passes names of 1..=253 bytes
             };
-            self.maps.put_domain(&key, mask)?;
+            self.maps.put_domain(&key, &value)?;
             written.push(key);
         }
         self.domains.insert(slot, written);
@@ -372,7 +415,7 @@ mod tests {
         fn domain_keys(&self) -> Vec<abi::domain_key> {
             Vec::new()
         }
-        fn put_domain(&self, _: &abi::domain_key, _: u64) -> Result<(), KernelError> {
+        fn put_domain(&self, _: &abi::domain_key, _: &abi::domain_value) -> Result<(), KernelError> {
             Ok(())
         }
         fn delete_domain(&self, _: &abi::domain_key) {}
@@ -505,5 +548,41 @@ mod tests {
         w.remove(2);
         assert_eq!(w.slots_in_use(), 0);
         assert!(!w.maps.headers.borrow().contains_key(&2));
+    }
+}
+
+#[cfg(test)]
+mod domain_tests {
+    use super::*;
+
+    /// tests/fixtures/dns_collision.py found it: a 45-byte name under a zone
+    /// an attacker could hold, with github.com's hash (issue 9 item 3).
+    const COLLIDER: &str = "aftkdtesaxvlafewbcokawpmanhicsfx.collide.test";
+
+    #[test]
+    fn the_collision_fixture_collides() {
+        assert_eq!(name_hash(COLLIDER), name_hash("github.com"));
+        assert_ne!(COLLIDER, "github.com");
+    }
+
+    #[test]
+    fn domain_values_hold_the_name_right_aligned() {
+        let e = DomainEntry {
+            wildcard: true,
+            name: "github.com".into(),
+            mask: 5,
+        };
+        let v = e.value().unwrap();
+        let len = abi::DNS_NAME_LEN as usize;
+        let tail: Vec<u8> = v.name[len - 10..].iter().map(|&c| c as u8).collect();
+        assert_eq!(tail, b"github.com");
+        assert!(v.name[..len - 10].iter().all(|&c| c == 0));
+        assert_eq!((v.mask, v.name_len), (5, 10));
+        assert_eq!(e.key(3).hash, name_hash("github.com"));
+        let long = DomainEntry {
+            name: "a".repeat(257),
+            ..e
+        };
+        assert!(long.value().is_none());
     }
 }

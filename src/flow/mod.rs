@@ -8,15 +8,17 @@
 //! flow, across daemon restarts too (the table is pinned).
 
 mod community;
+mod dns;
 mod names;
 mod stage;
 
 pub use community::community_id;
+pub use dns::DnsExchange;
 pub use stage::{FlowOptions, FlowStage};
 
 use std::time::{Duration, SystemTime};
 
-use crate::capture::{CloseReason, ContainerLoss, Counters, DnsAnswer, FlowSnapshot, SockEvent};
+use crate::capture::{CloseReason, ContainerLoss, Counters, FlowSnapshot, SockEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowState {
@@ -61,7 +63,7 @@ pub enum Observation {
     Attempt(SockEvent, Option<String>),
     Flow(FlowRecord),
     /// A DNS exchange: its own record (`l7_proto`=`dns`).
-    Dns(DnsAnswer),
+    Dns(DnsExchange),
     /// Records a container lost in the kernel over an interval (in-band).
     Lost(ContainerLoss),
 }

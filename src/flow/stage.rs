@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::dns::Exchanges;
 use super::names::Names;
 use super::{FlowRecord, FlowState, Observation};
 use crate::capture::{decode_flow, BootClock, CloseReason, Counters, Event, FlowEnd, FlowSnapshot};
@@ -44,6 +45,7 @@ pub struct FlowStage {
     /// Sockets released since the last sweep: their datagram flows end.
     released: HashSet<u64>,
     names: Names,
+    dns: Exchanges,
     last_sweep: Instant,
 }
 
@@ -56,6 +58,7 @@ impl FlowStage {
             metrics,
             released: HashSet::new(),
             names: Names::default(),
+            dns: Exchanges::default(),
             last_sweep: Instant::now(),
         }
     }
@@ -93,12 +96,18 @@ impl FlowStage {
                         .and_then(|(ip, _)| self.names.name_of(ev.scope_cgroup_id, ip));
                     out.push(Observation::Attempt(ev, host));
                 }
-                Event::Dns(answer) => {
-                    self.names.learn(&answer);
-                    out.push(Observation::Dns(answer));
+                Event::Dns(message) => {
+                    self.names.learn(&message);
+                    let mut done = Vec::new();
+                    self.dns.on_message(message, &mut done);
+                    out.extend(done.into_iter().map(Observation::Dns));
                 }
-                Event::FlowEnd(end) => out.push(self.tcp_ended(end)),
+                Event::FlowEnd(end) => {
+                    self.dns_socket_closed(end.flow.sock_cookie, &mut out);
+                    out.push(self.tcp_ended(end));
+                }
                 Event::SockRelease { sock_cookie } => {
+                    self.dns_socket_closed(sock_cookie, &mut out);
                     self.released.insert(sock_cookie);
                 }
             }
@@ -106,12 +115,22 @@ impl FlowStage {
         out
     }
 
+    fn dns_socket_closed(&mut self, cookie: u64, out: &mut Vec<Observation>) {
+        let mut done = Vec::new();
+        self.dns.socket_closed(cookie, &mut done);
+        out.extend(done.into_iter().map(Observation::Dns));
+    }
+
     fn maybe_sweep(&mut self) -> Vec<Observation> {
         let due = self.last_sweep.elapsed() >= self.opts.sweep_every;
         if !due && self.released.is_empty() {
             return Vec::new();
         }
-        self.sweep()
+        let mut done = Vec::new();
+        self.dns.expire(Instant::now(), &mut done);
+        let mut out = self.sweep();
+        out.extend(done.into_iter().map(Observation::Dns));
+        out
     }
 
     /// One pass over the open flows: end what is over, report what is long.

@@ -101,6 +101,9 @@ pub struct Fairness {
     pub max_flows_per_container: u32,
     /// `dns_cache` entries one container may hold (0: no quota).
     pub max_dns_per_container: u32,
+    /// DNS queries one container may have waiting for an answer
+    /// (`dns_pending`; 0: no quota).
+    pub max_dns_pending_per_container: u32,
 }
 
 impl Default for Fairness {
@@ -110,6 +113,7 @@ impl Default for Fairness {
             record_burst: 20_000,
             max_flows_per_container: abi::EGRESS_MAX_FLOWS / 8,
             max_dns_per_container: abi::EGRESS_MAX_DNS_ENTRIES / 8,
+            max_dns_pending_per_container: abi::EGRESS_MAX_DNS_PENDING / 8,
         }
     }
 }
@@ -144,6 +148,7 @@ pub struct Attached {
     pub bypass: MapHandle,
     pub domain_rules: MapHandle,
     pub dns_cache: MapHandle,
+    pub dns_pending: MapHandle,
     pub scope_usage: MapHandle,
     pub scope_released: MapHandle,
     pub ringbuf_bytes: u32,
@@ -245,7 +250,7 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         max_dns_per_scope: opts.fairness.max_dns_per_container,
         attach_cgroup_id: cgroup_id,
         attach_level: cgroup_level(&opts.cgroup),
-        _pad: 0,
+        max_dns_pending_per_scope: opts.fairness.max_dns_pending_per_container,
     };
     write_config(&egress.maps.egress_config, &config)?;
 
@@ -282,6 +287,7 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         bypass: handle(&egress.maps.bypass, "bypass")?,
         domain_rules: handle(&egress.maps.domain_rules, "domain_rules")?,
         dns_cache: handle(&egress.maps.dns_cache, "dns_cache")?,
+        dns_pending: handle(&dns.maps.dns_pending, "dns_pending")?,
         scope_usage: handle(&egress.maps.scope_usage, "scope_usage")?,
         scope_released: handle(&egress.maps.scope_released, "scope_released")?,
         ringbuf_bytes: opts.ringbuf_bytes,

@@ -53,13 +53,17 @@ impl PolicyMaps {
         map.keys().filter_map(|k| from_bytes(&k)).collect()
     }
 
-    /// Which of rule set `key.rule_set`'s domain rules (bits) a name suffix
-    /// hash matches.
-    pub fn put_domain(&self, key: &abi::domain_key, mask: u64) -> Result<(), KernelError> {
+    /// Which of rule set `key.rule_set`'s domain rules (bits) a name
+    /// matches, with the name (the kernel confirms every hash hit on it).
+    pub fn put_domain(
+        &self,
+        key: &abi::domain_key,
+        value: &abi::domain_value,
+    ) -> Result<(), KernelError> {
         let Some(map) = &self.domain_rules else {
             return Ok(());
         };
-        map.update(bytes_of(key), &mask.to_ne_bytes(), MapFlags::ANY)
+        map.update(bytes_of(key), bytes_of(value), MapFlags::ANY)
             .map_err(map_err("write domain rule"))
     }
 

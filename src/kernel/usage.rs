@@ -15,8 +15,38 @@ use super::abi;
 use super::attach::{dup_handle, KernelError};
 use super::pod::{bytes_of, from_bytes};
 
-/// Records a container lost, by reason (`abi::scope_loss`).
-pub type LossCounts = [u64; abi::scope_loss::SCOPE_LOSS_MAX as usize];
+/// What a container lost in the kernel (cumulative, or a difference).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Records lost, by reason (`abi::scope_loss` index).
+    pub records: [u64; abi::scope_loss::SCOPE_LOSS_MAX as usize],
+    /// Payload bytes of the TCP flow ends among them.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+impl Losses {
+    /// What grew since `earlier` (counters are monotonic).
+    pub fn since(&self, earlier: &Losses) -> Losses {
+        let mut d = Losses {
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            ..Losses::default()
+        };
+        for (d, (now, was)) in d
+            .records
+            .iter_mut()
+            .zip(self.records.iter().zip(earlier.records.iter()))
+        {
+            *d = now.saturating_sub(*was);
+        }
+        d
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.iter().all(|n| *n == 0) && self.bytes_out == 0 && self.bytes_in == 0
+    }
+}
 
 pub struct ScopeUsage {
     usage: MapHandle,
@@ -55,14 +85,42 @@ impl ScopeUsage {
         }
     }
 
+    /// User space expired `n` `dns_pending` entries of each scope cgroup.
+    pub fn release_pending(&self, counts: &HashMap<u64, u64>) {
+        if counts.is_empty() {
+            return;
+        }
+        let map = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        for (scope, n) in counts {
+            let key = scope.to_ne_bytes();
+            let mut v: abi::scope_released = map
+                .lookup(&key, MapFlags::ANY)
+                .ok()
+                .flatten()
+                .and_then(|b| from_bytes(&b))
+                .unwrap_or_default();
+            v.dns_pending += n;
+            if let Err(e) = map.update(&key, bytes_of(&v), MapFlags::ANY) {
+                tracing::warn!(event = "scope_release_failed", scope_cgroup_id = scope, error = %e, "could not return a container's table share");
+            }
+        }
+    }
+
     /// Every container's lost-record counters (cumulative).
-    pub fn losses(&self) -> Vec<(u64, LossCounts)> {
+    pub fn losses(&self) -> Vec<(u64, Losses)> {
         self.usage
             .keys()
             .filter_map(|k| {
                 let scope = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
                 let v: abi::scope_usage = from_bytes(&self.usage.lookup(&k, MapFlags::ANY).ok()??)?;
-                Some((scope, v.lost))
+                Some((
+                    scope,
+                    Losses {
+                        records: v.lost,
+                        bytes_out: v.lost_bytes_out,
+                        bytes_in: v.lost_bytes_in,
+                    },
+                ))
             })
             .collect()
     }

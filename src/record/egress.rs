@@ -2,8 +2,8 @@
 //! and a DNS exchange.
 
 use super::{key, printable, Record, Source};
-use crate::capture::{CloseReason, Counters, DnsAnswer, SockEvent, Verdict};
-use crate::flow::{community_id, FlowRecord, FlowState};
+use crate::capture::{CloseReason, Counters, SockEvent, Verdict};
+use crate::flow::{community_id, DnsExchange, FlowRecord, FlowState};
 
 impl Record {
     /// An attempt that never became a flow: denied (one record, nothing
@@ -105,9 +105,11 @@ impl Record {
         r
     }
 
-    /// One DNS exchange (answer received), so a tunnelling agent is
-    /// visible by its query names even when nothing else flows.
-    pub fn from_dns(d: &DnsAnswer) -> Self {
+    /// One DNS exchange: a query (recorded even when no answer comes, so a
+    /// tunnelling agent is visible by its query names), its answer, or an
+    /// answer the kernel rejected (`dns_rejected`: it changed nothing).
+    pub fn from_dns(x: &DnsExchange) -> Self {
+        let d = x.first();
         let mut r = Record::new(d.time, Source::Egress);
         r.set(key::VERDICT, Verdict::Allowed.name());
         let tcp = i32::from(d.protocol) == libc::IPPROTO_TCP;
@@ -126,14 +128,33 @@ impl Record {
         r.set(key::COMM, d.comm.as_str());
         r.set(key::QNAME, d.qname.as_str());
         r.set(key::QTYPE, qtype_name(d.qtype));
-        r.set(key::RCODE, rcode_name(d.rcode));
-        let answers: Vec<String> = d.answers.iter().map(|(ip, _)| ip.to_string()).collect();
+        r.set(key::DNS_ANSWERED, x.answer.is_some());
+        let Some(a) = &x.answer else {
+            return r.with_body(format!(
+                "DNS {} {} -> (no answer)",
+                qtype_name(d.qtype),
+                printable(&d.qname)
+            ));
+        };
+        if let Some(q) = &x.query {
+            let ms = a.ts_ns.saturating_sub(q.ts_ns) / 1_000_000;
+            r.set(key::DURATION_MS, ms);
+        }
+        r.set(key::RCODE, rcode_name(a.rcode));
+        let answers: Vec<String> = a.answers.iter().map(|(ip, _)| ip.to_string()).collect();
         r.set(key::ANSWERS, answers.join(","));
-        if let Some(ttl) = d.answers.iter().map(|(_, t)| *t).min() {
+        if let Some(ttl) = a.answers.iter().map(|(_, t)| *t).min() {
             r.set(key::TTL, ttl);
         }
+        let rejected = match a.rejected {
+            Some(why) => {
+                r.set(key::DNS_REJECTED, why.name());
+                format!(" (rejected: {})", why.name())
+            }
+            None => String::new(),
+        };
         r.with_body(format!(
-            "DNS {} {} -> {}",
+            "DNS {} {} -> {}{rejected}",
             qtype_name(d.qtype),
             printable(&d.qname),
             answers.join(",")

@@ -45,6 +45,8 @@ pub const QTYPE: &str = "qtype";
 pub const RCODE: &str = "rcode";
 pub const ANSWERS: &str = "answers";
 pub const TTL: &str = "ttl";
+pub const DNS_ANSWERED: &str = "dns_answered";
+pub const DNS_REJECTED: &str = "dns_rejected";
 pub const LOST_TOTAL: &str = "lost_total";
 pub const LOST_RATE_LIMITED: &str = "lost_rate_limited";
 pub const LOST_RINGBUF_FULL: &str = "lost_ringbuf_full";
@@ -56,6 +58,8 @@ pub const SOCKETS_DECIDED: &str = "sockets_decided";
 pub const SOCKETS_ENDED: &str = "sockets_ended";
 pub const SOCKETS_AUDIT: &str = "sockets_audit";
 pub const SOCKETS_END_FAILED: &str = "sockets_end_failed";
+pub const LOST_BYTES_OUT: &str = "lost_bytes_out";
+pub const LOST_BYTES_IN: &str = "lost_bytes_in";
 
 /// Every key, for the prefix-conflict check.
 pub const ALL: &[&str] = &[
@@ -102,6 +106,8 @@ pub const ALL: &[&str] = &[
     RCODE,
     ANSWERS,
     TTL,
+    DNS_ANSWERED,
+    DNS_REJECTED,
     LOST_TOTAL,
     LOST_RATE_LIMITED,
     LOST_RINGBUF_FULL,
@@ -112,4 +118,6 @@ pub const ALL: &[&str] = &[
     SOCKETS_ENDED,
     SOCKETS_AUDIT,
     SOCKETS_END_FAILED,
+    LOST_BYTES_OUT,
+    LOST_BYTES_IN,
 ];

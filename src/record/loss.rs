@@ -19,8 +19,8 @@ pub const RECORDS_LOST: &str = "records_lost";
 
 impl Record {
     pub fn from_loss(loss: &ContainerLoss) -> Self {
-        let at = |i: u32| loss.lost.get(i as usize).copied().unwrap_or(0);
-        let total: u64 = loss.lost.iter().sum();
+        let at = |i: u32| loss.lost.records.get(i as usize).copied().unwrap_or(0);
+        let total: u64 = loss.lost.records.iter().sum();
         let mut r = Record::new(loss.time, Source::Overseer)
             .with_severity(Severity::Warn)
             .with_body(format!(
@@ -34,6 +34,8 @@ impl Record {
         r.set(key::LOST_RINGBUF_FULL, at(l::SCOPE_LOSS_RINGBUF_FULL));
         r.set(key::LOST_FLOW_NOT_TRACKED, at(l::SCOPE_LOSS_FLOW_QUOTA));
         r.set(key::LOST_DNS_NOT_CACHED, at(l::SCOPE_LOSS_DNS_QUOTA));
+        r.set(key::LOST_BYTES_OUT, loss.lost.bytes_out);
+        r.set(key::LOST_BYTES_IN, loss.lost.bytes_in);
         r.set(
             key::INTERVAL_MS,
             u64::try_from(loss.interval.as_millis()).unwrap_or(u64::MAX),

@@ -676,6 +676,7 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
             "dns_cache_full",
             "flow_table_full",
             "parse_failure",
+            "rate_limited",
             "ringbuf_full",
             "sink_failure"
         ],

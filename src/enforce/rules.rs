@@ -129,8 +129,11 @@ pub struct RuleSetWriter<S: RuleStore = PolicyMaps> {
 pub trait RuleStore {
     fn assignments(&self) -> Vec<(u64, abi::container_policy)>;
     fn domain_keys(&self) -> Vec<abi::domain_key>;
-    fn put_domain(&self, key: &abi::domain_key, value: &abi::domain_value)
-        -> Result<(), KernelError>;
+    fn put_domain(
+        &self,
+        key: &abi::domain_key,
+        value: &abi::domain_value,
+    ) -> Result<(), KernelError>;
     fn delete_domain(&self, key: &abi::domain_key);
     fn write_rule_set(&self, set: u32, rules: &[abi::policy_rule]) -> Result<(), KernelError>;
     fn assign(
@@ -415,7 +418,11 @@ mod tests {
         fn domain_keys(&self) -> Vec<abi::domain_key> {
             Vec::new()
         }
-        fn put_domain(&self, _: &abi::domain_key, _: &abi::domain_value) -> Result<(), KernelError> {
+        fn put_domain(
+            &self,
+            _: &abi::domain_key,
+            _: &abi::domain_value,
+        ) -> Result<(), KernelError> {
             Ok(())
         }
         fn delete_domain(&self, _: &abi::domain_key) {}
@@ -441,7 +448,7 @@ mod tests {
     fn set(n: u32) -> KernelRuleSet {
         let a = std::net::Ipv4Addr::from(0x0a00_0000 + (n << 8));
         KernelRuleSet {
-            rules: vec![cidr_rule(a.into(), 24, 0, None, n % 2 == 0)],
+            rules: vec![cidr_rule(a.into(), 24, 0, None, n.is_multiple_of(2))],
             default_allow: true,
             ..Default::default()
         }

@@ -18,6 +18,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("bpf/dns.bpf.c", "dns.skel.rs"),
     ("bpf/lsm.bpf.c", "lsm.skel.rs"),
     ("bpf/packet.bpf.c", "packet.skel.rs"),
+    ("bpf/iter.bpf.c", "iter.skel.rs"),
 ];
 const SHARED: &[&str] = &["bpf/common.bpf.h", "bpf/lib"];
 
@@ -44,7 +45,7 @@ fn main() {
         .derive_copy(true)
         .prepend_enum_name(false)
         .constified_enum_module(
-            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss|dns_message|dns_reject",
+            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss|dns_message|dns_reject|sweep_outcome",
         )
         .generate()
         .expect("bindgen bpf/egress.h")

@@ -72,6 +72,12 @@ enum egress_verdict {
 /* Policy limits: rule sets in the kernel and rules per set. */
 #define EGRESS_MAX_POLICIES 256
 #define EGRESS_MAX_RULES 64
+/*
+ * container_policy.rule_set of a cgroup with no rules (the default action
+ * decides; also the fail-closed deny-all): out of policy_rules' range, so
+ * no lookup finds a rule and no slot is spent.
+ */
+#define EGRESS_NO_RULES EGRESS_MAX_POLICIES
 #define EGRESS_BYPASS_REASON_LEN 128
 #define EGRESS_USER_LEN 32
 
@@ -305,6 +311,33 @@ struct sock_owner {
 	 * find the flow by it, never by re-deriving the address. */
 	struct flow_key tcp_key;
 	__u64 tcp_start_ns; /* connect() time of an untracked TCP flow */
+};
+
+/*
+ * Re-decision of open sockets (iter.bpf.c): after a policy reload or a
+ * bypass end, the socket iterators decide every in-scope TCP socket and
+ * connected UDP socket again and end those the policy now denies. The
+ * iterator writes one sweep_record per socket it decided (not a ring
+ * record: user space reads the iterator's output directly).
+ */
+enum sweep_outcome {
+	SWEEP_KEPT = 0,     /* still allowed (or bypassed) */
+	SWEEP_ENDED = 1,    /* denied: bpf_sock_destroy() ended it */
+	SWEEP_AUDIT = 2,    /* denied in audit mode: left open */
+	SWEEP_FAILED = 3,   /* follows the socket's SWEEP_ENDED: bpf_sock_destroy()
+			     * failed after all (err) */
+};
+
+struct sweep_record {
+	__u64 scope_cgroup_id;
+	__u8 remote_ip[EGRESS_ADDR_LEN];
+	__u16 remote_port; /* host order */
+	__u8 family;
+	__u8 protocol;     /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 outcome;      /* enum sweep_outcome */
+	__u8 _pad[3];
+	__s32 err;         /* bpf_sock_destroy()'s result when it failed */
+	__u32 _pad2;
 };
 
 /* policy_rule.kind */

@@ -10,6 +10,7 @@
  * Only sockets that egress.bpf.c marked as owned (in scope) are touched.
  */
 #include "common.bpf.h"
+#include "lib/policy.h"
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/udp.h>
@@ -386,6 +387,62 @@ static __always_inline void count_datagram(struct __sk_buff *skb, struct sock_ow
 	}
 }
 
+/*
+ * Raw, ICMP and every other socket that is not plain TCP or UDP: the
+ * connect/sendmsg hooks never see where its packets go, and `raw_sockets:
+ * allow` only admitted the socket. Each packet it sends is decided here by
+ * its IP header's destination (raw_sockets first, then the rules, as of
+ * now: a reload applies to the next packet). An enforced deny drops the
+ * packet (the sender gets EPERM) and is recorded; a packet whose headers
+ * cannot be read is dropped too.
+ */
+static __always_inline bool raw_send_denied(struct __sk_buff *skb, struct bpf_sock *sk,
+					    struct sock_owner *owner)
+{
+	struct sock_event *ev;
+	struct attempt a = {};
+	struct pkt p = {};
+	__u8 verdict, flags;
+
+	if (sk->type == SOCK_STREAM || (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP))
+		return false;
+	if (!parse(skb, true, &p))
+		return true;
+	a.family = p.key.family;
+	/* a rule's `icmp` covers ICMPv6 too */
+	a.protocol = p.key.protocol == IPPROTO_ICMPV6 ? IPPROTO_ICMP : p.key.protocol;
+	a.sock_type = sk->type;
+	a.dst_port = p.key.remote_port;
+	__builtin_memcpy(a.dst_ip, p.key.remote_ip, sizeof(a.dst_ip));
+	normalize_dst(a.dst_ip, a.family);
+	verdict = decide(&a, owner->scope_cgroup_id, true, &flags);
+	if (!enforced_deny(verdict, flags))
+		verdict = decide(&a, owner->scope_cgroup_id, false, &flags);
+	if (!enforced_deny(verdict, flags))
+		return false;
+	ev = reserve_event(sizeof(*ev), HOOK_SKB_EGRESS, owner->scope_cgroup_id);
+	if (ev) {
+		__builtin_memset(ev, 0, sizeof(*ev));
+		fill_header(&ev->hdr, EVENT_KIND_SOCK, sizeof(*ev), HOOK_SKB_EGRESS);
+		ev->cgroup_id = owner->cgroup_id;
+		ev->scope_cgroup_id = owner->scope_cgroup_id;
+		ev->sock_cookie = p.key.sock_cookie;
+		ev->pid = owner->pid;
+		ev->tgid = owner->tgid;
+		__builtin_memcpy(ev->src_ip, p.local_ip, sizeof(ev->src_ip));
+		__builtin_memcpy(ev->dst_ip, a.dst_ip, sizeof(ev->dst_ip));
+		ev->src_port = p.local_port;
+		ev->dst_port = a.dst_port;
+		ev->family = a.family;
+		ev->sock_type = sk->type;
+		ev->protocol = p.key.protocol;
+		ev->verdict = VERDICT_DENY;
+		__builtin_memcpy(ev->comm, owner->comm, sizeof(ev->comm));
+		bpf_ringbuf_submit(ev, 0);
+	}
+	return true;
+}
+
 static __always_inline int account(struct __sk_buff *skb, bool egress)
 {
 	struct bpf_sock *sk = skb->sk;
@@ -399,6 +456,8 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
 	if (!owner)
 		return SK_PASS; /* not a socket in scope: the cheap common exit */
+	if (egress && raw_send_denied(skb, sk, owner))
+		return SK_REJECT;
 	if (sk->protocol == IPPROTO_TCP)
 		refresh_tcp(sk, owner);
 	else

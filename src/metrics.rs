@@ -90,6 +90,21 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+/// `policy_actions_total{action}`: what the control path did to keep the
+/// kernel's policy honest (see `Metrics::policy`).
+pub const POLICY_ACTIONS: [&str; 5] = [
+    "rejected",           // a policy file (or reload) refused, old policy kept
+    "fail_closed",        // a cgroup denied everything: its rules found no slot
+    "sockets_ended",      // open sockets ended because the policy now denies them
+    "sockets_end_failed", // ... that the kernel refused to end
+    "reapply_failed",     // a re-decision of open sockets that did not run
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkCauseLabels {
     sink: &'static str,
     cause: &'static str,
@@ -128,6 +143,7 @@ pub struct Metrics {
     exported: Family<SinkLabels, Counter>,
     sink_failures: Family<SinkCauseLabels, Counter>,
     spool_bytes: Family<SinkLabels, Gauge>,
+    policy_actions: Family<ActionLabels, Counter>,
     unattributed: Counter,
     docker_outages: Counter,
     docker_up: Gauge,
@@ -175,6 +191,7 @@ impl Metrics {
             exported: Family::default(),
             sink_failures: Family::default(),
             spool_bytes: Family::default(),
+            policy_actions: Family::default(),
             unattributed: Counter::default(),
             docker_outages: Counter::default(),
             docker_up: Gauge::default(),
@@ -209,6 +226,14 @@ impl Metrics {
             DropReason::SpoolFull,
         ] {
             m.dropped(reason, 0);
+        }
+        registry.register(
+            "policy_actions",
+            "Policy control-path actions, by action (rejected, fail_closed, sockets_ended, sockets_end_failed, reapply_failed)",
+            m.policy_actions.clone(),
+        );
+        for action in POLICY_ACTIONS {
+            m.policy(action, 0);
         }
         registry.register(
             "dns_answers_rejected",
@@ -351,6 +376,13 @@ impl Metrics {
 
     pub fn api_dropped(&self, n: u64) {
         self.api_dropped.inc_by(n);
+    }
+
+    /// One of [`POLICY_ACTIONS`], `n` times.
+    pub fn policy(&self, action: &'static str, n: u64) {
+        self.policy_actions
+            .get_or_create(&ActionLabels { action })
+            .inc_by(n);
     }
 
     pub fn unattributed(&self) {

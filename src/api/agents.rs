@@ -268,6 +268,7 @@ mod tests {
             verdict: Verdict::Allowed,
             syn_sent: true,
             audit: false,
+            policy_end: false,
             counters: Counters {
                 bytes_out: out,
                 bytes_in: 0,

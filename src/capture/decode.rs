@@ -208,6 +208,7 @@ pub fn decode_flow(
         verdict,
         syn_sent: u32::from(value.flags) & abi::FLOW_F_SYN_SENT != 0,
         audit: u32::from(value.flags) & abi::FLOW_F_AUDIT != 0,
+        policy_end: u32::from(value.flags) & abi::FLOW_F_POLICY_END != 0,
         counters: Counters {
             bytes_out: value.bytes_out,
             bytes_in: value.bytes_in,

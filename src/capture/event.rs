@@ -232,6 +232,8 @@ pub struct FlowSnapshot {
     pub syn_sent: bool,
     /// Its DENY verdict was decided in audit mode (not enforced).
     pub audit: bool,
+    /// A policy change ended its socket (iter.bpf.c): close_reason=policy.
+    pub policy_end: bool,
     pub counters: Counters,
 }
 

@@ -1,5 +1,7 @@
 //! `policy check FILE`, `policy explain` and `policy suggest`: offline, no
-//! root, no kernel.
+//! root, no kernel. `check` and `explain` refuse a file the kernel could not
+//! hold (more rules per rule set or more distinct rule sets than it has room
+//! for), exactly as the daemon does at start-up and reload.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -95,7 +97,11 @@ pub fn policy(args: &PolicyArgs) -> Result<()> {
 /// A rejected file is one `file:line:column: reason` line on stderr, with no
 /// prefix, so editors and CI annotators can jump to it.
 fn load_or_exit(file: &Path, project: Option<&str>) -> (Policy, bool) {
-    match Policy::load_any(file, project) {
+    let loaded = Policy::load_any(file, project).and_then(|(p, bare)| {
+        p.check_limits(&file.display().to_string(), &crate::enforce::KERNEL_LIMITS)?;
+        Ok((p, bare))
+    });
+    match loaded {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -147,7 +153,11 @@ fn collisions(p: &Policy) -> Vec<String> {
     }
     let mut out = Vec::new();
     for (scope, resolved) in sets {
-        for name in crate::enforce::compile(&resolved).1.hash_collisions {
+        // Limits were checked at load: compile() does not refuse here.
+        let collisions = crate::enforce::compile(&resolved)
+            .map(|(_, notes)| notes.hash_collisions)
+            .unwrap_or_default();
+        for name in collisions {
             out.push(format!(
                 "{scope}: domain {name} has the same kernel hash as another domain rule; the kernel will never match it"
             ));

@@ -19,7 +19,7 @@ use crate::api;
 use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
 use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
-use crate::enforce::{BypassWatcher, Directory, PolicyController, RuleSetWriter, Targets};
+use crate::enforce::{BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets};
 use crate::export::{
     cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, OtlpTransport, Spool,
     SpoolOptions, StdoutSink,
@@ -60,9 +60,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         kernel::ensure_bpffs(&kernel::bpffs_root())?;
     }
     let scope = config.effective_scope();
-    // Validate the policy before touching the kernel.
+    // Validate the policy (and that the kernel can hold it) before
+    // touching the kernel.
     let policy = match &config.policy_file {
-        Some(path) => Some(Policy::load(path)?),
+        Some(path) => Some(crate::enforce::load_policy(path)?),
         None => None,
     };
     let attached = kernel::load_and_attach(&AttachOptions {
@@ -168,7 +169,14 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         &attached.policy_rules,
         &attached.bypass,
     )?;
-    tokio::spawn(BypassWatcher::new(policy_maps, clock).run(control_tx.clone()));
+    // Policy changes (reload, bypass end) reach sockets already open.
+    let reapply = Reapply::new(attached.pins.clone(), metrics.clone());
+    reapply.preload();
+    tokio::spawn(
+        BypassWatcher::new(policy_maps, clock)
+            .with_reapply(reapply.clone())
+            .run(control_tx.clone()),
+    );
     if let (Some(path), Some(policy)) = (&config.policy_file, policy) {
         let targets = match scope {
             Scope::Containers => Some(label_cache),
@@ -179,8 +187,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             policy,
             &attached,
             targets,
-            control_tx,
+            reapply,
             metrics.clone(),
+            control_tx,
         )?;
     }
     let pipeline =
@@ -217,8 +226,9 @@ fn start_policy(
     policy: Policy,
     attached: &Attached,
     containers: Option<Arc<LabelCache>>,
-    out: mpsc::Sender<Record>,
+    reapply: Reapply,
     metrics: Arc<Metrics>,
+    out: mpsc::Sender<Record>,
 ) -> Result<()> {
     let maps = PolicyMaps::new(
         &attached.container_policy,
@@ -240,8 +250,15 @@ fn start_policy(
         None => (Targets::Everything, changes),
     };
     let writer = RuleSetWriter::new(maps);
-    let controller =
-        PolicyController::start(path.to_path_buf(), policy, writer, targets, out, metrics);
+    let controller = PolicyController::start(
+        path.to_path_buf(),
+        policy,
+        writer,
+        targets,
+        Some(reapply),
+        metrics,
+        out,
+    );
     tokio::spawn(async move {
         let _keep = keep;
         controller.run(changes).await

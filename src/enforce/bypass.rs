@@ -2,13 +2,16 @@
 //! pinned `bypass` map (who, why, until); the kernel then lets that
 //! cgroup's traffic through with verdict BYPASSED — still recorded — and the
 //! daemon's watcher turns every start, early stop and expiry into an
-//! `overseer` record: the "who toggled bypass at 3am?" answer.
+//! `overseer` record: the "who toggled bypass at 3am?" answer. When a
+//! bypass ends (stopped or expired), the connections it let through are
+//! decided again and the ones the policy denies are ended (`Reapply`).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
+use super::reapply::Reapply;
 use crate::capture::BootClock;
 use crate::kernel::pod::{c_str, to_c_str};
 use crate::kernel::{abi, KernelError, PolicyMaps};
@@ -48,6 +51,9 @@ pub struct BypassWatcher {
     clock: BootClock,
     /// Active bypasses as last seen: cgroup id -> started_ns.
     seen: HashMap<u64, abi::bypass_entry>,
+    /// A bypass ended since the last sweep.
+    ended: bool,
+    reapply: Option<Reapply>,
 }
 
 impl BypassWatcher {
@@ -56,7 +62,15 @@ impl BypassWatcher {
             maps,
             clock,
             seen: HashMap::new(),
+            ended: false,
+            reapply: None,
         }
+    }
+
+    /// Decide open sockets again whenever a bypass ends.
+    pub fn with_reapply(mut self, reapply: Reapply) -> Self {
+        self.reapply = Some(reapply);
+        self
     }
 
     /// Poll forever, sending one record per change.
@@ -67,6 +81,11 @@ impl BypassWatcher {
             for record in self.poll(BootClock::now_boot_ns()) {
                 if out.send(record).await.is_err() {
                     return;
+                }
+            }
+            if std::mem::take(&mut self.ended) {
+                if let Some(reapply) = &self.reapply {
+                    reapply.run("bypass end", &out).await;
                 }
             }
         }
@@ -88,6 +107,7 @@ impl BypassWatcher {
                 // Expired: the kernel already ignores it; remove and say so.
                 self.maps.clear_bypass(*id);
                 records.push(self.record("bypass_expired", *id, entry, Some(entry.until_ns)));
+                self.ended = true;
             }
         }
         for (id, entry) in &self.seen {
@@ -96,6 +116,7 @@ impl BypassWatcher {
                 .is_some_and(|e| e.started_ns == entry.started_ns);
             if !still && entry.until_ns > now {
                 records.push(self.record("bypass_stop", *id, entry, Some(now)));
+                self.ended = true;
             }
         }
         self.seen = current

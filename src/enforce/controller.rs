@@ -1,8 +1,10 @@
 //! Keeps the kernel's policy in step with the policy file and with the
 //! containers in scope. A reload (SIGHUP or a changed file) parses the
-//! whole file first: an invalid file changes nothing in the kernel and is
-//! reported (log + overseer record); a valid one is installed container by
-//! container, each swap a single map update.
+//! whole file first and checks it against the kernel's limits: an invalid
+//! or oversized file changes nothing in the kernel and is reported (log +
+//! `policy_rejected` overseer record); a valid one is installed container
+//! by container, each swap a single map update, and then open sockets are
+//! decided again (`Reapply`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,8 +14,9 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-use super::compile::compile;
-use super::rules::RuleSetWriter;
+use super::compile::{compile, load_policy};
+use super::reapply::Reapply;
+use super::rules::{KernelRuleSet, Placed, RuleSetWriter};
 use crate::detect::PolicyModes;
 use crate::metrics::Metrics;
 use crate::policy::{Mode, Policy};
@@ -42,8 +45,12 @@ pub struct PolicyController {
     installed: HashMap<u64, (Option<String>, Option<String>)>,
     /// The mode of each installed rule set, for the enforcement gauge.
     modes: HashMap<u64, Mode>,
-    out: mpsc::Sender<Record>,
+    /// Cgroups denied everything because their rules found no slot (or
+    /// could not be compiled), since start.
+    failed_closed: u64,
+    reapply: Option<Reapply>,
     metrics: Arc<Metrics>,
+    out: mpsc::Sender<Record>,
 }
 
 impl PolicyController {
@@ -54,8 +61,9 @@ impl PolicyController {
         policy: Policy,
         writer: RuleSetWriter,
         targets: Targets,
-        out: mpsc::Sender<Record>,
+        reapply: Option<Reapply>,
         metrics: Arc<Metrics>,
+        out: mpsc::Sender<Record>,
     ) -> Self {
         let stamp = file_stamp(&path);
         let mut c = PolicyController {
@@ -66,8 +74,10 @@ impl PolicyController {
             stamp,
             installed: HashMap::new(),
             modes: HashMap::new(),
-            out,
+            failed_closed: 0,
+            reapply,
             metrics,
+            out,
         };
         c.install_all(true);
         c
@@ -99,7 +109,7 @@ impl PolicyController {
 
     async fn reload(&mut self, why: &str) {
         self.stamp = file_stamp(&self.path);
-        match Policy::load(&self.path) {
+        match load_policy(&self.path) {
             Ok(policy) => {
                 self.policy = policy;
                 self.install_all(true);
@@ -110,8 +120,12 @@ impl PolicyController {
                     None,
                 )
                 .await;
+                if let Some(reapply) = &self.reapply {
+                    reapply.run("policy reload", &self.out).await;
+                }
             }
             Err(e) => {
+                self.metrics.policy("rejected", 1);
                 tracing::error!(event = "policy_rejected", error = %e, "invalid policy file; the previous policy stays in force");
                 self.audit(
                     "policy_rejected",
@@ -144,6 +158,9 @@ impl PolicyController {
                 .collect(),
         };
         let live: HashSet<u64> = targets.iter().map(|t| t.0).collect();
+        let mut sets: Vec<(u64, KernelRuleSet)> = Vec::new();
+        let mut labels_of = HashMap::new();
+        let mut modes_of = HashMap::new();
         for (id, agent, project) in targets {
             let labels = (agent, project);
             if !all && self.installed.get(&id) == Some(&labels) {
@@ -152,27 +169,54 @@ impl PolicyController {
             let resolved = self
                 .policy
                 .rules_for(labels.0.as_deref(), labels.1.as_deref());
-            let (set, notes) = compile(&resolved);
-            if notes.truncated > 0 {
-                tracing::warn!(
-                    event = "policy_truncated",
-                    cgroup_id = id,
-                    rules = notes.truncated,
-                    "rules beyond the kernel limit were dropped"
-                );
+            match compile(&resolved) {
+                Ok((set, notes)) => {
+                    if !notes.hash_collisions.is_empty() {
+                        tracing::warn!(
+                            event = "policy_hash_collision",
+                            cgroup_id = id,
+                            names = ?notes.hash_collisions,
+                            "domain rules whose name hash collides with another rule's never match in the kernel"
+                        );
+                    }
+                    sets.push((id, set));
+                    labels_of.insert(id, labels);
+                    modes_of.insert(id, resolved.mode);
+                }
+                Err(e) => {
+                    // Checked at load: only a bug gets here. Never a cut-down set.
+                    self.failed_closed += 1;
+                    self.metrics.policy("fail_closed", 1);
+                    tracing::error!(event = "policy_fail_closed", cgroup_id = id, error = %e, total = self.failed_closed, "rules not compiled: this cgroup denies everything");
+                    if self.writer.fail_closed(id).is_ok() {
+                        self.installed.insert(id, labels);
+                    }
+                }
             }
-            if !notes.hash_collisions.is_empty() {
-                tracing::warn!(
-                    event = "policy_hash_collision",
-                    cgroup_id = id,
-                    names = ?notes.hash_collisions,
-                    "domain rules whose name hash collides with another rule's never match in the kernel"
-                );
-            }
-            match self.writer.install(id, &set) {
-                Ok(()) => {
-                    self.installed.insert(id, labels);
-                    self.modes.insert(id, resolved.mode);
+        }
+        for (id, placed) in self.writer.install_many(&sets) {
+            match placed {
+                Ok(Placed::Installed) => {
+                    if let Some(labels) = labels_of.remove(&id) {
+                        self.installed.insert(id, labels);
+                    }
+                    if let Some(mode) = modes_of.remove(&id) {
+                        self.modes.insert(id, mode);
+                    }
+                }
+                Ok(Placed::FailedClosed) => {
+                    self.failed_closed += 1;
+                    self.metrics.policy("fail_closed", 1);
+                    tracing::error!(
+                        event = "policy_fail_closed",
+                        cgroup_id = id,
+                        slots_in_use = self.writer.slots_in_use(),
+                        total = self.failed_closed,
+                        "no kernel rule-set slot for this cgroup's rules: it denies everything"
+                    );
+                    if let Some(labels) = labels_of.remove(&id) {
+                        self.installed.insert(id, labels);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(event = "policy_install_failed", cgroup_id = id, error = %e, "policy not installed for this cgroup")

@@ -5,9 +5,12 @@
 mod bypass;
 mod compile;
 mod controller;
+mod reapply;
 mod rules;
+mod slots;
 
 pub use bypass::{request_bypass, BypassRequest, BypassWatcher};
-pub use compile::{compile, CompileNotes};
+pub use compile::{compile, load_policy, TooManyRules, KERNEL_LIMITS, RESERVED_SLOTS};
 pub use controller::{Directory, PolicyController, Targets};
-pub use rules::{KernelRuleSet, RuleSetWriter};
+pub use reapply::Reapply;
+pub use rules::{KernelRuleSet, Placed, RuleSetWriter};

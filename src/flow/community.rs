@@ -47,6 +47,7 @@ mod tests {
             comm: String::new(),
             verdict: Verdict::Allowed,
             syn_sent: false,
+            policy_end: false,
             audit: false,
             counters: Counters::default(),
         }

@@ -151,6 +151,8 @@ impl FlowStage {
                 // A connect that never sent its SYN: sock_ops will not see it.
                 (true, true, _) if !flow.syn_sent => Some((CloseReason::Unreachable, now)),
                 (true, _, _) => None,
+                // A datagram socket a policy change disconnected.
+                (false, _, _) if flow.policy_end => Some((CloseReason::Policy, now)),
                 (false, true, _) => Some((CloseReason::SocketClosed, now)),
                 (false, false, true) => Some((CloseReason::Idle, flow.last_seen_ns)),
                 (false, false, false) => None,

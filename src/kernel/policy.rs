@@ -90,16 +90,17 @@ impl PolicyMaps {
         })
     }
 
-    /// Write a whole rule set (terminated by RULE_END) into slot `set`.
+    /// Write a whole rule set into slot `set`, terminated by RULE_END
+    /// unless it fills the slot (the kernel stops at EGRESS_MAX_RULES).
     pub fn write_rule_set(&self, set: u32, rules: &[abi::policy_rule]) -> Result<(), KernelError> {
         let max = abi::EGRESS_MAX_RULES as usize;
-        if rules.len() >= max || set >= abi::EGRESS_MAX_POLICIES {
+        if rules.len() > max || set >= abi::EGRESS_MAX_POLICIES {
             return Err(KernelError::Bpf {
                 what: format!(
                     "rule set {set} with {} rules (max {} sets of {} rules)",
                     rules.len(),
                     abi::EGRESS_MAX_POLICIES,
-                    max - 1
+                    max
                 ),
                 source: libbpf_rs::Error::from(std::io::Error::from(
                     std::io::ErrorKind::InvalidInput,
@@ -107,7 +108,8 @@ impl PolicyMaps {
             });
         }
         let end = abi::policy_rule::default(); // kind RULE_END
-        for (i, rule) in rules.iter().chain(std::iter::once(&end)).enumerate() {
+        let terminator = (rules.len() < max).then_some(&end);
+        for (i, rule) in rules.iter().chain(terminator).enumerate() {
             let key = set * abi::EGRESS_MAX_RULES + i as u32;
             self.policy_rules
                 .update(&key.to_ne_bytes(), bytes_of(rule), MapFlags::ANY)

@@ -3,6 +3,7 @@
 //! the kernel side compiles [`Resolved`] into BPF maps. See docs/POLICY.md.
 
 mod clawker;
+mod limits;
 pub mod model;
 mod parse;
 mod resolve;
@@ -16,6 +17,7 @@ mod tests;
 
 use std::path::Path;
 
+pub use limits::{content_key, ContentKey, Limits};
 pub use model::{
     Action, Decision, Dst, Mode, Origin, Policy, ProjectPolicy, Proto, Resolved, Rule, RuleSet,
     Target,
@@ -36,6 +38,9 @@ pub enum PolicyError {
         column: usize,
         reason: String,
     },
+    /// The file is valid but more than the kernel can hold.
+    #[error("{file}: {reason}")]
+    Limit { file: String, reason: String },
 }
 
 impl Policy {

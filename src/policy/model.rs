@@ -18,7 +18,7 @@ pub enum Mode {
     Audit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     Allow,
     Deny,
@@ -27,7 +27,7 @@ pub enum Action {
 /// L4 protocol of a rule or a target. Named protocols (https, ssh, …) are
 /// mapped to one of these plus a default port when parsed: see
 /// [`crate::policy::values::named_proto`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
     Any,
     Tcp,
@@ -37,7 +37,7 @@ pub enum Proto {
 }
 
 /// Whom a rule is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Dst {
     /// `dst: "*"`: every destination.
     Any,

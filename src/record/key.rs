@@ -55,6 +55,11 @@ pub const LOST_RINGBUF_FULL: &str = "lost_ringbuf_full";
 pub const LOST_FLOW_NOT_TRACKED: &str = "lost_flow_not_tracked";
 pub const LOST_DNS_NOT_CACHED: &str = "lost_dns_not_cached";
 pub const INTERVAL_MS: &str = "interval_ms";
+/// `policy_reapplied`: open sockets decided again after a policy change.
+pub const SOCKETS_DECIDED: &str = "sockets_decided";
+pub const SOCKETS_ENDED: &str = "sockets_ended";
+pub const SOCKETS_AUDIT: &str = "sockets_audit";
+pub const SOCKETS_END_FAILED: &str = "sockets_end_failed";
 pub const LOST_BYTES_OUT: &str = "lost_bytes_out";
 pub const LOST_BYTES_IN: &str = "lost_bytes_in";
 
@@ -112,6 +117,10 @@ pub const ALL: &[&str] = &[
     LOST_FLOW_NOT_TRACKED,
     LOST_DNS_NOT_CACHED,
     INTERVAL_MS,
+    SOCKETS_DECIDED,
+    SOCKETS_ENDED,
+    SOCKETS_AUDIT,
+    SOCKETS_END_FAILED,
     LOST_BYTES_OUT,
     LOST_BYTES_IN,
 ];

@@ -554,10 +554,12 @@ fn observe_ends_quietly_on_a_closed_pipe_and_errors_in_one_line() {
     assert!(err.contains("permission denied"), "{err}");
 
     // `observe --json | head -1` while records keep coming: exit 0, quiet.
+    // Only this test's egress records: every daemon also sees the lifecycle
+    // of containers other tests start (overseer records).
     let mut pipe = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "set -o pipefail; {} observe --socket {} --json | head -1",
+            "set -o pipefail; {} observe --socket {} --json --source egress | head -1",
             bin(),
             socket.display()
         ))

@@ -160,9 +160,9 @@ pub struct Attached {
 }
 
 /// Load the programs and attach them to `opts.cgroup`, reusing whatever a
-/// previous daemon left pinned. Two BPF objects (decisions, flow
-/// accounting) share their maps through the pins: the first creates them,
-/// the second reuses them.
+/// previous daemon left pinned. The BPF objects (decisions, flow accounting,
+/// DNS, packet sockets, and BPF LSM where it loads) share their maps through
+/// the pins: the first creates them, the others reuse them.
 pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     validate_ringbuf_size(opts.ringbuf_bytes)?;
     let cgroup = File::open(&opts.cgroup).map_err(|source| KernelError::Cgroup {

@@ -111,6 +111,31 @@ static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/*
+ * The end of a TCP flow as the socket leaves it: exact counters (when the
+ * tcp_sock could be read), the local end, the error and why it closed.
+ */
+static __always_inline void submit_tcp_end(struct bpf_sock_ops *ctx, struct flow_end_event *ev,
+					   const struct tcp_counters *c, __u8 reason)
+{
+	__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+			ctx->local_ip6[3] };
+	__u8 fam;
+
+	if (c) {
+		ev->value.bytes_out = c->bytes_out;
+		ev->value.bytes_in = c->bytes_in;
+		ev->value.packets_out = c->packets_out;
+		ev->value.packets_in = c->packets_in;
+		ev->sk_err = c->sk_err;
+	}
+	set_addr(ev->value.local_ip, &fam, ctx->family, l6, ctx->local_ip4);
+	ev->value.local_port = ctx->local_port;
+	ev->end_ns = bpf_ktime_get_boot_ns();
+	ev->close_reason = reason;
+	bpf_ringbuf_submit(ev, 0);
+}
+
 /* A TCP flow end whose record was lost: its bytes still count for its container. */
 static __always_inline void count_lost_bytes(__u64 scope_id, const struct tcp_counters *c)
 {
@@ -149,24 +174,7 @@ static __always_inline void untracked_tcp_close(struct bpf_sock_ops *ctx, struct
 	ev->value.verdict = o->verdict;
 	ev->value.flags = (o->flags & SOCK_F_AUDIT) ? FLOW_F_AUDIT : 0;
 	__builtin_memcpy(ev->value.comm, o->comm, sizeof(ev->value.comm));
-	if (have) {
-		ev->value.bytes_out = c.bytes_out;
-		ev->value.bytes_in = c.bytes_in;
-		ev->value.packets_out = c.packets_out;
-		ev->value.packets_in = c.packets_in;
-	}
-	{
-		__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
-				ctx->local_ip6[3] };
-		__u8 fam;
-
-		set_addr(ev->value.local_ip, &fam, ctx->family, l6, ctx->local_ip4);
-	}
-	ev->value.local_port = ctx->local_port;
-	ev->end_ns = bpf_ktime_get_boot_ns();
-	ev->sk_err = c.sk_err;
-	ev->close_reason = close_reason(old_state, c.sk_err);
-	bpf_ringbuf_submit(ev, 0);
+	submit_tcp_end(ctx, ev, have ? &c : NULL, close_reason(old_state, c.sk_err));
 }
 
 static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_state)
@@ -200,25 +208,11 @@ static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_sta
 		fill_header(&ev->hdr, EVENT_KIND_FLOW_END, sizeof(*ev), HOOK_SOCK_OPS);
 		ev->key = key;
 		__builtin_memcpy(&ev->value, v, sizeof(ev->value));
-		if (ctx->sk && read_tcp(ctx->sk, &c)) {
-			ev->value.bytes_out = c.bytes_out;
-			ev->value.bytes_in = c.bytes_in;
-			ev->value.packets_out = c.packets_out;
-			ev->value.packets_in = c.packets_in;
-		}
-		{
-			__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
-					ctx->local_ip6[3] };
-			__u8 fam;
+		bool have = ctx->sk && read_tcp(ctx->sk, &c);
 
-			set_addr(ev->value.local_ip, &fam, ctx->family, l6, ctx->local_ip4);
-		}
-		ev->value.local_port = ctx->local_port;
-		ev->end_ns = bpf_ktime_get_boot_ns();
-		ev->sk_err = c.sk_err;
-		ev->close_reason = (v->flags & FLOW_F_POLICY_END) ? CLOSE_POLICY
-								  : close_reason(old_state, c.sk_err);
-		bpf_ringbuf_submit(ev, 0);
+		submit_tcp_end(ctx, ev, have ? &c : NULL,
+			       (v->flags & FLOW_F_POLICY_END) ? CLOSE_POLICY
+							     : close_reason(old_state, c.sk_err));
 	}
 	/* Ended exactly once: the record is out (or its loss counted). */
 	u = bpf_map_lookup_elem(&scope_usage, &v->scope_cgroup_id);

@@ -108,20 +108,11 @@ fn outage(
     // Through the daemon door: TLS with the stack's CA, the daemon's client
     // certificate and bearer token (tests/stack_e2e/plumbing.rs).
     let door = DaemonDoor::new(&stack, &ports);
-    let f = |name: &str| door.pki.join(name).display().to_string();
-    let mut opts = support::DaemonOptions::for_cgroup(&cg)
-        .arg("--output")
-        .arg("stdout,otlp")
-        .arg("--otlp-endpoint")
-        .arg(format!("https://localhost:{}", ports.grpc))
-        .arg("--otlp-ca-file")
-        .arg(f("ca.pem"))
-        .arg("--otlp-client-cert-file")
-        .arg(f("daemon.pem"))
-        .arg("--otlp-client-key-file")
-        .arg(f("daemon.key"))
-        .arg("--otlp-bearer-token-file")
-        .arg(f("daemon.token"));
+    let mut opts = door.daemon_flags(
+        support::DaemonOptions::for_cgroup(&cg)
+            .arg("--output")
+            .arg("stdout,otlp"),
+    );
     for (k, v) in daemon_env {
         opts.env.push(((*k).into(), (*v).into()));
     }

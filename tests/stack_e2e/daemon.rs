@@ -19,20 +19,8 @@ use crate::support;
 /// the daemon door: TLS with the stack's CA, its client certificate, the
 /// bearer token from its file, gzip.
 pub(crate) fn otlp_daemon(opts: support::DaemonOptions, door: &DaemonDoor) -> support::Daemon {
-    let f = |name: &str| door.pki.join(name).display().to_string();
     support::Daemon::start(
-        opts.arg("--output")
-            .arg("otlp")
-            .arg("--otlp-endpoint")
-            .arg(format!("https://localhost:{}", door.grpc))
-            .arg("--otlp-ca-file")
-            .arg(f("ca.pem"))
-            .arg("--otlp-client-cert-file")
-            .arg(f("daemon.pem"))
-            .arg("--otlp-client-key-file")
-            .arg(f("daemon.key"))
-            .arg("--otlp-bearer-token-file")
-            .arg(f("daemon.token"))
+        door.daemon_flags(opts.arg("--output").arg("otlp"))
             .arg("--otlp-compression")
             .arg("gzip"),
     )

@@ -342,6 +342,25 @@ impl DaemonDoor {
             .into()
     }
 
+    /// A daemon's flags to export through this door: TLS with the stack's
+    /// CA, the daemon's client certificate and its bearer token file.
+    pub(crate) fn daemon_flags(
+        &self,
+        opts: crate::support::DaemonOptions,
+    ) -> crate::support::DaemonOptions {
+        let f = |name: &str| self.pki.join(name).display().to_string();
+        opts.arg("--otlp-endpoint")
+            .arg(format!("https://localhost:{}", self.grpc))
+            .arg("--otlp-ca-file")
+            .arg(f("ca.pem"))
+            .arg("--otlp-client-cert-file")
+            .arg(f("daemon.pem"))
+            .arg("--otlp-client-key-file")
+            .arg(f("daemon.key"))
+            .arg("--otlp-bearer-token-file")
+            .arg(f("daemon.token"))
+    }
+
     pub(crate) fn token(&self) -> String {
         std::fs::read_to_string(self.pki.join("daemon.token"))
             .unwrap()

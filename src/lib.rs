@@ -2,7 +2,8 @@
 //!
 //! Data path, one direction: [`kernel`] (load/attach) -> [`capture`] (ring
 //! buffer drain, decode) -> [`flow`] (one record per flow) -> [`pipeline`] ([`record`] + [`attribute`]) ->
-//! [`export`] (sinks). [`metrics`] counts every stage; [`config`] and [`cli`]
+//! [`export`] (sinks). [`vocab`] (hooks, verdicts, close and drop reasons)
+//! is the ground floor every stage names things from. [`metrics`] counts every stage; [`config`] and [`cli`]
 //! sit at the edge. [`api`] is one more sink: the local socket `observe`
 //! and `top` read.
 
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod record;
+pub mod vocab;

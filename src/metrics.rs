@@ -19,49 +19,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::capture::{DnsReject, Hook, Verdict};
+use crate::capture::DnsReject;
 use crate::detect::{AgentLimits, AgentMetrics};
+use crate::vocab::{Hook, Verdict};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// The kernel could not reserve ring buffer space.
-    RingbufFull,
-    /// A ring buffer record user space could not decode.
-    ParseFailure,
-    /// A sink gave up on a record (queue full, rejected, retries exhausted).
-    SinkFailure,
-    /// A new flow found the kernel flow table full: no byte counts for it
-    /// (a TCP connect is still recorded as an attempt).
-    FlowTableFull,
-    /// A DNS answer found the kernel's DNS cache full: that address gets no
-    /// domain verdict (its name may still appear in the DNS record).
-    DnsCacheFull,
-    /// A container spent its record budget (P14): its record was not
-    /// written, so a flood costs only the flooder's own records.
-    RateLimited,
-    /// A DNS query found the kernel's pending-query table (or its
-    /// container's share) full: the query is recorded, but its answer will
-    /// not count (the name gets no domain verdict).
-    DnsPendingFull,
-    /// The OTLP sink's memory queue and its disk spool were both full (a
-    /// collector outage longer than the spool holds).
-    SpoolFull,
-}
-
-impl DropReason {
-    fn label(self) -> &'static str {
-        match self {
-            DropReason::RingbufFull => "ringbuf_full",
-            DropReason::ParseFailure => "parse_failure",
-            DropReason::SinkFailure => "sink_failure",
-            DropReason::FlowTableFull => "flow_table_full",
-            DropReason::DnsCacheFull => "dns_cache_full",
-            DropReason::RateLimited => "rate_limited",
-            DropReason::DnsPendingFull => "dns_pending_full",
-            DropReason::SpoolFull => "spool_full",
-        }
-    }
-}
+pub use crate::vocab::DropReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
@@ -215,17 +177,8 @@ impl Metrics {
         );
         // Every reason from the first scrape, so a query or an alert on
         // the counter has a series before anything was lost.
-        for reason in [
-            DropReason::RingbufFull,
-            DropReason::ParseFailure,
-            DropReason::SinkFailure,
-            DropReason::FlowTableFull,
-            DropReason::DnsCacheFull,
-            DropReason::RateLimited,
-            DropReason::DnsPendingFull,
-            DropReason::SpoolFull,
-        ] {
-            m.dropped(reason, 0);
+        for reason in DropReason::ALL {
+            m.dropped(*reason, 0);
         }
         registry.register(
             "policy_actions",
@@ -330,7 +283,7 @@ impl Metrics {
     pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped
             .get_or_create(&ReasonLabels {
-                reason: reason.label(),
+                reason: reason.name(),
             })
             .inc_by(n);
     }
@@ -497,7 +450,7 @@ impl Metrics {
     pub fn dropped_total(&self, reason: DropReason) -> u64 {
         self.dropped
             .get_or_create(&ReasonLabels {
-                reason: reason.label(),
+                reason: reason.name(),
             })
             .get()
     }

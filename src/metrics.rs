@@ -19,9 +19,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::capture::DnsReject;
 use crate::detect::{AgentLimits, AgentMetrics};
-use crate::vocab::{Hook, Verdict};
+use crate::vocab::{DnsReject, Hook, Verdict};
 
 pub use crate::vocab::DropReason;
 

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-pub use crate::vocab::{CloseReason, Hook, Verdict};
+pub use crate::vocab::{CloseReason, DnsReject, Hook, Verdict};
 
 /// One socket operation seen at a cgroup hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,53 +91,6 @@ pub enum DnsKind {
     Query,
     /// Received by a socket in scope.
     Answer,
-}
-
-/// Why the kernel did not let an answer count (it changed nothing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DnsReject {
-    /// No query of this socket with that id and type is waiting.
-    Unsolicited,
-    /// The server, protocol or question differ from the query's.
-    Mismatch,
-    /// A socket in scope sent it (a container answering itself).
-    LocalSender,
-}
-
-impl DnsReject {
-    pub const ALL: [DnsReject; 3] = [
-        DnsReject::Unsolicited,
-        DnsReject::Mismatch,
-        DnsReject::LocalSender,
-    ];
-
-    pub fn from_raw(raw: u32) -> Option<Option<DnsReject>> {
-        use crate::kernel::abi::dns_reject as r;
-        Some(match raw {
-            r::DNS_REJECT_NONE => None,
-            r::DNS_REJECT_UNSOLICITED => Some(DnsReject::Unsolicited),
-            r::DNS_REJECT_MISMATCH => Some(DnsReject::Mismatch),
-            r::DNS_REJECT_LOCAL_SENDER => Some(DnsReject::LocalSender),
-            _ => return None,
-        })
-    }
-
-    pub fn raw(self) -> u32 {
-        use crate::kernel::abi::dns_reject as r;
-        match self {
-            DnsReject::Unsolicited => r::DNS_REJECT_UNSOLICITED,
-            DnsReject::Mismatch => r::DNS_REJECT_MISMATCH,
-            DnsReject::LocalSender => r::DNS_REJECT_LOCAL_SENDER,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DnsReject::Unsolicited => "unsolicited",
-            DnsReject::Mismatch => "mismatch",
-            DnsReject::LocalSender => "local_sender",
-        }
-    }
 }
 
 /// One DNS query a socket in scope sent, or one answer it received

@@ -65,33 +65,35 @@ impl ScopeUsage {
     /// User space removed `flows` flow entries and `dns` cache entries of
     /// each scope cgroup: give the container its share back.
     pub fn release(&self, counts: &HashMap<u64, (u64, u64)>) {
-        if counts.is_empty() {
-            return;
-        }
-        let map = self.released.lock().unwrap_or_else(|p| p.into_inner());
-        for (scope, (flows, dns)) in counts {
-            let key = scope.to_ne_bytes();
-            let mut v: abi::scope_released = map
-                .lookup(&key, MapFlags::ANY)
-                .ok()
-                .flatten()
-                .and_then(|b| from_bytes(&b))
-                .unwrap_or_default();
-            v.flows += flows;
-            v.dns_entries += dns;
-            if let Err(e) = map.update(&key, bytes_of(&v), MapFlags::ANY) {
-                tracing::warn!(event = "scope_release_failed", scope_cgroup_id = scope, error = %e, "could not return a container's table share");
-            }
-        }
+        self.add_released(counts.iter().map(|(scope, &(flows, dns))| {
+            (*scope, move |v: &mut abi::scope_released| {
+                v.flows += flows;
+                v.dns_entries += dns;
+            })
+        }));
     }
 
     /// User space expired `n` `dns_pending` entries of each scope cgroup.
     pub fn release_pending(&self, counts: &HashMap<u64, u64>) {
-        if counts.is_empty() {
+        self.add_released(counts.iter().map(|(scope, &n)| {
+            (*scope, move |v: &mut abi::scope_released| {
+                v.dns_pending += n
+            })
+        }));
+    }
+
+    /// Read-modify-write of `scope_released` entries, one writer at a time
+    /// (user space is its only writer).
+    fn add_released<F: FnOnce(&mut abi::scope_released)>(
+        &self,
+        changes: impl Iterator<Item = (u64, F)>,
+    ) {
+        let mut changes = changes.peekable();
+        if changes.peek().is_none() {
             return;
         }
         let map = self.released.lock().unwrap_or_else(|p| p.into_inner());
-        for (scope, n) in counts {
+        for (scope, change) in changes {
             let key = scope.to_ne_bytes();
             let mut v: abi::scope_released = map
                 .lookup(&key, MapFlags::ANY)
@@ -99,7 +101,7 @@ impl ScopeUsage {
                 .flatten()
                 .and_then(|b| from_bytes(&b))
                 .unwrap_or_default();
-            v.dns_pending += n;
+            change(&mut v);
             if let Err(e) = map.update(&key, bytes_of(&v), MapFlags::ANY) {
                 tracing::warn!(event = "scope_release_failed", scope_cgroup_id = scope, error = %e, "could not return a container's table share");
             }

@@ -36,7 +36,7 @@ static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
 	ev->verdict = verdict;
 	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 }
 
 static __always_inline void set_owner(struct sock_owner *o, __u64 scope_id, __u8 verdict,
@@ -216,8 +216,13 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 	if (a.protocol == IPPROTO_TCP) {
 		if (!is_connect)
 			return SK_PASS;
-		if (owner)
+		if (owner) {
 			set_owner(owner, scope_id, verdict, SOCK_F_TCP_PENDING);
+			/* The first counter refresh (flow.bpf.c) a second from
+			 * now: a short connection's packets only check the
+			 * clock; its end record reads the counters anyway. */
+			owner->tcp_refreshed_ns = bpf_ktime_get_boot_ns();
+		}
 		start_tcp_flow(&a, owner, scope_id, verdict, flags, cookie, hook);
 	} else if (owner) {
 		/* Datagram flows start at their first packet (flow.bpf.c). */

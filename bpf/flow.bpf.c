@@ -133,7 +133,7 @@ static __always_inline void submit_tcp_end(struct bpf_sock_ops *ctx, struct flow
 	ev->value.local_port = ctx->local_port;
 	ev->end_ns = bpf_ktime_get_boot_ns();
 	ev->close_reason = reason;
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 }
 
 /* A TCP flow end whose record was lost: its bytes still count for its container. */
@@ -432,7 +432,7 @@ static __always_inline bool raw_send_denied(struct __sk_buff *skb, struct bpf_so
 		ev->protocol = p.key.protocol;
 		ev->verdict = VERDICT_DENY;
 		__builtin_memcpy(ev->comm, owner->comm, sizeof(ev->comm));
-		bpf_ringbuf_submit(ev, 0);
+		submit_event(ev, sizeof(*ev));
 	}
 	return true;
 }
@@ -489,6 +489,6 @@ int flow_sock_release(struct bpf_sock *sk)
 		return SK_PASS;
 	fill_header(&ev->hdr, EVENT_KIND_SOCK_RELEASE, sizeof(*ev), HOOK_SOCK_RELEASE);
 	ev->sock_cookie = bpf_get_socket_cookie(sk);
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 	return SK_PASS;
 }

@@ -50,19 +50,19 @@ static __always_inline bool read_tcp(void *sk, struct tcp_counters *c)
 	struct tcp_sock___ce *tp = (void *)bpf_skc_to_tcp_sock(sk);
 	struct sock___ce *s = (void *)tp;
 	__u64 received;
-	__u8 shutdown;
 
 	if (!tp)
 		return false;
-	c->bytes_out = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
-	received = BPF_CORE_READ(tp, bytes_received);
-	shutdown = BPF_CORE_READ(s, sk_shutdown);
-	if ((shutdown & RCV_SHUTDOWN) && received > 0)
+	/* A trusted (BTF) pointer: plain CO-RE loads, no probe-read helper
+	 * call per field. */
+	c->bytes_out = tp->bytes_sent - tp->bytes_retrans;
+	received = tp->bytes_received;
+	if ((s->sk_shutdown & RCV_SHUTDOWN) && received > 0)
 		received -= 1;
 	c->bytes_in = received;
-	c->packets_out = BPF_CORE_READ(tp, segs_out);
-	c->packets_in = BPF_CORE_READ(tp, segs_in);
-	c->sk_err = BPF_CORE_READ(s, sk_err);
+	c->packets_out = tp->segs_out;
+	c->packets_in = tp->segs_in;
+	c->sk_err = s->sk_err;
 	return true;
 }
 

@@ -5,12 +5,14 @@
  *    TCP_CLOSE, emits one flow_end_event with exact payload byte counts
  *    read from the kernel's own tcp_sock counters;
  *  - cgroup_skb egress/ingress count datagram/raw packets per (socket,
- *    remote endpoint) flow, and refresh TCP counters for interim reports;
+ *    remote endpoint) flow, refresh TCP counters for interim reports, and
+ *    parse DNS queries and answers (lib/dns.h);
  *  - sock_release tells user space when a datagram socket's flows end.
  * Only sockets that egress.bpf.c marked as owned (in scope) are touched.
  */
 #include "common.bpf.h"
 #include "lib/policy.h"
+#include "lib/dns.h"
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/udp.h>
@@ -441,6 +443,7 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 {
 	struct bpf_sock *sk = skb->sk;
 	struct sock_owner *owner;
+	int verdict = SK_PASS;
 
 	if (!sk)
 		return SK_PASS;
@@ -451,12 +454,20 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 	if (!owner)
 		return SK_PASS; /* not a socket in scope: the cheap common exit */
 	if (egress && raw_send_denied(skb, sk, owner))
-		return SK_REJECT;
-	if (sk->protocol == IPPROTO_TCP)
+		verdict = SK_REJECT;
+	else if (sk->protocol == IPPROTO_TCP)
 		refresh_tcp(sk, owner);
 	else
 		count_datagram(skb, owner, egress);
-	return SK_PASS;
+	/* DNS (lib/dns.h), in the same program: one owner lookup per packet.
+	 * A query is recorded even when its packet was denied. */
+	if (sk->protocol == IPPROTO_UDP || sk->protocol == IPPROTO_TCP) {
+		if (egress)
+			dns_query(skb, sk, owner);
+		else
+			dns_answer(skb, sk, owner);
+	}
+	return verdict;
 }
 
 SEC("cgroup_skb/egress")

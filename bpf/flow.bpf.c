@@ -108,8 +108,17 @@ static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 	if (!(owner->flags & SOCK_F_TCP_FLOW))
 		return; /* no flow entry (table or quota full): nothing to end */
 	v = bpf_map_lookup_elem(&flows, &owner->tcp_key);
-	if (v)
+	if (v) {
+		/* The local end is bound by now: interim records name it (and
+		 * their Community ID) before the first counter refresh. */
+		__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+				ctx->local_ip6[3] };
+		__u8 fam;
+
 		v->flags |= FLOW_F_SYN_SENT;
+		set_addr(v->local_ip, &fam, ctx->family, l6, ctx->local_ip4);
+		v->local_port = ctx->local_port;
+	}
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 

@@ -71,17 +71,18 @@ static __always_inline bool admit(struct scope_usage *u)
  * its size), not at every record: a wake-up is an IPI (irq_work), which on a
  * VM costs more than the rest of a connection's programs together. Below
  * the first mark the drain thread's periodic consume picks records up (at
- * most its poll interval later). Records reserved on two CPUs at once can
- * both miss a mark; from half full on every record wakes the reader, so a
- * missed mark never lets the ring fill unseen.
+ * most its poll interval, 20 ms, later). Above it the kernel's default
+ * holds (wake only a reader that had caught up), so a reader that lags is
+ * never stormed with wake-ups. Records reserved on two CPUs at once can
+ * both miss a mark: the periodic consume bounds what that costs.
  */
 static __always_inline __u64 wake_flags(__u64 avail_before, __u64 avail_after)
 {
 	__u64 mark = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
 
-	if (mark == 0 || avail_after / mark != avail_before / mark || avail_after >= 4 * mark)
+	if (mark == 0 || avail_after / mark != avail_before / mark)
 		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
+	return avail_before < mark ? BPF_RB_NO_WAKEUP : 0;
 }
 
 /* Commit a reserved record (its bytes already count in the ring's data). */

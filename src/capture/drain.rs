@@ -17,7 +17,7 @@ use crate::metrics::{DropReason, Metrics};
 
 /// How long one epoll wait lasts: bounds how quickly a stop is noticed,
 /// and how long a record waits when the ring is nearly empty.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(20);
 /// How long a batch may gather after its first event.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Initial capacity of a batch handed downstream.

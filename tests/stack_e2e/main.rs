@@ -734,8 +734,8 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
     );
 }
 
-/// The collector accepts the shipped config alone (what docker-compose runs)
-/// and with the CoreDNS overlay.
+/// The collector accepts the shipped config alone (what docker-compose runs),
+/// with the CoreDNS overlay and with the fleet gateway overlay.
 #[test]
 fn shipped_collector_config_validates() {
     let test = "shipped_collector_config_validates";
@@ -772,7 +772,7 @@ fn shipped_collector_config_validates() {
             "the collector accepted a config without {missing}"
         );
     }
-    for overlays in [vec![], vec!["coredns.yaml"]] {
+    for overlays in [vec![], vec!["coredns.yaml"], vec!["gateway.yaml"]] {
         let mut c = Command::new(&bin);
         c.arg("validate")
             .arg("--config")

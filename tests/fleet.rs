@@ -30,7 +30,7 @@
 
 mod support;
 
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 #[path = "stack_e2e/plumbing.rs"]
 mod plumbing;
 

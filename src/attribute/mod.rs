@@ -3,7 +3,7 @@
 //! anything up.
 //!
 //! ```text
-//! runtime (Docker) --events/inspect--> Overseer --+--> LabelCache <-- Attributor (pipeline)
+//! runtime (Docker) --events/inspect--> Overseer --+--> ContainerCache <-- Attributor (pipeline)
 //!                                                 |        ^
 //!                                                 |        +-- CgroupWatcher (inotify: mkdir -> enroll)
 //!                                                 +--> lifecycle records --> pipeline
@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use attributor::Attributor;
-pub use cache::{Enroller, LabelCache, Lookup, TOMBSTONE_TTL};
+pub use cache::{ContainerCache, Enroller, Lookup, TOMBSTONE_TTL};
 pub use cgroup::{
     cgroup_alive, container_cgroup, container_cgroup_of_pid, container_id_from_path, unified_path,
     CgroupIndex,
@@ -64,7 +64,7 @@ pub struct Attribution {
     pub attributor: Attributor,
     /// Container lifecycle records, for the pipeline.
     pub lifecycle: mpsc::Receiver<Record>,
-    pub cache: Arc<LabelCache>,
+    pub cache: Arc<ContainerCache>,
     overseer: JoinHandle<()>,
     watcher: Option<CgroupWatcher>,
 }
@@ -78,7 +78,7 @@ impl Attribution {
         opts: AttributionOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let cache = Arc::new(LabelCache::new(opts.enroller));
+        let cache = Arc::new(ContainerCache::new(opts.enroller));
         let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
         let (life_tx, life_rx) = mpsc::channel(LIFECYCLE_QUEUE);
         let watcher = match CgroupWatcher::spawn(

@@ -1,5 +1,5 @@
 //! Follows the container runtime: a full resync on every (re)connection,
-//! then its event stream. Keeps the label cache current, answers lookups
+//! then its event stream. Keeps the container cache current, answers lookups
 //! the pipeline asks for (one in flight per container), and emits the
 //! container lifecycle records (`clawker.source` = `overseer`).
 //!
@@ -16,7 +16,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 
-use super::cache::LabelCache;
+use super::cache::ContainerCache;
 use super::cgroup::{cgroup_alive, container_cgroup, container_cgroup_of_pid, CgroupIndex};
 use super::source::{ContainerInfo, ContainerSource, EventKind, RuntimeEvent, SourceError};
 use crate::metrics::Metrics;
@@ -60,7 +60,7 @@ type Inspected = (String, Result<Option<ContainerInfo>, SourceError>);
 
 pub struct Overseer<S: ContainerSource> {
     source: S,
-    cache: Arc<LabelCache>,
+    cache: Arc<ContainerCache>,
     lifecycle: mpsc::Sender<Record>,
     requests: mpsc::Receiver<Request>,
     metrics: Arc<Metrics>,
@@ -80,7 +80,7 @@ pub struct Overseer<S: ContainerSource> {
 impl<S: ContainerSource> Overseer<S> {
     pub fn new(
         source: S,
-        cache: Arc<LabelCache>,
+        cache: Arc<ContainerCache>,
         cgroup_root: PathBuf,
         lifecycle: mpsc::Sender<Record>,
         requests: mpsc::Receiver<Request>,

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::check::{cgroup_dir, require_privileges};
 use super::RunArgs;
 use crate::api;
-use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
+use crate::attribute::{Attribution, AttributionOptions, ContainerCache, DockerSource, Enroller};
 use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets};
@@ -158,8 +158,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         metrics.clone(),
     )?;
     let attribution = start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?;
-    let label_cache = attribution.cache.clone();
-    tokio::spawn(scan_resources(label_cache.clone(), metrics.clone()));
+    let container_cache = attribution.cache.clone();
+    tokio::spawn(scan_resources(container_cache.clone(), metrics.clone()));
     let (attributor, lifecycle, attribution) = attribution.split();
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
@@ -179,7 +179,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     );
     if let (Some(path), Some(policy)) = (&config.policy_file, policy) {
         let targets = match scope {
-            Scope::Containers => Some(label_cache),
+            Scope::Containers => Some(container_cache),
             _ => None,
         };
         start_policy(
@@ -225,7 +225,7 @@ fn start_policy(
     path: &std::path::Path,
     policy: Policy,
     attached: &Attached,
-    containers: Option<Arc<LabelCache>>,
+    containers: Option<Arc<ContainerCache>>,
     reapply: Reapply,
     metrics: Arc<Metrics>,
     out: mpsc::Sender<Record>,
@@ -243,7 +243,7 @@ fn start_policy(
         Some(cache) => {
             let changes = cache.subscribe();
             (
-                Targets::Containers(Box::new(LabelDirectory(cache))),
+                Targets::Containers(Box::new(ContainerDirectory(cache))),
                 changes,
             )
         }
@@ -267,10 +267,10 @@ fn start_policy(
     Ok(())
 }
 
-/// Per-container policy targets, from the label cache.
-struct LabelDirectory(Arc<LabelCache>);
+/// Per-container policy targets, from the container cache.
+struct ContainerDirectory(Arc<ContainerCache>);
 
-impl Directory for LabelDirectory {
+impl Directory for ContainerDirectory {
     fn containers(&self) -> Vec<(u64, Option<String>, Option<String>)> {
         self.0
             .enrolled()
@@ -284,7 +284,7 @@ impl Directory for LabelDirectory {
 }
 
 /// Per-agent resource gauges from the container cgroups, every 10 s.
-async fn scan_resources(cache: Arc<LabelCache>, metrics: Arc<Metrics>) {
+async fn scan_resources(cache: Arc<ContainerCache>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tick.tick().await;

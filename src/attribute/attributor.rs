@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::cache::{ContainerCache, Lookup};
-use super::overseer::Request;
+use super::follower::Request;
 use crate::metrics::Metrics;
 use crate::record::{key, Record};
 
@@ -127,7 +127,7 @@ impl Attributor {
             records: Vec::new(),
         });
         if held.records.is_empty() {
-            // One request per waiting cgroup; the overseer also dedupes.
+            // One request per waiting cgroup; the follower also dedupes.
             let _ = self.requests.try_send(ask);
         }
         held.records.push(record);

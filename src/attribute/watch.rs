@@ -24,7 +24,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDe
 use tokio::sync::mpsc;
 
 use super::cache::ContainerCache;
-use super::overseer::Request;
+use super::follower::Request;
 use super::source::ContainerSource;
 
 /// How often the thread looks at its stop flag.

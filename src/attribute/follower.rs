@@ -5,7 +5,7 @@
 //!
 //! When the runtime goes away the cache keeps serving what it has; the
 //! outage is logged once (`event=docker_unavailable`) and counted, and the
-//! overseer reconnects with backoff.
+//! follower reconnects with backoff.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ const RESYNC_PARALLEL: usize = 8;
 /// Replayed events already handled are recognised among this many.
 const RECENT_EVENTS: usize = 1024;
 
-/// What the pipeline asks of the overseer. Never answered directly: the
+/// What the pipeline asks of the follower. Never answered directly: the
 /// answer lands in the cache, which wakes the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -58,7 +58,7 @@ enum Exit {
 
 type Inspected = (String, Result<Option<ContainerInfo>, SourceError>);
 
-pub struct Overseer<S: ContainerSource> {
+pub struct RuntimeFollower<S: ContainerSource> {
     source: S,
     cache: Arc<ContainerCache>,
     lifecycle: mpsc::Sender<Record>,
@@ -77,7 +77,7 @@ pub struct Overseer<S: ContainerSource> {
     parents: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
-impl<S: ContainerSource> Overseer<S> {
+impl<S: ContainerSource> RuntimeFollower<S> {
     pub fn new(
         source: S,
         cache: Arc<ContainerCache>,
@@ -86,7 +86,7 @@ impl<S: ContainerSource> Overseer<S> {
         requests: mpsc::Receiver<Request>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Overseer {
+        RuntimeFollower {
             source,
             cache,
             lifecycle,
@@ -485,5 +485,5 @@ fn now_nanos() -> i64 {
 }
 
 #[cfg(test)]
-#[path = "tests/overseer.rs"]
+#[path = "tests/follower.rs"]
 mod tests;

@@ -1,4 +1,4 @@
-//! The overseer against a fake runtime: outages, replays, one lookup per
+//! The follower against a fake runtime: outages, replays, one lookup per
 //! container, lifecycle order.
 
 use std::collections::HashMap;
@@ -122,7 +122,7 @@ fn start(fake: Fake) -> Harness {
     let metrics = Arc::new(Metrics::new());
     let (req_tx, req_rx) = mpsc::channel(64);
     let (life_tx, life_rx) = mpsc::channel(64);
-    let o = Overseer::new(
+    let o = RuntimeFollower::new(
         fake.clone(),
         cache.clone(),
         "/nonexistent".into(),

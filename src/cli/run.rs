@@ -21,8 +21,8 @@ use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets};
 use crate::export::{
-    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, OtlpTransport, Spool,
-    SpoolOptions, StdoutSink,
+    control_plane_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink,
+    OtlpTransport, Spool, SpoolOptions, StdoutSink,
 };
 use crate::flow::FlowStage;
 use crate::kernel::{
@@ -39,13 +39,13 @@ const STAGE_QUEUE: usize = 256;
 pub async fn run(args: &RunArgs) -> Result<()> {
     let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
     // With OTLP output the daemon's own logs also go out, as `cp` records.
-    let (cp_layer, cp_rx) = if config.output.has(&Output::Otlp) {
-        let (layer, rx) = cp_logs::channel(cp_logs::QUEUE_RECORDS);
+    let (control_plane_layer, control_plane_rx) = if config.output.has(&Output::Otlp) {
+        let (layer, rx) = control_plane_logs::channel(control_plane_logs::QUEUE_RECORDS);
         (Some(layer), Some(rx))
     } else {
         (None, None)
     };
-    crate::logging::init_with(&config.log_level, cp_layer);
+    crate::logging::init_with(&config.log_level, control_plane_layer);
     // TLS material and credentials are read and checked before anything
     // touches the kernel: a broken transport is a start-up error.
     let transport = if config.output.has(&Output::Otlp) {
@@ -128,9 +128,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             None
         }
     };
-    let cp_logs = cp_rx
+    let control_plane_logs = control_plane_rx
         .zip(transport.as_ref())
-        .map(|(rx, t)| start_cp_logs(&config, t, rx, metrics.clone()))
+        .map(|(rx, t)| start_control_plane_logs(&config, t, rx, metrics.clone()))
         .transpose()?;
     let (event_tx, event_rx) = mpsc::channel(STAGE_QUEUE);
     let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
@@ -208,8 +208,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     for sink in sinks {
         sink.await?;
     }
-    if let Some(cp) = cp_logs {
-        cp.finish().await;
+    if let Some(control_plane) = control_plane_logs {
+        control_plane.finish().await;
     }
     refresh();
     // Last: until the sinks are flushed the daemon's own traffic stays exempt.
@@ -411,14 +411,14 @@ async fn start_sinks(
 }
 
 /// The daemon's own logs: a second OTLP sink instance, fed by the layer.
-fn start_cp_logs(
+fn start_control_plane_logs(
     config: &Config,
     transport: &OtlpTransport,
-    rx: cp_logs::CpLogReceiver,
+    rx: control_plane_logs::ControlPlaneLogReceiver,
     metrics: Arc<Metrics>,
-) -> Result<cp_logs::CpLogs> {
+) -> Result<control_plane_logs::ControlPlaneLogs> {
     let mut opts = OtlpOptions::new(&config.otlp_endpoint);
-    opts.name = cp_logs::CP_SINK;
+    opts.name = control_plane_logs::CONTROL_PLANE_SINK;
     opts.transport = transport.clone();
     opts.queue_records = 10_000;
     let mut sink = OtlpSink::new(opts, metrics.clone())
@@ -431,7 +431,7 @@ fn start_cp_logs(
             (config.spool_bytes / 8).max(1 << 20),
         )?);
     }
-    Ok(cp_logs::spawn(rx, sink, metrics))
+    Ok(control_plane_logs::spawn(rx, sink, metrics))
 }
 
 /// One OTLP sink's disk spool: `<spool_dir>/<name>`, locked by this daemon.

@@ -24,8 +24,8 @@ pub enum Source {
     Egress,
     /// Audit events: container lifecycle, policy and bypass changes.
     Overseer,
-    /// The daemon's own logs.
-    Cp,
+    /// The daemon's own logs (control plane; wire name `cp`).
+    ControlPlane,
 }
 
 impl Source {
@@ -33,7 +33,7 @@ impl Source {
         match self {
             Source::Egress => "egress",
             Source::Overseer => "overseer",
-            Source::Cp => "cp",
+            Source::ControlPlane => "cp",
         }
     }
 }

@@ -257,4 +257,12 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn every_key_has_its_own_name() {
+        let mut names = key::ALL.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), key::ALL.len(), "two keys share a name");
+    }
 }

@@ -33,17 +33,6 @@ pub(crate) fn port(var: &str, default: u16) -> u16 {
     base + offset
 }
 
-pub(crate) fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 pub(crate) fn on_path(cmd: &str) -> bool {
     let extra = ["/usr/local/go/bin", "/usr/sbin", "/sbin"];
     std::env::var("PATH")
@@ -60,7 +49,7 @@ pub(crate) fn preconditions(test: &str, needs_root: bool, commands: &[&str]) -> 
         .filter(|c| !on_path(c))
         .map(|c| format!("`{c}`"))
         .collect();
-    if needs_root && !is_root() {
+    if needs_root && !crate::support::is_root() {
         missing.insert(0, "root".into());
     }
     if missing.is_empty() {

@@ -33,6 +33,24 @@ pub(crate) fn port(var: &str, default: u16) -> u16 {
     base + offset
 }
 
+/// One phase of a long scenario that shares one stack: its failure is
+/// reported as `phase \`<name>\` failed: <the assertion's message>` (the
+/// assertion's own location is printed above it by the panic hook).
+pub(crate) fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    loud(&format!("phase {name}"));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("phase `{name}` failed: {msg}");
+        }
+    }
+}
+
 pub(crate) fn on_path(cmd: &str) -> bool {
     let extra = ["/usr/local/go/bin", "/usr/sbin", "/sbin"];
     std::env::var("PATH")

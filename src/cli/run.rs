@@ -16,13 +16,13 @@ use tokio::task::JoinHandle;
 use super::check::{cgroup_dir, require_privileges};
 use super::RunArgs;
 use crate::api;
-use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
+use crate::attribute::{Attribution, AttributionOptions, ContainerCache, DockerSource, Enroller};
 use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets};
 use crate::export::{
-    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, OtlpTransport, Spool,
-    SpoolOptions, StdoutSink,
+    control_plane_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink,
+    OtlpTransport, Spool, SpoolOptions, StdoutSink,
 };
 use crate::flow::FlowStage;
 use crate::kernel::{self, abi, AttachOptions, Attached, DnsCache};
@@ -37,13 +37,13 @@ const STAGE_QUEUE: usize = 256;
 pub async fn run(args: &RunArgs) -> Result<()> {
     let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
     // With OTLP output the daemon's own logs also go out, as `cp` records.
-    let (cp_layer, cp_rx) = if config.output.has(&Output::Otlp) {
-        let (layer, rx) = cp_logs::channel(cp_logs::QUEUE_RECORDS);
+    let (control_plane_layer, control_plane_rx) = if config.output.has(&Output::Otlp) {
+        let (layer, rx) = control_plane_logs::channel(control_plane_logs::QUEUE_RECORDS);
         (Some(layer), Some(rx))
     } else {
         (None, None)
     };
-    crate::logging::init_with(&config.log_level, cp_layer);
+    crate::logging::init_with(&config.log_level, control_plane_layer);
     // TLS material and credentials are read and checked before anything
     // touches the kernel: a broken transport is a start-up error.
     let transport = if config.output.has(&Output::Otlp) {
@@ -119,9 +119,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             None
         }
     };
-    let cp_logs = cp_rx
+    let control_plane_logs = control_plane_rx
         .zip(transport.as_ref())
-        .map(|(rx, t)| start_cp_logs(&config, t, rx, metrics.clone()))
+        .map(|(rx, t)| start_control_plane_logs(&config, t, rx, metrics.clone()))
         .transpose()?;
     let (event_tx, event_rx) = mpsc::channel(STAGE_QUEUE);
     let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
@@ -144,8 +144,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let flow_stage = tokio::spawn(flows.run(event_rx, flow_tx));
     let drain = spawn_drain(attached.event_source()?, clock, event_tx, metrics.clone())?;
     let attribution = start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?;
-    let label_cache = attribution.cache.clone();
-    tokio::spawn(scan_resources(label_cache.clone(), metrics.clone()));
+    let container_cache = attribution.cache.clone();
+    tokio::spawn(scan_resources(container_cache.clone(), metrics.clone()));
     let (attributor, lifecycle, attribution) = attribution.split();
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
@@ -161,7 +161,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     );
     if let (Some(path), Some(policy)) = (&config.policy_file, policy) {
         let targets = match scope {
-            Scope::Containers => Some(label_cache),
+            Scope::Containers => Some(container_cache),
             _ => None,
         };
         start_policy(
@@ -190,8 +190,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     for sink in sinks {
         sink.await?;
     }
-    if let Some(cp) = cp_logs {
-        cp.finish().await;
+    if let Some(control_plane) = control_plane_logs {
+        control_plane.finish().await;
     }
     refresh();
     // Last: until the sinks are flushed the daemon's own traffic stays exempt.
@@ -207,7 +207,7 @@ fn start_policy(
     path: &std::path::Path,
     policy: Policy,
     attached: &Attached,
-    containers: Option<Arc<LabelCache>>,
+    containers: Option<Arc<ContainerCache>>,
     reapply: Reapply,
     metrics: Arc<Metrics>,
     out: mpsc::Sender<Record>,
@@ -220,7 +220,7 @@ fn start_policy(
         Some(cache) => {
             let changes = cache.subscribe();
             (
-                Targets::Containers(Box::new(LabelDirectory(cache))),
+                Targets::Containers(Box::new(ContainerDirectory(cache))),
                 changes,
             )
         }
@@ -244,10 +244,10 @@ fn start_policy(
     Ok(())
 }
 
-/// Per-container policy targets, from the label cache.
-struct LabelDirectory(Arc<LabelCache>);
+/// Per-container policy targets, from the container cache.
+struct ContainerDirectory(Arc<ContainerCache>);
 
-impl Directory for LabelDirectory {
+impl Directory for ContainerDirectory {
     fn containers(&self) -> Vec<(u64, Option<String>, Option<String>)> {
         self.0
             .enrolled()
@@ -261,7 +261,7 @@ impl Directory for LabelDirectory {
 }
 
 /// Per-agent resource gauges from the container cgroups, every 10 s.
-async fn scan_resources(cache: Arc<LabelCache>, metrics: Arc<Metrics>) {
+async fn scan_resources(cache: Arc<ContainerCache>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tick.tick().await;
@@ -387,14 +387,14 @@ async fn start_sinks(
 }
 
 /// The daemon's own logs: a second OTLP sink instance, fed by the layer.
-fn start_cp_logs(
+fn start_control_plane_logs(
     config: &Config,
     transport: &OtlpTransport,
-    rx: cp_logs::CpLogReceiver,
+    rx: control_plane_logs::ControlPlaneLogReceiver,
     metrics: Arc<Metrics>,
-) -> Result<cp_logs::CpLogs> {
+) -> Result<control_plane_logs::ControlPlaneLogs> {
     let mut opts = OtlpOptions::new(&config.otlp_endpoint);
-    opts.name = cp_logs::CP_SINK;
+    opts.name = control_plane_logs::CONTROL_PLANE_SINK;
     opts.transport = transport.clone();
     opts.queue_records = 10_000;
     let mut sink = OtlpSink::new(opts, metrics.clone())
@@ -407,7 +407,7 @@ fn start_cp_logs(
             (config.spool_bytes / 8).max(1 << 20),
         )?);
     }
-    Ok(cp_logs::spawn(rx, sink, metrics))
+    Ok(control_plane_logs::spawn(rx, sink, metrics))
 }
 
 /// One OTLP sink's disk spool: `<spool_dir>/<name>`, locked by this daemon.

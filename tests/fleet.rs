@@ -358,22 +358,35 @@ fn two_hosts_through_a_gateway_lose_nothing_when_an_opensearch_node_dies() {
         t_load.elapsed(),
         emitted_so_far - before
     ));
-    // Writes resume: the stored count grows past what was there at the kill
-    // (by more than one refresh's worth of in-flight writes).
+    // Recovery: the cluster drops the dead node (failure detection, a new
+    // cluster manager if it was one, the replica promoted), then writes
+    // resume: the count, read from the one copy left, grows by more than
+    // one refresh's worth of in-flight writes.
     let mut queue_peak: f64 = 0.0;
-    let resumed = wait_until(
+    let (removed, n_removed) = wait_until(
+        "the cluster to drop the dead node",
+        Duration::from_secs(90),
+        || {
+            queue_peak = queue_peak.max(sent("otelcol_exporter_queue_size"));
+            let (s, h) = http("GET", &format!("{os}/_cluster/health"), None);
+            (s == 200 && h["number_of_nodes"] == json!(NODES - 1))
+                .then(|| count(&os, &cg_ids).map(|n| (killed_at.elapsed(), n)))
+                .flatten()
+        },
+    );
+    let (resumed, n_resumed) = wait_until(
         "writes to resume after the node died",
         Duration::from_secs(90),
         || {
             queue_peak = queue_peak.max(sent("otelcol_exporter_queue_size"));
             let n = count(&os, &cg_ids)?;
-            (n > before + 2 * rate as u64).then(|| (killed_at.elapsed(), n))
+            (n > n_removed + 2 * rate as u64).then(|| (killed_at.elapsed(), n))
         },
     );
-    let (resumed, n_resumed) = resumed;
     let health = get_json(&format!("{os}/_cluster/health"));
     loud(&format!(
-        "fleet: writes resumed {resumed:?} after the kill; cluster {} with {} nodes; new primary on node {}",
+        "fleet: node dropped {removed:?} and writes resumed {resumed:?} after the kill; \
+         cluster {} with {} nodes; new primary on node {}",
         health["status"],
         health["number_of_nodes"],
         primary_node(&os)
@@ -447,7 +460,7 @@ fn two_hosts_through_a_gateway_lose_nothing_when_an_opensearch_node_dies() {
     });
     loud(&format!(
         "fleet: {connects} connects (warm-up included), {:.0}/s offered for {load_secs:.0}s, {} records emitted, {} docs stored {by_host:?}; \
-         gateway steady {steady:.0} records/s ({stored_rate:.0} docs/s stored), draining {drain:.0} docs/s; writes resumed {resumed:?} after the kill, all stored {caught_up:?} after it; \
+         gateway steady {steady:.0} records/s ({stored_rate:.0} docs/s stored), draining {drain:.0} docs/s; node dropped {removed:?}, writes resumed {resumed:?} after the kill, all stored {caught_up:?} after it; \
          gateway queue peak {queue_peak} requests; missing {}, extra {}, duplicated {}, wrong host {}; test took {:?}",
         (connects - warm_connects) as f64 / load_secs,
         emitted.len(),

@@ -25,9 +25,7 @@ use crate::export::{
     OtlpTransport, Spool, SpoolOptions, StdoutSink,
 };
 use crate::flow::FlowStage;
-use crate::kernel::{
-    self, abi, AttachOptions, Attached, DnsCache, FlowMaps, PolicyMaps, RingbufFill, ScopeUsage,
-};
+use crate::kernel::{self, abi, AttachOptions, Attached, DnsCache};
 use crate::metrics::{self, KernelReading, Metrics};
 use crate::pipeline::Pipeline;
 use crate::policy::Policy;
@@ -96,20 +94,13 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     tracing::info!(event = "metrics_listening", addr = %listener.local_addr()?, "Prometheus endpoint up");
     tokio::spawn(metrics::serve(listener, metrics.clone(), refresh.clone()));
     tokio::spawn(refresh_periodically(refresh.clone()));
-    let usage = Arc::new(ScopeUsage::new(
-        &attached.scope_usage,
-        &attached.scope_released,
-    )?);
-    tokio::spawn(expire_dns_answers(DnsCache::new(
-        &attached.dns_cache,
-        &attached.dns_pending,
-        usage.clone(),
-    )?));
+    let usage = Arc::new(attached.scope_usage()?);
+    tokio::spawn(expire_dns_answers(attached.dns_cache(usage.clone())?));
 
     let (mut sink_tx, mut sinks) =
         start_sinks(&config, transport.as_ref(), metrics.clone()).await?;
     // The local API (observe, top): one more sink, never a slow one.
-    let api_flows = FlowMaps::new(&attached.flows, &attached.flow_reported, usage.clone())?;
+    let api_flows = attached.flow_maps(usage.clone())?;
     let _api_socket = match api::bind(&config.api_socket, config.api_group.as_deref()) {
         Ok(listener) => {
             let hub = api::Hub::new(&config.api_options(), metrics.clone());
@@ -136,7 +127,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
     let clock = BootClock::calibrate();
     let flows = FlowStage::new(
-        FlowMaps::new(&attached.flows, &attached.flow_reported, usage.clone())?,
+        attached.flow_maps(usage.clone())?,
         clock,
         config.flow_options(),
         metrics.clone(),
@@ -144,19 +135,14 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let losses = LossReporter::new(
         usage.clone(),
         match scope {
-            Scope::Containers => Some(kernel::ScopedCgroups::new(&attached.scoped_cgroups)?),
+            Scope::Containers => Some(attached.scoped_cgroups()?),
             _ => None,
         },
         config.loss_report_interval,
     );
     let loss_task = tokio::spawn(losses.run::<crate::flow::Observation>(flow_tx.clone()));
     let flow_stage = tokio::spawn(flows.run(event_rx, flow_tx));
-    let drain = spawn_drain(
-        kernel::MapHandle::try_from(&attached.events).context("ring buffer handle")?,
-        clock,
-        event_tx,
-        metrics.clone(),
-    )?;
+    let drain = spawn_drain(attached.event_source()?, clock, event_tx, metrics.clone())?;
     let attribution = start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?;
     let container_cache = attribution.cache.clone();
     tokio::spawn(scan_resources(container_cache.clone(), metrics.clone()));
@@ -164,11 +150,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
     tokio::spawn(forward(lifecycle, control_tx.clone()));
-    let policy_maps = PolicyMaps::new(
-        &attached.container_policy,
-        &attached.policy_rules,
-        &attached.bypass,
-    )?;
+    let policy_maps = attached.policy_maps()?;
     // Policy changes (reload, bypass end) reach sockets already open.
     let reapply = Reapply::new(attached.pins.clone(), metrics.clone());
     reapply.preload();
@@ -213,7 +195,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     }
     refresh();
     // Last: until the sinks are flushed the daemon's own traffic stays exempt.
-    if let Err(e) = kernel::forget_self(&attached) {
+    if let Err(e) = attached.forget_self() {
         tracing::warn!(event = "self_exemption_kept", error = %e, "could not clear the daemon's exemption");
     }
     tracing::info!(event = "stopped", "clawker-egress stopped");
@@ -230,12 +212,7 @@ fn start_policy(
     metrics: Arc<Metrics>,
     out: mpsc::Sender<Record>,
 ) -> Result<()> {
-    let maps = PolicyMaps::new(
-        &attached.container_policy,
-        &attached.policy_rules,
-        &attached.bypass,
-    )?
-    .with_domains(&attached.domain_rules)?;
+    let maps = attached.policy_maps()?;
     // Containers scope: one rule set per container, chosen by its labels
     // and kept current as identities arrive; else the default section.
     let (keep, changes) = tokio::sync::watch::channel(0u64);
@@ -326,8 +303,7 @@ fn start_attribution(
 ) -> Result<Attribution> {
     let enroller: Option<Box<dyn Enroller>> = match scope {
         Scope::Containers => Some(Box::new(
-            kernel::ScopedCgroups::new(&attached.scoped_cgroups)
-                .context("scoped_cgroups handle")?,
+            attached.scoped_cgroups().context("scoped_cgroups handle")?,
         )),
         _ => None,
     };
@@ -447,14 +423,12 @@ fn open_spool(config: &Config, name: &str, max_bytes: u64) -> Result<Spool> {
 
 /// Reads the kernel counters into the metrics registry.
 fn kernel_refresher(attached: &Attached, metrics: Arc<Metrics>) -> Result<metrics::Refresh> {
-    let drops = kernel::MapHandle::try_from(&attached.drops).context("drop counter handle")?;
-    let fill = RingbufFill::new(&attached.events, attached.ringbuf_bytes)
-        .context("map ring buffer positions")?;
+    let counters = attached.counters().context("kernel counters")?;
     Ok(Arc::new(move || {
-        let totals = kernel::read_drops(&drops);
+        let totals = counters.drops();
         let mut reading = KernelReading {
-            ringbuf_used_bytes: fill.used_bytes(),
-            ringbuf_size_bytes: fill.size_bytes(),
+            ringbuf_used_bytes: counters.ring_used_bytes(),
+            ringbuf_size_bytes: counters.ring_size_bytes(),
             ..Default::default()
         };
         for hook in Hook::ALL {

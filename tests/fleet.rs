@@ -275,12 +275,12 @@ fn two_hosts_through_a_gateway_lose_nothing_when_an_opensearch_node_dies() {
     let cg_ids: Vec<u64> = cgroups.iter().map(|c| c.id()).collect();
     let server = support::TcpServer::spawn("127.0.0.1:0", Some(0), 0);
 
-    // Warm-up: 10 s at the full rate, all of it stored before the measured
+    // Warm-up: 5 s at the full rate, all of it stored before the measured
     // load starts. A cold cluster's first documents add fields to the
     // mappings and run its JVMs' parsing code before the JIT compiled it
     // (tens of seconds on a busy 2-core machine): a one-time cost, not what
     // this test measures. Its records are part of the comparison below.
-    let (rate, warm_secs) = (250, 10);
+    let (rate, warm_secs) = (250, 5);
     let t_warm = Instant::now();
     let warm_connects: u64 = cgroups
         .iter()

@@ -576,6 +576,22 @@ fn stack_routes_records_into_data_streams() {
     }
 }
 
+/// A failing phase is named in the test's failure; a passing one hands its
+/// value on. (No stack needed.)
+#[test]
+fn a_failing_phase_names_itself() {
+    assert_eq!(phase("passes", || 7), 7);
+    let failed = std::panic::catch_unwind(|| {
+        phase("routing", || assert_eq!(1 + 1, 3, "two streams"));
+    })
+    .unwrap_err();
+    let msg = failed
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert!(msg.starts_with("phase `routing` failed: "), "{msg}");
+    assert!(msg.contains("two streams"), "{msg}");
+}
+
 /// "<kind> <name>: <outcome>" -> outcome, when well-formed.
 fn regex_free_outcome(line: &str) -> Option<String> {
     let (_, outcome) = line.split_once(": ")?;

@@ -8,7 +8,7 @@ mod support;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{by_pid, write_atomic, Daemon, DaemonOptions, TcpServer, TestCgroup};
@@ -193,6 +193,22 @@ fn reloads_are_atomic_and_a_broken_file_keeps_the_old_policy() {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // Signals can merge under load: wait until the last write ("only a")
+    // is in force, so "the last good policy" below is that one.
+    let settled = Instant::now() + WAIT;
+    while {
+        let (_, err_a) = try_connect(&cg, "127.0.0.1", a.port);
+        let (_, err_b) = try_connect(&cg, "127.0.0.1", b.port);
+        (err_a, err_b) != (0, 1)
+    } {
+        assert!(
+            Instant::now() < settled,
+            "the last reload never took effect"
+        );
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(100));
     }
     // A broken file: rejected with file:line:column, the last policy stays.
     write_atomic(

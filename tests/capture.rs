@@ -426,9 +426,10 @@ fn check_reports_a_ready_host() {
     assert!(out.status.success(), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok")).count(),
-        6,
+        7,
         "{text}"
     );
+    assert!(text.contains("bpf_loop helper: supported"), "{text}");
     // Which path stops packet sockets on this host, said in one line.
     assert!(text.lines().any(|l| l.contains("BPF LSM")), "{text}");
 }

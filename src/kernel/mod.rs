@@ -68,6 +68,15 @@ mod flow_skel {
     include!(concat!(env!("OUT_DIR"), "/flow.skel.rs"));
 }
 
+/// Can cgroup socket programs call `bpf_loop` (>= 5.17)? The DNS parser
+/// runs its loops under it.
+pub fn bpf_loop_supported() -> bool {
+    matches!(
+        libbpf_rs::ProgramType::CgroupSkb.is_helper_supported(libbpf_rs::libbpf_sys::BPF_FUNC_loop),
+        Ok(true)
+    )
+}
+
 /// Does this kernel have BPF_MAP_TYPE_RINGBUF (>= 5.8)?
 pub fn ringbuf_supported() -> bool {
     matches!(libbpf_rs::MapType::RingBuf.is_supported(), Ok(true))

@@ -1,0 +1,618 @@
+//! The OpenSearch Dashboards saved objects (opensearch/dashboards/
+//! clawker.ndjson) checked without Dashboards, which cannot run here:
+//!
+//! - every field a visualization, saved search or index pattern uses
+//!   exists in the indices its index pattern covers, with a type that
+//!   does what the object asks of it (terms on an aggregatable field, sums
+//!   on numbers, date histograms on dates, no type conflict across the
+//!   covered data streams). Unit tests check this against the shipped
+//!   templates (and that a deliberately wrong fixture fails); the stack test
+//!   against the REAL mapping, read back from OpenSearch after the real
+//!   daemon's records arrived (dynamic fields included);
+//! - every alert in prometheus/rules.yml has one saved search named after
+//!   it, and the stack test runs each saved search's query (DQL or Lucene,
+//!   translated to `query_string`, plus its filters) on real data and finds
+//!   the records of the situation the alert is about;
+//! - `policy suggest --from-opensearch` gives the same policy as
+//!   `policy suggest --records` over the same records, and `policy explain`
+//!   allows every flow it was made from.
+
+use super::*;
+
+// ------------------------------------------------------------ the objects
+
+pub(crate) fn saved_objects(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("ndjson line"))
+        .collect()
+}
+
+fn shipped() -> Vec<Value> {
+    saved_objects(&repo().join("opensearch/dashboards/clawker.ndjson"))
+}
+
+/// index (data stream) name -> dotted field path -> mapping type.
+pub(crate) type Mappings = BTreeMap<String, BTreeMap<String, String>>;
+
+fn flatten(props: &Value, prefix: &str, out: &mut BTreeMap<String, String>) {
+    for (k, v) in props.as_object().into_iter().flatten() {
+        let path = format!("{prefix}{k}");
+        if let Some(t) = v["type"].as_str() {
+            out.insert(path.clone(), t.to_owned());
+            for (sub, m) in v["fields"].as_object().into_iter().flatten() {
+                if let Some(st) = m["type"].as_str() {
+                    out.insert(format!("{path}.{sub}"), st.to_owned());
+                }
+            }
+        }
+        if v["properties"].is_object() {
+            flatten(&v["properties"], &format!("{path}."), out);
+        }
+    }
+}
+
+/// `GET clawker-*/_mapping`: backing indices `.ds-<stream>-000001` folded
+/// into their data stream.
+pub(crate) fn real_mappings(os: &str) -> Mappings {
+    let v = get_json(&format!("{os}/clawker-*/_mapping?expand_wildcards=all"));
+    let mut out = Mappings::new();
+    for (index, m) in v.as_object().unwrap() {
+        let stream = index
+            .strip_prefix(".ds-")
+            .and_then(|s| s.rsplit_once('-').map(|(name, _)| name))
+            .unwrap_or(index)
+            .to_owned();
+        flatten(
+            &m["mappings"]["properties"],
+            "",
+            out.entry(stream).or_default(),
+        );
+    }
+    out
+}
+
+/// What the shipped templates map explicitly (no dynamic field: a field a
+/// dashboard uses must be declared).
+pub(crate) fn template_mappings() -> Mappings {
+    let read = |p: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(repo().join(p)).unwrap()).unwrap()
+    };
+    let base = read("opensearch/component-templates/clawker-base.json");
+    let mut out = Mappings::new();
+    for s in SOURCES {
+        let t = read(&format!("opensearch/index-templates/clawker-{s}.json"));
+        let fields = out.entry(format!("clawker-{s}")).or_default();
+        flatten(&base["template"]["mappings"]["properties"], "", fields);
+        flatten(&t["template"]["mappings"]["properties"], "", fields);
+    }
+    out
+}
+
+/// How an object uses a field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Use {
+    /// A bucket or control over its values: keyword, number, date, ip, boolean.
+    Terms,
+    /// sum / avg: a number.
+    Numeric,
+    /// min / max: a number or a date.
+    Ordered,
+    /// date_histogram, the time field: a date.
+    Date,
+    /// Sorted on: aggregatable.
+    Sort,
+    /// Named in the query or a filter: must exist, one type.
+    Query,
+    /// A column shown: must exist.
+    Column,
+}
+
+const AGGREGATABLE: &[&str] = &[
+    "keyword",
+    "long",
+    "integer",
+    "short",
+    "byte",
+    "double",
+    "float",
+    "half_float",
+    "scaled_float",
+    "unsigned_long",
+    "date",
+    "date_nanos",
+    "ip",
+    "boolean",
+];
+const NUMERIC: &[&str] = &[
+    "long",
+    "integer",
+    "short",
+    "byte",
+    "double",
+    "float",
+    "half_float",
+    "scaled_float",
+    "unsigned_long",
+];
+
+fn fits(u: Use, t: &str) -> bool {
+    match u {
+        Use::Terms | Use::Sort => AGGREGATABLE.contains(&t),
+        Use::Numeric => NUMERIC.contains(&t),
+        Use::Ordered => NUMERIC.contains(&t) || t.starts_with("date"),
+        Use::Date => t.starts_with("date"),
+        Use::Query | Use::Column => true,
+    }
+}
+
+/// A DQL/Lucene index-pattern title (`clawker-*`, `a*,b*`) against a
+/// data stream name.
+fn covers(title: &str, stream: &str) -> bool {
+    title.split(',').any(|p| {
+        let p = p.trim();
+        match p.strip_suffix('*') {
+            Some(prefix) => stream.starts_with(prefix),
+            None => stream == p,
+        }
+    })
+}
+
+/// Field names a query string refers to (`name:` and DQL `name >`).
+fn query_fields(q: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = q.as_bytes();
+    let mut i = 0;
+    let mut in_regex = false;
+    while i < b.len() {
+        let c = b[i] as char;
+        if c == '/' && (i == 0 || b[i - 1] != b'\\') {
+            in_regex = !in_regex;
+        }
+        if !in_regex && (c.is_ascii_alphabetic() || c == '@' || c == '_') {
+            let start = i;
+            while i < b.len()
+                && ((b[i] as char).is_ascii_alphanumeric() || b"._@".contains(&b[i]))
+            {
+                i += 1;
+            }
+            let word = &q[start..i];
+            let rest = q[i..].trim_start();
+            let is_field = rest.starts_with(':') || rest.starts_with('<') || rest.starts_with('>');
+            let before = q[..start].trim_end();
+            let in_value = before.ends_with(':');
+            if is_field && !in_value && word.contains('.') || is_field && word == "body" {
+                out.push(word.to_owned());
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn search_source(o: &Value) -> Value {
+    o["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"]
+        .as_str()
+        .map(|s| serde_json::from_str(s).expect("searchSourceJSON"))
+        .unwrap_or(Value::Null)
+}
+
+/// The index-pattern object `o`'s reference `name` points at.
+fn pattern_of<'a>(objs: &'a [Value], o: &Value, name: &str) -> Option<&'a Value> {
+    let r = o["references"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)?;
+    objs.iter()
+        .find(|p| p["type"] == "index-pattern" && p["id"] == r["id"])
+}
+
+/// (object id, index pattern title, field, use) of every field use.
+fn field_uses(objs: &[Value]) -> Vec<(String, String, String, Use)> {
+    let mut out = Vec::new();
+    for o in objs {
+        let id = o["id"].as_str().unwrap_or_default().to_owned();
+        let a = &o["attributes"];
+        let main = pattern_of(objs, o, "kibanaSavedObjectMeta.searchSourceJSON.index")
+            .and_then(|p| p["attributes"]["title"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let mut add = |title: &str, f: &str, u: Use| {
+            out.push((id.clone(), title.to_owned(), f.to_owned(), u));
+        };
+        let ss = search_source(o);
+        if let Some(q) = ss["query"]["query"].as_str() {
+            for f in query_fields(q) {
+                add(&main, &f, Use::Query);
+            }
+        }
+        for f in ss["filter"].as_array().into_iter().flatten() {
+            if let Some(k) = f["meta"]["key"].as_str() {
+                add(&main, k, Use::Query);
+            }
+        }
+        match o["type"].as_str() {
+            Some("index-pattern") => {
+                let title = a["title"].as_str().unwrap_or_default();
+                if let Some(t) = a["timeFieldName"].as_str() {
+                    add(title, t, Use::Date);
+                }
+                if let Some(m) = a["fieldFormatMap"].as_str() {
+                    let m: Value = serde_json::from_str(m).expect("fieldFormatMap");
+                    for (f, fmt) in m.as_object().unwrap() {
+                        let u = if fmt["id"] == "bytes" || fmt["id"] == "number" {
+                            Use::Numeric
+                        } else {
+                            Use::Column
+                        };
+                        add(title, f, u);
+                    }
+                }
+                if let Some(fields) = a["fields"].as_str() {
+                    let fields: Value = serde_json::from_str(fields).expect("fields");
+                    for f in fields.as_array().unwrap() {
+                        let u = if f["aggregatable"] == true {
+                            Use::Terms
+                        } else {
+                            Use::Column
+                        };
+                        add(title, f["name"].as_str().unwrap_or_default(), u);
+                    }
+                }
+            }
+            Some("search") => {
+                for c in a["columns"].as_array().into_iter().flatten() {
+                    add(&main, c.as_str().unwrap_or_default(), Use::Column);
+                }
+                for s in a["sort"].as_array().into_iter().flatten() {
+                    add(&main, s[0].as_str().unwrap_or_default(), Use::Sort);
+                }
+            }
+            Some("visualization") => {
+                let vis: Value = serde_json::from_str(a["visState"].as_str().unwrap_or("{}"))
+                    .expect("visState");
+                for agg in vis["aggs"].as_array().into_iter().flatten() {
+                    let Some(f) = agg["params"]["field"].as_str() else {
+                        continue;
+                    };
+                    let u = match agg["type"].as_str().unwrap_or_default() {
+                        "terms" | "significant_terms" | "cardinality" | "histogram" => Use::Terms,
+                        "sum" | "avg" | "median" | "percentiles" => Use::Numeric,
+                        "min" | "max" => Use::Ordered,
+                        "date_histogram" | "date_range" => Use::Date,
+                        _ => Use::Terms,
+                    };
+                    add(&main, f, u);
+                }
+                for (i, c) in vis["params"]["controls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let ref_name = c["indexPatternRefName"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or(format!("control_{i}_index_pattern"));
+                    let title = pattern_of(objs, o, &ref_name)
+                        .and_then(|p| p["attributes"]["title"].as_str())
+                        .unwrap_or_default();
+                    add(title, c["fieldName"].as_str().unwrap_or_default(), Use::Terms);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every problem: a field missing from all indices the pattern covers, a
+/// field whose type differs between them, a type that cannot do what the
+/// object asks of it. Columns may differ in type (shown, not computed).
+pub(crate) fn field_problems(objs: &[Value], mappings: &Mappings) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (id, title, field, u) in field_uses(objs) {
+        if title.is_empty() {
+            problems.push(format!("{id}: {field}: no index pattern"));
+            continue;
+        }
+        let types: BTreeMap<&str, &str> = mappings
+            .iter()
+            .filter(|(s, _)| covers(&title, s))
+            .filter_map(|(s, m)| m.get(&field).map(|t| (s.as_str(), t.as_str())))
+            .collect();
+        if types.is_empty() {
+            problems.push(format!(
+                "{id}: {field} ({u:?}) is in no index of {title}"
+            ));
+            continue;
+        }
+        let distinct: std::collections::BTreeSet<&str> = types.values().copied().collect();
+        if distinct.len() > 1 && u != Use::Column {
+            problems.push(format!(
+                "{id}: {field} ({u:?}) has conflicting types in {title}: {types:?}"
+            ));
+            continue;
+        }
+        for t in distinct {
+            if !fits(u, t) {
+                problems.push(format!(
+                    "{id}: {field} is {t}, which a {u:?} use cannot take ({title})"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Alert names in prometheus/rules.yml.
+fn alert_names() -> Vec<String> {
+    std::fs::read_to_string(repo().join("prometheus/rules.yml"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+// ------------------------------------------------------------ the queries
+
+/// A DQL query as `query_string` syntax: the subset the shipped searches
+/// use (`field:value`, `field:(a or b)`, wildcards, `and`/`or`/`not`,
+/// parentheses, `field > n`). Anything else is refused, never guessed.
+pub(crate) fn dql_to_query_string(q: &str) -> String {
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        match word.to_ascii_lowercase().as_str() {
+            "and" => out.push_str("AND"),
+            "or" => out.push_str("OR"),
+            "not" => out.push_str("NOT"),
+            _ => out.push_str(word),
+        }
+        word.clear();
+    };
+    let mut chars = q.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                flush(&mut word, &mut out);
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '"' {
+                        break;
+                    }
+                }
+            }
+            '>' | '<' => {
+                // `field > 5` -> `field:>5`
+                flush(&mut word, &mut out);
+                while out.ends_with(' ') {
+                    out.pop();
+                }
+                out.push(':');
+                out.push(c);
+                if chars.peek() == Some(&'=') {
+                    out.push('=');
+                    chars.next();
+                }
+                while chars.peek() == Some(&' ') {
+                    chars.next();
+                }
+            }
+            ' ' | '(' | ')' | ':' => {
+                flush(&mut word, &mut out);
+                out.push(c);
+            }
+            '{' | '}' | '[' | ']' | '/' | '~' | '^' | '!' => {
+                panic!("DQL {q:?}: {c:?} is outside the subset the test translates")
+            }
+            _ => word.push(c),
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// A saved search as an OpenSearch search body over `[since, now]`.
+pub(crate) fn search_body(o: &Value, since: &str) -> Value {
+    let ss = search_source(o);
+    let q = ss["query"]["query"].as_str().unwrap_or_default();
+    let qs = match ss["query"]["language"].as_str() {
+        Some("kuery") => dql_to_query_string(q),
+        Some("lucene") => q.to_owned(),
+        other => panic!("{}: query language {other:?}", o["id"]),
+    };
+    let mut must = vec![];
+    if !qs.trim().is_empty() {
+        must.push(json!({ "query_string": { "query": qs, "analyze_wildcard": true } }));
+    }
+    let mut filter = vec![json!({ "range": { "@timestamp": { "gte": since } } })];
+    let mut must_not = vec![];
+    for f in ss["filter"].as_array().into_iter().flatten() {
+        if f["meta"]["disabled"] == true {
+            continue;
+        }
+        let mut q = f.clone();
+        q.as_object_mut().unwrap().remove("meta");
+        q.as_object_mut().unwrap().remove("$state");
+        if f["meta"]["negate"] == true {
+            must_not.push(q);
+        } else {
+            filter.push(q);
+        }
+    }
+    let sort: Vec<Value> = o["attributes"]["sort"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| json!({ s[0].as_str().unwrap(): { "order": s[1] } }))
+        .collect();
+    json!({ "size": 500, "query": { "bool": { "must": must, "filter": filter, "must_not": must_not } },
+            "sort": sort })
+}
+
+/// Run a saved search: its hits' `_source`s, in its order.
+fn run_search(os: &str, objs: &[Value], o: &Value, since: &str) -> Vec<Value> {
+    let title = pattern_of(objs, o, "kibanaSavedObjectMeta.searchSourceJSON.index")
+        .and_then(|p| p["attributes"]["title"].as_str())
+        .unwrap()
+        .to_owned();
+    let body = search_body(o, since);
+    let (s, v) = http(
+        "POST",
+        &format!("{os}/{title}/_search?expand_wildcards=all&ignore_unavailable=true"),
+        Some(&body),
+    );
+    assert_eq!(s, 200, "{}: {body}\n{v}", o["id"]);
+    v["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["_source"].clone())
+        .collect()
+}
+
+// ------------------------------------------------------------ unit tests
+
+#[test]
+fn dashboards_use_only_fields_the_templates_map_with_the_right_type() {
+    let objs = shipped();
+    let problems = field_problems(&objs, &template_mappings());
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The check saw the objects' fields (not an empty walk).
+    let uses = field_uses(&objs);
+    assert!(uses.len() > 200, "{} uses", uses.len());
+    for kind in [Use::Terms, Use::Numeric, Use::Ordered, Use::Date, Use::Sort, Use::Query, Use::Column] {
+        assert!(uses.iter().any(|u| u.3 == kind), "no {kind:?} use");
+    }
+    // Every reference resolves (the shipped file, all objects).
+    for o in &objs {
+        for r in o["references"].as_array().unwrap() {
+            assert!(
+                objs.iter().any(|x| x["type"] == r["type"] && x["id"] == r["id"]),
+                "{}: {r}",
+                o["id"]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_panel_on_a_wrong_field_is_refused() {
+    let objs = saved_objects(&repo().join("tests/fixtures/dashboards/bad-fields.ndjson"));
+    let problems = field_problems(&objs, &template_mappings());
+    let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+    // A field no template maps, a sum over a keyword, terms over text, a
+    // date histogram over a number, a column that does not exist, a query
+    // on a missing field, a control on a missing field.
+    assert!(has("attributes.dst_hostname (Terms) is in no index"), "{problems:#?}");
+    assert!(has("attributes.dst_host is keyword, which a Numeric"), "{problems:#?}");
+    assert!(has("body is text, which a Terms"), "{problems:#?}");
+    assert!(has("attributes.bytes_out is long, which a Date"), "{problems:#?}");
+    assert!(has("attributes.no_such_column (Column)"), "{problems:#?}");
+    assert!(has("attributes.verdicts (Query)"), "{problems:#?}");
+    assert!(has("attributes.agent_name (Terms)"), "{problems:#?}");
+    // The same objects with the fields right pass: the check is about the
+    // fields, not the fixture's shape.
+    let good = saved_objects(&repo().join("tests/fixtures/dashboards/good-fields.ndjson"));
+    let left = field_problems(&good, &template_mappings());
+    assert!(left.is_empty(), "{left:#?}");
+}
+
+#[test]
+fn every_alert_has_a_saved_search_named_after_it() {
+    let objs = shipped();
+    let alerts = alert_names();
+    assert!(alerts.len() >= 15, "{alerts:?}");
+    for a in &alerts {
+        let found: Vec<&Value> = objs
+            .iter()
+            .filter(|o| {
+                o["type"] == "search"
+                    && o["attributes"]["title"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with(&format!("{a}: ")))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{a}: {found:?}");
+        assert_eq!(found[0]["id"], format!("clawker-alert-{a}"));
+        // Its query translates (DQL subset) or is Lucene.
+        search_body(found[0], "now-1h");
+    }
+    // And no saved search names an alert that does not exist.
+    for o in objs.iter().filter(|o| {
+        o["id"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("clawker-alert-"))
+    }) {
+        let name = o["id"].as_str().unwrap().trim_start_matches("clawker-alert-");
+        assert!(alerts.iter().any(|a| a == name), "{}", o["id"]);
+    }
+}
+
+#[test]
+fn the_investigation_dashboard_has_its_panels_and_the_agent_project_controls() {
+    let objs = shipped();
+    let dash = objs
+        .iter()
+        .find(|o| o["type"] == "dashboard" && o["id"] == "clawker-investigation")
+        .expect("clawker-investigation");
+    let refs: Vec<&str> = dash["references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    for want in [
+        "clawker-controls",
+        "clawker-inv-bytes-by-host",
+        "clawker-inv-denied-attempts",
+        "clawker-inv-first-seen",
+        "clawker-inv-dns-names",
+        "clawker-inv-policy-timeline",
+        "clawker-inv-policy-events",
+        "clawker-inv-lost-records",
+    ] {
+        assert!(refs.contains(&want), "{want} not on the dashboard: {refs:?}");
+    }
+    let panels: Value =
+        serde_json::from_str(dash["attributes"]["panelsJSON"].as_str().unwrap()).unwrap();
+    assert_eq!(panels.as_array().unwrap().len(), refs.len());
+    // Drill-down: every table's first bucket is the agent.
+    for o in objs.iter().filter(|o| {
+        o["type"] == "visualization" && o["id"].as_str().unwrap().starts_with("clawker-inv-")
+    }) {
+        let vis: Value =
+            serde_json::from_str(o["attributes"]["visState"].as_str().unwrap()).unwrap();
+        let first = vis["aggs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["schema"] == "bucket" || a["schema"] == "group")
+            .expect("a bucket");
+        if vis["type"] == "table" {
+            assert_eq!(first["params"]["field"], "attributes.agent", "{}", o["id"]);
+        }
+    }
+}
+
+#[test]
+fn dql_translation_keeps_the_meaning() {
+    assert_eq!(
+        dql_to_query_string("a.b:x and not c.d:dns or e.f:(A or B)"),
+        "a.b:x AND NOT c.d:dns OR e.f:(A OR B)"
+    );
+    assert_eq!(
+        dql_to_query_string("attributes.bytes_out > 0 and x.y:bypass_*"),
+        "attributes.bytes_out:>0 AND x.y:bypass_*"
+    );
+    assert_eq!(
+        query_fields("attributes.qname:/(.*\\.)?[^.]{51,}/ AND x.y:a.b OR body:hi"),
+        ["attributes.qname", "x.y", "body"]
+    );
+}

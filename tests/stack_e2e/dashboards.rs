@@ -616,3 +616,416 @@ fn dql_translation_keeps_the_meaning() {
         ["attributes.qname", "x.y", "body"]
     );
 }
+
+// ------------------------------------------------------------ the stack test
+
+/// `clawker-egress policy suggest` with `args`, writing `out`.
+fn suggest(args: &[&str], out: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_clawker-egress"))
+        .args(["policy", "suggest", "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("run policy suggest");
+    assert!(
+        o.status.success(),
+        "policy suggest {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read_to_string(out).unwrap()
+}
+
+/// The policy without its header comment.
+fn body(yaml: &str) -> String {
+    yaml.lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `policy explain` of one OpenSearch egress record's destination.
+fn explain(file: &Path, project: &str, a: &Value) -> String {
+    let ip = a["dst_ip"].as_str().unwrap();
+    let host = a["dst_host"].as_str().unwrap_or("");
+    let port = a["dst_port"].as_u64().unwrap_or(0);
+    let dst = match (host, ip.contains(':')) {
+        ("", true) => format!("[{ip}]:{port}"),
+        ("", false) => format!("{ip}:{port}"),
+        (h, _) => format!("{h}:{port}"),
+    };
+    let mut c = Command::new(env!("CARGO_BIN_EXE_clawker-egress"));
+    c.args(["policy", "explain", "--file"])
+        .arg(file)
+        .args(["--project", project, "--dst", &dst, "--proto"])
+        .arg(a["l4_proto"].as_str().unwrap());
+    if !host.is_empty() {
+        c.args(["--ip", ip]);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn bypass(pin_root: &Path, cgroup: &Path, extra: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_clawker-egress"))
+        .arg("bypass")
+        .arg("--pin-root")
+        .arg(pin_root)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "bypass {extra:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Labelled containers do what each alert is about, through the real daemon
+/// (host root, an enforced policy, a small per-container record budget),
+/// the shipped collector config and a real OpenSearch: then the saved
+/// objects are checked against the mapping OpenSearch made, each alert's
+/// saved search finds its situation, and `policy suggest --from-opensearch`
+/// matches `policy suggest --records` over the daemon's own output.
+#[test]
+fn stack_dashboards_and_suggest_on_real_records() {
+    let test = "stack_dashboards_and_suggest_on_real_records";
+    if !preconditions(
+        test,
+        true,
+        &["go", "java", "python3", "curl", "docker", "dnsmasq"],
+    ) {
+        return;
+    }
+    let _engine = support::docker::engine();
+    // Not Stack::new (see alerts.rs): other test processes reap its prefix.
+    let mut stack = Stack {
+        dir: Some(
+            tempfile::Builder::new()
+                .prefix(&format!("clawker-dash-{}-", std::process::id()))
+                .tempdir()
+                .expect("tempdir"),
+        ),
+        children: vec![],
+        stops: vec![],
+    };
+    let since = humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(5)).to_string();
+    let os = start_opensearch(
+        &mut stack,
+        port("CLAWKER_STACK_DASH_OPENSEARCH_PORT", 19230),
+    );
+    let (ok, lines, err) = bootstrap(&os);
+    assert!(ok, "bootstrap: {lines:?} {err}");
+    let ports = CollectorPorts {
+        grpc: port("CLAWKER_STACK_DASH_OTLP_GRPC_PORT", 14357),
+        http: port("CLAWKER_STACK_DASH_OTLP_HTTP_PORT", 14358),
+        telemetry: port("CLAWKER_STACK_DASH_TELEMETRY_PORT", 18928),
+        exporter: port("CLAWKER_STACK_DASH_EXPORTER_PORT", 18929),
+        health: port("CLAWKER_STACK_DASH_HEALTH_PORT", 13173),
+        daemon_http: port("CLAWKER_STACK_DASH_OTLP_DAEMON_HTTP_PORT", 14359),
+    };
+    start_collector(&mut stack, "collector-d", &ports, &os, &[], &[]);
+    let door = DaemonDoor::new(&stack, &ports);
+
+    let run = unique();
+    let (agent, bypassed, flooder, project) = (
+        format!("dash-a-{run}"),
+        format!("dash-b-{run}"),
+        format!("dash-c-{run}"),
+        format!("dash-p-{run}"),
+    );
+    let three = support::TcpServer::spawn("127.0.0.1:0", Some(3), 0);
+    const UPLOAD: usize = 256 * 1024;
+    let upload = support::TcpServer::spawn("127.0.0.1:0", Some(UPLOAD), 0);
+    let guarded = support::TcpServer::spawn("127.0.0.1:0", Some(3), 0);
+    let closed = support::free_port();
+    let policy_file = stack.path("policy.yaml");
+    let policy = |mode: &str| {
+        format!(
+            "mode: {mode}\ndefault:\n  default_action: allow\nprojects:\n  {project}:\n    \
+             default_action: allow\n    rules:\n      - {{dst: 127.0.0.1, proto: tcp, port: \"{}\", action: deny}}\n",
+            guarded.port
+        )
+    };
+    std::fs::write(&policy_file, policy("enforce")).unwrap();
+    let opts = support::DaemonOptions::host_root()
+        .policy(&policy_file)
+        .arg("--container-record-rate")
+        .arg("20")
+        .arg("--container-record-burst")
+        .arg("60")
+        .arg("--loss-report-interval")
+        .arg("1s");
+    let pin_root = opts.pin_root.clone();
+    // Records to the collector and, for `suggest --records`, to stdout.
+    let daemon = support::Daemon::start(
+        door.daemon_flags(opts.arg("--output").arg("stdout,otlp"))
+            .arg("--otlp-compression")
+            .arg("gzip"),
+    );
+    support::docker::wait_attribution_ready(&daemon);
+
+    // A DNS server on a loopback address of this test's own.
+    let dns_ip = format!("127.0.{}.53", (port("CLAWKER_STACK_DASH_DNS", 0) / 100) % 250 + 1);
+    let _dns = support::DnsServer::dnsmasq(
+        &dns_ip,
+        &[(format!("pkg.dash.test"), "127.0.0.1".parse().unwrap())],
+        60,
+    );
+    let long_label = "x".repeat(55);
+    let encoded = "k7f3q9z2m4n8p1r6t5v0w2y4";
+    let tunnel_long = format!("{long_label}.t.dash.test");
+    let tunnel_encoded = format!("{encoded}.c2.dash.test");
+
+    // Agent a: two small flows, an upload, a denied attempt, DNS.
+    let a = support::docker::Spec::new(
+        "ce-dash-a",
+        format!(
+            "sleep 0.3; echo hi | nc -w 2 127.0.0.1 {three}; echo hi | nc -w 2 127.0.0.1 {three}; \
+             head -c {UPLOAD} /dev/zero | nc -w 5 127.0.0.1 {up}; \
+             echo hi | nc -w 2 127.0.0.1 {deny}; \
+             nslookup pkg.dash.test {dns_ip} >/dev/null 2>&1; \
+             nslookup {tunnel_long} {dns_ip} >/dev/null 2>&1; \
+             nslookup {tunnel_encoded} {dns_ip} >/dev/null 2>&1; true",
+            three = three.port,
+            up = upload.port,
+            deny = guarded.port,
+        ),
+    )
+    .label(AGENT_LABEL, &agent)
+    .label(PROJECT_LABEL, &project)
+    .run();
+    assert_eq!(a.wait(), 0);
+    a.remove();
+
+    // Agent b: the guarded port, under a bypass.
+    let b = support::docker::Spec::new(
+        "ce-dash-b",
+        format!(
+            "sleep 3; echo hi | nc -w 2 127.0.0.1 {}",
+            guarded.port
+        ),
+    )
+    .label(AGENT_LABEL, &bypassed)
+    .label(PROJECT_LABEL, &project)
+    .run();
+    let b_cgroup = b.cgroup_dir(&support::cgroup2_root());
+    bypass(&pin_root, &b_cgroup, &["--for", "10m", "--reason", "dash test"]);
+    assert_eq!(b.wait(), 0, "the bypassed connect failed");
+    // (The container is gone: the stop record names its cgroup.)
+    let _ = Command::new(env!("CARGO_BIN_EXE_clawker-egress"))
+        .arg("bypass")
+        .arg("--pin-root")
+        .arg(&pin_root)
+        .arg("--cgroup")
+        .arg(&b_cgroup)
+        .arg("--off")
+        .output();
+    b.remove();
+
+    // Agent c floods a closed port past its record budget.
+    let c = support::docker::Spec::new(
+        "ce-dash-c",
+        format!(
+            "sleep 0.3; for i in $(seq 400); do nc -w 1 127.0.0.1 {closed} </dev/null 2>/dev/null; done; true"
+        ),
+    )
+    .label(AGENT_LABEL, &flooder)
+    .label(PROJECT_LABEL, &project)
+    .run();
+    assert_eq!(c.wait(), 0);
+    c.remove();
+
+    // Enforcement off: the policy reloaded in audit mode; agent a again
+    // reaches the guarded port (denied, not enforced).
+    support::write_atomic(&policy_file, &policy("audit"));
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    wait_until("policy_loaded in the daemon's output", Duration::from_secs(20), || {
+        daemon
+            .records()
+            .iter()
+            .any(|r| r["event"] == "policy_loaded")
+            .then_some(())
+    });
+    let d = support::docker::Spec::new(
+        "ce-dash-d",
+        format!("sleep 0.3; echo hi | nc -w 2 127.0.0.1 {}", guarded.port),
+    )
+    .label(AGENT_LABEL, &agent)
+    .label(PROJECT_LABEL, &project)
+    .run();
+    assert_eq!(d.wait(), 0, "audit mode let the connect through");
+    d.remove();
+
+    // Everything arrived in OpenSearch.
+    let egress_of = |who: &str| search(&os, "clawker-egress", term("attributes.agent", who));
+    let overseer = |event: &str| {
+        search(&os, "clawker-overseer", term("attributes.event", event))
+    };
+    wait_until("the scenario's records in OpenSearch", Duration::from_secs(120), || {
+        let a = egress_of(&agent);
+        let has = |f: &dyn Fn(&Value) -> bool| a.iter().any(|h| f(&h["_source"]["attributes"]));
+        let ok = has(&|x| x["bytes_out"] == UPLOAD as u64)
+            && has(&|x| x["verdict"] == "DENIED" && x["enforced"] != false)
+            && has(&|x| x["verdict"] == "DENIED" && x["enforced"] == false)
+            && has(&|x| x["qname"].as_str().is_some_and(|q| q.contains(encoded)))
+            && has(&|x| x["qname"].as_str().is_some_and(|q| q.contains(&long_label)))
+            && egress_of(&bypassed)
+                .iter()
+                .any(|h| h["_source"]["attributes"]["verdict"] == "BYPASSED")
+            && !overseer("bypass_start").is_empty()
+            && !overseer("policy_loaded").is_empty()
+            && overseer("records_lost")
+                .iter()
+                .any(|h| h["_source"]["attributes"]["agent"] == flooder.as_str());
+        ok.then_some(())
+    });
+
+    // (a) The saved objects against the mapping OpenSearch made.
+    let objs = shipped();
+    let mappings = real_mappings(&os);
+    for s in ["clawker-egress", "clawker-overseer", "clawker-cp"] {
+        assert!(mappings.contains_key(s), "{s} not in {:?}", mappings.keys());
+    }
+    let problems = field_problems(&objs, &mappings);
+    assert!(problems.is_empty(), "against the real mapping: {problems:#?}");
+    // The deliberately wrong fixture fails against it too.
+    let bad = saved_objects(&repo().join("tests/fixtures/dashboards/bad-fields.ndjson"));
+    assert!(field_problems(&bad, &mappings).len() >= 7);
+
+    // (b) Each alert's saved search finds its situation.
+    let attrs = |hits: &[Value]| -> Vec<Value> {
+        hits.iter().map(|h| h["attributes"].clone()).collect()
+    };
+    let mine = |x: &Value| {
+        [&agent, &bypassed, &flooder]
+            .iter()
+            .any(|a| x["agent"] == a.as_str())
+    };
+    for name in alert_names() {
+        let o = objs
+            .iter()
+            .find(|o| o["id"] == format!("clawker-alert-{name}"))
+            .unwrap();
+        let hits = run_search(&os, &objs, o, &since);
+        let found = attrs(&hits);
+        let any = |f: &dyn Fn(&Value) -> bool| found.iter().any(f);
+        let ok = match name.as_str() {
+            "ClawkerAgentDenialSpike" => {
+                any(&|x| x["agent"] == agent.as_str() && x["dst_port"] == guarded.port)
+                    && found.iter().all(|x| x["verdict"] == "DENIED")
+            }
+            "ClawkerAgentExfiltration" => {
+                // Largest first: the upload heads the scenario's flows.
+                found.iter().find(|x| mine(x)).is_some_and(|x| {
+                    x["agent"] == agent.as_str() && x["bytes_out"] == UPLOAD as u64
+                })
+            }
+            "ClawkerAgentNewDestinations" => {
+                any(&|x| x["agent"] == agent.as_str() && x["dst_port"] == three.port)
+                    && any(&|x| x["agent"] == agent.as_str() && x["dst_port"] == upload.port)
+                    && !any(&|x| x["l7_proto"] == "dns")
+            }
+            "ClawkerAgentDnsTunnelling" => {
+                let q = |x: &Value| x["qname"].as_str().unwrap_or("").to_owned();
+                any(&|x| q(x).contains(&long_label))
+                    && any(&|x| q(x).contains(encoded))
+                    && !any(&|x| q(x).starts_with("pkg.dash.test"))
+            }
+            "ClawkerAgentDnsQueryRate" => {
+                any(&|x| {
+                    x["agent"] == agent.as_str()
+                        && x["qname"].as_str().is_some_and(|q| q.starts_with("pkg.dash.test"))
+                }) && found.iter().all(|x| x["l7_proto"] == "dns")
+            }
+            "ClawkerAgentRecordsLost" | "ClawkerEgressEventsDropped" => any(&|x| {
+                x["event"] == "records_lost"
+                    && x["agent"] == flooder.as_str()
+                    && x["lost_total"].as_u64().unwrap_or(0) > 0
+            }),
+            "ClawkerAgentSeriesOverflow" => [&agent, &bypassed, &flooder]
+                .iter()
+                .all(|a| any(&|x| x["agent"] == a.as_str() && x["event"] == "container_create")),
+            "ClawkerEnforcementDisabled" => {
+                any(&|x| x["event"] == "policy_loaded")
+                    && any(&|x| {
+                        x["agent"] == agent.as_str()
+                            && x["verdict"] == "DENIED"
+                            && x["enforced"] == false
+                    })
+                    && !any(&|x| x["verdict"] == "DENIED" && x["enforced"] == true)
+            }
+            "ClawkerBypassTooLong" => {
+                any(&|x| x["event"] == "bypass_start" && x["bypass_reason"] == "dash test")
+                    && any(&|x| x["agent"] == bypassed.as_str() && x["verdict"] == "BYPASSED")
+            }
+            "ClawkerEgressDaemonDown" => any(&|x| x["event"] == "attached"),
+            // What OpenSearch can show of a collector problem: the newest
+            // records per source, the scenario's among them.
+            "ClawkerCollectorDown"
+            | "ClawkerCollectorExportFailing"
+            | "ClawkerCollectorRefusing"
+            | "ClawkerCollectorQueueFilling" => {
+                any(&|x| mine(x) && x["clawker"]["source"] == "egress")
+                    && any(&|x| x["clawker"]["source"] == "overseer")
+            }
+            other => panic!("{other}: no situation in this test; add one"),
+        };
+        loud(&format!("dashboards: {name}: {} hit(s)", found.len()));
+        assert!(
+            ok,
+            "{name}: its saved search did not find its situation; {} hit(s): {found:#?}",
+            found.len()
+        );
+    }
+
+    // (2) policy suggest from OpenSearch = from the daemon's records.
+    let (status, recs) = daemon.stop();
+    assert!(status.success(), "daemon exit: {status}");
+    let dir = stack.path("suggest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = dir.join("records.jsonl");
+    let text: Vec<String> = recs.iter().map(Value::to_string).collect();
+    std::fs::write(&history, text.join("\n")).unwrap();
+    let sel = ["--agent", agent.as_str(), "--project", project.as_str()];
+    let from_os = dir.join("from-opensearch.yaml");
+    let from_records = dir.join("from-records.yaml");
+    let mut args = vec!["--from-opensearch", os.as_str(), "--last", "1h"];
+    args.extend(sel);
+    let yaml_os = suggest(&args, &from_os);
+    let mut args = vec!["--records", history.to_str().unwrap()];
+    args.extend(sel);
+    let yaml_rec = suggest(&args, &from_records);
+    loud(&format!("dashboards: suggested from OpenSearch:\n{yaml_os}"));
+    assert_eq!(body(&yaml_os), body(&yaml_rec), "{yaml_os}\n---\n{yaml_rec}");
+    // The three servers; the guarded port only through audit mode.
+    for p in [three.port, upload.port, guarded.port] {
+        assert!(yaml_os.contains(&format!("port: \"{p}\"")), "{p}: {yaml_os}");
+    }
+    assert!(!yaml_os.contains(&dns_ip), "DNS is not a flow: {yaml_os}");
+    // `policy explain` allows every flow it was made from.
+    let flows: Vec<Value> = egress_of(&agent)
+        .iter()
+        .map(|h| h["_source"]["attributes"].clone())
+        .filter(|x| x["l7_proto"] != "dns" && !(x["verdict"] == "DENIED" && x["enforced"] != false))
+        .collect();
+    assert!(flows.len() >= 4, "{flows:#?}");
+    for f in &flows {
+        let out = explain(&from_os, &project, f);
+        assert!(out.contains("decision: allow"), "{f}\n{out}\n{yaml_os}");
+    }
+    let mut other = flows[0].clone();
+    other["dst_port"] = json!(closed);
+    let out = explain(&from_os, &project, &other);
+    assert!(out.contains("decision: deny"), "{out}\n{yaml_os}");
+    // An agent with no records: an empty allowlist, not an error.
+    let none = dir.join("none.yaml");
+    let yaml = suggest(
+        &["--from-opensearch", &os, "--agent", "nobody-at-all", "--last", "1h"],
+        &none,
+    );
+    assert!(yaml.contains("add_domains: []"), "{yaml}");
+}

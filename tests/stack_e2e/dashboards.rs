@@ -969,8 +969,8 @@ fn stack_dashboards_and_suggest_on_real_records() {
             | "ClawkerCollectorExportFailing"
             | "ClawkerCollectorRefusing"
             | "ClawkerCollectorQueueFilling" => {
-                any(&|x| mine(x) && x["clawker"]["source"] == "egress")
-                    && any(&|x| x["clawker"]["source"] == "overseer")
+                any(&|x| mine(x) && x["clawker.source"] == "egress")
+                    && any(&|x| x["clawker.source"] == "overseer")
             }
             other => panic!("{other}: no situation in this test; add one"),
         };

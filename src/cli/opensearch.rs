@@ -40,15 +40,14 @@ impl OpenSearch {
             .timeout_global(Some(Duration::from_secs(60)));
         if let Some(ca) = &a.opensearch_ca {
             let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
-            let certs: Vec<ureq::tls::Certificate<'static>> =
-                ureq::tls::parse_pem(&pem)
-                    .filter_map(|item| match item {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                        Ok(_) => None,
-                        Err(e) => Some(Err(e)),
-                    })
-                    .collect::<Result<_, _>>()
-                    .with_context(|| format!("{}: not PEM", ca.display()))?;
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{}: not PEM", ca.display()))?;
             if certs.is_empty() {
                 bail!("{}: no certificate in it", ca.display());
             }
@@ -72,8 +71,8 @@ impl OpenSearch {
                         "--opensearch-user needs --opensearch-password-file or OPENSEARCH_PASSWORD",
                     )?,
                 };
-                let token = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{user}:{password}"));
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
                 Some(format!("Basic {token}"))
             }
         };

@@ -99,7 +99,10 @@ pub fn fetch(
             _ => return Ok(out),
         }
     }
-    bail!("more than {} combinations in the window: narrow it", PAGE * MAX_PAGES)
+    bail!(
+        "more than {} combinations in the window: narrow it",
+        PAGE * MAX_PAGES
+    )
 }
 
 #[cfg(test)]

@@ -173,8 +173,7 @@ fn query_fields(q: &str) -> Vec<String> {
         }
         if !in_regex && (c.is_ascii_alphabetic() || c == '@' || c == '_') {
             let start = i;
-            while i < b.len()
-                && ((b[i] as char).is_ascii_alphanumeric() || b"._@".contains(&b[i]))
+            while i < b.len() && ((b[i] as char).is_ascii_alphanumeric() || b"._@".contains(&b[i]))
             {
                 i += 1;
             }
@@ -272,8 +271,8 @@ fn field_uses(objs: &[Value]) -> Vec<(String, String, String, Use)> {
                 }
             }
             Some("visualization") => {
-                let vis: Value = serde_json::from_str(a["visState"].as_str().unwrap_or("{}"))
-                    .expect("visState");
+                let vis: Value =
+                    serde_json::from_str(a["visState"].as_str().unwrap_or("{}")).expect("visState");
                 for agg in vis["aggs"].as_array().into_iter().flatten() {
                     let Some(f) = agg["params"]["field"].as_str() else {
                         continue;
@@ -300,7 +299,11 @@ fn field_uses(objs: &[Value]) -> Vec<(String, String, String, Use)> {
                     let title = pattern_of(objs, o, &ref_name)
                         .and_then(|p| p["attributes"]["title"].as_str())
                         .unwrap_or_default();
-                    add(title, c["fieldName"].as_str().unwrap_or_default(), Use::Terms);
+                    add(
+                        title,
+                        c["fieldName"].as_str().unwrap_or_default(),
+                        Use::Terms,
+                    );
                 }
             }
             _ => {}
@@ -325,9 +328,7 @@ pub(crate) fn field_problems(objs: &[Value], mappings: &Mappings) -> Vec<String>
             .filter_map(|(s, m)| m.get(&field).map(|t| (s.as_str(), t.as_str())))
             .collect();
         if types.is_empty() {
-            problems.push(format!(
-                "{id}: {field} ({u:?}) is in no index of {title}"
-            ));
+            problems.push(format!("{id}: {field} ({u:?}) is in no index of {title}"));
             continue;
         }
         let distinct: std::collections::BTreeSet<&str> = types.values().copied().collect();
@@ -487,14 +488,23 @@ fn dashboards_use_only_fields_the_templates_map_with_the_right_type() {
     // The check saw the objects' fields (not an empty walk).
     let uses = field_uses(&objs);
     assert!(uses.len() > 200, "{} uses", uses.len());
-    for kind in [Use::Terms, Use::Numeric, Use::Ordered, Use::Date, Use::Sort, Use::Query, Use::Column] {
+    for kind in [
+        Use::Terms,
+        Use::Numeric,
+        Use::Ordered,
+        Use::Date,
+        Use::Sort,
+        Use::Query,
+        Use::Column,
+    ] {
         assert!(uses.iter().any(|u| u.3 == kind), "no {kind:?} use");
     }
     // Every reference resolves (the shipped file, all objects).
     for o in &objs {
         for r in o["references"].as_array().unwrap() {
             assert!(
-                objs.iter().any(|x| x["type"] == r["type"] && x["id"] == r["id"]),
+                objs.iter()
+                    .any(|x| x["type"] == r["type"] && x["id"] == r["id"]),
                 "{}: {r}",
                 o["id"]
             );
@@ -510,10 +520,19 @@ fn a_panel_on_a_wrong_field_is_refused() {
     // A field no template maps, a sum over a keyword, terms over text, a
     // date histogram over a number, a column that does not exist, a query
     // on a missing field, a control on a missing field.
-    assert!(has("attributes.dst_hostname (Terms) is in no index"), "{problems:#?}");
-    assert!(has("attributes.dst_host is keyword, which a Numeric"), "{problems:#?}");
+    assert!(
+        has("attributes.dst_hostname (Terms) is in no index"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("attributes.dst_host is keyword, which a Numeric"),
+        "{problems:#?}"
+    );
     assert!(has("body is text, which a Terms"), "{problems:#?}");
-    assert!(has("attributes.bytes_out is long, which a Date"), "{problems:#?}");
+    assert!(
+        has("attributes.bytes_out is long, which a Date"),
+        "{problems:#?}"
+    );
     assert!(has("attributes.no_such_column (Column)"), "{problems:#?}");
     assert!(has("attributes.verdicts (Query)"), "{problems:#?}");
     assert!(has("attributes.agent_name (Terms)"), "{problems:#?}");
@@ -550,7 +569,10 @@ fn every_alert_has_a_saved_search_named_after_it() {
             .as_str()
             .is_some_and(|i| i.starts_with("clawker-alert-"))
     }) {
-        let name = o["id"].as_str().unwrap().trim_start_matches("clawker-alert-");
+        let name = o["id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("clawker-alert-");
         assert!(alerts.iter().any(|a| a == name), "{}", o["id"]);
     }
 }
@@ -578,7 +600,10 @@ fn the_investigation_dashboard_has_its_panels_and_the_agent_project_controls() {
         "clawker-inv-policy-events",
         "clawker-inv-lost-records",
     ] {
-        assert!(refs.contains(&want), "{want} not on the dashboard: {refs:?}");
+        assert!(
+            refs.contains(&want),
+            "{want} not on the dashboard: {refs:?}"
+        );
     }
     let panels: Value =
         serde_json::from_str(dash["attributes"]["panelsJSON"].as_str().unwrap()).unwrap();
@@ -768,10 +793,13 @@ fn stack_dashboards_and_suggest_on_real_records() {
     support::docker::wait_attribution_ready(&daemon);
 
     // A DNS server on a loopback address of this test's own.
-    let dns_ip = format!("127.0.{}.53", (port("CLAWKER_STACK_DASH_DNS", 0) / 100) % 250 + 1);
+    let dns_ip = format!(
+        "127.0.{}.53",
+        (port("CLAWKER_STACK_DASH_DNS", 0) / 100) % 250 + 1
+    );
     let _dns = support::DnsServer::dnsmasq(
         &dns_ip,
-        &[(format!("pkg.dash.test"), "127.0.0.1".parse().unwrap())],
+        &[("pkg.dash.test".to_string(), "127.0.0.1".parse().unwrap())],
         60,
     );
     let long_label = "x".repeat(55);
@@ -803,16 +831,17 @@ fn stack_dashboards_and_suggest_on_real_records() {
     // Agent b: the guarded port, under a bypass.
     let b = support::docker::Spec::new(
         "ce-dash-b",
-        format!(
-            "sleep 3; echo hi | nc -w 2 127.0.0.1 {}",
-            guarded.port
-        ),
+        format!("sleep 3; echo hi | nc -w 2 127.0.0.1 {}", guarded.port),
     )
     .label(AGENT_LABEL, &bypassed)
     .label(PROJECT_LABEL, &project)
     .run();
     let b_cgroup = b.cgroup_dir(&support::cgroup2_root());
-    bypass(&pin_root, &b_cgroup, &["--for", "10m", "--reason", "dash test"]);
+    bypass(
+        &pin_root,
+        &b_cgroup,
+        &["--for", "10m", "--reason", "dash test"],
+    );
     assert_eq!(b.wait(), 0, "the bypassed connect failed");
     // (The container is gone: the stop record names its cgroup.)
     let _ = Command::new(env!("CARGO_BIN_EXE_clawker-egress"))
@@ -843,13 +872,17 @@ fn stack_dashboards_and_suggest_on_real_records() {
     support::write_atomic(&policy_file, &policy("audit"));
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
-    wait_until("policy_loaded in the daemon's output", Duration::from_secs(20), || {
-        daemon
-            .records()
-            .iter()
-            .any(|r| r["event"] == "policy_loaded")
-            .then_some(())
-    });
+    wait_until(
+        "policy_loaded in the daemon's output",
+        Duration::from_secs(20),
+        || {
+            daemon
+                .records()
+                .iter()
+                .any(|r| r["event"] == "policy_loaded")
+                .then_some(())
+        },
+    );
     let d = support::docker::Spec::new(
         "ce-dash-d",
         format!("sleep 0.3; echo hi | nc -w 2 127.0.0.1 {}", guarded.port),
@@ -862,27 +895,29 @@ fn stack_dashboards_and_suggest_on_real_records() {
 
     // Everything arrived in OpenSearch.
     let egress_of = |who: &str| search(&os, "clawker-egress", term("attributes.agent", who));
-    let overseer = |event: &str| {
-        search(&os, "clawker-overseer", term("attributes.event", event))
-    };
-    wait_until("the scenario's records in OpenSearch", Duration::from_secs(120), || {
-        let a = egress_of(&agent);
-        let has = |f: &dyn Fn(&Value) -> bool| a.iter().any(|h| f(&h["_source"]["attributes"]));
-        let ok = has(&|x| x["bytes_out"] == UPLOAD as u64)
-            && has(&|x| x["verdict"] == "DENIED" && x["enforced"] != false)
-            && has(&|x| x["verdict"] == "DENIED" && x["enforced"] == false)
-            && has(&|x| x["qname"].as_str().is_some_and(|q| q.contains(encoded)))
-            && has(&|x| x["qname"].as_str().is_some_and(|q| q.contains(&long_label)))
-            && egress_of(&bypassed)
-                .iter()
-                .any(|h| h["_source"]["attributes"]["verdict"] == "BYPASSED")
-            && !overseer("bypass_start").is_empty()
-            && !overseer("policy_loaded").is_empty()
-            && overseer("records_lost")
-                .iter()
-                .any(|h| h["_source"]["attributes"]["agent"] == flooder.as_str());
-        ok.then_some(())
-    });
+    let overseer = |event: &str| search(&os, "clawker-overseer", term("attributes.event", event));
+    wait_until(
+        "the scenario's records in OpenSearch",
+        Duration::from_secs(120),
+        || {
+            let a = egress_of(&agent);
+            let has = |f: &dyn Fn(&Value) -> bool| a.iter().any(|h| f(&h["_source"]["attributes"]));
+            let ok = has(&|x| x["bytes_out"] == UPLOAD as u64)
+                && has(&|x| x["verdict"] == "DENIED" && x["enforced"] != false)
+                && has(&|x| x["verdict"] == "DENIED" && x["enforced"] == false)
+                && has(&|x| x["qname"].as_str().is_some_and(|q| q.contains(encoded)))
+                && has(&|x| x["qname"].as_str().is_some_and(|q| q.contains(&long_label)))
+                && egress_of(&bypassed)
+                    .iter()
+                    .any(|h| h["_source"]["attributes"]["verdict"] == "BYPASSED")
+                && !overseer("bypass_start").is_empty()
+                && !overseer("policy_loaded").is_empty()
+                && overseer("records_lost")
+                    .iter()
+                    .any(|h| h["_source"]["attributes"]["agent"] == flooder.as_str());
+            ok.then_some(())
+        },
+    );
 
     // (a) The saved objects against the mapping OpenSearch made.
     let objs = shipped();
@@ -891,15 +926,17 @@ fn stack_dashboards_and_suggest_on_real_records() {
         assert!(mappings.contains_key(s), "{s} not in {:?}", mappings.keys());
     }
     let problems = field_problems(&objs, &mappings);
-    assert!(problems.is_empty(), "against the real mapping: {problems:#?}");
+    assert!(
+        problems.is_empty(),
+        "against the real mapping: {problems:#?}"
+    );
     // The deliberately wrong fixture fails against it too.
     let bad = saved_objects(&repo().join("tests/fixtures/dashboards/bad-fields.ndjson"));
     assert!(field_problems(&bad, &mappings).len() >= 7);
 
     // (b) Each alert's saved search finds its situation.
-    let attrs = |hits: &[Value]| -> Vec<Value> {
-        hits.iter().map(|h| h["attributes"].clone()).collect()
-    };
+    let attrs =
+        |hits: &[Value]| -> Vec<Value> { hits.iter().map(|h| h["attributes"].clone()).collect() };
     let mine = |x: &Value| {
         [&agent, &bypassed, &flooder]
             .iter()
@@ -938,7 +975,9 @@ fn stack_dashboards_and_suggest_on_real_records() {
             "ClawkerAgentDnsQueryRate" => {
                 any(&|x| {
                     x["agent"] == agent.as_str()
-                        && x["qname"].as_str().is_some_and(|q| q.starts_with("pkg.dash.test"))
+                        && x["qname"]
+                            .as_str()
+                            .is_some_and(|q| q.starts_with("pkg.dash.test"))
                 }) && found.iter().all(|x| x["l7_proto"] == "dns")
             }
             "ClawkerAgentRecordsLost" | "ClawkerEgressEventsDropped" => any(&|x| {
@@ -999,11 +1038,20 @@ fn stack_dashboards_and_suggest_on_real_records() {
     let mut args = vec!["--records", history.to_str().unwrap()];
     args.extend(sel);
     let yaml_rec = suggest(&args, &from_records);
-    loud(&format!("dashboards: suggested from OpenSearch:\n{yaml_os}"));
-    assert_eq!(body(&yaml_os), body(&yaml_rec), "{yaml_os}\n---\n{yaml_rec}");
+    loud(&format!(
+        "dashboards: suggested from OpenSearch:\n{yaml_os}"
+    ));
+    assert_eq!(
+        body(&yaml_os),
+        body(&yaml_rec),
+        "{yaml_os}\n---\n{yaml_rec}"
+    );
     // The three servers; the guarded port only through audit mode.
     for p in [three.port, upload.port, guarded.port] {
-        assert!(yaml_os.contains(&format!("port: \"{p}\"")), "{p}: {yaml_os}");
+        assert!(
+            yaml_os.contains(&format!("port: \"{p}\"")),
+            "{p}: {yaml_os}"
+        );
     }
     assert!(!yaml_os.contains(&dns_ip), "DNS is not a flow: {yaml_os}");
     // `policy explain` allows every flow it was made from.
@@ -1024,7 +1072,14 @@ fn stack_dashboards_and_suggest_on_real_records() {
     // An agent with no records: an empty allowlist, not an error.
     let none = dir.join("none.yaml");
     let yaml = suggest(
-        &["--from-opensearch", &os, "--agent", "nobody-at-all", "--last", "1h"],
+        &[
+            "--from-opensearch",
+            &os,
+            "--agent",
+            "nobody-at-all",
+            "--last",
+            "1h",
+        ],
         &none,
     );
     assert!(yaml.contains("add_domains: []"), "{yaml}");

@@ -26,6 +26,11 @@ pub struct OpenSearchAuth {
     pub opensearch_ca: Option<PathBuf>,
 }
 
+/// Where OpenSearch keeps a record key: attributes are mapped under `attributes.`.
+pub fn field(k: &str) -> String {
+    format!("attributes.{k}")
+}
+
 /// A configured client: `search` posts a query to one index or data stream.
 pub struct OpenSearch {
     base: String,

@@ -12,7 +12,10 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::opensearch::{OpenSearch, OpenSearchAuth};
+use super::opensearch::{field, OpenSearch, OpenSearchAuth};
+use crate::flow::FlowState;
+use crate::record::{key, RECORDS_LOST};
+use crate::vocab::Verdict;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
@@ -104,21 +107,21 @@ pub fn report(a: &ReportArgs) -> Result<()> {
 }
 
 fn filters(a: &ReportArgs, since: SystemTime, until: SystemTime) -> Vec<Value> {
-    let mut f = vec![json!({ "range": { "@timestamp": {
+    let mut f = vec![json!({ "range": { (key::TIMESTAMP): {
         "gte": humantime::format_rfc3339(since).to_string(),
         "lte": humantime::format_rfc3339(until).to_string() } } })];
     if let Some(agent) = &a.agent {
-        f.push(json!({ "term": { "attributes.agent": agent } }));
+        f.push(json!({ "term": { (field(key::AGENT)): agent } }));
     }
     if let Some(project) = &a.project {
-        f.push(json!({ "term": { "attributes.project": project } }));
+        f.push(json!({ "term": { (field(key::PROJECT)): project } }));
     }
     f
 }
 
 fn by_agent(inner: Value) -> Value {
-    json!({ "agent": { "terms": { "field": "attributes.agent", "size": 1000, "missing": NONE },
-        "aggs": { "project": { "terms": { "field": "attributes.project", "size": 100, "missing": NONE },
+    json!({ "agent": { "terms": { "field": field(key::AGENT), "size": 1000, "missing": NONE },
+        "aggs": { "project": { "terms": { "field": field(key::PROJECT), "size": 100, "missing": NONE },
             "aggs": inner } } } })
 }
 
@@ -128,38 +131,38 @@ fn fetch(
     since: SystemTime,
     until: SystemTime,
 ) -> Result<Vec<AgentReport>> {
-    let not_dns = json!({ "term": { "attributes.l7_proto": "dns" } });
-    let interim = json!({ "term": { "attributes.flow_state": "active" } });
+    let not_dns = json!({ "term": { (field(key::L7_PROTO)): "dns" } });
+    let interim = json!({ "term": { (field(key::FLOW_STATE)): FlowState::Active.name() } });
     let top = a.top.max(1);
-    let dest = |field: &str| {
-        json!({ "terms": { "field": field, "size": top, "order": { "bytes": "desc" } },
-            "aggs": { "bytes": { "sum": { "field": "attributes.bytes_out" } },
+    let dest = |by: String| {
+        json!({ "terms": { "field": by, "size": top, "order": { "bytes": "desc" } },
+            "aggs": { "bytes": { "sum": { "field": field(key::BYTES_OUT) } },
                       "flows": { "filter": { "bool": { "must_not": [interim] } } } } })
     };
     let egress = json!({ "size": 0,
         "query": { "bool": { "filter": filters(a, since, until) } },
         "aggs": by_agent(json!({
-            "bytes_out": { "sum": { "field": "attributes.bytes_out" } },
-            "bytes_in": { "sum": { "field": "attributes.bytes_in" } },
+            "bytes_out": { "sum": { "field": field(key::BYTES_OUT) } },
+            "bytes_in": { "sum": { "field": field(key::BYTES_IN) } },
             "flows": { "filter": { "bool": { "must_not": [not_dns, interim] } } },
-            "denials": { "filter": { "bool": { "filter": [{ "term": { "attributes.verdict": "DENIED" } }],
+            "denials": { "filter": { "bool": { "filter": [{ "term": { (field(key::VERDICT)): Verdict::Denied.name() } }],
                 "must_not": [interim] } } },
-            "bypassed": { "filter": { "bool": { "filter": [{ "term": { "attributes.verdict": "BYPASSED" } }],
+            "bypassed": { "filter": { "bool": { "filter": [{ "term": { (field(key::VERDICT)): Verdict::Bypassed.name() } }],
                 "must_not": [interim] } } },
-            "dns": { "filter": not_dns, "aggs": { "names": { "terms": { "field": "attributes.qname", "size": top } } } },
-            "named": { "filter": { "bool": { "must_not": [not_dns, { "term": { "attributes.dst_host": "" } }],
-                "filter": [{ "exists": { "field": "attributes.dst_host" } }] } },
-                "aggs": { "dest": dest("attributes.dst_host") } },
+            "dns": { "filter": not_dns, "aggs": { "names": { "terms": { "field": field(key::QNAME), "size": top } } } },
+            "named": { "filter": { "bool": { "must_not": [not_dns, { "term": { (field(key::DST_HOST)): "" } }],
+                "filter": [{ "exists": { "field": field(key::DST_HOST) } }] } },
+                "aggs": { "dest": dest(field(key::DST_HOST)) } },
             "unnamed": { "filter": { "bool": { "must_not": [not_dns,
-                { "bool": { "filter": [{ "exists": { "field": "attributes.dst_host" } }],
-                            "must_not": [{ "term": { "attributes.dst_host": "" } }] } }] } },
-                "aggs": { "dest": dest("attributes.dst_ip") } },
+                { "bool": { "filter": [{ "exists": { "field": field(key::DST_HOST) } }],
+                            "must_not": [{ "term": { (field(key::DST_HOST)): "" } }] } }] } },
+                "aggs": { "dest": dest(field(key::DST_IP)) } },
         })),
     });
     let mut lost_filters = filters(a, since, until);
-    lost_filters.push(json!({ "term": { "attributes.event": "records_lost" } }));
+    lost_filters.push(json!({ "term": { (field(key::EVENT)): RECORDS_LOST } }));
     let lost = json!({ "size": 0, "query": { "bool": { "filter": lost_filters } },
-        "aggs": by_agent(json!({ "lost": { "sum": { "field": "attributes.lost_total" } } })) });
+        "aggs": by_agent(json!({ "lost": { "sum": { "field": field(key::LOST_TOTAL) } } })) });
 
     let mut rows: BTreeMap<(String, String), AgentReport> = BTreeMap::new();
     for (agent, project, b) in buckets(&os.search("clawker-egress", &egress)?) {

@@ -7,20 +7,21 @@
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
-use super::opensearch::OpenSearch;
+use super::opensearch::{field, OpenSearch};
+use crate::record::key;
 
-/// Record key -> the `clawker-egress` field holding it (`attributes.*`).
+/// The record keys `suggest` decides on (each an `attributes.*` field).
 const FIELDS: &[&str] = &[
-    "clawker.source",
-    "agent",
-    "project",
-    "l7_proto",
-    "verdict",
-    "enforced",
-    "l4_proto",
-    "dst_host",
-    "dst_ip",
-    "dst_port",
+    key::SOURCE,
+    key::AGENT,
+    key::PROJECT,
+    key::L7_PROTO,
+    key::VERDICT,
+    key::ENFORCED,
+    key::L4_PROTO,
+    key::DST_HOST,
+    key::DST_IP,
+    key::DST_PORT,
 ];
 
 /// Combinations per page.
@@ -37,18 +38,16 @@ pub fn query(
     project: Option<&str>,
     after: Option<&Value>,
 ) -> Value {
-    let mut filter = vec![json!({ "range": { "@timestamp": { "gte": since, "lte": until } } })];
+    let mut filter = vec![json!({ "range": { (key::TIMESTAMP): { "gte": since, "lte": until } } })];
     if let Some(a) = agent {
-        filter.push(json!({ "term": { "attributes.agent": a } }));
+        filter.push(json!({ "term": { (field(key::AGENT)): a } }));
     }
     if let Some(p) = project {
-        filter.push(json!({ "term": { "attributes.project": p } }));
+        filter.push(json!({ "term": { (field(key::PROJECT)): p } }));
     }
     let sources: Vec<Value> = FIELDS
         .iter()
-        .map(|k| {
-            json!({ *k: { "terms": { "field": format!("attributes.{k}"), "missing_bucket": true } } })
-        })
+        .map(|k| json!({ *k: { "terms": { "field": field(k), "missing_bucket": true } } }))
         .collect();
     let mut composite = json!({ "size": PAGE, "sources": sources });
     if let Some(after) = after {
@@ -67,7 +66,7 @@ pub fn record(bucket: &Value) -> (Value, usize) {
         let v = match (*k, v) {
             (_, Value::Null) => continue,
             // A boolean's terms key may come back as 1/0.
-            ("enforced", Value::Number(n)) => Value::Bool(n.as_i64() != Some(0)),
+            (key::ENFORCED, Value::Number(n)) => Value::Bool(n.as_i64() != Some(0)),
             _ => v.clone(),
         };
         r.insert((*k).to_owned(), v);

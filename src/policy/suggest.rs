@@ -19,6 +19,8 @@ use serde_json::Value;
 use super::model::{Action, Proto, Target};
 use super::values::normalize_domain;
 use super::Policy;
+use crate::record::{key, Source};
+use crate::vocab::Verdict;
 
 /// Which records count.
 #[derive(Debug, Clone, Default)]
@@ -122,38 +124,38 @@ enum Skip {
 
 fn one(v: &Value, sel: &Selection) -> Result<Observed, Skip> {
     let s = |k: &str| v.get(k).and_then(Value::as_str);
-    if s("clawker.source") != Some("egress") || s("l7_proto") == Some("dns") {
+    if s(key::SOURCE) != Some(Source::Egress.name()) || s(key::L7_PROTO) == Some("dns") {
         return Err(Skip::NotAFlow);
     }
     let label_ok = |want: &Option<String>, k| want.as_deref().is_none_or(|w| s(k) == Some(w));
-    if !label_ok(&sel.agent, "agent") || !label_ok(&sel.project, "project") {
+    if !label_ok(&sel.agent, key::AGENT) || !label_ok(&sel.project, key::PROJECT) {
         return Err(Skip::NotSelected);
     }
     if sel.since.is_some() || sel.until.is_some() {
-        let at = s("@timestamp")
+        let at = s(key::TIMESTAMP)
             .and_then(|t| humantime::parse_rfc3339(t).ok())
             .ok_or(Skip::NotSelected)?;
         if sel.since.is_some_and(|t| at < t) || sel.until.is_some_and(|t| at > t) {
             return Err(Skip::NotSelected);
         }
     }
-    let enforced_denial =
-        s("verdict") == Some("DENIED") && v.get("enforced").and_then(Value::as_bool) != Some(false);
+    let enforced_denial = s(key::VERDICT) == Some(Verdict::Denied.name())
+        && v.get(key::ENFORCED).and_then(Value::as_bool) != Some(false);
     if enforced_denial && !sel.include_denied {
         return Err(Skip::EnforcedDenial);
     }
-    let proto = match s("l4_proto") {
+    let proto = match s(key::L4_PROTO) {
         Some("tcp") => Proto::Tcp,
         Some("udp") => Proto::Udp,
         Some("icmp") => Proto::Icmp,
         _ => return Err(Skip::RawOrPacket),
     };
-    let ip = s("dst_ip").and_then(|ip| ip.parse::<IpAddr>().ok());
-    let host = s("dst_host")
+    let ip = s(key::DST_IP).and_then(|ip| ip.parse::<IpAddr>().ok());
+    let host = s(key::DST_HOST)
         .filter(|h| !h.is_empty())
         .and_then(|h| normalize_domain(h).ok());
     let port = v
-        .get("dst_port")
+        .get(key::DST_PORT)
         .and_then(Value::as_u64)
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(0);

@@ -24,8 +24,8 @@ pub enum Source {
     Egress,
     /// Audit events: container lifecycle, policy and bypass changes.
     Overseer,
-    /// The daemon's own logs.
-    Cp,
+    /// The daemon's own logs (control plane; wire name `cp`).
+    ControlPlane,
 }
 
 impl Source {
@@ -33,7 +33,7 @@ impl Source {
         match self {
             Source::Egress => "egress",
             Source::Overseer => "overseer",
-            Source::Cp => "cp",
+            Source::ControlPlane => "cp",
         }
     }
 }
@@ -256,5 +256,13 @@ mod tests {
                 assert!(!b.starts_with(&format!("{a}.")), "{a} is a prefix of {b}");
             }
         }
+    }
+
+    #[test]
+    fn every_key_has_its_own_name() {
+        let mut names = key::ALL.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), key::ALL.len(), "two keys share a name");
     }
 }

@@ -17,10 +17,17 @@ use serde_json::Value;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Root-only tests: skip loudly outside root, fail under CI (which is root).
-pub fn require_root(test: &str) -> bool {
+/// Is this process root?
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Root-only tests: skip loudly outside root, fail under CI (which is root).
+/// Tests call it through [`require_root!`]; a test with a part that runs
+/// without root calls it for that part.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
         return true;
     }
     if std::env::var_os("CI").is_some() {
@@ -28,6 +35,19 @@ pub fn require_root(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: needs root (BPF, cgroups); run `sudo -E cargo test`");
     false
+}
+
+/// First line of a root-only test: returns from it (skipped loudly, named
+/// by its path) unless root; under CI it fails instead.
+#[macro_export]
+macro_rules! require_root {
+    () => {{
+        fn here() {}
+        let name = ::std::any::type_name_of_val(&here);
+        if !$crate::support::require_root(name.strip_suffix("::here").unwrap_or(name)) {
+            return;
+        }
+    }};
 }
 
 pub fn unique(prefix: &str) -> String {

@@ -119,3 +119,93 @@ impl OpenSearch {
         serde_json::from_str(&text).with_context(|| format!("{url}: not JSON"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn auth(user: Option<&str>, password_file: Option<PathBuf>) -> OpenSearchAuth {
+        OpenSearchAuth {
+            opensearch_user: user.map(str::to_owned),
+            opensearch_password_file: password_file,
+            opensearch_ca: None,
+        }
+    }
+
+    /// The loopback test node has no security plugin, so the header is
+    /// checked on a one-shot listener standing in for it (a fake, for what
+    /// the real node here cannot ask for).
+    #[test]
+    fn basic_auth_from_the_password_file_and_no_404_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret:x\nignored\n").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            for (i, conn) in listener.incoming().take(2).enumerate() {
+                let mut conn = conn.unwrap();
+                let mut buf = vec![0u8; 8192];
+                let n = conn.read(&mut buf).unwrap();
+                heads.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let (status, body) = if i == 0 {
+                    ("200 OK", "{\"hits\":{}}")
+                } else {
+                    ("404 Not Found", "{}")
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            heads
+        });
+        let os = OpenSearch::new(&url, &auth(Some("reader"), Some(pw))).unwrap();
+        assert_eq!(
+            os.search("clawker-egress", &serde_json::json!({})).unwrap()["hits"],
+            serde_json::json!({})
+        );
+        assert_eq!(
+            os.search("clawker-missing", &serde_json::json!({}))
+                .unwrap(),
+            Value::Null
+        );
+        let heads = server.join().unwrap();
+        let want = base64::engine::general_purpose::STANDARD.encode("reader:s3cret:x");
+        assert!(
+            heads[0]
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Basic {want}"))),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[0].starts_with("POST /clawker-egress/_search "),
+            "{}",
+            heads[0]
+        );
+    }
+
+    #[test]
+    fn bad_access_settings_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let a = OpenSearchAuth {
+            opensearch_ca: Some(ca),
+            ..auth(None, None)
+        };
+        let e = OpenSearch::new("https://127.0.0.1:9", &a).err().unwrap();
+        assert!(format!("{e:#}").contains("no certificate"), "{e:#}");
+        let e = OpenSearch::new(
+            "http://127.0.0.1:9",
+            &auth(Some("u"), Some(dir.path().join("absent"))),
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("absent"), "{e:#}");
+    }
+}

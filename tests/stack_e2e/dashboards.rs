@@ -457,6 +457,157 @@ pub(crate) fn search_body(o: &Value, since: &str) -> Value {
             "sort": sort })
 }
 
+/// A visualization's aggregations as OpenSearch DSL, the way Dashboards
+/// builds them: bucket aggregations nested in their order, every metric
+/// at every level (so a terms aggregation can be ordered by one), over the
+/// object's query plus `extra` filters (what a dashboard control adds).
+pub(crate) fn vis_body(o: &Value, since: &str, extra: &[Value]) -> Value {
+    let mut body = search_body(o, since);
+    for f in extra {
+        body["query"]["bool"]["filter"]
+            .as_array_mut()
+            .unwrap()
+            .push(f.clone());
+    }
+    let vis: Value = serde_json::from_str(o["attributes"]["visState"].as_str().unwrap()).unwrap();
+    let aggs: Vec<&Value> = vis["aggs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["enabled"] != false)
+        .collect();
+    let metric_type = |id: &str| {
+        aggs.iter()
+            .find(|a| a["id"] == id)
+            .and_then(|a| a["type"].as_str())
+            .unwrap_or("count")
+            .to_owned()
+    };
+    let mut metrics = serde_json::Map::new();
+    for m in aggs
+        .iter()
+        .filter(|a| a["schema"] == "metric" && a["type"] != "count")
+    {
+        let t = m["type"].as_str().unwrap();
+        metrics.insert(
+            m["id"].as_str().unwrap().to_owned(),
+            json!({ t: { "field": m["params"]["field"] } }),
+        );
+    }
+    let mut inner = Value::Object(metrics.clone());
+    for b in aggs.iter().rev().filter(|a| a["schema"] != "metric") {
+        let p = &b["params"];
+        let dsl = match b["type"].as_str().unwrap() {
+            "terms" => {
+                let by = p["orderBy"].as_str().unwrap_or("_count");
+                let key = if metric_type(by) == "count" {
+                    "_count"
+                } else {
+                    by
+                };
+                let mut t = json!({ "field": p["field"], "size": p["size"],
+                    "order": { key: p["order"].as_str().unwrap_or("desc") } });
+                if p["missingBucket"] == true {
+                    t["missing"] = json!("__missing__");
+                }
+                json!({ "terms": t })
+            }
+            "date_histogram" => {
+                json!({ "date_histogram": { "field": p["field"], "fixed_interval": "30s",
+                    "min_doc_count": p["min_doc_count"] } })
+            }
+            other => panic!("{}: bucket aggregation {other} not translated", o["id"]),
+        };
+        let mut level = dsl;
+        let mut sub = Value::Object(metrics.clone());
+        if let Value::Object(m) = &inner {
+            for (k, v) in m {
+                sub[k] = v.clone();
+            }
+        }
+        level["aggs"] = sub;
+        inner = json!({ b["id"].as_str().unwrap(): level });
+    }
+    body["size"] = json!(0);
+    body["aggs"] = inner;
+    body.as_object_mut().unwrap().remove("sort");
+    body
+}
+
+/// The leaf rows of a visualization's answer: the bucket keys from the
+/// top down, and the metrics (`_count` for the document count).
+fn vis_rows(resp: &Value, vis_aggs: &[String]) -> Vec<(Vec<String>, BTreeMap<String, f64>)> {
+    fn walk(
+        node: &Value,
+        ids: &[String],
+        keys: Vec<String>,
+        out: &mut Vec<(Vec<String>, BTreeMap<String, f64>)>,
+    ) {
+        match ids.split_first() {
+            Some((id, rest)) => {
+                for b in node[id]["buckets"].as_array().into_iter().flatten() {
+                    let k = b["key_as_string"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| match &b["key"] {
+                            Value::String(s) => s.clone(),
+                            v => v.to_string(),
+                        });
+                    let mut keys = keys.clone();
+                    keys.push(k);
+                    walk(b, rest, keys, out);
+                }
+            }
+            None => {
+                let mut m = BTreeMap::new();
+                m.insert(
+                    "_count".to_owned(),
+                    node["doc_count"].as_f64().unwrap_or(0.0),
+                );
+                for (k, v) in node.as_object().into_iter().flatten() {
+                    if let Some(x) = v["value"].as_f64() {
+                        m.insert(k.clone(), x);
+                    }
+                }
+                out.push((keys, m));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&resp["aggregations"], vis_aggs, vec![], &mut out);
+    out
+}
+
+/// Run a visualization: its rows.
+fn run_vis(
+    os: &str,
+    objs: &[Value],
+    o: &Value,
+    since: &str,
+    extra: &[Value],
+) -> Vec<(Vec<String>, BTreeMap<String, f64>)> {
+    let title = pattern_of(objs, o, "kibanaSavedObjectMeta.searchSourceJSON.index")
+        .and_then(|p| p["attributes"]["title"].as_str())
+        .unwrap()
+        .to_owned();
+    let body = vis_body(o, since, extra);
+    let (s, v) = http(
+        "POST",
+        &format!("{os}/{title}/_search?expand_wildcards=all&ignore_unavailable=true"),
+        Some(&body),
+    );
+    assert_eq!(s, 200, "{}: {body}\n{v}", o["id"]);
+    let vis: Value = serde_json::from_str(o["attributes"]["visState"].as_str().unwrap()).unwrap();
+    let ids: Vec<String> = vis["aggs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["schema"] != "metric" && a["enabled"] != false)
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    vis_rows(&v, &ids)
+}
+
 /// Run a saved search: its hits' `_source`s, in its order.
 fn run_search(os: &str, objs: &[Value], o: &Value, since: &str) -> Vec<Value> {
     let title = pattern_of(objs, o, "kibanaSavedObjectMeta.searchSourceJSON.index")
@@ -1020,6 +1171,83 @@ fn stack_dashboards_and_suggest_on_real_records() {
             found.len()
         );
     }
+
+    // (c) Each investigation panel, narrowed to the scenario's project the
+    // way the Project control does, answers with the scenario's figures.
+    let by_project = [term("attributes.project", &project)];
+    let mut checked = 0;
+    for o in objs.iter().filter(|o| {
+        o["type"] == "visualization"
+            && o["id"].as_str().is_some_and(|i| {
+                i.starts_with("clawker-inv-")
+                    || i == "clawker-denied-destinations"
+                    || i == "clawker-records-by-source"
+            })
+    }) {
+        let id = o["id"].as_str().unwrap();
+        // The policy records name no container: that panel runs unfiltered.
+        let extra: &[Value] = if id == "clawker-inv-policy-timeline" {
+            &[]
+        } else {
+            &by_project
+        };
+        let rows = run_vis(&os, &objs, o, &since, extra);
+        loud(&format!("dashboards: panel {id}: {} row(s)", rows.len()));
+        assert!(!rows.is_empty(), "{id}: no rows for the scenario");
+        let row = |pred: &dyn Fn(&[String]) -> bool| {
+            rows.iter().find(|(k, _)| pred(k)).map(|(_, m)| m.clone())
+        };
+        let has = |k: &[String], v: &str| k.iter().any(|x| x == v);
+        match id {
+            "clawker-inv-bytes-by-host" => {
+                let m = row(&|k| has(k, &agent) && has(k, "127.0.0.1")).expect(id);
+                assert!(m["1"] >= (UPLOAD + 6) as f64, "{id}: {m:?}");
+            }
+            "clawker-inv-denied-attempts" => {
+                let port = guarded.port.to_string();
+                let enforced = row(&|k| has(k, &agent) && has(k, &port) && has(k, "true"));
+                let audit = row(&|k| has(k, &agent) && has(k, &port) && has(k, "false"));
+                assert!(enforced.is_some() && audit.is_some(), "{id}: {rows:?}");
+            }
+            "clawker-inv-first-seen" => {
+                let ports: Vec<&String> = rows
+                    .iter()
+                    .filter(|(k, _)| has(k, &agent))
+                    .map(|(k, _)| k.last().unwrap())
+                    .collect();
+                for p in [three.port, upload.port] {
+                    assert!(ports.contains(&&p.to_string()), "{id}: {p} in {rows:?}");
+                }
+                // Newest first: the destinations are ordered by first sight.
+                let firsts: Vec<f64> = rows
+                    .iter()
+                    .filter(|(k, _)| has(k, &agent))
+                    .map(|(_, m)| m["1"])
+                    .collect();
+                assert!(firsts.iter().all(|t| *t > 0.0), "{id}: {rows:?}");
+            }
+            "clawker-inv-dns-names" => {
+                assert!(
+                    row(&|k| has(k, &agent) && k.iter().any(|x| x.contains(&long_label))).is_some(),
+                    "{id}: {rows:?}"
+                );
+            }
+            "clawker-inv-policy-timeline" => {
+                for e in ["bypass_start", "policy_loaded"] {
+                    assert!(rows.iter().any(|(k, _)| has(k, e)), "{id}: {e} in {rows:?}");
+                }
+            }
+            "clawker-inv-lost-records" | "clawker-inv-lost-over-time" => {
+                assert!(
+                    rows.iter().any(|(k, m)| has(k, &flooder) && m["1"] > 0.0),
+                    "{id}: {rows:?}"
+                );
+            }
+            _ => {}
+        }
+        checked += 1;
+    }
+    assert!(checked >= 11, "{checked} panels run");
 
     // (2) policy suggest from OpenSearch = from the daemon's records.
     let (status, recs) = daemon.stop();

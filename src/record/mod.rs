@@ -29,6 +29,8 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: &'static [Source] = &[Source::Egress, Source::Overseer, Source::ControlPlane];
+
     pub fn name(self) -> &'static str {
         match self {
             Source::Egress => "egress",

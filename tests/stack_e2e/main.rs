@@ -577,6 +577,22 @@ fn stack_routes_records_into_data_streams() {
     }
 }
 
+/// A failing phase is named in the test's failure; a passing one hands its
+/// value on. (No stack needed.)
+#[test]
+fn a_failing_phase_names_itself() {
+    assert_eq!(phase("passes", || 7), 7);
+    let failed = std::panic::catch_unwind(|| {
+        phase("routing", || assert_eq!(1 + 1, 3, "two streams"));
+    })
+    .unwrap_err();
+    let msg = failed
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert!(msg.starts_with("phase `routing` failed: "), "{msg}");
+    assert!(msg.contains("two streams"), "{msg}");
+}
+
 /// "<kind> <name>: <outcome>" -> outcome, when well-formed.
 fn regex_free_outcome(line: &str) -> Option<String> {
     let (_, outcome) = line.split_once(": ")?;
@@ -764,8 +780,8 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
     );
 }
 
-/// The collector accepts the shipped config alone (what docker-compose runs)
-/// and with the CoreDNS overlay.
+/// The collector accepts the shipped config alone (what docker-compose runs),
+/// with the CoreDNS overlay and with the fleet gateway overlay.
 #[test]
 fn shipped_collector_config_validates() {
     let test = "shipped_collector_config_validates";
@@ -802,7 +818,7 @@ fn shipped_collector_config_validates() {
             "the collector accepted a config without {missing}"
         );
     }
-    for overlays in [vec![], vec!["coredns.yaml"]] {
+    for overlays in [vec![], vec!["coredns.yaml"], vec!["gateway.yaml"]] {
         let mut c = Command::new(&bin);
         c.arg("validate")
             .arg("--config")

@@ -176,6 +176,9 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// Run the daemon itself inside this cgroup (self-traffic tests).
     pub run_inside: Option<PathBuf>,
+    /// Run the daemon in its own UTS namespace with this host name: its
+    /// `host.name` as another host's daemon would have it (tests/fleet.rs).
+    pub hostname: Option<String>,
 }
 
 impl DaemonOptions {
@@ -202,6 +205,7 @@ impl DaemonOptions {
                 spool.to_string_lossy().into_owned(),
             )],
             run_inside: None,
+            hostname: None,
         }
     }
 
@@ -222,8 +226,19 @@ impl Daemon {
     }
 
     pub fn start_on_port(opts: DaemonOptions, metrics_port: u16) -> Daemon {
-        let mut cmd = match &opts.run_inside {
-            Some(cg) => {
+        let mut cmd = match (&opts.run_inside, &opts.hostname) {
+            (Some(_), Some(_)) => panic!("run_inside and hostname together are not supported"),
+            (None, Some(name)) => {
+                // unshare execs: the child's pid is the daemon's.
+                let mut c = Command::new("unshare");
+                c.args(["--uts", "--", "sh", "-c"])
+                    .arg("hostname \"$1\" && shift && exec \"$@\"")
+                    .arg("sh")
+                    .arg(name)
+                    .arg(bin());
+                c
+            }
+            (Some(cg), None) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg(format!(
@@ -234,7 +249,7 @@ impl Daemon {
                     .arg(bin());
                 c
             }
-            None => Command::new(bin()),
+            (None, None) => Command::new(bin()),
         };
         cmd.arg("run")
             .arg("--pin-root")

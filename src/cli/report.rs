@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::opensearch::{field, OpenSearch, OpenSearchAuth};
 use crate::flow::FlowState;
 use crate::record::{key, RECORDS_LOST};
 use crate::vocab::Verdict;
@@ -21,6 +22,8 @@ pub struct ReportArgs {
     /// OpenSearch base URL.
     #[arg(long, default_value = "http://127.0.0.1:9200", value_name = "URL")]
     pub opensearch: String,
+    #[command(flatten)]
+    pub access: OpenSearchAuth,
     /// Start of the window (RFC 3339); default: --last before now.
     #[arg(long, value_parser = parse_time)]
     pub since: Option<SystemTime>,
@@ -84,8 +87,8 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     if since > until {
         bail!("--since is after --until");
     }
-    let os = a.opensearch.trim_end_matches('/');
-    let rows = fetch(os, a, since, until)?;
+    let os = OpenSearch::new(&a.opensearch, &a.access)?;
+    let rows = fetch(&os, a, since, until)?;
     let window = format!(
         "{} to {}",
         humantime::format_rfc3339(since),
@@ -101,11 +104,6 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         print!("{}", table(&rows, &window));
     }
     Ok(())
-}
-
-/// Where OpenSearch keeps a record key: attributes are mapped under `attributes.`.
-fn field(k: &str) -> String {
-    format!("attributes.{k}")
 }
 
 fn filters(a: &ReportArgs, since: SystemTime, until: SystemTime) -> Vec<Value> {
@@ -128,7 +126,7 @@ fn by_agent(inner: Value) -> Value {
 }
 
 fn fetch(
-    os: &str,
+    os: &OpenSearch,
     a: &ReportArgs,
     since: SystemTime,
     until: SystemTime,
@@ -167,7 +165,7 @@ fn fetch(
         "aggs": by_agent(json!({ "lost": { "sum": { "field": field(key::LOST_TOTAL) } } })) });
 
     let mut rows: BTreeMap<(String, String), AgentReport> = BTreeMap::new();
-    for (agent, project, b) in buckets(&search(os, "clawker-egress", &egress)?) {
+    for (agent, project, b) in buckets(&os.search("clawker-egress", &egress)?) {
         let n = |k: &str| b[k]["value"].as_f64().unwrap_or(0.0) as u64;
         let c = |k: &str| b[k]["doc_count"].as_u64().unwrap_or(0);
         let mut destinations: Vec<Destination> = ["named", "unnamed"]
@@ -219,7 +217,7 @@ fn fetch(
             ..AgentReport::default()
         };
     }
-    for (agent, project, b) in buckets(&search(os, "clawker-overseer", &lost)?) {
+    for (agent, project, b) in buckets(&os.search("clawker-overseer", &lost)?) {
         let row = rows
             .entry((agent.clone(), project.clone()))
             .or_insert_with(|| AgentReport {
@@ -247,36 +245,6 @@ fn buckets(resp: &Value) -> Vec<(String, String, Value)> {
         }
     }
     out
-}
-
-fn search(os: &str, index: &str, body: &Value) -> Result<Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let url = format!("{os}/{index}/_search");
-    let mut res = agent
-        .post(&url)
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .with_context(|| format!("POST {url}"))?;
-    let status = res.status().as_u16();
-    let text = res
-        .body_mut()
-        .read_to_string()
-        .with_context(|| format!("read the answer of {url}"))?;
-    if status == 404 {
-        // No such data stream yet: nothing was recorded.
-        return Ok(Value::Null);
-    }
-    if status != 200 {
-        bail!(
-            "{url}: HTTP {status}: {}",
-            text.chars().take(500).collect::<String>()
-        );
-    }
-    serde_json::from_str(&text).with_context(|| format!("{url}: not JSON"))
 }
 
 fn table(rows: &[AgentReport], window: &str) -> String {

@@ -69,25 +69,46 @@ pub struct Tally {
 /// Pick the flows of `sel` out of JSON-lines records (the daemon's stdout
 /// format: flat keys, `clawker.source`, `@timestamp`).
 pub fn observe(text: &str, sel: &Selection) -> (Vec<Observed>, Tally) {
+    let mut not_json = 0;
+    let records: Vec<(Value, usize)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(v) => Some((v, 1)),
+            Err(_) => {
+                not_json += 1;
+                None
+            }
+        })
+        .collect();
+    let (seen, mut tally) = observe_records(records, sel);
+    tally.lines += not_json;
+    tally.not_json = not_json;
+    (seen, tally)
+}
+
+/// The same selection over records already parsed, each with the number
+/// of identical records it stands for (1 for a line; a bucket's document
+/// count for an aggregation).
+pub fn observe_records(
+    records: impl IntoIterator<Item = (Value, usize)>,
+    sel: &Selection,
+) -> (Vec<Observed>, Tally) {
     let mut tally = Tally::default();
     let mut seen = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        tally.lines += 1;
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            tally.not_json += 1;
-            continue;
-        };
+    for (v, n) in records {
+        tally.lines += n;
         match one(&v, sel) {
             Ok(o) => {
-                tally.used += 1;
+                tally.used += n;
                 let key = (o.host.clone(), o.ip, o.port, o.proto as u8);
                 seen.insert(key, o);
             }
-            Err(Skip::NotSelected) => tally.not_selected += 1,
-            Err(Skip::NotAFlow) => tally.not_a_flow += 1,
-            Err(Skip::EnforcedDenial) => tally.enforced_denials += 1,
-            Err(Skip::RawOrPacket) => tally.raw_or_packet += 1,
-            Err(Skip::NoDestination) => tally.no_destination += 1,
+            Err(Skip::NotSelected) => tally.not_selected += n,
+            Err(Skip::NotAFlow) => tally.not_a_flow += n,
+            Err(Skip::EnforcedDenial) => tally.enforced_denials += n,
+            Err(Skip::RawOrPacket) => tally.raw_or_packet += n,
+            Err(Skip::NoDestination) => tally.no_destination += n,
         }
     }
     (seen.into_values().collect(), tally)

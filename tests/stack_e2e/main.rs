@@ -41,6 +41,7 @@ mod support;
 
 mod alerts;
 mod daemon;
+mod dashboards;
 mod doors;
 mod plumbing;
 mod report;

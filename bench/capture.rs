@@ -91,9 +91,8 @@ fn drain_flood() {
         .expect("start daemon");
     let needle = format!("\"dst_port\":{closed}");
     let ours = move |line: &str| {
-        line.match_indices(&needle).any(|(i, m)| {
-            !line[i + m.len()..].starts_with(|c: char| c.is_ascii_digit())
-        })
+        line.match_indices(&needle)
+            .any(|(i, m)| !line[i + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
     };
     let out = daemon.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();

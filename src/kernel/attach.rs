@@ -432,7 +432,11 @@ fn remove_retired_links(pins: &PinLayout) -> Result<(), KernelError> {
     for name in RETIRED_PROGRAMS {
         let path = pins.links().join(name);
         if path.exists() {
-            tracing::info!(event = "retired_program_detached", program = name, "detaching a program this build no longer has");
+            tracing::info!(
+                event = "retired_program_detached",
+                program = name,
+                "detaching a program this build no longer has"
+            );
             fs::remove_file(&path).map_err(|source| KernelError::PinDir { path, source })?;
         }
     }

@@ -228,3 +228,28 @@ pub fn check(args: &CommonArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::containers_parent;
+
+    #[test]
+    fn containers_parent_follows_the_setting_and_the_driver() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // Nothing there yet: Docker's cgroupfs parent (created by `run`).
+        assert_eq!(containers_parent("auto", r), r.join("docker"));
+        assert_eq!(containers_parent("/", r), r);
+        assert_eq!(containers_parent("", r), r);
+        assert_eq!(
+            containers_parent("/machine.slice/", r),
+            r.join("machine.slice")
+        );
+        // The systemd driver's scopes, and no docker/: system.slice.
+        std::fs::create_dir_all(r.join("system.slice/docker-abc.scope")).unwrap();
+        assert_eq!(containers_parent("auto", r), r.join("system.slice"));
+        // Both: docker/ exists, so the cgroupfs driver is in use.
+        std::fs::create_dir(r.join("docker")).unwrap();
+        assert_eq!(containers_parent("auto", r), r.join("docker"));
+    }
+}

@@ -768,6 +768,18 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     });
     eprintln!("{detail}");
     assert!(detail.contains(&format!("127.0.0.1:{}", server.port)));
+    // The container's cgroup (read every 10 s): memory in use and its tasks.
+    let detail = tmux.wait_screen("busy's cgroup usage", |s| {
+        s.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.first() == Some(&"cpu")
+                && w.get(3).is_some_and(|m| m.ends_with('B') && *m != "0B")
+                && w.get(5)
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .is_some_and(|p| p >= 2)
+        })
+    });
+    eprintln!("{detail}");
     assert!(detail.contains("esc back"));
     tmux.keys("Escape");
     tmux.wait_screen("the agents again", |s| {

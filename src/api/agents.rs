@@ -3,10 +3,11 @@
 //! [`MAX_AGENTS`] agents (the least recently seen leaves first).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::wire::{AgentState, OpenFlow, State};
 use crate::capture::FlowSnapshot;
+use crate::detect::resources::Usage;
 use crate::record::{key, l4_proto, Record, Source};
 
 pub const MAX_AGENTS: usize = 1000;
@@ -22,6 +23,8 @@ const MAX_TRACKED: usize = 100_000;
 #[derive(Default)]
 struct Agent {
     state: AgentState,
+    /// When `state.cpu_usec` was read.
+    cpu_read_at: Option<Instant>,
     recent: VecDeque<Record>,
     seq: u64,
 }
@@ -142,6 +145,27 @@ impl Agents {
         agent.recent.push_back(r.clone());
     }
 
+    /// The latest cgroup readings, by container id: agents seen in records
+    /// take theirs; containers not seen yet wait for their first record.
+    pub fn resources(&mut self, by_container: &HashMap<String, Usage>, at: Instant) {
+        for agent in self.by_key.values_mut() {
+            let s = &mut agent.state;
+            if let Some(u) = by_container.get(&s.container_id) {
+                if let Some(then) = agent.cpu_read_at {
+                    let secs = at.saturating_duration_since(then).as_secs_f64();
+                    if secs > 0.0 {
+                        let used = u.cpu_usec.saturating_sub(s.cpu_usec) as f64;
+                        s.cpu_millicores = (used / secs / 1000.0).round() as u64;
+                    }
+                }
+                agent.cpu_read_at = Some(at);
+                s.cpu_usec = u.cpu_usec;
+                s.memory_bytes = u.memory_bytes;
+                s.pids = u.pids;
+            }
+        }
+    }
+
     fn evict_oldest(&mut self) {
         if let Some(k) = self
             .by_key
@@ -250,6 +274,40 @@ mod tests {
             r.set(k, *v);
         }
         r
+    }
+
+    #[test]
+    fn cgroup_readings_reach_their_container_with_a_cpu_rate() {
+        let mut agents = Agents::default();
+        agents.ingest(&rec(
+            &[(key::CONTAINER_ID, "c1"), (key::AGENT, "a")],
+            &[(key::CGROUP_ID, 7)],
+        ));
+        let reading = |cpu_usec| {
+            HashMap::from([(
+                "c1".to_owned(),
+                Usage {
+                    cpu_usec,
+                    memory_bytes: 4 << 20,
+                    pids: 3,
+                    ..Default::default()
+                },
+            )])
+        };
+        let t0 = Instant::now();
+        agents.resources(&reading(1_000_000), t0);
+        let state = |agents: &Agents| agents.state(&[], 0, None).agents[0].clone();
+        let s = state(&agents);
+        assert_eq!((s.memory_bytes, s.pids, s.cpu_millicores), (4 << 20, 3, 0));
+        // 0.5 s of CPU over 2 s: a quarter of a core.
+        agents.resources(&reading(1_500_000), t0 + std::time::Duration::from_secs(2));
+        assert_eq!(state(&agents).cpu_millicores, 250);
+        // Another container's reading changes nothing here.
+        let mut other = reading(9_000_000);
+        other.insert("c2".to_owned(), other["c1"]);
+        other.remove("c1");
+        agents.resources(&other, t0 + std::time::Duration::from_secs(4));
+        assert_eq!(state(&agents).cpu_usec, 1_500_000);
     }
 
     fn flow(cgroup_id: u64, out: u64) -> FlowSnapshot {

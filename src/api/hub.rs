@@ -4,6 +4,7 @@
 //! queue is full loses records, counted for it
 //! (`clawker_egress_api_dropped_total`) and told to it in band.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 use super::agents::Agents;
 use super::filter::Filter;
 use super::history::History;
+use crate::detect::resources::Usage;
 use crate::export::{Batch, Sink};
 use crate::metrics::Metrics;
 
@@ -145,6 +147,11 @@ impl Hub {
         });
         inner.subscribers.push(sub.clone());
         (history, Some(Subscription { rx, sub }))
+    }
+
+    /// The latest per-container cgroup readings (see [`Agents::resources`]).
+    pub fn resources(&self, by_container: &HashMap<String, Usage>) {
+        self.lock().agents.resources(by_container, Instant::now());
     }
 
     /// Run `f` on the aggregates.

@@ -103,6 +103,17 @@ pub struct AgentState {
     pub dns_names: Vec<String>,
     pub records: u64,
     pub last_seen: String,
+    /// The container's cgroup now (read every few seconds; 0 until then):
+    /// CPU time used so far, memory in use, tasks.
+    #[serde(default)]
+    pub cpu_usec: u64,
+    /// CPU over the last two readings, in thousandths of a core.
+    #[serde(default)]
+    pub cpu_millicores: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub pids: u64,
 }
 
 /// One flow open in the kernel now.

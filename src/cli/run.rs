@@ -101,9 +101,11 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         start_sinks(&config, transport.as_ref(), metrics.clone()).await?;
     // The local API (observe, top): one more sink, never a slow one.
     let api_flows = attached.flow_maps(usage.clone())?;
+    let mut api_hub = None;
     let _api_socket = match api::bind(&config.api_socket, config.api_group.as_deref()) {
         Ok(listener) => {
             let hub = api::Hub::new(&config.api_options(), metrics.clone());
+            api_hub = Some(hub.clone());
             let (tx, rx) = mpsc::channel(STAGE_QUEUE);
             sink_tx.push(tx);
             sinks.push(tokio::spawn(run_sink(api::ApiSink(hub.clone()), rx)));
@@ -145,7 +147,11 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let drain = spawn_drain(attached.event_source()?, clock, event_tx, metrics.clone())?;
     let attribution = start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?;
     let container_cache = attribution.cache.clone();
-    tokio::spawn(scan_resources(container_cache.clone(), metrics.clone()));
+    tokio::spawn(scan_resources(
+        container_cache.clone(),
+        metrics.clone(),
+        api_hub,
+    ));
     let (attributor, lifecycle, attribution) = attribution.split();
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
@@ -260,27 +266,49 @@ impl Directory for ContainerDirectory {
     }
 }
 
-/// Per-agent resource gauges from the container cgroups, every 10 s.
-async fn scan_resources(cache: Arc<ContainerCache>, metrics: Arc<Metrics>) {
+/// Per-container cgroup usage every 10 s: per-agent series, and `top`.
+async fn scan_resources(
+    cache: Arc<ContainerCache>,
+    metrics: Arc<Metrics>,
+    hub: Option<Arc<api::Hub>>,
+) {
+    use crate::detect::resources::{read_usage_with, V1Fallback};
+    let v1 = kernel::cgroup2_root()
+        .ok()
+        .and_then(|root| V1Fallback::detect(&root))
+        .map(Arc::new);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tick.tick().await;
         let dirs = cache.enrolled_dirs();
+        let v1 = v1.clone();
         let read = tokio::task::spawn_blocking(move || {
             dirs.into_iter()
                 .filter_map(|(dir, identity)| {
-                    let usage = crate::detect::resources::read_usage(&dir)?;
-                    let (agent, project) = identity
-                        .map(|i| (i.agent.clone(), i.project.clone()))
-                        .unwrap_or_default();
-                    Some((agent, project, usage))
+                    let usage = read_usage_with(&dir, v1.as_deref())?;
+                    Some((identity, usage))
                 })
                 .collect::<Vec<_>>()
         })
         .await;
-        if let Ok(usage) = read {
-            metrics.agents().resources(&usage);
+        let Ok(read) = read else { continue };
+        if let Some(hub) = &hub {
+            let by_container = read
+                .iter()
+                .filter_map(|(i, u)| Some((i.as_ref()?.container_id.clone(), *u)))
+                .collect();
+            hub.resources(&by_container);
         }
+        let per_agent: Vec<_> = read
+            .into_iter()
+            .map(|(identity, usage)| {
+                let (agent, project) = identity
+                    .map(|i| (i.agent.clone(), i.project.clone()))
+                    .unwrap_or_default();
+                (agent, project, usage)
+            })
+            .collect();
+        metrics.agents().resources(&per_agent);
     }
 }
 

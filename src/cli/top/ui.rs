@@ -181,7 +181,13 @@ fn detail(frame: &mut Frame, area: Rect, app: &App) {
             a.open_flows,
             a.denials
         )),
-        Line::raw(format!(" dns: {}", a.dns_names.join(" "))),
+        Line::raw(format!(
+            " cpu {:.1}%  mem {}  pids {}  dns: {}",
+            a.cpu_millicores as f64 / 10.0,
+            render::bytes(a.memory_bytes),
+            a.pids,
+            a.dns_names.join(" ")
+        )),
     ];
     frame.render_widget(Paragraph::new(summary), head);
 

@@ -180,30 +180,47 @@ impl Record {
     /// A short human-readable line. It never contains control characters,
     /// whatever a label or comm holds.
     pub fn body(&self) -> String {
+        let mut out = String::new();
+        self.write_body(&mut out);
+        out
+    }
+
+    /// [`Record::body`], appended to `out` (a buffer the caller reuses).
+    pub fn write_body(&self, out: &mut String) {
+        let start = out.len();
         match &self.body {
-            Some(b) => printable(b),
-            None => self.egress_summary(),
+            Some(b) => out.push_str(b),
+            None => self.egress_summary(out),
+        }
+        if out[start..].chars().any(char::is_control) {
+            let clean = printable(&out[start..]);
+            out.truncate(start);
+            out.push_str(&clean);
         }
     }
 
-    fn egress_summary(&self) -> String {
+    fn egress_summary(&self, out: &mut String) {
         let s = |k| self.get_str(k).unwrap_or("");
-        let mut out = format!("{} {} {}", s(key::VERDICT), s(key::L4_PROTO), s(key::COMM));
+        let _ = write!(
+            out,
+            "{} {} {}",
+            s(key::VERDICT),
+            s(key::L4_PROTO),
+            s(key::COMM)
+        );
         if let Some(pid) = self.get_int(key::PID) {
             let _ = write!(out, "[{pid}]");
         }
         if let (Some(ip), Some(port)) = (self.get_str(key::DST_IP), self.get_int(key::DST_PORT)) {
-            let ip = if ip.contains(':') {
-                format!("[{ip}]")
+            if ip.contains(':') {
+                let _ = write!(out, " -> [{ip}]:{port}");
             } else {
-                ip.to_owned()
-            };
-            let _ = write!(out, " -> {ip}:{port}");
+                let _ = write!(out, " -> {ip}:{port}");
+            }
         }
         if let Some(agent) = self.get_str(key::AGENT) {
             let _ = write!(out, " agent={agent}");
         }
-        printable(&out)
     }
 
     pub fn unix_nanos(&self) -> u64 {

@@ -336,7 +336,7 @@ fn cost(sink: &str, flood_n: u64) {
     let t0 = Instant::now();
     let flood_time = flood(&d.cg, closed_port(), flood_n);
     // Until the sink counted every record of the flood (or 60 s quiet).
-    let mut exported = 0.0;
+    let mut exported: f64;
     let mut last = (0.0, Instant::now());
     loop {
         let text = d.metrics_text();

@@ -1,6 +1,8 @@
 //! The egress record shapes: a flow, an attempt that never became one,
 //! and a DNS exchange.
 
+use compact_str::ToCompactString;
+
 use super::{key, printable, Record, Source};
 use crate::capture::{CloseReason, Counters, SockEvent, Verdict};
 use crate::flow::{community_id, DnsExchange, FlowRecord, FlowState};
@@ -25,14 +27,14 @@ impl Record {
         // a port without an address (unbound UDP) or neither (connect).
         if let Some((ip, port)) = ev.src {
             if !ip.is_unspecified() {
-                r.set(key::SRC_IP, ip.to_string());
+                r.set(key::SRC_IP, ip.to_compact_string());
             }
             if port != 0 {
                 r.set(key::SRC_PORT, port);
             }
         }
         if let Some((ip, port)) = ev.dst {
-            r.set(key::DST_IP, ip.to_string());
+            r.set(key::DST_IP, ip.to_compact_string());
             r.set(key::DST_PORT, port);
         }
         // Empty until DNS attribution names the destination.
@@ -74,12 +76,12 @@ impl Record {
             if flow.remote.0.is_ipv4() { 4u32 } else { 6 },
         );
         if let Some((ip, port)) = flow.local {
-            r.set(key::SRC_IP, ip.to_string());
+            r.set(key::SRC_IP, ip.to_compact_string());
             if port != 0 {
                 r.set(key::SRC_PORT, port);
             }
         }
-        r.set(key::DST_IP, flow.remote.0.to_string());
+        r.set(key::DST_IP, flow.remote.0.to_compact_string());
         if flow.remote.1 != 0 {
             r.set(key::DST_PORT, flow.remote.1);
         }
@@ -120,7 +122,7 @@ impl Record {
             if d.resolver.0.is_ipv4() { 4u32 } else { 6 },
         );
         r.set(key::SRC_PORT, d.local_port);
-        r.set(key::DST_IP, d.resolver.0.to_string());
+        r.set(key::DST_IP, d.resolver.0.to_compact_string());
         r.set(key::DST_PORT, d.resolver.1);
         r.set(key::DST_HOST, "");
         r.set(key::CGROUP_ID, d.cgroup_id);

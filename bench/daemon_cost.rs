@@ -134,6 +134,10 @@ impl Running {
         .arg(&pins)
         .args(["--output", output])
         .env("CLAWKER_EGRESS_SPOOL_DIR", &spool)
+        // The flood is one container: lift its record budget (default
+        // 10k/s) so that what is measured is the daemon, not the limit.
+        .env("CLAWKER_EGRESS_CONTAINER_RECORD_RATE", "1000000")
+        .env("CLAWKER_EGRESS_CONTAINER_RECORD_BURST", "1000000")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -158,7 +162,7 @@ impl Running {
         while Instant::now() < deadline && r.metrics_text().is_empty() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(super::SETTLE);
+        std::thread::sleep(super::SETTLE * 2);
         r
     }
 
@@ -360,13 +364,11 @@ fn cost(sink: &str, flood_n: u64) {
         .map(|(_, h)| format!(", receiver got {}", h.records.load(Ordering::Relaxed)))
         .unwrap_or_default();
     println!(
-        "  {sink:<6} {exported:.0} records in {:.2} s ({:.0} connects/s): daemon CPU {:.2} s = {:.2} us/record \
-         ({:.2} us/record less idle {:.0} ms/s); {}{received}",
+        "  {sink:<6} {exported:.0} records in {:.2} s ({:.0} connects/s), drained in {busy:.2} s: \
+         daemon CPU {cpu:.2} s = {:.2} us/record (idle before: {:.0} ms CPU/s); {}{received}",
         flood_time.as_secs_f64(),
         flood_n as f64 / flood_time.as_secs_f64(),
-        cpu,
         cpu * 1e6 / exported.max(1.0),
-        (cpu - idle_rate * busy).max(0.0) * 1e6 / exported.max(1.0),
         idle_rate * 1e3,
         losses(&text),
     );
@@ -377,26 +379,32 @@ fn cost(sink: &str, flood_n: u64) {
     );
 }
 
+/// Sockets one helper process holds (the hard RLIMIT_NOFILE here is 20,000
+/// and cannot be raised).
+const PER_PROCESS: usize = 16_000;
+
 /// SCALE_FLOWS live TCP connections from SCALE_CGROUPS cgroups.
 fn scale() {
     let cgroups = env_u64("CLAWKER_BENCH_SCALE_CGROUPS").map_or(SCALE_CGROUPS, |v| v as usize);
     let flows = env_u64("CLAWKER_BENCH_SCALE_FLOWS").map_or(SCALE_FLOWS, |v| v as usize);
-    raise_nofile((flows * 2 + 1024) as u64);
-    // Loopback servers that accept and hold every connection; several
-    // ports, so the client side does not run out of ephemeral ports.
-    let ports: Vec<u16> = (0..(flows / 20_000 + 1))
-        .map(|_| {
-            let l = TcpListener::bind("127.0.0.1:0").expect("server");
-            let port = l.local_addr().expect("addr").port();
-            std::thread::spawn(move || {
-                let mut held = Vec::new();
-                for s in l.incoming().flatten() {
-                    held.push(s);
-                }
-            });
-            port
-        })
-        .collect();
+    let procs = flows.div_ceil(PER_PROCESS);
+    // Loopback servers (outside the watched cgroup) that accept and hold
+    // every connection, one process and port per PER_PROCESS connections.
+    let server = "import socket\nl = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(4096)\n\
+                  print(l.getsockname()[1], flush=True)\nheld = []\nwhile True:\n    held.append(l.accept()[0])\n";
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..procs {
+        let mut c = Command::new("python3")
+            .args(["-c", server])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 server");
+        let mut line = String::new();
+        let _ = BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line);
+        ports.push(line.trim().parse::<u16>().expect("server port"));
+        servers.push(c);
+    }
     let (addr, _hole) = blackhole();
     let d = Running::start("scale", "otlp", Some(addr));
     let rss0 = d.status_mib("VmRSS:");
@@ -406,44 +414,61 @@ fn scale() {
         std::fs::create_dir_all(&cg).expect("scale cgroup");
         children.push(cg);
     }
-    // One child process: per cgroup, join it and open its share of
-    // connections; then wait on stdin (the flows stay live) until told.
+    // Holder processes: each takes its share of the cgroups; per cgroup it
+    // joins it and opens its connections (a socket belongs to the cgroup it
+    // was made in), then holds them all until its stdin closes.
     let per = flows / cgroups;
-    let mut script = String::from("import socket, sys\nheld = []\n");
-    script.push_str(&format!(
-        "ports = {ports:?}\nfor i, cg in enumerate(sys.argv[1:]):\n    open(cg + '/cgroup.procs', 'w').write('0')\n    for j in range({per}):\n        s = socket.create_connection(('127.0.0.1', ports[(i * {per} + j) % len(ports)]))\n        held.append(s)\nprint(len(held), flush=True)\nsys.stdin.read()\n"
-    ));
+    let holder = format!(
+        "import socket, sys\nheld = []\nport = int(sys.argv[1])\nfor cg in sys.argv[2:]:\n    \
+         open(cg + '/cgroup.procs', 'w').write('0')\n    for j in range({per}):\n        \
+         held.append(socket.create_connection(('127.0.0.1', port)))\nprint(len(held), flush=True)\nsys.stdin.read()\n"
+    );
     let t0 = Instant::now();
-    let mut holder = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .args(children.iter().map(|c| c.as_os_str()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    let _ = BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut line);
-    let opened: usize = line.trim().parse().unwrap_or(0);
+    let mut holders = Vec::new();
+    for (k, share) in children.chunks(cgroups.div_ceil(procs)).enumerate() {
+        let h = Command::new("python3")
+            .arg("-c")
+            .arg(&holder)
+            .arg(ports[k % ports.len()].to_string())
+            .args(share.iter().map(|c| c.as_os_str()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 holder");
+        holders.push(h);
+    }
+    let mut opened = 0usize;
+    for h in &mut holders {
+        let mut line = String::new();
+        let _ = BufReader::new(h.stdout.take().expect("stdout")).read_line(&mut line);
+        opened += line.trim().parse::<usize>().unwrap_or(0);
+    }
     let open_time = t0.elapsed();
     std::thread::sleep(Duration::from_secs(5));
-    let text = d.metrics_text();
     println!(
         "daemon memory at scale: {cgroups} cgroups under the watched one, {opened} live TCP connections \
-         (opened in {:.1} s), held open:",
+         from {} processes (opened in {:.1} s), held open:",
+        holders.len(),
         open_time.as_secs_f64()
     );
+    let cpu0 = d.cpu_secs();
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = (d.cpu_secs() - cpu0) / 5.0;
+    let text = d.metrics_text();
     println!(
-        "  VmRSS {:.1} MiB (at start {rss0:.1}), VmHWM {:.1} MiB; {}, records exported {:.0}; {}",
+        "  VmRSS {:.1} MiB (at start {rss0:.1}), VmHWM {:.1} MiB; daemon CPU while they are open {:.0} ms/s; \
+         flows_total {}; {}",
         d.status_mib("VmRSS:"),
         d.status_mib("VmHWM:"),
+        idle * 1e3,
         flow_counts(&text),
-        Running::metric_sum(&text, "clawker_egress_records_exported_total"),
         losses(&text)
     );
-    drop(holder.stdin.take());
-    let _ = holder.wait();
-    std::thread::sleep(Duration::from_secs(3));
+    for mut h in holders {
+        drop(h.stdin.take());
+        let _ = h.wait();
+    }
+    std::thread::sleep(Duration::from_secs(5));
     let text = d.metrics_text();
     println!(
         "  after they closed: VmRSS {:.1} MiB, VmHWM {:.1} MiB, records exported {:.0}; {}",
@@ -452,6 +477,10 @@ fn scale() {
         Running::metric_sum(&text, "clawker_egress_records_exported_total"),
         losses(&text)
     );
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
 }
 
 fn flow_counts(text: &str) -> String {
@@ -460,13 +489,4 @@ fn flow_counts(text: &str) -> String {
         .map(|l| l.trim_start_matches("clawker_egress_flows_total"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn raise_nofile(n: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
-    };
-    // SAFETY: setrlimit with a valid struct; children inherit it.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }

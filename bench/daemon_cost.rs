@@ -111,7 +111,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(name: &str, output: &str, otlp: Option<SocketAddr>) -> Running {
+    fn start(name: &str, output: &str, otlp: Option<SocketAddr>, env: &[(&str, &str)]) -> Running {
         let root = clawker_egress::kernel::cgroup2_root().expect("cgroup2 mount");
         let me = std::process::id();
         let cg = root.join(format!("clawker-bench-{name}-{me}"));
@@ -141,6 +141,7 @@ impl Running {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+        cmd.envs(env.iter().copied());
         if let Some(a) = otlp {
             cmd.arg("--otlp-endpoint").arg(format!("http://{a}"));
         }
@@ -329,7 +330,7 @@ fn losses(text: &str) -> String {
 
 fn cost(sink: &str, flood_n: u64) {
     let hole = (sink == "otlp").then(blackhole);
-    let d = Running::start(sink, sink, hole.as_ref().map(|(a, _)| *a));
+    let d = Running::start(sink, sink, hole.as_ref().map(|(a, _)| *a), &[]);
     let exported_key = format!("clawker_egress_records_exported_total{{sink=\"{sink}\"}}");
     let exported0 = Running::metric_sum(&d.metrics_text(), &exported_key);
     // The idle rate, to subtract (sweeps, the metrics scrape).
@@ -406,7 +407,14 @@ fn scale() {
         servers.push(c);
     }
     let (addr, _hole) = blackhole();
-    let d = Running::start("scale", "otlp", Some(addr));
+    // Under --cgroup-root the watched cgroup is ONE scope (container) for
+    // the kernel's per-container shares: let it use the whole flow table.
+    let d = Running::start(
+        "scale",
+        "otlp",
+        Some(addr),
+        &[("CLAWKER_EGRESS_CONTAINER_MAX_FLOWS", "65536")],
+    );
     let rss0 = d.status_mib("VmRSS:");
     let mut children = Vec::new();
     for i in 0..cgroups {
@@ -471,10 +479,11 @@ fn scale() {
     std::thread::sleep(Duration::from_secs(5));
     let text = d.metrics_text();
     println!(
-        "  after they closed: VmRSS {:.1} MiB, VmHWM {:.1} MiB, records exported {:.0}; {}",
+        "  after they closed: VmRSS {:.1} MiB, VmHWM {:.1} MiB, records exported {:.0}, flows_total {}; {}",
         d.status_mib("VmRSS:"),
         d.status_mib("VmHWM:"),
         Running::metric_sum(&text, "clawker_egress_records_exported_total"),
+        flow_counts(&text),
         losses(&text)
     );
     for mut s in servers {

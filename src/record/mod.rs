@@ -142,7 +142,10 @@ impl Record {
     /// Set a field, replacing an earlier value of the same key.
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         let value = value.into();
-        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+        // Keys are the constants of `key`: the same address is the same
+        // key; text is compared only when addresses differ.
+        let same = |k: &str| std::ptr::eq(k, key) || k == key;
+        match self.fields.iter_mut().find(|(k, _)| same(k)) {
             Some(slot) => slot.1 = value,
             None => self.fields.push((key, value)),
         }

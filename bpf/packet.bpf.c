@@ -62,7 +62,7 @@ static __always_inline void emit_packet(__u64 scope_id, const struct attempt *a,
 	ev->verdict = verdict;
 	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 }
 
 SEC("tp_btf/sock_send_length")

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::kernel::MapHandle;
 use tokio::sync::mpsc;
 
 use super::clock::BootClock;
 use super::decode::decode;
 use super::event::Event;
-use crate::kernel::{EventRing, KernelError};
+use crate::kernel::{EventSource, KernelError};
 use crate::metrics::{DropReason, Metrics};
 
-/// How long one epoll wait lasts: bounds how quickly a stop is noticed.
-const POLL: Duration = Duration::from_millis(100);
+/// How long one epoll wait lasts: bounds how quickly a stop is noticed,
+/// and how long a record waits when the ring is nearly empty.
+const POLL: Duration = Duration::from_millis(20);
 /// How long a batch may gather after its first event.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Initial capacity of a batch handed downstream.
@@ -46,7 +46,7 @@ impl DrainHandle {
 /// waits, the ring buffer fills, and the kernel counts what it cannot store
 /// (`ringbuf_full`): back-pressure is visible, never silent.
 pub fn spawn_drain(
-    events: MapHandle,
+    events: EventSource,
     clock: BootClock,
     tx: mpsc::Sender<Vec<Event>>,
     metrics: Arc<Metrics>,
@@ -67,7 +67,7 @@ pub fn spawn_drain(
 }
 
 fn drain_loop(
-    events: &MapHandle,
+    events: &EventSource,
     clock: BootClock,
     tx: &mpsc::Sender<Vec<Event>>,
     metrics: &Metrics,
@@ -75,7 +75,7 @@ fn drain_loop(
 ) -> Result<(), KernelError> {
     let batch = RefCell::new(Vec::with_capacity(BATCH));
     let mut last_warn: Option<Instant> = None;
-    let ring = EventRing::new(events, |bytes: &[u8]| match decode(bytes, clock) {
+    let ring = events.reader(|bytes: &[u8]| match decode(bytes, clock) {
         Ok(ev) => batch.borrow_mut().push(ev),
         Err(e) => {
             metrics.dropped(DropReason::ParseFailure, 1);
@@ -92,6 +92,10 @@ fn drain_loop(
             ring.consume()?; // what arrived before the stop request
         } else {
             ring.poll(POLL)?;
+            // The kernel wakes this thread only as the ring fills past a
+            // mark (bpf/lib/events.h): what came in below it is taken at
+            // the end of each wait.
+            ring.consume()?;
             if !batch.borrow().is_empty() {
                 // Let a burst accumulate: one hand-off per window instead of
                 // a wake-up of every stage per event (which cost ~70 us of

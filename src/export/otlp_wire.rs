@@ -292,7 +292,7 @@ mod tests {
             // prost's own encoding of the reference has the same length.
             assert_eq!(bytes.len(), reference(&r, observed).encoded_len());
         }
-        let body = Record::new(UNIX_EPOCH, Source::Cp)
+        let body = Record::new(UNIX_EPOCH, Source::ControlPlane)
             .with_severity(Severity::Warn)
             .with_body("line\nbreak");
         let got = LogRecord::decode(enc.log_record(&body, observed)).unwrap();

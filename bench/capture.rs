@@ -22,6 +22,8 @@ use clawker_egress::capture::{decode, BootClock, Event};
 use clawker_egress::kernel::abi;
 use clawker_egress::record::Record;
 
+mod daemon_cost; // daemon CPU per record, RSS (`-- daemon`: that part only)
+
 const ROUNDS: usize = 9;
 const CONNECTS_PER_ROUND: usize = 10_000;
 const RECORDS: usize = 1_000_000;
@@ -47,10 +49,14 @@ fn main() {
         println!("SKIPPED connect-rate bench: needs root (BPF attach, cgroups)");
         return;
     }
+    if std::env::args().any(|a| a == "daemon") {
+        return daemon_cost::run();
+    }
     kernel_cost();
     if !only_kernel {
         connect_rate();
         drain_flood();
+        daemon_cost::run();
     }
 }
 

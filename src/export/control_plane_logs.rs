@@ -128,7 +128,7 @@ impl Fields {
         let name = field.name();
         if name == "message" {
             if let Value::Str(s) = value {
-                self.message = Some(s);
+                self.message = Some(s.into_string());
             }
             return;
         }

@@ -4,6 +4,7 @@
 pub mod control_plane_logs;
 mod file;
 mod otlp;
+mod otlp_wire;
 mod spool;
 mod stdout;
 mod transport;

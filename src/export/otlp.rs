@@ -20,20 +20,20 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::bytes::Bytes;
 use prost::Message;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
+use super::otlp_wire::{RecordEncoder, RequestFrame};
 use super::spool::{Position, Spool};
 use super::transport::{safe_message, OtlpClient, OtlpTransport, TransportError};
 use super::{Batch, Sink};
 use crate::metrics::Metrics;
-use crate::record::{key, Record, Severity, Value};
 
 /// The default instance's name (metrics `sink` label, log field `sink`).
 const SINK: &str = "otlp";
@@ -67,6 +67,10 @@ impl OtlpOptions {
     }
 }
 
+/// An export request stays under this size (the collector's default gRPC
+/// limit is 4 MiB).
+const MAX_REQUEST_BYTES: usize = 3 << 20;
+
 /// One encoded OTLP `LogRecord`.
 type Encoded = Vec<u8>;
 
@@ -86,6 +90,7 @@ pub struct OtlpSink {
     opts: OtlpOptions,
     metrics: Arc<Metrics>,
     exporter: Option<JoinHandle<()>>,
+    encoder: RecordEncoder,
 }
 
 impl OtlpSink {
@@ -117,6 +122,7 @@ impl OtlpSink {
             opts,
             metrics,
             exporter: Some(exporter),
+            encoder: RecordEncoder::default(),
         })
     }
 }
@@ -179,8 +185,12 @@ impl Sink for OtlpSink {
                 .lock()
                 .map(|s| s.as_ref().is_some_and(|s| !s.is_empty()))
                 .unwrap_or(false);
+            let observed = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
             for r in batch.iter() {
-                let enc = log_record(r).encode_to_vec();
+                let enc = self.encoder.log_record(r, observed).to_vec();
                 if !spooling && q.len() < self.opts.queue_records {
                     q.push_back(enc);
                 } else {
@@ -255,31 +265,52 @@ impl Sink for OtlpSink {
     }
 }
 
-/// The next batch: from the memory queue (older), else from the spool
-/// (with the position to commit once delivered).
-fn next_batch(
+/// An export request ready to send.
+struct Next {
+    /// Records it carries.
+    records: u64,
+    /// The encoded `ExportLogsServiceRequest`.
+    request: Bytes,
+    /// Where it came from in the spool (committed once delivered); `None`:
+    /// from the memory queue (held in `inflight` until delivered).
+    spooled: Option<Position>,
+}
+
+/// The next request: from the memory queue (older), else from the spool.
+fn next_request(
     shared: &Shared,
     opts: &OtlpOptions,
     metrics: &Metrics,
-) -> (Vec<Encoded>, Option<Position>) {
+    frame: &mut RequestFrame,
+) -> Option<Next> {
     if let Ok(mut q) = shared.queue.lock() {
-        let n = q.len().min(opts.batch_records);
-        if n > 0 {
-            let batch: Vec<Encoded> = q.drain(..n).collect();
-            if let Ok(mut f) = shared.inflight.lock() {
-                f.clone_from(&batch);
+        if !q.is_empty() {
+            // At most batch_records, and within the request size limit
+            // (at least one record, whatever its size).
+            let mut n = 0;
+            let mut bytes = 0;
+            for r in q.iter().take(opts.batch_records.max(1)) {
+                bytes += r.len() + 8;
+                if n > 0 && bytes > MAX_REQUEST_BYTES {
+                    break;
+                }
+                n += 1;
             }
-            return (batch, None);
+            let mut f = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            f.clear();
+            f.extend(q.drain(..n));
+            drop(q);
+            return Some(Next {
+                records: n as u64,
+                request: frame.request(&f),
+                spooled: None,
+            });
         }
     }
-    let Ok(mut guard) = shared.spool.lock() else {
-        return (Vec::new(), None);
-    };
-    let Some(spool) = guard.as_mut() else {
-        return (Vec::new(), None);
-    };
+    let mut guard = shared.spool.lock().ok()?;
+    let spool = guard.as_mut()?;
     if spool.is_empty() {
-        return (Vec::new(), None);
+        return None;
     }
     match spool.peek(opts.batch_records) {
         Ok((batch, pos, corrupt)) => {
@@ -291,12 +322,25 @@ fn next_batch(
                 // Only a corrupt tail was left: step over it.
                 let _ = spool.commit(pos);
                 metrics.spool_bytes(opts.name, spool.bytes());
+                return None;
             }
-            (batch, Some(pos))
+            // The spool's records come from disk: checked before they go.
+            let mut valid = Vec::with_capacity(batch.len());
+            for b in &batch {
+                match LogRecord::decode(b.as_slice()) {
+                    Ok(_) => valid.push(b),
+                    Err(_) => metrics.sink_failure(opts.name, "spool_corrupt", 1),
+                }
+            }
+            Some(Next {
+                records: valid.len() as u64,
+                request: frame.request(&valid),
+                spooled: Some(pos),
+            })
         }
         Err(e) => {
             tracing::warn!(event = "sink_failure", sink = opts.name, error = %e, "disk spool read failed");
-            (Vec::new(), None)
+            None
         }
     }
 }
@@ -327,27 +371,22 @@ async fn export_loop(
     opts: OtlpOptions,
     metrics: Arc<Metrics>,
 ) {
-    let resource = resource();
+    let mut frame = RequestFrame::new(&resource(), &scope());
     let mut outage = false;
     loop {
-        let (batch, spooled) = next_batch(&shared, &opts, &metrics);
-        if batch.is_empty() {
+        let Some(Next {
+            records: n,
+            request,
+            spooled,
+        }) = next_request(&shared, &opts, &metrics, &mut frame)
+        else {
             if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
             // Wake on new records, or re-check the closing flag now and then.
             let _ = tokio::time::timeout(Duration::from_millis(200), shared.wake.notified()).await;
             continue;
-        }
-        let mut records = Vec::with_capacity(batch.len());
-        for b in &batch {
-            match LogRecord::decode(b.as_slice()) {
-                Ok(r) => records.push(r),
-                Err(_) => metrics.sink_failure(opts.name, "spool_corrupt", 1),
-            }
-        }
-        let n = records.len() as u64;
-        let request = request(&resource, records);
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
             match client.export(request.clone()).await {
@@ -440,66 +479,10 @@ fn resource() -> Resource {
     }
 }
 
-fn request(resource: &Resource, log_records: Vec<LogRecord>) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(resource.clone()),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: "clawker-egress".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                log_records,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-/// One record as an OTLP LogRecord: Timestamp is the event time (never 0).
-pub fn log_record(r: &Record) -> LogRecord {
-    let observed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let event_time = match r.unix_nanos() {
-        0 => observed,
-        t => t,
-    };
-    let mut attributes = Vec::with_capacity(24);
-    attributes.push(string_kv(key::SOURCE, r.source.name()));
-    attributes.extend(r.fields().map(|(k, v)| KeyValue {
-        key: k.to_owned(),
-        value: Some(AnyValue {
-            value: Some(match v {
-                Value::Str(s) => any_value::Value::StringValue(s.clone()),
-                Value::Int(n) => any_value::Value::IntValue(*n),
-                Value::Bool(b) => any_value::Value::BoolValue(*b),
-            }),
-        }),
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "clawker-egress".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
-    }));
-    LogRecord {
-        time_unix_nano: event_time,
-        observed_time_unix_nano: observed,
-        severity_number: severity_number(r.severity()) as i32,
-        severity_text: r.severity().name().into(),
-        body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(r.body())),
-        }),
-        attributes,
-        ..Default::default()
-    }
-}
-
-fn severity_number(s: Severity) -> SeverityNumber {
-    match s {
-        Severity::Trace => SeverityNumber::Trace,
-        Severity::Debug => SeverityNumber::Debug,
-        Severity::Info => SeverityNumber::Info,
-        Severity::Warn => SeverityNumber::Warn,
-        Severity::Error => SeverityNumber::Error,
     }
 }

@@ -16,15 +16,21 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use prost::bytes::Bytes;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
+use tonic::client::Grpc;
 use tonic::codec::CompressionEncoding;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::GrpcMethod;
+
+use super::otlp_wire::RawCodec;
 
 /// Request compression on the OTLP export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -230,8 +236,33 @@ fn read_token(path: &Path) -> Result<AsciiMetadataValue, TransportError> {
     Ok(value)
 }
 
-/// The logs client the sink exports with.
-pub type OtlpClient = LogsServiceClient<InterceptedService<Channel, Headers>>;
+/// The logs client the sink exports with: it sends a request already
+/// encoded ([`super::otlp_wire`]), so a retry re-sends the same bytes.
+#[derive(Clone)]
+pub struct OtlpClient {
+    grpc: Grpc<InterceptedService<Channel, Headers>>,
+}
+
+impl OtlpClient {
+    /// `LogsService/Export` with `request`, the bytes of an
+    /// `ExportLogsServiceRequest` (as the generated client would send it).
+    pub async fn export(
+        &mut self,
+        request: Bytes,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        const SERVICE: &str = "opentelemetry.proto.collector.logs.v1.LogsService";
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+        let path =
+            PathAndQuery::from_static("/opentelemetry.proto.collector.logs.v1.LogsService/Export");
+        let mut req = tonic::Request::new(request);
+        req.extensions_mut()
+            .insert(GrpcMethod::new(SERVICE, "Export"));
+        self.grpc.unary(req, path, RawCodec).await
+    }
+}
 
 impl fmt::Debug for OtlpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -447,13 +478,13 @@ impl OtlpTransport {
     /// a degraded sink, not a failed daemon); needs a Tokio runtime.
     pub fn client(&self, endpoint: Endpoint) -> OtlpClient {
         let channel = endpoint.connect_lazy();
-        let mut client = LogsServiceClient::with_interceptor(channel, self.headers.clone());
+        let mut grpc = Grpc::new(InterceptedService::new(channel, self.headers.clone()));
         if self.compression == Compression::Gzip {
-            client = client
+            grpc = grpc
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
         }
-        client
+        OtlpClient { grpc }
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use compact_str::ToCompactString;
+
 use super::{key, printable, Record, Source};
 use crate::capture::{CloseReason, Counters, Hook, SockEvent, Verdict};
 use crate::flow::{community_id, DnsExchange, FlowRecord, FlowState};
@@ -46,13 +48,13 @@ impl Header<'_> {
             r.set(key::IP_VERSION, v);
         }
         if let Some(ip) = self.src_ip {
-            r.set(key::SRC_IP, ip.to_string());
+            r.set(key::SRC_IP, ip.to_compact_string());
         }
         if let Some(port) = self.src_port {
             r.set(key::SRC_PORT, port);
         }
         if let Some(ip) = self.dst_ip {
-            r.set(key::DST_IP, ip.to_string());
+            r.set(key::DST_IP, ip.to_compact_string());
         }
         if let Some(port) = self.dst_port {
             r.set(key::DST_PORT, port);

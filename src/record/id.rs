@@ -17,6 +17,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use compact_str::CompactString;
 use nix::time::{clock_gettime, ClockId};
 
 static PREFIX: OnceLock<String> = OnceLock::new();
@@ -41,10 +42,10 @@ fn prefix() -> &'static str {
     })
 }
 
-/// The next id of this run.
-pub fn next() -> String {
+/// The next id of this run (22 bytes until 2^20 records, held inline).
+pub fn next() -> CompactString {
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{}-{seq:x}", prefix())
+    compact_str::format_compact!("{}-{seq:x}", prefix())
 }
 
 #[cfg(test)]

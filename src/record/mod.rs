@@ -14,6 +14,7 @@ pub use loss::{LOSS_FIELDS, RECORDS_LOST};
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use compact_str::CompactString;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
@@ -64,9 +65,11 @@ impl Severity {
     }
 }
 
+/// A field's value. Strings up to 24 bytes (ids, addresses, names, the
+/// schema's words) are held inline: a record costs few allocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
-    Str(String),
+    Str(CompactString),
     Int(i64),
     Bool(bool),
 }
@@ -79,11 +82,16 @@ impl From<bool> for Value {
 
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
-        Value::Str(s.to_owned())
+        Value::Str(CompactString::new(s))
     }
 }
 impl From<String> for Value {
     fn from(s: String) -> Self {
+        Value::Str(CompactString::from(s))
+    }
+}
+impl From<CompactString> for Value {
+    fn from(s: CompactString) -> Self {
         Value::Str(s)
     }
 }
@@ -121,7 +129,8 @@ impl Record {
     /// A new record gets its `record_id` here, once (see [`id`]): every
     /// copy, retry and replay of it carries the same id.
     pub fn new(time: SystemTime, source: Source) -> Self {
-        let mut fields = Vec::with_capacity(20);
+        // A flow record has ~22 fields and attribution adds up to ~10.
+        let mut fields = Vec::with_capacity(32);
         fields.push((key::RECORD_ID, Value::Str(id::next())));
         Record {
             time,
@@ -135,7 +144,10 @@ impl Record {
     /// Set a field, replacing an earlier value of the same key.
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         let value = value.into();
-        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+        // Keys are the constants of `key`: the same address is the same
+        // key; text is compared only when addresses differ.
+        let same = |k: &str| std::ptr::eq(k, key) || k == key;
+        match self.fields.iter_mut().find(|(k, _)| same(k)) {
             Some(slot) => slot.1 = value,
             None => self.fields.push((key, value)),
         }
@@ -182,30 +194,47 @@ impl Record {
     /// A short human-readable line. It never contains control characters,
     /// whatever a label or comm holds.
     pub fn body(&self) -> String {
+        let mut out = String::new();
+        self.write_body(&mut out);
+        out
+    }
+
+    /// [`Record::body`], appended to `out` (a buffer the caller reuses).
+    pub fn write_body(&self, out: &mut String) {
+        let start = out.len();
         match &self.body {
-            Some(b) => printable(b),
-            None => self.egress_summary(),
+            Some(b) => out.push_str(b),
+            None => self.egress_summary(out),
+        }
+        if out[start..].chars().any(char::is_control) {
+            let clean = printable(&out[start..]);
+            out.truncate(start);
+            out.push_str(&clean);
         }
     }
 
-    fn egress_summary(&self) -> String {
+    fn egress_summary(&self, out: &mut String) {
         let s = |k| self.get_str(k).unwrap_or("");
-        let mut out = format!("{} {} {}", s(key::VERDICT), s(key::L4_PROTO), s(key::COMM));
+        let _ = write!(
+            out,
+            "{} {} {}",
+            s(key::VERDICT),
+            s(key::L4_PROTO),
+            s(key::COMM)
+        );
         if let Some(pid) = self.get_int(key::PID) {
             let _ = write!(out, "[{pid}]");
         }
         if let (Some(ip), Some(port)) = (self.get_str(key::DST_IP), self.get_int(key::DST_PORT)) {
-            let ip = if ip.contains(':') {
-                format!("[{ip}]")
+            if ip.contains(':') {
+                let _ = write!(out, " -> [{ip}]:{port}");
             } else {
-                ip.to_owned()
-            };
-            let _ = write!(out, " -> {ip}:{port}");
+                let _ = write!(out, " -> {ip}:{port}");
+            }
         }
         if let Some(agent) = self.get_str(key::AGENT) {
             let _ = write!(out, " agent={agent}");
         }
-        printable(&out)
     }
 
     pub fn unix_nanos(&self) -> u64 {
@@ -217,9 +246,21 @@ impl Record {
 
     /// RFC 3339 UTC with nanoseconds.
     pub fn timestamp(&self) -> String {
-        time::OffsetDateTime::from(self.time)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
+        let mut buf = [0u8; 40];
+        self.timestamp_in(&mut buf).to_owned()
+    }
+
+    /// [`Record::timestamp`] written into `buf` (no allocation); empty if
+    /// the time cannot be written (a year past 9999).
+    fn timestamp_in<'b>(&self, buf: &'b mut [u8; 40]) -> &'b str {
+        let mut out: &mut [u8] = &mut buf[..];
+        let ok = time::OffsetDateTime::from(self.time)
+            .format_into(&mut out, &time::format_description::well_known::Rfc3339)
+            .is_ok();
+        // What was written, by what is left (format_into's count leaves
+        // out the fraction of a second in time 0.3.55).
+        let n = if ok { 40 - out.len() } else { 0 };
+        std::str::from_utf8(&buf[..n]).unwrap_or_default()
     }
 }
 
@@ -227,11 +268,12 @@ impl Record {
 impl Serialize for Record {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut map = ser.serialize_map(Some(self.fields.len() + 2))?;
-        map.serialize_entry(key::TIMESTAMP, &self.timestamp())?;
+        let mut buf = [0u8; 40];
+        map.serialize_entry(key::TIMESTAMP, self.timestamp_in(&mut buf))?;
         map.serialize_entry(key::SOURCE, self.source.name())?;
         for (k, v) in &self.fields {
             match v {
-                Value::Str(s) => map.serialize_entry(k, s)?,
+                Value::Str(s) => map.serialize_entry(k, s.as_str())?,
                 Value::Int(n) => map.serialize_entry(k, n)?,
                 Value::Bool(b) => map.serialize_entry(k, b)?,
             }
@@ -250,6 +292,31 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_stays_small() {
+        // The history ring and every batch hold ~30 of these per record.
+        assert!(std::mem::size_of::<Value>() <= 24);
+        assert!(std::mem::size_of::<(&'static str, Value)>() <= 40);
+    }
+
+    #[test]
+    fn timestamp_is_rfc3339_utc_as_the_time_crate_writes_it() {
+        use std::time::Duration;
+        for ns in [
+            0u64,
+            1,
+            1_700_000_000_000_000_000,
+            1_700_000_000_120_000_000,
+            18_000_000_000_999_999_999,
+        ] {
+            let r = Record::new(UNIX_EPOCH + Duration::from_nanos(ns), Source::Egress);
+            let want = time::OffsetDateTime::from(r.time)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            assert_eq!(r.timestamp(), want);
+        }
+    }
 
     #[test]
     fn no_key_is_both_a_leaf_and_a_prefix() {

@@ -27,6 +27,7 @@ use thiserror::Error;
 
 use super::abi;
 use super::dns_skel::DnsSkelBuilder;
+use super::exec_skel::ExecSkelBuilder;
 use super::flow_skel::FlowSkelBuilder;
 use super::lsm_skel::LsmSkelBuilder;
 use super::packet_skel::PacketSkelBuilder;
@@ -213,6 +214,15 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         opts,
         &pins,
     )?;
+    // Process context (exec, fork, exit): global tracepoints.
+    let mut exec_storage = MaybeUninit::uninit();
+    let exec = load(
+        ExecSkelBuilder::default(),
+        &mut exec_storage,
+        "exec",
+        opts,
+        &pins,
+    )?;
     // Every socket family at creation: only where BPF LSM programs load
     // (BPF LSM active, trampolines allowed; see `check`). Elsewhere
     // packet.bpf.c records and stops packet sockets at their first send.
@@ -270,6 +280,7 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     if lsm.is_none() {
         created += attach_tracing(packet.object(), &pins)?;
     }
+    created += attach_tracing(exec.object(), &pins)?;
 
     let handle = |m: &libbpf_rs::MapMut, name: &str| {
         MapHandle::try_from(m).map_err(bpf_err(format!("map handle for {name}")))

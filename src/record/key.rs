@@ -62,6 +62,21 @@ pub const SOCKETS_AUDIT: &str = "sockets_audit";
 pub const SOCKETS_END_FAILED: &str = "sockets_end_failed";
 pub const LOST_BYTES_OUT: &str = "lost_bytes_out";
 pub const LOST_BYTES_IN: &str = "lost_bytes_in";
+/// Process context (issue 15): on exec/exit records, and `exe`, `ppid`,
+/// `process_key` on every egress record too.
+pub const EXE: &str = "exe";
+pub const PPID: &str = "ppid";
+pub const PROCESS_KEY: &str = "process_key";
+pub const PARENT_PROCESS_KEY: &str = "parent_process_key";
+pub const PARENT_EXE: &str = "parent_exe";
+pub const PARENT_COMM: &str = "parent_comm";
+pub const PROCESS_START: &str = "process_start";
+pub const ARGS: &str = "args";
+pub const ARGS_TRUNCATED: &str = "args_truncated";
+pub const UID: &str = "uid";
+pub const GID: &str = "gid";
+pub const EUID: &str = "euid";
+pub const EXIT_SIGNAL: &str = "exit_signal";
 
 /// Every key, for the prefix-conflict check.
 pub const ALL: &[&str] = &[
@@ -123,4 +138,17 @@ pub const ALL: &[&str] = &[
     SOCKETS_END_FAILED,
     LOST_BYTES_OUT,
     LOST_BYTES_IN,
+    EXE,
+    PPID,
+    PROCESS_KEY,
+    PARENT_PROCESS_KEY,
+    PARENT_EXE,
+    PARENT_COMM,
+    PROCESS_START,
+    ARGS,
+    ARGS_TRUNCATED,
+    UID,
+    GID,
+    EUID,
+    EXIT_SIGNAL,
 ];

@@ -4,6 +4,7 @@
 //! egress shapes (flows, attempts, DNS) are built in `egress.rs`.
 
 mod egress;
+mod exec;
 pub mod id;
 pub mod key;
 mod loss;
@@ -26,6 +27,8 @@ pub enum Source {
     Overseer,
     /// The daemon's own logs.
     Cp,
+    /// Process context: exec and exit of processes in containers.
+    Exec,
 }
 
 impl Source {
@@ -34,6 +37,7 @@ impl Source {
             Source::Egress => "egress",
             Source::Overseer => "overseer",
             Source::Cp => "cp",
+            Source::Exec => "exec",
         }
     }
 }

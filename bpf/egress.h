@@ -563,10 +563,17 @@ struct domain_value {
  */
 #define EXEC_PATH_LEN 256  /* the path execve() was given (bprm->filename) */
 #define EXEC_ARGS_LEN 1024 /* first bytes of argv (NUL-separated) */
+/* The executed file's path, walked from its dentry up to the root of the
+ * task's mount namespace: its last EXEC_EXE_DEPTH components, each cut to
+ * EXEC_EXE_PART - 1 bytes (execve's own path may be a symlink, or
+ * /proc/self/exe: busybox runs its applets that way). */
+#define EXEC_EXE_DEPTH 8
+#define EXEC_EXE_PART 48
 
 /* exec_event.flags */
 #define EXEC_F_ARGS_TRUNCATED 0x1 /* argv is longer than EXEC_ARGS_LEN */
 #define EXEC_F_ARGS_UNREAD 0x2    /* argv could not be read */
+#define EXEC_F_EXE_TRUNCATED 0x4  /* the path is deeper than EXEC_EXE_DEPTH */
 
 /* EVENT_KIND_EXEC: a process in scope ran execve() successfully. */
 struct exec_event {
@@ -584,11 +591,14 @@ struct exec_event {
 	__u16 args_len;           /* bytes of args[] read */
 	__u16 filename_len;       /* bytes of filename[], without the NUL */
 	__u8 flags;               /* EXEC_F_* */
-	__u8 _pad[3];
+	__u8 exe_depth;           /* components in exe_parts (0: unknown) */
+	__u8 _pad[2];
 	char comm[EGRESS_COMM_LEN];        /* the new comm */
 	char parent_comm[EGRESS_COMM_LEN];
 	char filename[EXEC_PATH_LEN];
 	char args[EXEC_ARGS_LEN];
+	/* The executed file, leaf first: "/" + reversed parts joined by "/". */
+	char exe_parts[EXEC_EXE_DEPTH][EXEC_EXE_PART];
 };
 
 /* EVENT_KIND_FORK: a new process (not a thread) of a process in scope. */

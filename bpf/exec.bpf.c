@@ -47,9 +47,81 @@ struct task_struct___ex {
 	const struct cred___ex *real_cred;
 } __attribute__((preserve_access_index));
 
+struct qstr___ex {
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry___ex {
+	struct qstr___ex d_name;
+	struct dentry___ex *d_parent;
+} __attribute__((preserve_access_index));
+
+struct vfsmount___ex {
+	struct dentry___ex *mnt_root;
+} __attribute__((preserve_access_index));
+
+struct mount___ex {
+	struct mount___ex *mnt_parent;
+	struct dentry___ex *mnt_mountpoint;
+	struct vfsmount___ex mnt;
+} __attribute__((preserve_access_index));
+
+struct path___ex {
+	struct vfsmount___ex *mnt;
+	struct dentry___ex *dentry;
+} __attribute__((preserve_access_index));
+
+struct file___ex {
+	struct path___ex f_path;
+} __attribute__((preserve_access_index));
+
 struct linux_binprm___ex {
 	const char *filename;
+	struct file___ex *file;
 } __attribute__((preserve_access_index));
+
+/* Steps of the path walk: components plus mount crossings. */
+#define EXE_WALK_STEPS (EXEC_EXE_DEPTH + 4)
+
+/*
+ * The executed file's path as d_path() would walk it: dentry names up to
+ * each mount's root, then on from the mount point in the parent mount,
+ * until the root of the namespace (a mount that is its own parent).
+ */
+static __always_inline void exe_path(struct exec_event *ev, struct file___ex *file)
+{
+	struct dentry___ex *d = BPF_CORE_READ(file, f_path.dentry), *parent;
+	struct vfsmount___ex *vfs = BPF_CORE_READ(file, f_path.mnt);
+	struct mount___ex *mnt = (void *)vfs - bpf_core_field_offset(struct mount___ex, mnt);
+	__u32 n = 0;
+
+	ev->exe_depth = 0;
+	for (int i = 0; i < EXE_WALK_STEPS; i++) {
+		if (d == BPF_CORE_READ(vfs, mnt_root)) {
+			struct mount___ex *up = BPF_CORE_READ(mnt, mnt_parent);
+
+			if (up == mnt)
+				break; /* the namespace's root */
+			d = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = up;
+			vfs = (void *)up + bpf_core_field_offset(struct mount___ex, mnt);
+			continue;
+		}
+		parent = BPF_CORE_READ(d, d_parent);
+		if (parent == d)
+			break; /* a filesystem root outside any mount walk */
+		if (n >= EXEC_EXE_DEPTH) {
+			ev->flags |= EXEC_F_EXE_TRUNCATED;
+			break;
+		}
+		bpf_probe_read_kernel_str(ev->exe_parts[n], EXEC_EXE_PART, BPF_CORE_READ(d, d_name.name));
+		n++;
+		d = parent;
+	}
+	if (n == 0 && !(ev->flags & EXEC_F_EXE_TRUNCATED))
+		return;
+	ev->exe_depth = n;
+}
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(process_exec, struct task_struct___ex *task, int old_pid, struct linux_binprm___ex *bprm)
@@ -79,12 +151,13 @@ int BPF_PROG(process_exec, struct task_struct___ex *task, int old_pid, struct li
 	ev->gid = BPF_CORE_READ(task, real_cred, gid.val);
 	ev->euid = BPF_CORE_READ(task, real_cred, euid.val);
 	ev->flags = 0;
-	ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
 	len = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
 					BPF_CORE_READ(bprm, filename));
 	ev->filename_len = len > 0 ? len - 1 : 0;
+	ev->_pad[0] = ev->_pad[1] = 0;
+	exe_path(ev, BPF_CORE_READ(bprm, file));
 
 	start = BPF_CORE_READ(task, mm, arg_start);
 	end = BPF_CORE_READ(task, mm, arg_end);

@@ -18,7 +18,10 @@
 //!   argument (curl/wget headers): the header value (a scheme word such as
 //!   `Bearer` or `Basic` is kept);
 //! - a whole argument that starts like a well-known token (`ghp_`,
-//!   `github_pat_`, `glpat-`, `xoxb-`, `sk-`, `AKIA`).
+//!   `github_pat_`, `glpat-`, `xoxb-`, `sk-`, `AKIA`);
+//! - an argument holding whitespace (a `sh -c` script, a header) gets the
+//!   same rules word by word (quotes around a word are kept), and secret
+//!   headers (`Authorization: Bearer v`) anywhere in it.
 
 /// What a masked value becomes.
 pub const MASK: &str = "********";
@@ -59,7 +62,69 @@ pub fn parse_args(bytes: &[u8]) -> Vec<String> {
 }
 
 /// Mask every secret-looking value of `args` (see the module rules).
-pub fn mask_args(mut args: Vec<String>) -> Vec<String> {
+pub fn mask_args(args: Vec<String>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| {
+            if a.contains(char::is_whitespace) && !a.trim().is_empty() {
+                mask_script(&a)
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .pipe(mask_words)
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+/// An argument with words in it (a shell script, a header): headers
+/// first, then the word rules on its words, separators and quotes kept.
+fn mask_script(arg: &str) -> String {
+    let mut arg = arg.to_owned();
+    mask_headers_anywhere(&mut arg);
+    // Split into (separator, word) runs; a quoted part belongs to its
+    // word, spaces and all (`--password="a b"` is one word).
+    let is_sep = |c: char| c.is_whitespace() || matches!(c, ';' | '(' | ')' | '|' | '&' | '`');
+    let mut seps = Vec::new();
+    let mut words = Vec::new();
+    let mut rest = arg.as_str();
+    while !rest.is_empty() {
+        let sep_len = rest.find(|c: char| !is_sep(c)).unwrap_or(rest.len());
+        seps.push(rest[..sep_len].to_owned());
+        rest = &rest[sep_len..];
+        let mut quote = None;
+        let mut word_len = rest.len();
+        for (i, c) in rest.char_indices() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '\'' || c == '"' => quote = Some(c),
+                None if is_sep(c) => {
+                    word_len = i;
+                    break;
+                }
+                None => {}
+            }
+        }
+        words.push(rest[..word_len].to_owned());
+        rest = &rest[word_len..];
+    }
+    let words = mask_words(words);
+    let mut out = String::with_capacity(arg.len());
+    for (sep, word) in seps.iter().zip(&words) {
+        out.push_str(sep);
+        out.push_str(word);
+    }
+    out
+}
+
+/// The word rules over a list of words (argv, or a script's words).
+fn mask_words(mut args: Vec<String>) -> Vec<String> {
     let mut next_is_secret = false;
     let mut next_is_user_pass = false;
     for arg in &mut args {
@@ -158,6 +223,51 @@ fn mask_url_credentials(arg: &mut String) {
     }
 }
 
+/// Secret headers anywhere in a longer argument: the value after
+/// `authorization:` (a scheme word kept), `x-api-key:`, `cookie:`, ... up
+/// to the next quote or the end.
+fn mask_headers_anywhere(arg: &mut String) {
+    const NAMES: [&str; 6] = [
+        "authorization:",
+        "api-key:",
+        "api_key:",
+        "cookie:",
+        "private-token:",
+        "auth-token:",
+    ];
+    let mut from = 0;
+    loop {
+        let lower = arg.to_ascii_lowercase();
+        let Some((at, name)) = NAMES
+            .iter()
+            .filter_map(|n| lower[from..].find(n).map(|i| (from + i, n.len())))
+            .min()
+        else {
+            return;
+        };
+        let mut start = at + name;
+        start += arg[start..].len() - arg[start..].trim_start().len();
+        let end = arg[start..]
+            .find(['\'', '"', '\n'])
+            .map_or(arg.len(), |e| start + e);
+        let value = &arg[start..end];
+        if let Some((scheme, cred)) = value.split_once(' ') {
+            if !cred.trim().is_empty() && scheme.chars().all(|c| c.is_ascii_alphabetic()) {
+                start += scheme.len() + 1;
+            }
+        }
+        if start < end && arg[start..end] != *MASK {
+            arg.replace_range(start..end, MASK);
+            from = start + MASK.len();
+        } else {
+            from = end.max(at + name);
+        }
+        if from >= arg.len() {
+            return;
+        }
+    }
+}
+
 /// `Authorization: Bearer v` → `Authorization: Bearer ********`, and any
 /// header whose name looks secret (`X-Api-Key: v`, `Cookie: v`).
 fn mask_header(arg: &mut String) {
@@ -237,8 +347,17 @@ mod tests {
             // well-known token shapes
             (&["x", "ghp_0123456789abcdefghij"], &["x", "********"]),
             (&["x", "AKIAABCDEFGHIJKLMNOP"], &["x", "********"]),
+            // inside a shell script (one argument)
+            (&["sh", "-c", "env API_TOKEN=s3 /bin/x --password p2 https://b:p3@h/x; exit 0"],
+             &["sh", "-c", "env API_TOKEN=******** /bin/x --password ******** https://b:********@h/x; exit 0"]),
+            (&["sh", "-c", "curl -H 'Authorization: Bearer abc.def' http://h/"],
+             &["sh", "-c", "curl -H 'Authorization: Bearer ********' http://h/"]),
+            (&["sh", "-c", "export GITHUB_TOKEN=\"ghx\"; gh"], &["sh", "-c", "export GITHUB_TOKEN=********; gh"]),
+            (&["sh", "-c", "mysql --password=\"a b\""], &["sh", "-c", "mysql --password=********"]),
+            (&["sh", "-c", "x --token \"a b\" y"], &["sh", "-c", "x --token ******** y"]),
             // untouched
             (&["sh", "-c", "echo hi"], &["sh", "-c", "echo hi"]),
+            (&["sh", "-c", "echo hi | nc -w 2 127.0.0.1 80"], &["sh", "-c", "echo hi | nc -w 2 127.0.0.1 80"]),
             (&["ls", "-la", "/tmp"], &["ls", "-la", "/tmp"]),
             (&[], &[]),
         ];

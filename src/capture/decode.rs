@@ -133,6 +133,21 @@ fn decode_exec(raw: abi::exec_event, clock: BootClock) -> ExecEvent {
     let filename = bytes(&raw.filename, usize::from(raw.filename_len));
     let args = bytes(&raw.args, usize::from(raw.args_len));
     let flags = u32::from(raw.flags);
+    let filename = String::from_utf8_lossy(&filename).into_owned();
+    let depth = usize::from(raw.exe_depth).min(raw.exe_parts.len());
+    let exe = if depth == 0 {
+        filename.clone()
+    } else {
+        let mut path = String::new();
+        if flags & abi::EXEC_F_EXE_TRUNCATED != 0 {
+            path.push('…');
+        }
+        for part in raw.exe_parts[..depth].iter().rev() {
+            path.push('/');
+            path.push_str(&comm(part));
+        }
+        path
+    };
     ExecEvent {
         time: clock.to_wall(raw.hdr.ts_ns),
         ts_ns: raw.hdr.ts_ns,
@@ -145,7 +160,8 @@ fn decode_exec(raw: abi::exec_event, clock: BootClock) -> ExecEvent {
         uid: raw.uid,
         gid: raw.gid,
         euid: raw.euid,
-        filename: String::from_utf8_lossy(&filename).into_owned(),
+        exe,
+        filename,
         args: parse_args(&args),
         args_truncated: flags & (abi::EXEC_F_ARGS_TRUNCATED | abi::EXEC_F_ARGS_UNREAD) != 0,
         comm: comm(&raw.comm),

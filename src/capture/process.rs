@@ -30,7 +30,11 @@ pub struct ExecEvent {
     pub uid: u32,
     pub gid: u32,
     pub euid: u32,
-    /// The path execve() was given.
+    /// The executed file's path in the container (its mount namespace),
+    /// walked by the kernel from the file itself; `filename` when that
+    /// walk found nothing. `…/` in front: deeper than the kernel walks.
+    pub exe: String,
+    /// The path execve() was given (a symlink, `/proc/self/exe`, ...).
     pub filename: String,
     /// argv, masked, as far as the kernel read it.
     pub args: Vec<String>,

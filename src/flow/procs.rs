@@ -71,7 +71,7 @@ impl Processes {
 
     /// A process ran execve(): it now runs `filename`.
     pub fn exec(&mut self, ev: &ExecEvent) {
-        self.insert((ev.tgid, ev.proc.start_ns), Some(Arc::from(ev.filename.as_str())));
+        self.insert((ev.tgid, ev.proc.start_ns), Some(Arc::from(ev.exe.as_str())));
     }
 
     /// A new process runs its parent's program until it execs.
@@ -154,6 +154,7 @@ mod tests {
             uid: 0,
             gid: 0,
             euid: 0,
+            exe: file.into(),
             filename: file.into(),
             args: vec![],
             args_truncated: false,

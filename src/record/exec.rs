@@ -17,7 +17,10 @@ impl Record {
         let mut r = Record::new(e.time, Source::Exec);
         r.set(key::EVENT, "exec");
         r.set(key::CGROUP_ID, e.cgroup_id);
-        r.set(key::EXE, e.filename.as_str());
+        r.set(key::EXE, e.exe.as_str());
+        if e.filename != e.exe {
+            r.set(key::EXEC_FILENAME, e.filename.as_str());
+        }
         r.set(key::ARGS, join_args(&e.args));
         r.set(key::ARGS_TRUNCATED, e.args_truncated);
         r.set(key::UID, e.uid);
@@ -31,7 +34,7 @@ impl Record {
         r.set(key::PARENT_PROCESS_KEY, process_key(e.proc.ppid, e.parent_start_ns));
         r.set(key::PROCESS_START, rfc3339(e.started));
         r.set_process(e.tgid, e.proc, None);
-        let mut body = format!("exec {}", printable(&e.filename));
+        let mut body = format!("exec {}", printable(&e.exe));
         let _ = write!(body, "[{}] ppid={}", e.tgid, e.proc.ppid);
         r.with_body(body)
     }
@@ -137,6 +140,7 @@ mod tests {
                 uid: 0,
                 gid: 0,
                 euid: 0,
+                exe: "/bin/busybox".into(),
                 filename: "/bin/nc".into(),
                 args: vec!["nc".into(), "--token=********".into()],
                 args_truncated: false,
@@ -147,7 +151,8 @@ mod tests {
         };
         let r = Record::from_exec(&x);
         assert_eq!(r.source, Source::Exec);
-        assert_eq!(r.get_str(key::EXE), Some("/bin/nc"));
+        assert_eq!(r.get_str(key::EXE), Some("/bin/busybox"));
+        assert_eq!(r.get_str(key::EXEC_FILENAME), Some("/bin/nc"));
         assert_eq!(r.get_str(key::PARENT_EXE), Some("/bin/sh"));
         assert_eq!(r.get_int(key::PID), Some(42));
         assert_eq!(r.get_int(key::PPID), Some(7));

@@ -65,6 +65,8 @@ pub const LOST_BYTES_IN: &str = "lost_bytes_in";
 /// Process context (issue 15): on exec/exit records, and `exe`, `ppid`,
 /// `process_key` on every egress record too.
 pub const EXE: &str = "exe";
+/// The path execve() was given, when it is not `exe` (a symlink, ...).
+pub const EXEC_FILENAME: &str = "exec_filename";
 pub const PPID: &str = "ppid";
 pub const PROCESS_KEY: &str = "process_key";
 pub const PARENT_PROCESS_KEY: &str = "parent_process_key";
@@ -139,6 +141,7 @@ pub const ALL: &[&str] = &[
     LOST_BYTES_OUT,
     LOST_BYTES_IN,
     EXE,
+    EXEC_FILENAME,
     PPID,
     PROCESS_KEY,
     PARENT_PROCESS_KEY,

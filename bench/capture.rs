@@ -19,6 +19,9 @@ use clawker_egress::capture::{decode, BootClock, Event};
 use clawker_egress::kernel::abi;
 use clawker_egress::record::Record;
 
+#[path = "exec_cost.rs"]
+mod exec_cost;
+
 const ROUNDS: usize = 9;
 const CONNECTS_PER_ROUND: usize = 10_000;
 const RECORDS: usize = 1_000_000;
@@ -34,6 +37,9 @@ fn main() {
         return;
     }
     println!("clawker-egress capture bench");
+    if std::env::args().any(|a| a == "exec") {
+        return exec_cost::run();
+    }
     // `cargo bench --bench capture -- kernel`: the kernel-cost part only.
     let only_kernel = std::env::args().any(|a| a == "kernel");
     if !only_kernel {

@@ -39,10 +39,6 @@ fn is(r: &Value, source: &str, container: &str) -> bool {
     r["clawker.source"] == source && r["container_id"] == container
 }
 
-fn ends(r: &Value, key: &str, suffix: &str) -> bool {
-    r[key].as_str().is_some_and(|s| s.ends_with(suffix))
-}
-
 /// An exec record of `program` (busybox runs its applets through
 /// /proc/self/exe: the program is argv[0]).
 fn runs(r: &Value, program: &str) -> bool {
@@ -95,12 +91,17 @@ fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
     let nc_exec = execs
         .iter()
         .find(|r| r["process_key"] == flow["process_key"])
-        .unwrap_or_else(|| panic!("an exec record with the flow's process_key: {flow:#} {execs:#?}"));
+        .unwrap_or_else(|| {
+            panic!("an exec record with the flow's process_key: {flow:#} {execs:#?}")
+        });
     assert!(runs(nc_exec, "nc"), "{nc_exec:#}");
     // The file that ran, as the container sees it (not /proc/self/exe).
     assert_eq!(nc_exec["exe"], "/bin/busybox", "{nc_exec:#}");
     assert_eq!(nc_exec["exec_filename"], "/proc/self/exe", "{nc_exec:#}");
-    assert_eq!(flow["exe"], nc_exec["exe"], "the flow names its program: {flow:#}");
+    assert_eq!(
+        flow["exe"], nc_exec["exe"],
+        "the flow names its program: {flow:#}"
+    );
     assert_eq!(nc_exec["pid"], flow["pid"]);
     assert_eq!(nc_exec["ppid"], flow["ppid"]);
     assert_eq!(
@@ -140,8 +141,7 @@ fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
         .find(|r| runs(r, "/bin/true"))
         .unwrap_or_else(|| panic!("true's exec record: {execs:#?}"));
     assert_eq!(
-        t["args"],
-        "/bin/true --password ******** https://bob:********@example.test/x",
+        t["args"], "/bin/true --password ******** https://bob:********@example.test/x",
         "{t:#}"
     );
     let everything = format!("{:?}{:?}", daemon.records(), daemon.stderr_lines());
@@ -212,7 +212,10 @@ fn an_exec_flood_does_not_drop_another_containers_exec_or_flow_records() {
         .iter()
         .filter(|r| r["event"] == "records_lost" && r["container_id"] == victim.id.as_str())
         .collect();
-    assert!(limited, "the flooder spent its budget before the victim started");
+    assert!(
+        limited,
+        "the flooder spent its budget before the victim started"
+    );
     assert_eq!(flows.len(), N, "every victim flow recorded");
     assert_eq!(execs.len(), N, "every victim exec of nc recorded");
     assert!(
@@ -220,7 +223,10 @@ fn an_exec_flood_does_not_drop_another_containers_exec_or_flow_records() {
             && execs.iter().any(|e| e["process_key"] == f["process_key"])),
         "every victim flow joins its exec record"
     );
-    assert!(victim_lost.is_empty(), "the victim lost nothing: {victim_lost:#?}");
+    assert!(
+        victim_lost.is_empty(),
+        "the victim lost nothing: {victim_lost:#?}"
+    );
     assert!(
         !flooder_lost.is_empty() && flooder_lost[0]["lost_rate_limited"].as_u64() > Some(0),
         "the flooder's losses are reported in-band: {flooder_lost:#?}"

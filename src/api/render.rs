@@ -149,7 +149,12 @@ pub fn line(r: &Value, colour: bool) -> String {
             }
         }
         "exec" => {
-            let _ = write!(out, "exec {} {}", or_dash(s(r, key::EVENT)), or_dash(s(r, key::EXE)));
+            let _ = write!(
+                out,
+                "exec {} {}",
+                or_dash(s(r, key::EVENT)),
+                or_dash(s(r, key::EXE))
+            );
             if let Some(pid) = n(r, key::PID) {
                 let _ = write!(out, "[{pid}]");
             }

@@ -194,7 +194,9 @@ fn known_token(arg: &str) -> bool {
     ];
     let aws = arg.len() == 20
         && arg.starts_with("AKIA")
-        && arg.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
     aws || (arg.len() >= 16 && PREFIXES.iter().any(|p| arg.starts_with(p)))
 }
 
@@ -368,7 +370,10 @@ mod tests {
 
     #[test]
     fn parses_nul_separated_argv() {
-        assert_eq!(parse_args(b"wget\0-q\0http://h/\0"), ["wget", "-q", "http://h/"]);
+        assert_eq!(
+            parse_args(b"wget\0-q\0http://h/\0"),
+            ["wget", "-q", "http://h/"]
+        );
         assert_eq!(parse_args(b"a\0--token=x\0"), ["a", "--token=********"]);
         // Cut by the kernel's read limit: no trailing NUL.
         assert_eq!(parse_args(b"a\0bc"), ["a", "bc"]);
@@ -378,7 +383,18 @@ mod tests {
 
     #[test]
     fn no_input_panics() {
-        for s in ["://", "a://@", "x://u:@", "Authorization:", "Authorization: ", ":", "--=", "-", "=", "@://:@"] {
+        for s in [
+            "://",
+            "a://@",
+            "x://u:@",
+            "Authorization:",
+            "Authorization: ",
+            ":",
+            "--=",
+            "-",
+            "=",
+            "@://:@",
+        ] {
             let _ = masked(&[s, s]);
         }
     }

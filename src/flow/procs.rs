@@ -71,7 +71,10 @@ impl Processes {
 
     /// A process ran execve(): it now runs `filename`.
     pub fn exec(&mut self, ev: &ExecEvent) {
-        self.insert((ev.tgid, ev.proc.start_ns), Some(Arc::from(ev.exe.as_str())));
+        self.insert(
+            (ev.tgid, ev.proc.start_ns),
+            Some(Arc::from(ev.exe.as_str())),
+        );
     }
 
     /// A new process runs its parent's program until it execs.
@@ -116,6 +119,10 @@ impl Processes {
 
     pub fn len(&self) -> usize {
         self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
     }
 }
 
@@ -195,7 +202,10 @@ mod tests {
             exe.as_deref(),
             Some(std::env::current_exe().unwrap().to_str().unwrap())
         );
-        assert_eq!(p.exe(me, (ticks + 1) * u64::from(abi::EGRESS_CLOCK_TICK_NS)), None);
+        assert_eq!(
+            p.exe(me, (ticks + 1) * u64::from(abi::EGRESS_CLOCK_TICK_NS)),
+            None
+        );
     }
 
     #[test]
@@ -207,7 +217,11 @@ mod tests {
         assert!(p.len() <= CAPACITY);
         assert!(p.evicted > 0);
         // The newest survive.
-        assert_eq!(p.exe(CAPACITY as u32 + 10, u64::from(CAPACITY as u32 + 9)).as_deref(), Some("/x"));
+        assert_eq!(
+            p.exe(CAPACITY as u32 + 10, u64::from(CAPACITY as u32 + 9))
+                .as_deref(),
+            Some("/x")
+        );
     }
 
     #[test]

@@ -139,7 +139,9 @@ impl FlowStage {
     fn name_programs(&mut self, out: &mut [Observation]) {
         for o in out {
             match o {
-                Observation::Attempt(ev, _, exe) => *exe = self.procs.exe(ev.tgid, ev.proc.start_ns),
+                Observation::Attempt(ev, _, exe) => {
+                    *exe = self.procs.exe(ev.tgid, ev.proc.start_ns)
+                }
                 Observation::Flow(f) => f.exe = self.procs.exe(f.flow.tgid, f.flow.proc.start_ns),
                 Observation::Dns(d, exe) => {
                     let m = d.first();

@@ -31,7 +31,10 @@ impl Record {
         if let Some(parent) = &x.parent_exe {
             r.set(key::PARENT_EXE, &**parent);
         }
-        r.set(key::PARENT_PROCESS_KEY, process_key(e.proc.ppid, e.parent_start_ns));
+        r.set(
+            key::PARENT_PROCESS_KEY,
+            process_key(e.proc.ppid, e.parent_start_ns),
+        );
         r.set(key::PROCESS_START, rfc3339(e.started));
         r.set_process(e.tgid, e.proc, None);
         let mut body = format!("exec {}", printable(&e.exe));
@@ -156,8 +159,14 @@ mod tests {
         assert_eq!(r.get_str(key::PARENT_EXE), Some("/bin/sh"));
         assert_eq!(r.get_int(key::PID), Some(42));
         assert_eq!(r.get_int(key::PPID), Some(7));
-        assert_eq!(r.get_str(key::PROCESS_KEY), Some(process_key(42, 1000).as_str()));
-        assert_eq!(r.get_str(key::PARENT_PROCESS_KEY), Some(process_key(7, 500).as_str()));
+        assert_eq!(
+            r.get_str(key::PROCESS_KEY),
+            Some(process_key(42, 1000).as_str())
+        );
+        assert_eq!(
+            r.get_str(key::PARENT_PROCESS_KEY),
+            Some(process_key(7, 500).as_str())
+        );
         assert_eq!(r.get_str(key::ARGS), Some("nc --token=********"));
     }
 }

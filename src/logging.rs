@@ -1,5 +1,5 @@
 //! The daemon's own logs: structured, on stderr (stdout carries records);
-//! with `--output otlp` also as `cp` records (see [`crate::export::cp_logs`]).
+//! with `--output otlp` also as `cp` records (see [`crate::export::control_plane_logs`]).
 
 use std::io::IsTerminal;
 
@@ -7,14 +7,14 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::export::cp_logs::CpLogLayer;
+use crate::export::control_plane_logs::ControlPlaneLogLayer;
 
 pub fn init(level: &str) {
     init_with(level, None);
 }
 
 /// As [`init`], plus a layer that ships the same events as records.
-pub fn init_with(level: &str, cp_logs: Option<CpLogLayer>) {
+pub fn init_with(level: &str, control_plane_logs: Option<ControlPlaneLogLayer>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -25,6 +25,6 @@ pub fn init_with(level: &str, cp_logs: Option<CpLogLayer>) {
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
-        .with(cp_logs)
+        .with(control_plane_logs)
         .try_init();
 }

@@ -18,7 +18,7 @@ use support::docker::{
     Spec, IMAGE,
 };
 use support::otlp::Receiver;
-use support::{cgroup2_root, require_root, Daemon, DaemonOptions, TcpServer};
+use support::{cgroup2_root, Daemon, DaemonOptions, TcpServer};
 
 const WAIT: Duration = Duration::from_secs(20);
 const AGENT: &str = "dev.clawker.agent";
@@ -61,9 +61,7 @@ fn to_port(recs: &[Value], port: u16) -> Vec<&Value> {
 
 #[test]
 fn labelled_and_unlabelled_containers_are_attributed_exactly() {
-    if !require_root("labelled_and_unlabelled_containers_are_attributed_exactly") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let daemon = daemon();
     let net = Network::create("ce-attr-net");
@@ -132,9 +130,7 @@ fn labelled_and_unlabelled_containers_are_attributed_exactly() {
 
 #[test]
 fn a_new_container_never_inherits_old_labels() {
-    if !require_root("a_new_container_never_inherits_old_labels") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let daemon = daemon();
     let server = listener();
@@ -177,9 +173,7 @@ fn a_new_container_never_inherits_old_labels() {
 
 #[test]
 fn a_burst_of_twenty_new_containers_is_fully_attributed() {
-    if !require_root("a_burst_of_twenty_new_containers_is_fully_attributed") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let daemon = daemon();
     let server = listener();
@@ -229,9 +223,7 @@ fn a_burst_of_twenty_new_containers_is_fully_attributed() {
 
 #[test]
 fn hostile_labels_are_bounded_and_safely_encoded() {
-    if !require_root("hostile_labels_are_bounded_and_safely_encoded") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let daemon = daemon();
     let server = listener();
@@ -311,9 +303,7 @@ fn attr(r: &LogRecord, key: &str) -> Option<String> {
 
 #[test]
 fn sub_cgroups_of_a_container_are_the_container() {
-    if !require_root("sub_cgroups_of_a_container_are_the_container") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let daemon = daemon();
     let server = listener();
@@ -345,9 +335,7 @@ fn sub_cgroups_of_a_container_are_the_container() {
 
 #[test]
 fn a_dockerd_restart_neither_stops_capture_nor_attribution() {
-    if !require_root("a_dockerd_restart_neither_stops_capture_nor_attribution") {
-        return;
-    }
+    require_root!();
     let _engine = engine_exclusive();
     let daemon = daemon();
     let server = listener();
@@ -416,9 +404,7 @@ fn a_dockerd_restart_neither_stops_capture_nor_attribution() {
 /// first records wait for it in the side queue. Also: keys are configurable.
 #[test]
 fn custom_label_keys_resolve_through_lookups() {
-    if !require_root("custom_label_keys_resolve_through_lookups") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let mut opts = DaemonOptions::host_root();
     opts.env = vec![
@@ -481,9 +467,7 @@ fn custom_label_keys_resolve_through_lookups() {
 /// in scope before its first connect.
 #[test]
 fn a_custom_cgroup_parent_is_learned() {
-    if !require_root("a_custom_cgroup_parent_is_learned") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let daemon = daemon();
     let server = listener();

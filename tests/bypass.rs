@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{by_pid, require_root, Daemon, DaemonOptions, TcpServer, TestCgroup};
+use support::{by_pid, Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -54,9 +54,7 @@ fn overseer(recs: &[Value], event: &str) -> Vec<Value> {
 
 #[test]
 fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
-    if !require_root("a_bypass_is_recorded_enforced_as_bypassed_and_audited") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-bypass");
     // The policy denies everything: only the bypass lets traffic through.
     let dir = tempfile::tempdir().unwrap();

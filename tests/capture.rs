@@ -32,9 +32,7 @@ fn one(recs: &[Value], field: &str, value: impl Into<Value>) -> Value {
 
 #[test]
 fn tcp_connects_v4_and_v6_are_recorded_exactly() {
-    if !require_root("tcp_connects_v4_and_v6_are_recorded_exactly") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-tcp");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -80,9 +78,7 @@ fn tcp_connects_v4_and_v6_are_recorded_exactly() {
 
 #[test]
 fn udp_connected_unconnected_and_ipv6_are_recorded() {
-    if !require_root("udp_connected_unconnected_and_ipv6_are_recorded") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-udp");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
     let sink4 = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -121,9 +117,7 @@ fn udp_connected_unconnected_and_ipv6_are_recorded() {
 
 #[test]
 fn raw_sockets_are_recorded_at_creation() {
-    if !require_root("raw_sockets_are_recorded_at_creation") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-raw");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
     let out = cg.python(
@@ -150,9 +144,7 @@ fn raw_sockets_are_recorded_at_creation() {
 
 #[test]
 fn a_refused_connect_is_still_recorded() {
-    if !require_root("a_refused_connect_is_still_recorded") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-refused");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
     // A port nobody listens on: bind and drop a listener to get one.
@@ -174,9 +166,7 @@ fn a_refused_connect_is_still_recorded() {
 
 #[test]
 fn a_sibling_cgroup_is_out_of_scope() {
-    if !require_root("a_sibling_cgroup_is_out_of_scope") {
-        return;
-    }
+    require_root!();
     let watched = TestCgroup::new("ce-watched");
     let sibling = TestCgroup::new("ce-sibling");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&watched));
@@ -199,9 +189,7 @@ fn a_sibling_cgroup_is_out_of_scope() {
 
 #[test]
 fn sub_cgroups_of_the_root_are_in_scope() {
-    if !require_root("sub_cgroups_of_the_root_are_in_scope") {
-        return;
-    }
+    require_root!();
     let root = TestCgroup::new("ce-parent");
     let child = TestCgroup::under(&root.path, "child");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&root));
@@ -223,9 +211,7 @@ fn sub_cgroups_of_the_root_are_in_scope() {
 /// counted as lost equals what was attempted.
 #[test]
 fn received_plus_kernel_drops_equals_attempts() {
-    if !require_root("received_plus_kernel_drops_equals_attempts") {
-        return;
-    }
+    require_root!();
     const ATTEMPTS: u64 = 50_000;
     let cg = TestCgroup::new("ce-flood");
     let daemon = Daemon::start(
@@ -285,9 +271,7 @@ fn attachments(cgroup: &TestCgroup) -> Vec<String> {
 
 #[test]
 fn kill9_restart_reuses_pins_without_gap_or_double_attach() {
-    if !require_root("kill9_restart_reuses_pins_without_gap_or_double_attach") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-restart");
     let opts = DaemonOptions::for_cgroup(&cg);
     let pin_root = opts.pin_root.clone();
@@ -334,9 +318,7 @@ fn kill9_restart_reuses_pins_without_gap_or_double_attach() {
 
 #[test]
 fn detach_removes_programs_and_pins() {
-    if !require_root("detach_removes_programs_and_pins") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-detach");
     let opts = DaemonOptions::for_cgroup(&cg);
     let pin_root = opts.pin_root.clone();
@@ -438,17 +420,16 @@ fn bad_input_fails_with_one_line_reason() {
 
 #[test]
 fn check_reports_a_ready_host() {
-    if !require_root("check_reports_a_ready_host") {
-        return;
-    }
+    require_root!();
     let out = Command::new(support::bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok")).count(),
-        6,
+        7,
         "{text}"
     );
+    assert!(text.contains("bpf_loop helper: supported"), "{text}");
     // Which path stops packet sockets on this host, said in one line.
     assert!(text.lines().any(|l| l.contains("BPF LSM")), "{text}");
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    by_pid, py_resolver, require_root, write_atomic, Daemon, DaemonOptions, DnsServer, TcpServer,
-    TestCgroup,
+    by_pid, py_resolver, write_atomic, Daemon, DaemonOptions, DnsServer, TcpServer, TestCgroup,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -40,9 +39,7 @@ fn egress(recs: &[Value], pid: u32) -> Vec<Value> {
 
 #[test]
 fn domain_rules_decide_and_records_name_the_host() {
-    if !require_root("domain_rules_decide_and_records_name_the_host") {
-        return;
-    }
+    require_root!();
     let hosts: Vec<(String, IpAddr)> = [
         ("allowed.test", "127.0.1.1"),
         ("denied.test", "127.0.1.2"),
@@ -160,9 +157,7 @@ fn domain_rules_decide_and_records_name_the_host() {
 
 #[test]
 fn resolve_then_connect_at_once_is_never_decided_wrong() {
-    if !require_root("resolve_then_connect_at_once_is_never_decided_wrong") {
-        return;
-    }
+    require_root!();
     const N: u32 = 1000;
     // Every name is new and answers with an address never seen before: a
     // connect decided before the kernel knew the answer would be denied.

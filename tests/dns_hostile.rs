@@ -16,8 +16,8 @@ use proptest::test_runner::TestRunner;
 use serde_json::Value;
 use support::docker::{engine, wait_attribution_ready, Network, Spec};
 use support::{
-    bin, by_pid, pid_of, py_resolver, require_root, write_atomic, Daemon, DaemonOptions, DnsServer,
-    TcpServer, TestCgroup,
+    bin, by_pid, pid_of, py_resolver, write_atomic, Daemon, DaemonOptions, DnsServer, TcpServer,
+    TestCgroup,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -44,9 +44,7 @@ fn dns_records(recs: &[Value], pid: u32) -> Vec<Value> {
 /// sent) cannot make an address look like github.com.
 #[test]
 fn forged_dns_answers_change_nothing() {
-    if !require_root("forged_dns_answers_change_nothing") {
-        return;
-    }
+    require_root!();
     let dns = DnsServer::dnsmasq(
         "127.0.9.53",
         &[("github.com".to_string(), "127.0.4.1".parse().unwrap())],
@@ -173,9 +171,7 @@ fn forged_dns_answers_change_nothing() {
 /// to 253 bytes), also when no answer comes before the socket closes.
 #[test]
 fn every_query_is_recorded_by_its_whole_name() {
-    if !require_root("every_query_is_recorded_by_its_whole_name") {
-        return;
-    }
+    require_root!();
     let dns = DnsServer::dnsmasq(
         "127.0.9.63",
         &[("known.test".to_string(), "127.0.4.20".parse().unwrap())],
@@ -243,9 +239,7 @@ fn every_query_is_recorded_by_its_whole_name() {
 /// Every name is resolved through a real dnsmasq and connected to.
 #[test]
 fn kernel_and_policy_explain_agree_on_every_name() {
-    if !require_root("kernel_and_policy_explain_agree_on_every_name") {
-        return;
-    }
+    require_root!();
     let mut names: Vec<String> = [
         "github.com",
         "GitHub.COM",
@@ -435,9 +429,7 @@ fn generated_names(n: usize) -> Vec<String> {
 /// is what the kernel matches, so the domain rule still decides.
 #[test]
 fn docker_embedded_resolver_answers_still_count() {
-    if !require_root("docker_embedded_resolver_answers_still_count") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let net = Network::create("ce-dns-net");
     let server = Spec::new("ce-dns-srv", "nc -l -p 8080 >/dev/null; sleep 5")
@@ -500,9 +492,7 @@ fn docker_embedded_resolver_answers_still_count() {
 /// DNS keeps working, and the share comes back once the queries expire.
 #[test]
 fn a_query_flood_fills_only_its_own_share_and_expires() {
-    if !require_root("a_query_flood_fills_only_its_own_share_and_expires") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let dns = DnsServer::dnsmasq(
         "127.0.9.93",
@@ -613,9 +603,7 @@ fn slow_resolver(ip: &str, answer: [u8; 4], delay: Duration) {
 /// asked.
 #[test]
 fn one_query_to_several_servers_counts_from_any() {
-    if !require_root("one_query_to_several_servers_counts_from_any") {
-        return;
-    }
+    require_root!();
     slow_resolver("127.0.9.103", [127, 0, 4, 40], Duration::from_millis(300));
     let server = TcpServer::spawn("0.0.0.0:0", None, 0);
     let dir = tempfile::tempdir().unwrap();

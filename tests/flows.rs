@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{by_pid, pid_of, require_root, sum, Daemon, DaemonOptions, TcpServer, TestCgroup};
+use support::{by_pid, pid_of, sum, Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
@@ -66,23 +66,19 @@ fn bulk_tcp_flow(host: &str, bind: &str, ip_version: u64) {
 
 #[test]
 fn a_tcp_upload_and_download_is_one_record_with_exact_bytes() {
-    if require_root("a_tcp_upload_and_download_is_one_record_with_exact_bytes") {
-        bulk_tcp_flow("127.0.0.1", "127.0.0.1:0", 4);
-    }
+    require_root!();
+    bulk_tcp_flow("127.0.0.1", "127.0.0.1:0", 4);
 }
 
 #[test]
 fn a_tcp_upload_and_download_over_ipv6_is_exact_too() {
-    if require_root("a_tcp_upload_and_download_over_ipv6_is_exact_too") {
-        bulk_tcp_flow("::1", "[::1]:0", 6);
-    }
+    require_root!();
+    bulk_tcp_flow("::1", "[::1]:0", 6);
 }
 
 #[test]
 fn a_thousand_short_connections_are_a_thousand_records() {
-    if !require_root("a_thousand_short_connections_are_a_thousand_records") {
-        return;
-    }
+    require_root!();
     const N: usize = 1000;
     const REQUEST: &str = "GET /index.html HTTP/1.0\\r\\nHost: test\\r\\n\\r\\n";
     let request_len = REQUEST.replace("\\r\\n", "..").len() as u64;
@@ -158,23 +154,19 @@ fn udp_two_destinations(bind: &str, host: &str, ip_version: u64) {
 
 #[test]
 fn udp_flows_per_destination_are_exact_and_end_on_close() {
-    if require_root("udp_flows_per_destination_are_exact_and_end_on_close") {
-        udp_two_destinations("127.0.0.1:0", "127.0.0.1", 4);
-    }
+    require_root!();
+    udp_two_destinations("127.0.0.1:0", "127.0.0.1", 4);
 }
 
 #[test]
 fn udp_flows_over_ipv6_are_exact_too() {
-    if require_root("udp_flows_over_ipv6_are_exact_too") {
-        udp_two_destinations("[::1]:0", "::1", 6);
-    }
+    require_root!();
+    udp_two_destinations("[::1]:0", "::1", 6);
 }
 
 #[test]
 fn an_idle_udp_socket_ends_its_flow_and_talking_again_starts_a_new_one() {
-    if !require_root("an_idle_udp_socket_ends_its_flow_and_talking_again_starts_a_new_one") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-idle");
     let daemon = Daemon::start(
         DaemonOptions::for_cgroup(&cg)
@@ -230,9 +222,7 @@ fn an_idle_udp_socket_ends_its_flow_and_talking_again_starts_a_new_one() {
 
 #[test]
 fn a_refused_connect_is_one_record_with_zero_bytes() {
-    if !require_root("a_refused_connect_is_one_record_with_zero_bytes") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-refused6");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
     let port = std::net::TcpListener::bind("[::1]:0")
@@ -255,9 +245,7 @@ fn a_refused_connect_is_one_record_with_zero_bytes() {
 
 #[test]
 fn flows_open_across_a_restart_end_exactly_once() {
-    if !require_root("flows_open_across_a_restart_end_exactly_once") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-restart-flows");
     let opts = DaemonOptions::for_cgroup(&cg);
     let pin_root = opts.pin_root.clone();
@@ -315,9 +303,7 @@ fn flows_open_across_a_restart_end_exactly_once() {
 
 #[test]
 fn a_long_flow_reports_interim_deltas_that_sum_to_the_total() {
-    if !require_root("a_long_flow_reports_interim_deltas_that_sum_to_the_total") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-active");
     let daemon = Daemon::start(
         DaemonOptions::for_cgroup(&cg)

@@ -36,9 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::docker::{engine, wait_attribution_ready, Spec};
-use support::{
-    by_pid, cgroup2_root, pid_of, require_root, write_atomic, Daemon, DaemonOptions, TestCgroup,
-};
+use support::{by_pid, cgroup2_root, pid_of, write_atomic, Daemon, DaemonOptions, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -462,9 +460,7 @@ fn assert_packet_denied_within(a: &PacketAttack, what: &str, max_frames: usize) 
 
 #[test]
 fn packet_socket_denied_is_recorded_and_stopped() {
-    if !require_root("packet_socket_denied_is_recorded_and_stopped") {
-        return;
-    }
+    require_root!();
     let (cg, daemon, _dir) = packet_daemon("rt-pkt-deny", "deny");
     let a = packet_attack(&daemon, &cg, "raw", 20, "DENIED");
     assert_packet_denied(&a, "AF_PACKET/SOCK_RAW, 20 frames");
@@ -490,9 +486,7 @@ fn packet_socket_denied_is_recorded_and_stopped() {
 
 #[test]
 fn packet_socket_allowed_is_recorded() {
-    if !require_root("packet_socket_allowed_is_recorded") {
-        return;
-    }
+    require_root!();
     let (cg, daemon, _dir) = packet_daemon("rt-pkt-allow", "allow");
     let a = packet_attack(&daemon, &cg, "raw", 5, "ALLOWED");
     assert!(
@@ -512,9 +506,7 @@ fn packet_socket_allowed_is_recorded() {
 
 #[test]
 fn packet_socket_cooked_dgram_is_stopped() {
-    if !require_root("packet_socket_cooked_dgram_is_stopped") {
-        return;
-    }
+    require_root!();
     let (cg, daemon, _dir) = packet_daemon("rt-pkt-dgram", "deny");
     let a = packet_attack(&daemon, &cg, "dgram", 20, "DENIED");
     assert_packet_denied(&a, "AF_PACKET/SOCK_DGRAM, 20 frames");
@@ -522,9 +514,7 @@ fn packet_socket_cooked_dgram_is_stopped() {
 
 #[test]
 fn packet_socket_obsolete_inet_sock_packet_is_stopped() {
-    if !require_root("packet_socket_obsolete_inet_sock_packet_is_stopped") {
-        return;
-    }
+    require_root!();
     let (cg, daemon, _dir) = packet_daemon("rt-pkt-spkt", "deny");
     let a = packet_attack(&daemon, &cg, "spkt", 20, "DENIED");
     assert_packet_denied(&a, "socket(AF_INET, SOCK_PACKET), 20 frames");
@@ -532,9 +522,7 @@ fn packet_socket_obsolete_inet_sock_packet_is_stopped() {
 
 #[test]
 fn packet_socket_sendmmsg_batch_is_stopped_after_one_call() {
-    if !require_root("packet_socket_sendmmsg_batch_is_stopped_after_one_call") {
-        return;
-    }
+    require_root!();
     let (cg, daemon, _dir) = packet_daemon("rt-pkt-mmsg", "deny");
     let a = packet_attack(&daemon, &cg, "sendmmsg", 64, "DENIED");
     eprintln!("sendmmsg: {} of 2 x 64 frames delivered", a.frames);
@@ -543,9 +531,7 @@ fn packet_socket_sendmmsg_batch_is_stopped_after_one_call() {
 
 #[test]
 fn packet_socket_tx_ring_is_stopped_after_one_call() {
-    if !require_root("packet_socket_tx_ring_is_stopped_after_one_call") {
-        return;
-    }
+    require_root!();
     let (cg, daemon, _dir) = packet_daemon("rt-pkt-ring", "deny");
     let a = packet_attack(&daemon, &cg, "txring", 64, "DENIED");
     eprintln!("txring: {} of 2 x 64 frames delivered", a.frames);
@@ -554,9 +540,7 @@ fn packet_socket_tx_ring_is_stopped_after_one_call() {
 
 #[test]
 fn packet_socket_forking_senders_are_each_stopped_at_their_first_send() {
-    if !require_root("packet_socket_forking_senders_are_each_stopped_at_their_first_send") {
-        return;
-    }
+    require_root!();
     let (cg, daemon, _dir) = packet_daemon("rt-pkt-fork", "deny");
     let a = packet_attack(&daemon, &cg, "fork", 16, "DENIED");
     assert!(
@@ -575,9 +559,7 @@ fn packet_socket_forking_senders_are_each_stopped_at_their_first_send() {
 
 #[test]
 fn unspecified_destination_is_decided_as_loopback() {
-    if !require_root("unspecified_destination_is_decided_as_loopback") {
-        return;
-    }
+    require_root!();
     let (_dir, policy) = policy_file(
         "default:\n  default_action: allow\n  rules:\n\
          \x20   - {dst: 127.0.0.0/8, action: deny}\n\
@@ -715,9 +697,7 @@ print('tcp4_any_retried', r1 if r1 else r2)
 /// datagram.
 #[test]
 fn unspecified_destination_follows_the_real_destination() {
-    if !require_root("unspecified_destination_follows_the_real_destination") {
-        return;
-    }
+    require_root!();
     // 127.0.0.1 may be reached, the rest of 127/8 not; ::1 may be reached.
     let (_dir, policy) = policy_file(
         "default:\n  default_action: allow\n  rules:\n\
@@ -799,9 +779,7 @@ except OSError as e: print('udp_pktinfo_any', e.errno)
 
 #[test]
 fn unspecified_destination_flows_are_exact() {
-    if !require_root("unspecified_destination_flows_are_exact") {
-        return;
-    }
+    require_root!();
     const N: usize = 3000;
     let cg = TestCgroup::new("rt-unspec-flows");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
@@ -842,9 +820,7 @@ fn unspecified_destination_flows_are_exact() {
 /// (which the kernel connects over IPv4).
 #[test]
 fn unspecified_v6_destination_flows_are_exact() {
-    if !require_root("unspecified_v6_destination_flows_are_exact") {
-        return;
-    }
+    require_root!();
     const N: usize = 500;
     let cg = TestCgroup::new("rt-unspec6-flows");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
@@ -947,9 +923,7 @@ fn scope_ids(cs: &[&support::docker::Container]) -> Vec<u64> {
 
 #[test]
 fn flooding_container_cannot_starve_another() {
-    if !require_root("flooding_container_cannot_starve_another") {
-        return;
-    }
+    require_root!();
     const N: usize = 3000;
     let _alone = one_flood_at_a_time();
     let _engine = engine();
@@ -1052,9 +1026,7 @@ fn flooding_container_cannot_starve_another() {
 
 #[test]
 fn udp_flow_flood_cannot_untrack_another_containers_flows() {
-    if !require_root("udp_flow_flood_cannot_untrack_another_containers_flows") {
-        return;
-    }
+    require_root!();
     const N: usize = 1000;
     let _alone = one_flood_at_a_time();
     let _engine = engine();
@@ -1142,9 +1114,7 @@ fn udp_flow_flood_cannot_untrack_another_containers_flows() {
 /// still be on record.
 #[test]
 fn filling_its_own_flow_quota_does_not_hide_exfiltrated_bytes() {
-    if !require_root("filling_its_own_flow_quota_does_not_hide_exfiltrated_bytes") {
-        return;
-    }
+    require_root!();
     const EXFIL: usize = 1 << 20;
     let cg = TestCgroup::new("rt-quota-hide");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
@@ -1182,9 +1152,7 @@ fn filling_its_own_flow_quota_does_not_hide_exfiltrated_bytes() {
 /// still be on record with its bytes.
 #[test]
 fn spending_its_own_record_budget_does_not_hide_exfiltration() {
-    if !require_root("spending_its_own_record_budget_does_not_hide_exfiltration") {
-        return;
-    }
+    require_root!();
     const CHUNK: usize = 256 << 10;
     let cg = TestCgroup::new("rt-budget-hide");
     let daemon = Daemon::start(
@@ -1264,9 +1232,7 @@ fn spending_its_own_record_budget_does_not_hide_exfiltration() {
 /// the socket is refused at creation, and recorded.
 #[test]
 fn mptcp_is_denied_at_creation_unless_raw_sockets_allow() {
-    if !require_root("mptcp_is_denied_at_creation_unless_raw_sockets_allow") {
-        return;
-    }
+    require_root!();
     let (_dir, policy) = policy_file("default:\n  default_action: allow\n");
     let cg = TestCgroup::new("rt-mptcp");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg).policy(&policy));
@@ -1328,9 +1294,7 @@ fn impostor(cg: &TestCgroup, want: u32, port: u16) -> Option<std::process::Child
 
 #[test]
 fn daemon_exemption_ends_with_the_daemon() {
-    if !require_root("daemon_exemption_ends_with_the_daemon") {
-        return;
-    }
+    require_root!();
     let (_dir, policy) = policy_file(
         "default:\n  default_action: allow\n  rules:\n\
          \x20   - {dst: 127.0.0.0/8, action: deny}\n",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::docker::{engine, wait_attribution_ready, Spec};
-use support::{bin, require_root, unique, Daemon, DaemonOptions, TcpServer, TestCgroup};
+use support::{bin, unique, Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(30);
 const AGENT: &str = "dev.clawker.agent";
@@ -170,9 +170,7 @@ type Pred = Box<dyn Fn(&Value) -> bool>;
 
 #[test]
 fn each_filter_selects_exactly_its_records_live_and_from_history() {
-    if !require_root("each_filter_selects_exactly_its_records_live_and_from_history") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let _dns = support::DnsServer::dnsmasq(
         "127.0.0.57",
@@ -406,9 +404,7 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
 
 #[test]
 fn a_stopped_observer_loses_only_its_own_records() {
-    if !require_root("a_stopped_observer_loses_only_its_own_records") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-obs-stop");
     let (_socket_dir, socket) = socket_path();
     let mut opts = DaemonOptions::for_cgroup(&cg)
@@ -496,9 +492,7 @@ fn a_stopped_observer_loses_only_its_own_records() {
 
 #[test]
 fn observe_ends_quietly_on_a_closed_pipe_and_errors_in_one_line() {
-    if !require_root("observe_ends_quietly_on_a_closed_pipe_and_errors_in_one_line") {
-        return;
-    }
+    require_root!();
     // No daemon.
     let (_missing_dir, missing) = socket_path();
     let out = Command::new(bin())
@@ -656,9 +650,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[test]
 fn top_shows_the_agents_drills_down_and_quits_cleanly() {
-    if !require_root("top_shows_the_agents_drills_down_and_quits_cleanly") {
-        return;
-    }
+    require_root!();
     assert!(
         Command::new("tmux").arg("-V").output().is_ok(),
         "tmux missing: run scripts/deps"

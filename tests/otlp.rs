@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use support::otlp::Receiver;
-use support::{require_root, Daemon, DaemonOptions, TestCgroup};
+use support::{Daemon, DaemonOptions, TestCgroup};
 
 fn attr<'a>(kvs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
     kvs.iter()
@@ -53,9 +53,7 @@ fn connect_script(port: u16) -> String {
 
 #[test]
 fn records_arrive_as_otlp_log_records_and_the_daemon_never_records_itself() {
-    if !require_root("records_arrive_as_otlp_log_records_and_the_daemon_never_records_itself") {
-        return;
-    }
+    require_root!();
     let addr = free_addr();
     let receiver = Receiver::serve(addr);
     let cg = TestCgroup::new("ce-otlp");
@@ -136,9 +134,7 @@ fn records_arrive_as_otlp_log_records_and_the_daemon_never_records_itself() {
 
 #[test]
 fn a_collector_that_is_down_loses_nothing_once_it_returns() {
-    if !require_root("a_collector_that_is_down_loses_nothing_once_it_returns") {
-        return;
-    }
+    require_root!();
     let addr = free_addr(); // nothing listens here yet
     let cg = TestCgroup::new("ce-otlp-down");
     let daemon = Daemon::start(

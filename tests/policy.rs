@@ -8,10 +8,10 @@ mod support;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{by_pid, require_root, write_atomic, Daemon, DaemonOptions, TcpServer, TestCgroup};
+use support::{by_pid, write_atomic, Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -45,9 +45,7 @@ fn only(recs: &[Value], pid: u32) -> Value {
 
 #[test]
 fn cidr_and_port_rules_decide_in_the_kernel() {
-    if !require_root("cidr_and_port_rules_decide_in_the_kernel") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let allowed = TcpServer::spawn("127.0.0.1:0", None, 0);
     let other = TcpServer::spawn("127.0.0.1:0", None, 0);
@@ -97,9 +95,7 @@ fn cidr_and_port_rules_decide_in_the_kernel() {
 
 #[test]
 fn udp_and_raw_sockets_are_denied_unless_allowed() {
-    if !require_root("udp_and_raw_sockets_are_denied_unless_allowed") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sink.local_addr().unwrap().port();
@@ -135,9 +131,7 @@ fn udp_and_raw_sockets_are_denied_unless_allowed() {
 
 #[test]
 fn audit_mode_decides_and_records_but_never_blocks() {
-    if !require_root("audit_mode_decides_and_records_but_never_blocks") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let server = TcpServer::spawn("127.0.0.1:0", None, 0);
     let policy = dir.path().join("policy.yaml");
@@ -155,9 +149,7 @@ fn audit_mode_decides_and_records_but_never_blocks() {
 
 #[test]
 fn reloads_are_atomic_and_a_broken_file_keeps_the_old_policy() {
-    if !require_root("reloads_are_atomic_and_a_broken_file_keeps_the_old_policy") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let a = TcpServer::spawn("127.0.0.1:0", None, 0);
     let b = TcpServer::spawn("127.0.0.1:0", None, 0);
@@ -201,6 +193,22 @@ fn reloads_are_atomic_and_a_broken_file_keeps_the_old_policy() {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // Signals can merge under load: wait until the last write ("only a")
+    // is in force, so "the last good policy" below is that one.
+    let settled = Instant::now() + WAIT;
+    while {
+        let (_, err_a) = try_connect(&cg, "127.0.0.1", a.port);
+        let (_, err_b) = try_connect(&cg, "127.0.0.1", b.port);
+        (err_a, err_b) != (0, 1)
+    } {
+        assert!(
+            Instant::now() < settled,
+            "the last reload never took effect"
+        );
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(100));
     }
     // A broken file: rejected with file:line:column, the last policy stays.
     write_atomic(
@@ -272,9 +280,7 @@ fn an_invalid_policy_at_start_is_a_one_line_error() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("bad.yaml");
     std::fs::write(&policy, "default:\n  default_action: maybe\n").unwrap();
-    if !require_root("an_invalid_policy_at_start_is_a_one_line_error") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-policy-bad");
     let out = Command::new(support::bin())
         .args(["run", "--cgroup-root"])

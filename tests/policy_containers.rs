@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::docker::{engine, wait_attribution_ready, Spec};
-use support::{require_root, Daemon, DaemonOptions, TcpServer};
+use support::{Daemon, DaemonOptions, TcpServer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -30,9 +30,7 @@ fn verdict_to(recs: &[&Value], port: u16) -> String {
 
 #[test]
 fn each_container_is_decided_by_its_own_labels() {
-    if !require_root("each_container_is_decided_by_its_own_labels") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let a = TcpServer::spawn("127.0.0.1:0", Some(3), 0);
     let b = TcpServer::spawn("127.0.0.1:0", Some(3), 0);
@@ -105,9 +103,7 @@ fn each_container_is_decided_by_its_own_labels() {
 /// the domain's verdict for its address.
 #[test]
 fn a_dns_answer_only_opens_the_door_for_the_container_that_asked() {
-    if !require_root("a_dns_answer_only_opens_the_door_for_the_container_that_asked") {
-        return;
-    }
+    require_root!();
     let _engine = engine();
     let dns = support::DnsServer::dnsmasq(
         "127.0.0.55",

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{by_pid, require_root, write_atomic, Daemon, DaemonOptions, TestCgroup};
+use support::{by_pid, write_atomic, Daemon, DaemonOptions, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -155,9 +155,7 @@ fn assert_ended_by_policy(daemon: &Daemon, sink: &Sink, mut client: Child, pid: 
 
 #[test]
 fn a_reload_ends_open_connections_the_new_policy_denies() {
-    if !require_root("a_reload_ends_open_connections_the_new_policy_denies") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     write_atomic(&policy, "default:\n  default_action: allow\n");
@@ -206,9 +204,7 @@ fn bypass(pin_root: &Path, cg: &TestCgroup, extra: &[&str]) {
 
 #[test]
 fn a_bypass_end_ends_the_connections_it_let_through() {
-    if !require_root("a_bypass_end_ends_the_connections_it_let_through") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     write_atomic(
@@ -260,9 +256,7 @@ fn connect_errno(cg: &TestCgroup, ip: &str, port: u16) -> i64 {
 
 #[test]
 fn rule_limits_are_never_silent() {
-    if !require_root("rule_limits_are_never_silent") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::spawn("127.0.0.5");
 
@@ -334,9 +328,7 @@ fn rule_limits_are_never_silent() {
 
 #[test]
 fn raw_sends_are_decided_per_destination() {
-    if !require_root("raw_sends_are_decided_per_destination") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     write_atomic(
@@ -397,9 +389,7 @@ fn raw_sends_are_decided_per_destination() {
 /// every network namespace, not only the daemon's.
 #[test]
 fn a_reload_reaches_connections_inside_a_containers_network_namespace() {
-    if !require_root("a_reload_reaches_connections_inside_a_containers_network_namespace") {
-        return;
-    }
+    require_root!();
     let _engine = support::docker::engine();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
@@ -460,9 +450,7 @@ fn a_reload_reaches_connections_inside_a_containers_network_namespace() {
 /// disconnects the socket, and its flow record says policy.
 #[test]
 fn a_reload_disconnects_a_connected_udp_socket_the_new_policy_denies() {
-    if !require_root("a_reload_disconnects_a_connected_udp_socket_the_new_policy_denies") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     write_atomic(&policy, "default:\n  default_action: allow\n");

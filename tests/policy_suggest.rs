@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{by_pid, pid_of, require_root, Daemon, DaemonOptions, TcpServer, TestCgroup};
+use support::{by_pid, pid_of, Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clawker-egress");
 
@@ -72,9 +72,7 @@ fn suggest(records: &Path, out: &Path, extra: &[&str]) {
 
 #[test]
 fn suggest_from_real_daemon_records_and_explain_agrees() {
-    if !require_root("suggest_from_real_daemon_records_and_explain_agrees") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-suggest");
     let daemon = Daemon::start(DaemonOptions::for_cgroup(&cg));
     let a = TcpServer::spawn("127.0.0.1:0", Some(2), 0);

@@ -13,10 +13,7 @@ use support::{Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 #[test]
 fn stdout_otlp_and_a_rotated_file_each_get_every_record_and_count_their_own_losses() {
-    let test = "stdout_otlp_and_a_rotated_file_each_get_every_record_and_count_their_own_losses";
-    if !support::require_root(test) {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-sinks");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("egress.jsonl");

@@ -97,11 +97,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn collector_outage_spills_to_disk_and_replays_in_order_after_a_restart() {
-    if !support::require_root(
-        "collector_outage_spills_to_disk_and_replays_in_order_after_a_restart",
-    ) {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-spool");
     let spool = tempfile::tempdir().unwrap();
     let otlp_port = support::free_port(); // nothing listens: the collector is down
@@ -182,9 +178,7 @@ fn collector_outage_spills_to_disk_and_replays_in_order_after_a_restart() {
 
 #[test]
 fn a_full_spool_counts_every_record_it_loses() {
-    if !support::require_root("a_full_spool_counts_every_record_it_loses") {
-        return;
-    }
+    require_root!();
     let cg = TestCgroup::new("ce-spoolfull");
     let spool = tempfile::tempdir().unwrap();
     let otlp_port = support::free_port();

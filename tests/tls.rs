@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{require_root, Daemon, DaemonOptions, TestCgroup};
+use support::{Daemon, DaemonOptions, TestCgroup};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -252,9 +252,7 @@ fn assert_refused(c: &Collector, d: &Daemon, cg: &TestCgroup, sign: &str) {
 /// The token never appears in the daemon's argv or logs.
 #[test]
 fn export_over_mtls_with_token_and_gzip_reaches_the_collector() {
-    if !require_root("export_over_mtls_with_token_and_gzip_reaches_the_collector") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(&dir.path().join("pki"));
     let c = Collector::start(dir.path(), &pki);
@@ -310,9 +308,7 @@ fn export_over_mtls_with_token_and_gzip_reaches_the_collector() {
 /// sender.
 #[test]
 fn https_is_never_plaintext_and_plaintext_is_refused() {
-    if !require_root("https_is_never_plaintext_and_plaintext_is_refused") {
-        return;
-    }
+    require_root!();
     let (addr, plain) = support::otlp::Receiver::serve_any();
     let cg = TestCgroup::new("ce-tls-plain");
     {
@@ -363,9 +359,7 @@ fn https_is_never_plaintext_and_plaintext_is_refused() {
 /// (`--otlp-tls-server-name`) or that its CA did not sign.
 #[test]
 fn wrong_client_certificate_is_refused() {
-    if !require_root("wrong_client_certificate_is_refused") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(&dir.path().join("pki"));
     let rogue = self::pki(&dir.path().join("rogue"));
@@ -445,9 +439,7 @@ fn wrong_client_certificate_is_refused() {
 /// (control) is accepted by the same door.
 #[test]
 fn missing_or_wrong_token_is_refused() {
-    if !require_root("missing_or_wrong_token_is_refused") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(&dir.path().join("pki"));
     let rogue = self::pki(&dir.path().join("rogue"));
@@ -584,9 +576,7 @@ fn check_validates_the_transport_files() {
 /// still holding the old token is refused.
 #[test]
 fn token_rotation_reaches_daemon_and_collector_without_a_restart() {
-    if !require_root("token_rotation_reaches_daemon_and_collector_without_a_restart") {
-        return;
-    }
+    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(&dir.path().join("pki"));
     let c = Collector::start(dir.path(), &pki);
@@ -700,9 +690,7 @@ fn an_empty_bearer_token_is_refused_at_the_daemon_door() {
 /// credential, so this needs no TLS).
 #[test]
 fn gzip_is_on_the_wire_when_asked() {
-    if !require_root("gzip_is_on_the_wire_when_asked") {
-        return;
-    }
+    require_root!();
     use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
         LogsService, LogsServiceServer,
     };

@@ -41,7 +41,7 @@ pub struct Agents {
 
 /// The key a record is aggregated under; `None` for daemon logs.
 pub fn agent_key(r: &Record) -> Option<String> {
-    if r.source == Source::Cp {
+    if r.source == Source::ControlPlane {
         return None;
     }
     if let Some(id) = r.get_str(key::CONTAINER_ID).filter(|s| !s.is_empty()) {
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn daemon_logs_are_not_agents() {
-        let r = Record::new(SystemTime::now(), Source::Cp);
+        let r = Record::new(SystemTime::now(), Source::ControlPlane);
         assert_eq!(agent_key(&r), None);
     }
 }

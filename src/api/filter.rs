@@ -9,7 +9,8 @@ use glob::{MatchOptions, Pattern};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::record::{key, Record};
+use crate::record::{key, Record, Source};
+use crate::vocab::Verdict;
 
 /// The filter as the client states it (the request's `filter` object).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,12 +83,15 @@ impl Filter {
             }
         }
         for v in &spec.verdict {
-            if !["ALLOWED", "DENIED", "BYPASSED"].contains(&v.to_ascii_uppercase().as_str()) {
+            if !Verdict::ALL
+                .iter()
+                .any(|x| x.name().eq_ignore_ascii_case(v))
+            {
                 return Err(FilterError::Verdict(v.clone()));
             }
         }
         for s in &spec.source {
-            if !["egress", "overseer", "exec", "cp"].contains(&s.as_str()) {
+            if !Source::ALL.iter().any(|x| x.name() == s) {
                 return Err(FilterError::Source(s.clone()));
             }
         }

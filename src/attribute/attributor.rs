@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::cache::{LabelCache, Lookup};
-use super::overseer::Request;
+use super::cache::{ContainerCache, Lookup};
+use super::follower::Request;
 use crate::metrics::Metrics;
 use crate::record::{key, Record};
 
@@ -29,7 +29,7 @@ struct Held {
 }
 
 pub struct Attributor {
-    cache: Arc<LabelCache>,
+    cache: Arc<ContainerCache>,
     requests: mpsc::Sender<Request>,
     metrics: Arc<Metrics>,
     wait: Duration,
@@ -41,7 +41,7 @@ pub struct Attributor {
 impl Attributor {
     /// `wait`: the longest a record waits for its container's identity.
     pub fn new(
-        cache: Arc<LabelCache>,
+        cache: Arc<ContainerCache>,
         requests: mpsc::Sender<Request>,
         metrics: Arc<Metrics>,
         wait: Duration,
@@ -127,7 +127,7 @@ impl Attributor {
             records: Vec::new(),
         });
         if held.records.is_empty() {
-            // One request per waiting cgroup; the overseer also dedupes.
+            // One request per waiting cgroup; the follower also dedupes.
             let _ = self.requests.try_send(ask);
         }
         held.records.push(record);
@@ -217,11 +217,11 @@ mod tests {
         wait: Duration,
     ) -> (
         Attributor,
-        Arc<LabelCache>,
+        Arc<ContainerCache>,
         mpsc::Receiver<Request>,
         Arc<Metrics>,
     ) {
-        let cache = Arc::new(LabelCache::new(None));
+        let cache = Arc::new(ContainerCache::new(None));
         let (tx, rx) = mpsc::channel(16);
         let metrics = Arc::new(Metrics::new());
         (

@@ -1,4 +1,4 @@
-//! The label cache (P13): one cache, two indexes over it. `cgroup_id ->
+//! The container cache (P13): one cache, two indexes over it. `cgroup_id ->
 //! container` for kernel records, `container_ip -> container` for sources
 //! that only see an address (DNS, Envoy). A container's bindings and
 //! addresses go together when it dies, so a reused cgroup id or address
@@ -117,21 +117,21 @@ impl Inner {
     }
 }
 
-pub struct LabelCache {
+pub struct ContainerCache {
     inner: RwLock<Inner>,
     enroller: Option<Box<dyn Enroller>>,
     changed: watch::Sender<u64>,
     tombstone_ttl: Duration,
 }
 
-impl LabelCache {
+impl ContainerCache {
     /// `enroller`: the kernel's scope map in `containers` scope, else None.
     pub fn new(enroller: Option<Box<dyn Enroller>>) -> Self {
         Self::with_ttl(enroller, TOMBSTONE_TTL)
     }
 
     pub fn with_ttl(enroller: Option<Box<dyn Enroller>>, tombstone_ttl: Duration) -> Self {
-        LabelCache {
+        ContainerCache {
             inner: RwLock::default(),
             enroller,
             changed: watch::channel(0).0,

@@ -3,22 +3,22 @@
 //! anything up.
 //!
 //! ```text
-//! runtime (Docker) --events/inspect--> Overseer --+--> LabelCache <-- Attributor (pipeline)
-//!                                                 |        ^
-//!                                                 |        +-- CgroupWatcher (inotify: mkdir -> enroll)
-//!                                                 +--> lifecycle records --> pipeline
+//! runtime (Docker) --events/inspect--> RuntimeFollower --+--> ContainerCache <-- Attributor (pipeline)
+//!                                                        |        ^
+//!                                                        |        +-- CgroupWatcher (inotify: mkdir -> enroll)
+//!                                                        +--> lifecycle records --> pipeline
 //! ```
 //!
 //! The pipeline only reads the cache and asks (never waits) for lookups;
-//! the overseer and the cgroup watcher write it. Enrolment in the kernel's
+//! the follower and the cgroup watcher write it. Enrolment in the kernel's
 //! scope map follows the cache's cgroup index.
 
 mod attributor;
 mod cache;
 mod cgroup;
 mod docker;
+mod follower;
 mod identity;
-mod overseer;
 mod source;
 mod watch;
 
@@ -30,23 +30,23 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use attributor::Attributor;
-pub use cache::{Enroller, LabelCache, Lookup, TOMBSTONE_TTL};
+pub use cache::{ContainerCache, Enroller, Lookup, TOMBSTONE_TTL};
 pub use cgroup::{
     cgroup_alive, container_cgroup, container_cgroup_of_pid, container_id_from_path, unified_path,
     CgroupIndex,
 };
 pub use docker::{event_from_message, info_from_inspect, DockerSource};
+pub use follower::{Request, RuntimeFollower};
 pub use identity::{bounded, Identity, LabelPolicy, MAX_VALUE_BYTES, TRUNCATION_MARK};
-pub use overseer::{Overseer, Request};
 pub use source::{ContainerInfo, ContainerSource, EventKind, RuntimeEvent, SourceError};
 pub use watch::CgroupWatcher;
 
 use crate::metrics::Metrics;
 use crate::record::Record;
 
-/// Lookups queued from the pipeline to the overseer.
+/// Lookups queued from the pipeline to the follower.
 const REQUEST_QUEUE: usize = 1024;
-/// Lifecycle records queued from the overseer to the pipeline.
+/// Lifecycle records queued from the follower to the pipeline.
 const LIFECYCLE_QUEUE: usize = 1024;
 
 pub struct AttributionOptions {
@@ -64,8 +64,8 @@ pub struct Attribution {
     pub attributor: Attributor,
     /// Container lifecycle records, for the pipeline.
     pub lifecycle: mpsc::Receiver<Record>,
-    pub cache: Arc<LabelCache>,
-    overseer: JoinHandle<()>,
+    pub cache: Arc<ContainerCache>,
+    follower: JoinHandle<()>,
     watcher: Option<CgroupWatcher>,
 }
 
@@ -78,7 +78,7 @@ impl Attribution {
         opts: AttributionOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let cache = Arc::new(LabelCache::new(opts.enroller));
+        let cache = Arc::new(ContainerCache::new(opts.enroller));
         let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
         let (life_tx, life_rx) = mpsc::channel(LIFECYCLE_QUEUE);
         let watcher = match CgroupWatcher::spawn(
@@ -93,7 +93,7 @@ impl Attribution {
                 None
             }
         };
-        let overseer = Overseer::new(
+        let follower = RuntimeFollower::new(
             source,
             cache.clone(),
             opts.cgroup2_root,
@@ -101,16 +101,16 @@ impl Attribution {
             req_rx,
             metrics.clone(),
         );
-        let overseer = match &watcher {
-            Some(w) => overseer.with_parents(w.parents()),
-            None => overseer,
+        let follower = match &watcher {
+            Some(w) => follower.with_parents(w.parents()),
+            None => follower,
         };
-        let overseer = tokio::spawn(overseer.run());
+        let follower = tokio::spawn(follower.run());
         Attribution {
             attributor: Attributor::new(cache.clone(), req_tx, metrics, opts.wait),
             lifecycle: life_rx,
             cache,
-            overseer,
+            follower,
             watcher,
         }
     }
@@ -118,21 +118,21 @@ impl Attribution {
     /// Split off what the pipeline takes; the rest stops when dropped.
     pub fn split(self) -> (Attributor, mpsc::Receiver<Record>, AttributionHandle) {
         let handle = AttributionHandle {
-            overseer: self.overseer,
+            follower: self.follower,
             _watcher: self.watcher,
         };
         (self.attributor, self.lifecycle, handle)
     }
 }
 
-/// Keeps the overseer and the cgroup watcher alive; dropping it stops them.
+/// Keeps the follower and the cgroup watcher alive; dropping it stops them.
 pub struct AttributionHandle {
-    overseer: JoinHandle<()>,
+    follower: JoinHandle<()>,
     _watcher: Option<CgroupWatcher>,
 }
 
 impl Drop for AttributionHandle {
     fn drop(&mut self) {
-        self.overseer.abort();
+        self.follower.abort();
     }
 }

@@ -23,8 +23,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use tokio::sync::mpsc;
 
-use super::cache::LabelCache;
-use super::overseer::Request;
+use super::cache::ContainerCache;
+use super::follower::Request;
 use super::source::ContainerSource;
 
 /// How often the thread looks at its stop flag.
@@ -42,7 +42,7 @@ impl CgroupWatcher {
     pub fn spawn<S: ContainerSource>(
         root: PathBuf,
         source: S,
-        cache: Arc<LabelCache>,
+        cache: Arc<ContainerCache>,
         hints: mpsc::Sender<Request>,
     ) -> io::Result<Self> {
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
@@ -102,7 +102,7 @@ struct Watch<S> {
     dirs: HashMap<WatchDescriptor, PathBuf>,
     root_wd: Option<WatchDescriptor>,
     source: S,
-    cache: Arc<LabelCache>,
+    cache: Arc<ContainerCache>,
     hints: mpsc::Sender<Request>,
 }
 

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::kernel::MapHandle;
 use tokio::sync::mpsc;
 
 use super::clock::BootClock;
 use super::decode::decode;
 use super::event::Event;
-use crate::kernel::{EventRing, KernelError};
+use crate::kernel::{EventSource, KernelError};
 use crate::metrics::{DropReason, Metrics};
 
 /// How long one epoll wait lasts: bounds how quickly a stop is noticed.
@@ -46,7 +45,7 @@ impl DrainHandle {
 /// waits, the ring buffer fills, and the kernel counts what it cannot store
 /// (`ringbuf_full`): back-pressure is visible, never silent.
 pub fn spawn_drain(
-    events: MapHandle,
+    events: EventSource,
     clock: BootClock,
     tx: mpsc::Sender<Vec<Event>>,
     metrics: Arc<Metrics>,
@@ -67,7 +66,7 @@ pub fn spawn_drain(
 }
 
 fn drain_loop(
-    events: &MapHandle,
+    events: &EventSource,
     clock: BootClock,
     tx: &mpsc::Sender<Vec<Event>>,
     metrics: &Metrics,
@@ -75,7 +74,7 @@ fn drain_loop(
 ) -> Result<(), KernelError> {
     let batch = RefCell::new(Vec::with_capacity(BATCH));
     let mut last_warn: Option<Instant> = None;
-    let ring = EventRing::new(events, |bytes: &[u8]| match decode(bytes, clock) {
+    let ring = events.reader(|bytes: &[u8]| match decode(bytes, clock) {
         Ok(ev) => batch.borrow_mut().push(ev),
         Err(e) => {
             metrics.dropped(DropReason::ParseFailure, 1);

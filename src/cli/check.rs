@@ -53,6 +53,13 @@ pub fn preflight(config: &Config) -> Vec<Finding> {
             "ring buffer maps unsupported: a Linux kernel >= 5.8 is required",
         ),
     });
+    out.push(match kernel::bpf_loop_supported() {
+        true => finding(true, "bpf_loop helper: supported (DNS parsing)"),
+        false => finding(
+            false,
+            "bpf_loop helper unsupported: a Linux kernel >= 5.17 is required (README lists >= 6.3 for all programs)",
+        ),
+    });
     // Informational: the daemon works either way, with a weaker defence.
     out.push(match kernel::lsm_programs_load() {
         Ok(()) => finding(

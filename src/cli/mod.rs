@@ -4,9 +4,11 @@ mod bypass;
 mod check;
 mod detach;
 mod observe;
+mod opensearch;
 mod policy;
 mod report;
 mod run;
+mod suggest_source;
 mod top;
 
 use std::path::PathBuf;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
+use super::opensearch::{OpenSearch, OpenSearchAuth};
 use crate::policy::{Mode, Policy, Proto, Resolved, RuleSet, Target};
 
 #[derive(Debug, Clone, Args)]
@@ -39,8 +40,18 @@ pub enum PolicyCommand {
 #[derive(Debug, Clone, Args)]
 pub struct SuggestArgs {
     /// Records as JSON lines (the daemon's stdout output); `-`: stdin.
-    #[arg(long, value_name = "FILE")]
-    pub records: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "from_opensearch")]
+    pub records: Option<PathBuf>,
+    /// Read the records from this OpenSearch (the `clawker-egress` data
+    /// stream) instead, over --since/--until or the last --last.
+    #[arg(long, value_name = "URL", conflicts_with = "records")]
+    pub from_opensearch: Option<String>,
+    #[command(flatten)]
+    pub access: OpenSearchAuth,
+    /// Window length when --since is not given ("24h", "15m"); with
+    /// --from-opensearch it defaults to 24h, with --records to every record.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub last: Option<std::time::Duration>,
     /// Only this agent's records.
     #[arg(long)]
     pub agent: Option<String>,
@@ -220,21 +231,59 @@ fn print_explanation(r: &Resolved, t: &Target, dst: &str) {
 }
 
 fn suggest(a: &SuggestArgs) -> Result<()> {
-    use crate::policy::suggest::{observe, render, verify, Selection};
-    let text = if a.records.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("read records from stdin")?
-    } else {
-        std::fs::read_to_string(&a.records)
-            .with_context(|| format!("read records {}", a.records.display()))?
-    };
-    let sel = Selection {
+    use crate::policy::suggest::{observe, observe_records, render, verify, Selection};
+    let mut sel = Selection {
         agent: a.agent.clone(),
         project: a.project.clone(),
         since: a.since,
         until: a.until,
         include_denied: a.include_denied,
     };
-    let (seen, t) = observe(&text, &sel);
+    let (seen, t, from) = match (&a.records, &a.from_opensearch) {
+        (_, Some(url)) => {
+            let until = a.until.unwrap_or_else(std::time::SystemTime::now);
+            let since = a
+                .since
+                .unwrap_or(until - a.last.unwrap_or(std::time::Duration::from_secs(86_400)));
+            if since > until {
+                bail!("--since is after --until");
+            }
+            (sel.since, sel.until) = (Some(since), Some(until));
+            let os = OpenSearch::new(url, &a.access)?;
+            let rfc = |t| humantime::format_rfc3339(t).to_string();
+            let records = super::suggest_source::fetch(
+                &os,
+                &rfc(since),
+                &rfc(until),
+                a.agent.as_deref(),
+                a.project.as_deref(),
+            )?;
+            // The window was the query's: the aggregated records carry no time.
+            let (seen, t) = observe_records(
+                records,
+                &Selection {
+                    since: None,
+                    until: None,
+                    ..sel.clone()
+                },
+            );
+            (seen, t, "record(s) in OpenSearch")
+        }
+        (Some(path), None) => {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("read records from stdin")?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("read records {}", path.display()))?
+            };
+            if let (None, Some(last)) = (sel.since, a.last) {
+                sel.since = Some(sel.until.unwrap_or_else(std::time::SystemTime::now) - last);
+            }
+            let (seen, t) = observe(&text, &sel);
+            (seen, t, "line(s)")
+        }
+        (None, None) => bail!("--records FILE or --from-opensearch URL"),
+    };
     let who = match (&a.agent, &a.project) {
         (Some(ag), Some(p)) => format!("agent {ag}, project {p}"),
         (Some(ag), None) => format!("agent {ag}"),
@@ -248,11 +297,11 @@ fn suggest(a: &SuggestArgs) -> Result<()> {
     };
     let header = format!(
         "Suggested by `clawker-egress policy suggest` for {who}, {} to {}:\n\
-         {} destination(s) from {} record(s) of {} line(s).\n\
+         {} destination(s) from {} record(s) of {} {from}.\n\
          Left out: {} enforced denial(s) (--include-denied), {} raw/packet socket(s) \
          (raw_sockets in a policy file), {} without a destination, {} not JSON.",
-        when(a.since),
-        when(a.until),
+        when(sel.since),
+        when(sel.until),
         seen.len(),
         t.used,
         t.lines,

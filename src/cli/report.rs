@@ -7,16 +7,23 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 use serde_json::{json, Value};
+
+use super::opensearch::{field, OpenSearch, OpenSearchAuth};
+use crate::flow::FlowState;
+use crate::record::{key, RECORDS_LOST};
+use crate::vocab::Verdict;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
     /// OpenSearch base URL.
     #[arg(long, default_value = "http://127.0.0.1:9200", value_name = "URL")]
     pub opensearch: String,
+    #[command(flatten)]
+    pub access: OpenSearchAuth,
     /// Start of the window (RFC 3339); default: --last before now.
     #[arg(long, value_parser = parse_time)]
     pub since: Option<SystemTime>,
@@ -80,8 +87,8 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     if since > until {
         bail!("--since is after --until");
     }
-    let os = a.opensearch.trim_end_matches('/');
-    let rows = fetch(os, a, since, until)?;
+    let os = OpenSearch::new(&a.opensearch, &a.access)?;
+    let rows = fetch(&os, a, since, until)?;
     let window = format!(
         "{} to {}",
         humantime::format_rfc3339(since),
@@ -100,65 +107,65 @@ pub fn report(a: &ReportArgs) -> Result<()> {
 }
 
 fn filters(a: &ReportArgs, since: SystemTime, until: SystemTime) -> Vec<Value> {
-    let mut f = vec![json!({ "range": { "@timestamp": {
+    let mut f = vec![json!({ "range": { (key::TIMESTAMP): {
         "gte": humantime::format_rfc3339(since).to_string(),
         "lte": humantime::format_rfc3339(until).to_string() } } })];
     if let Some(agent) = &a.agent {
-        f.push(json!({ "term": { "attributes.agent": agent } }));
+        f.push(json!({ "term": { (field(key::AGENT)): agent } }));
     }
     if let Some(project) = &a.project {
-        f.push(json!({ "term": { "attributes.project": project } }));
+        f.push(json!({ "term": { (field(key::PROJECT)): project } }));
     }
     f
 }
 
 fn by_agent(inner: Value) -> Value {
-    json!({ "agent": { "terms": { "field": "attributes.agent", "size": 1000, "missing": NONE },
-        "aggs": { "project": { "terms": { "field": "attributes.project", "size": 100, "missing": NONE },
+    json!({ "agent": { "terms": { "field": field(key::AGENT), "size": 1000, "missing": NONE },
+        "aggs": { "project": { "terms": { "field": field(key::PROJECT), "size": 100, "missing": NONE },
             "aggs": inner } } } })
 }
 
 fn fetch(
-    os: &str,
+    os: &OpenSearch,
     a: &ReportArgs,
     since: SystemTime,
     until: SystemTime,
 ) -> Result<Vec<AgentReport>> {
-    let not_dns = json!({ "term": { "attributes.l7_proto": "dns" } });
-    let interim = json!({ "term": { "attributes.flow_state": "active" } });
+    let not_dns = json!({ "term": { (field(key::L7_PROTO)): "dns" } });
+    let interim = json!({ "term": { (field(key::FLOW_STATE)): FlowState::Active.name() } });
     let top = a.top.max(1);
-    let dest = |field: &str| {
-        json!({ "terms": { "field": field, "size": top, "order": { "bytes": "desc" } },
-            "aggs": { "bytes": { "sum": { "field": "attributes.bytes_out" } },
+    let dest = |by: String| {
+        json!({ "terms": { "field": by, "size": top, "order": { "bytes": "desc" } },
+            "aggs": { "bytes": { "sum": { "field": field(key::BYTES_OUT) } },
                       "flows": { "filter": { "bool": { "must_not": [interim] } } } } })
     };
     let egress = json!({ "size": 0,
         "query": { "bool": { "filter": filters(a, since, until) } },
         "aggs": by_agent(json!({
-            "bytes_out": { "sum": { "field": "attributes.bytes_out" } },
-            "bytes_in": { "sum": { "field": "attributes.bytes_in" } },
+            "bytes_out": { "sum": { "field": field(key::BYTES_OUT) } },
+            "bytes_in": { "sum": { "field": field(key::BYTES_IN) } },
             "flows": { "filter": { "bool": { "must_not": [not_dns, interim] } } },
-            "denials": { "filter": { "bool": { "filter": [{ "term": { "attributes.verdict": "DENIED" } }],
+            "denials": { "filter": { "bool": { "filter": [{ "term": { (field(key::VERDICT)): Verdict::Denied.name() } }],
                 "must_not": [interim] } } },
-            "bypassed": { "filter": { "bool": { "filter": [{ "term": { "attributes.verdict": "BYPASSED" } }],
+            "bypassed": { "filter": { "bool": { "filter": [{ "term": { (field(key::VERDICT)): Verdict::Bypassed.name() } }],
                 "must_not": [interim] } } },
-            "dns": { "filter": not_dns, "aggs": { "names": { "terms": { "field": "attributes.qname", "size": top } } } },
-            "named": { "filter": { "bool": { "must_not": [not_dns, { "term": { "attributes.dst_host": "" } }],
-                "filter": [{ "exists": { "field": "attributes.dst_host" } }] } },
-                "aggs": { "dest": dest("attributes.dst_host") } },
+            "dns": { "filter": not_dns, "aggs": { "names": { "terms": { "field": field(key::QNAME), "size": top } } } },
+            "named": { "filter": { "bool": { "must_not": [not_dns, { "term": { (field(key::DST_HOST)): "" } }],
+                "filter": [{ "exists": { "field": field(key::DST_HOST) } }] } },
+                "aggs": { "dest": dest(field(key::DST_HOST)) } },
             "unnamed": { "filter": { "bool": { "must_not": [not_dns,
-                { "bool": { "filter": [{ "exists": { "field": "attributes.dst_host" } }],
-                            "must_not": [{ "term": { "attributes.dst_host": "" } }] } }] } },
-                "aggs": { "dest": dest("attributes.dst_ip") } },
+                { "bool": { "filter": [{ "exists": { "field": field(key::DST_HOST) } }],
+                            "must_not": [{ "term": { (field(key::DST_HOST)): "" } }] } }] } },
+                "aggs": { "dest": dest(field(key::DST_IP)) } },
         })),
     });
     let mut lost_filters = filters(a, since, until);
-    lost_filters.push(json!({ "term": { "attributes.event": "records_lost" } }));
+    lost_filters.push(json!({ "term": { (field(key::EVENT)): RECORDS_LOST } }));
     let lost = json!({ "size": 0, "query": { "bool": { "filter": lost_filters } },
-        "aggs": by_agent(json!({ "lost": { "sum": { "field": "attributes.lost_total" } } })) });
+        "aggs": by_agent(json!({ "lost": { "sum": { "field": field(key::LOST_TOTAL) } } })) });
 
     let mut rows: BTreeMap<(String, String), AgentReport> = BTreeMap::new();
-    for (agent, project, b) in buckets(&search(os, "clawker-egress", &egress)?) {
+    for (agent, project, b) in buckets(&os.search("clawker-egress", &egress)?) {
         let n = |k: &str| b[k]["value"].as_f64().unwrap_or(0.0) as u64;
         let c = |k: &str| b[k]["doc_count"].as_u64().unwrap_or(0);
         let mut destinations: Vec<Destination> = ["named", "unnamed"]
@@ -210,7 +217,7 @@ fn fetch(
             ..AgentReport::default()
         };
     }
-    for (agent, project, b) in buckets(&search(os, "clawker-overseer", &lost)?) {
+    for (agent, project, b) in buckets(&os.search("clawker-overseer", &lost)?) {
         let row = rows
             .entry((agent.clone(), project.clone()))
             .or_insert_with(|| AgentReport {
@@ -238,36 +245,6 @@ fn buckets(resp: &Value) -> Vec<(String, String, Value)> {
         }
     }
     out
-}
-
-fn search(os: &str, index: &str, body: &Value) -> Result<Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let url = format!("{os}/{index}/_search");
-    let mut res = agent
-        .post(&url)
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .with_context(|| format!("POST {url}"))?;
-    let status = res.status().as_u16();
-    let text = res
-        .body_mut()
-        .read_to_string()
-        .with_context(|| format!("read the answer of {url}"))?;
-    if status == 404 {
-        // No such data stream yet: nothing was recorded.
-        return Ok(Value::Null);
-    }
-    if status != 200 {
-        bail!(
-            "{url}: HTTP {status}: {}",
-            text.chars().take(500).collect::<String>()
-        );
-    }
-    serde_json::from_str(&text).with_context(|| format!("{url}: not JSON"))
 }
 
 fn table(rows: &[AgentReport], window: &str) -> String {

@@ -16,18 +16,16 @@ use tokio::task::JoinHandle;
 use super::check::{cgroup_dir, require_privileges};
 use super::RunArgs;
 use crate::api;
-use crate::attribute::{Attribution, AttributionOptions, DockerSource, Enroller, LabelCache};
+use crate::attribute::{Attribution, AttributionOptions, ContainerCache, DockerSource, Enroller};
 use crate::capture::{spawn_drain, BootClock, DnsReject, Hook, LossReporter};
 use crate::config::{Config, Output, Scope};
 use crate::enforce::{BypassWatcher, Directory, PolicyController, Reapply, RuleSetWriter, Targets};
 use crate::export::{
-    cp_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink, OtlpTransport, Spool,
-    SpoolOptions, StdoutSink,
+    control_plane_logs, run_sink, Batch, FileOptions, FileSink, OtlpOptions, OtlpSink,
+    OtlpTransport, Spool, SpoolOptions, StdoutSink,
 };
 use crate::flow::FlowStage;
-use crate::kernel::{
-    self, abi, AttachOptions, Attached, DnsCache, FlowMaps, PolicyMaps, RingbufFill, ScopeUsage,
-};
+use crate::kernel::{self, abi, AttachOptions, Attached, DnsCache};
 use crate::metrics::{self, KernelReading, Metrics};
 use crate::pipeline::Pipeline;
 use crate::policy::Policy;
@@ -39,13 +37,13 @@ const STAGE_QUEUE: usize = 256;
 pub async fn run(args: &RunArgs) -> Result<()> {
     let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
     // With OTLP output the daemon's own logs also go out, as `cp` records.
-    let (cp_layer, cp_rx) = if config.output.has(&Output::Otlp) {
-        let (layer, rx) = cp_logs::channel(cp_logs::QUEUE_RECORDS);
+    let (control_plane_layer, control_plane_rx) = if config.output.has(&Output::Otlp) {
+        let (layer, rx) = control_plane_logs::channel(control_plane_logs::QUEUE_RECORDS);
         (Some(layer), Some(rx))
     } else {
         (None, None)
     };
-    crate::logging::init_with(&config.log_level, cp_layer);
+    crate::logging::init_with(&config.log_level, control_plane_layer);
     // TLS material and credentials are read and checked before anything
     // touches the kernel: a broken transport is a start-up error.
     let transport = if config.output.has(&Output::Otlp) {
@@ -96,20 +94,13 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     tracing::info!(event = "metrics_listening", addr = %listener.local_addr()?, "Prometheus endpoint up");
     tokio::spawn(metrics::serve(listener, metrics.clone(), refresh.clone()));
     tokio::spawn(refresh_periodically(refresh.clone()));
-    let usage = Arc::new(ScopeUsage::new(
-        &attached.scope_usage,
-        &attached.scope_released,
-    )?);
-    tokio::spawn(expire_dns_answers(DnsCache::new(
-        &attached.dns_cache,
-        &attached.dns_pending,
-        usage.clone(),
-    )?));
+    let usage = Arc::new(attached.scope_usage()?);
+    tokio::spawn(expire_dns_answers(attached.dns_cache(usage.clone())?));
 
     let (mut sink_tx, mut sinks) =
         start_sinks(&config, transport.as_ref(), metrics.clone()).await?;
     // The local API (observe, top): one more sink, never a slow one.
-    let api_flows = FlowMaps::new(&attached.flows, &attached.flow_reported, usage.clone())?;
+    let api_flows = attached.flow_maps(usage.clone())?;
     let _api_socket = match api::bind(&config.api_socket, config.api_group.as_deref()) {
         Ok(listener) => {
             let hub = api::Hub::new(&config.api_options(), metrics.clone());
@@ -128,15 +119,15 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             None
         }
     };
-    let cp_logs = cp_rx
+    let control_plane_logs = control_plane_rx
         .zip(transport.as_ref())
-        .map(|(rx, t)| start_cp_logs(&config, t, rx, metrics.clone()))
+        .map(|(rx, t)| start_control_plane_logs(&config, t, rx, metrics.clone()))
         .transpose()?;
     let (event_tx, event_rx) = mpsc::channel(STAGE_QUEUE);
     let (flow_tx, flow_rx) = mpsc::channel(STAGE_QUEUE);
     let clock = BootClock::calibrate();
     let flows = FlowStage::new(
-        FlowMaps::new(&attached.flows, &attached.flow_reported, usage.clone())?,
+        attached.flow_maps(usage.clone())?,
         clock,
         config.flow_options(),
         metrics.clone(),
@@ -144,31 +135,22 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let losses = LossReporter::new(
         usage.clone(),
         match scope {
-            Scope::Containers => Some(kernel::ScopedCgroups::new(&attached.scoped_cgroups)?),
+            Scope::Containers => Some(attached.scoped_cgroups()?),
             _ => None,
         },
         config.loss_report_interval,
     );
     let loss_task = tokio::spawn(losses.run::<crate::flow::Observation>(flow_tx.clone()));
     let flow_stage = tokio::spawn(flows.run(event_rx, flow_tx));
-    let drain = spawn_drain(
-        kernel::MapHandle::try_from(&attached.events).context("ring buffer handle")?,
-        clock,
-        event_tx,
-        metrics.clone(),
-    )?;
+    let drain = spawn_drain(attached.event_source()?, clock, event_tx, metrics.clone())?;
     let attribution = start_attribution(&config, &attached, scope, cgroup2_root, metrics.clone())?;
-    let label_cache = attribution.cache.clone();
-    tokio::spawn(scan_resources(label_cache.clone(), metrics.clone()));
+    let container_cache = attribution.cache.clone();
+    tokio::spawn(scan_resources(container_cache.clone(), metrics.clone()));
     let (attributor, lifecycle, attribution) = attribution.split();
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
     tokio::spawn(forward(lifecycle, control_tx.clone()));
-    let policy_maps = PolicyMaps::new(
-        &attached.container_policy,
-        &attached.policy_rules,
-        &attached.bypass,
-    )?;
+    let policy_maps = attached.policy_maps()?;
     // Policy changes (reload, bypass end) reach sockets already open.
     let reapply = Reapply::new(attached.pins.clone(), metrics.clone());
     reapply.preload();
@@ -179,7 +161,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     );
     if let (Some(path), Some(policy)) = (&config.policy_file, policy) {
         let targets = match scope {
-            Scope::Containers => Some(label_cache),
+            Scope::Containers => Some(container_cache),
             _ => None,
         };
         start_policy(
@@ -208,12 +190,12 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     for sink in sinks {
         sink.await?;
     }
-    if let Some(cp) = cp_logs {
-        cp.finish().await;
+    if let Some(control_plane) = control_plane_logs {
+        control_plane.finish().await;
     }
     refresh();
     // Last: until the sinks are flushed the daemon's own traffic stays exempt.
-    if let Err(e) = kernel::forget_self(&attached) {
+    if let Err(e) = attached.forget_self() {
         tracing::warn!(event = "self_exemption_kept", error = %e, "could not clear the daemon's exemption");
     }
     tracing::info!(event = "stopped", "clawker-egress stopped");
@@ -225,17 +207,12 @@ fn start_policy(
     path: &std::path::Path,
     policy: Policy,
     attached: &Attached,
-    containers: Option<Arc<LabelCache>>,
+    containers: Option<Arc<ContainerCache>>,
     reapply: Reapply,
     metrics: Arc<Metrics>,
     out: mpsc::Sender<Record>,
 ) -> Result<()> {
-    let maps = PolicyMaps::new(
-        &attached.container_policy,
-        &attached.policy_rules,
-        &attached.bypass,
-    )?
-    .with_domains(&attached.domain_rules)?;
+    let maps = attached.policy_maps()?;
     // Containers scope: one rule set per container, chosen by its labels
     // and kept current as identities arrive; else the default section.
     let (keep, changes) = tokio::sync::watch::channel(0u64);
@@ -243,7 +220,7 @@ fn start_policy(
         Some(cache) => {
             let changes = cache.subscribe();
             (
-                Targets::Containers(Box::new(LabelDirectory(cache))),
+                Targets::Containers(Box::new(ContainerDirectory(cache))),
                 changes,
             )
         }
@@ -267,10 +244,10 @@ fn start_policy(
     Ok(())
 }
 
-/// Per-container policy targets, from the label cache.
-struct LabelDirectory(Arc<LabelCache>);
+/// Per-container policy targets, from the container cache.
+struct ContainerDirectory(Arc<ContainerCache>);
 
-impl Directory for LabelDirectory {
+impl Directory for ContainerDirectory {
     fn containers(&self) -> Vec<(u64, Option<String>, Option<String>)> {
         self.0
             .enrolled()
@@ -284,7 +261,7 @@ impl Directory for LabelDirectory {
 }
 
 /// Per-agent resource gauges from the container cgroups, every 10 s.
-async fn scan_resources(cache: Arc<LabelCache>, metrics: Arc<Metrics>) {
+async fn scan_resources(cache: Arc<ContainerCache>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tick.tick().await;
@@ -326,8 +303,7 @@ fn start_attribution(
 ) -> Result<Attribution> {
     let enroller: Option<Box<dyn Enroller>> = match scope {
         Scope::Containers => Some(Box::new(
-            kernel::ScopedCgroups::new(&attached.scoped_cgroups)
-                .context("scoped_cgroups handle")?,
+            attached.scoped_cgroups().context("scoped_cgroups handle")?,
         )),
         _ => None,
     };
@@ -411,14 +387,14 @@ async fn start_sinks(
 }
 
 /// The daemon's own logs: a second OTLP sink instance, fed by the layer.
-fn start_cp_logs(
+fn start_control_plane_logs(
     config: &Config,
     transport: &OtlpTransport,
-    rx: cp_logs::CpLogReceiver,
+    rx: control_plane_logs::ControlPlaneLogReceiver,
     metrics: Arc<Metrics>,
-) -> Result<cp_logs::CpLogs> {
+) -> Result<control_plane_logs::ControlPlaneLogs> {
     let mut opts = OtlpOptions::new(&config.otlp_endpoint);
-    opts.name = cp_logs::CP_SINK;
+    opts.name = control_plane_logs::CONTROL_PLANE_SINK;
     opts.transport = transport.clone();
     opts.queue_records = 10_000;
     let mut sink = OtlpSink::new(opts, metrics.clone())
@@ -431,7 +407,7 @@ fn start_cp_logs(
             (config.spool_bytes / 8).max(1 << 20),
         )?);
     }
-    Ok(cp_logs::spawn(rx, sink, metrics))
+    Ok(control_plane_logs::spawn(rx, sink, metrics))
 }
 
 /// One OTLP sink's disk spool: `<spool_dir>/<name>`, locked by this daemon.
@@ -447,14 +423,12 @@ fn open_spool(config: &Config, name: &str, max_bytes: u64) -> Result<Spool> {
 
 /// Reads the kernel counters into the metrics registry.
 fn kernel_refresher(attached: &Attached, metrics: Arc<Metrics>) -> Result<metrics::Refresh> {
-    let drops = kernel::MapHandle::try_from(&attached.drops).context("drop counter handle")?;
-    let fill = RingbufFill::new(&attached.events, attached.ringbuf_bytes)
-        .context("map ring buffer positions")?;
+    let counters = attached.counters().context("kernel counters")?;
     Ok(Arc::new(move || {
-        let totals = kernel::read_drops(&drops);
+        let totals = counters.drops();
         let mut reading = KernelReading {
-            ringbuf_used_bytes: fill.used_bytes(),
-            ringbuf_size_bytes: fill.size_bytes(),
+            ringbuf_used_bytes: counters.ring_used_bytes(),
+            ringbuf_size_bytes: counters.ring_size_bytes(),
             ..Default::default()
         };
         for hook in Hook::ALL {

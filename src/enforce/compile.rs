@@ -126,6 +126,82 @@ mod tests {
     }
 
     #[test]
+    fn every_rule_keeps_its_place_fields_and_action() {
+        let p = Policy::parse_str(
+            "mode: audit\nraw_sockets: allow\ndefault:\n  default_action: allow\n  rules:\n\
+             \x20   - {dst: 10.1.0.0/16, proto: tcp, port: 443, action: deny}\n\
+             \x20   - {dst: \"2001:db8::/32\", proto: udp, port: \"1000-2000\"}\n\
+             \x20   - {dst: \"*\", proto: icmp, action: deny}\n\
+             \x20   - {dst: Example.COM., proto: tcp}\n\
+             \x20   - {dst: \"*.example.com\", action: deny}\n\
+             \x20   - {dst: example.com, proto: udp, action: deny}\n",
+            "p.yaml",
+        )
+        .unwrap();
+        let (set, notes) = compile(&p.rules_for(None, None)).unwrap();
+        assert!(set.audit && set.default_allow && set.raw_allow);
+        use abi::rule_kind::{RULE_ANY, RULE_CIDR, RULE_DOMAIN};
+        let allow = abi::egress_verdict::VERDICT_ALLOW as u8;
+        let deny = abi::egress_verdict::VERDICT_DENY as u8;
+        let got: Vec<(u8, u8, u8, u8, u16, u16, u8)> = set
+            .rules
+            .iter()
+            .map(|r| {
+                let r = *r;
+                (
+                    r.kind,
+                    r.family,
+                    r.prefix_len,
+                    r.protocol,
+                    r.port_lo,
+                    r.port_hi,
+                    r.action,
+                )
+            })
+            .collect();
+        let (tcp, udp, icmp) = (6, 17, 1);
+        let (v4, v6) = (libc::AF_INET as u8, libc::AF_INET6 as u8);
+        assert_eq!(
+            got,
+            [
+                (RULE_CIDR as u8, v4, 16, tcp, 443, 443, deny),
+                (RULE_CIDR as u8, v6, 32, udp, 1000, 2000, allow),
+                (RULE_ANY as u8, 0, 0, icmp, 0, 0, deny),
+                (RULE_DOMAIN as u8, 0, 0, tcp, 0, 0, allow),
+                (RULE_DOMAIN as u8, 0, 0, 0, 0, 0, deny),
+                (RULE_DOMAIN as u8, 0, 0, udp, 0, 0, deny),
+            ]
+        );
+        assert_eq!(set.rules[0].addr[..4], [10, 1, 0, 0]);
+        assert_eq!(set.rules[1].addr[..4], [0x20, 0x01, 0x0d, 0xb8]);
+        // One entry per (name, wildcard): bit i is rule i.
+        let domains: Vec<(bool, &str, u64)> = set
+            .domains
+            .iter()
+            .map(|d| (d.wildcard, d.name.as_str(), d.mask))
+            .collect();
+        assert_eq!(
+            domains,
+            [
+                (false, "example.com", 0b10_1000),
+                (true, "example.com", 0b1_0000)
+            ]
+        );
+        assert_eq!(notes.domain_rules, 3);
+        assert!(notes.hash_collisions.is_empty());
+    }
+
+    #[test]
+    fn enforce_mode_and_deny_defaults_compile_to_their_flags() {
+        let p = Policy::parse_str("default:\n  default_action: deny\n", "p.yaml").unwrap();
+        let (set, notes) = compile(&p.rules_for(None, None)).unwrap();
+        assert!(!set.audit && !set.default_allow && !set.raw_allow);
+        assert!(set.rules.is_empty() && set.domains.is_empty());
+        assert_eq!(notes, CompileNotes::default());
+        assert!(set.content().is_empty(), "an empty set needs no slot");
+    }
+
+    #[test]
     fn a_full_rule_set_compiles_whole() {
         let p = Policy::parse_str(&policy(64), "p.yaml").unwrap();
         p.check_limits("p.yaml", &KERNEL_LIMITS).unwrap();

@@ -207,6 +207,38 @@ mod tests {
     }
 
     #[test]
+    fn moving_a_cgroup_releases_its_old_slot() {
+        let mut t = SlotTable::default();
+        install(&mut t, 1, b"a");
+        install(&mut t, 2, b"a");
+        assert_eq!(install(&mut t, 1, b"b"), Plan::Write(1));
+        assert_eq!((t.users(0), t.users(1)), (1, 1));
+        assert_eq!(t.slot_of(1), Some(1));
+        install(&mut t, 2, b"");
+        assert_eq!(t.users(0), 0);
+        assert_eq!(t.slot_of(2), Some(NO_RULES));
+        assert_eq!(t.slots_in_use(), 1);
+        t.remove(1);
+        t.remove(1);
+        assert_eq!((t.users(1), t.slot_of(1)), (0, None));
+    }
+
+    #[test]
+    fn free_slots_are_handed_out_round_robin_after_the_last_write() {
+        let mut t = SlotTable::default();
+        install(&mut t, 1, b"a");
+        install(&mut t, 2, b"b");
+        t.remove(1);
+        // Slot 0 is free again, but the next write goes after slot 1.
+        assert_eq!(install(&mut t, 3, b"c"), Plan::Write(2));
+        // The round wraps at the end of the map.
+        let mut t = SlotTable::from_assignments([(1, SLOTS - 1)]);
+        assert_eq!(t.plan(2, b"x"), Plan::Write(0));
+        install(&mut t, 2, b"x");
+        assert_eq!(t.plan(3, b"y"), Plan::Write(1));
+    }
+
+    #[test]
     fn a_previous_daemons_slots_are_in_use_but_never_shared() {
         let t = SlotTable::from_assignments([(1, 0), (2, 5), (3, NO_RULES)]);
         assert_eq!(t.users(5), 1);

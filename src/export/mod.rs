@@ -1,7 +1,7 @@
 //! Sinks: where finished records go. A sink never looks anything up; it
 //! writes what the record holds, and counts what it loses.
 
-pub mod cp_logs;
+pub mod control_plane_logs;
 mod file;
 mod otlp;
 mod spool;

@@ -15,48 +15,26 @@
 //! hook, and never an instant with none.
 
 use std::fs::{self, File};
-use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, Object, OpenObject};
-use thiserror::Error;
 
 use super::abi;
 use super::dns_skel::DnsSkelBuilder;
+use super::error::{bpf_err, dup_handle, KernelError};
 use super::exec_skel::ExecSkelBuilder;
 use super::flow_skel::FlowSkelBuilder;
 use super::lsm_skel::LsmSkelBuilder;
 use super::packet_skel::PacketSkelBuilder;
 use super::skel::EgressSkelBuilder;
-
-#[derive(Debug, Error)]
-pub enum KernelError {
-    #[error("cgroup directory {path}: {source}")]
-    Cgroup { path: PathBuf, source: io::Error },
-    #[error("pin directory {path}: {source}")]
-    PinDir { path: PathBuf, source: io::Error },
-    #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]
-    RingbufSize(u32),
-    #[error("{what}: {source}")]
-    Bpf {
-        what: String,
-        source: libbpf_rs::Error,
-    },
-}
-
-/// Another handle on a map this module opened (the typed map groups own theirs).
-pub(super) fn dup_handle(map: &MapHandle, what: &str) -> Result<MapHandle, KernelError> {
-    MapHandle::try_from(map).map_err(bpf_err(format!("{what} handle")))
-}
-
-pub(super) fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> KernelError {
-    let what = what.into();
-    move |source| KernelError::Bpf { what, source }
-}
+use super::{
+    DnsCache, EventSource, FlowMaps, KernelCounters, PolicyMaps, ScopeUsage, ScopedCgroups,
+};
 
 /// Where one attachment's maps and links live in bpffs.
 #[derive(Debug, Clone)]
@@ -132,32 +110,97 @@ impl Fairness {
     }
 }
 
-/// What a running daemon keeps of the kernel side: map handles only. The
-/// programs live on through their pinned links.
+/// What a running daemon keeps of the kernel side. The programs live on
+/// through their pinned links; the maps are private here and handed out only
+/// as typed groups (`flow_maps`, `policy_maps`, ...), each owning its handles.
 #[derive(Debug)]
 pub struct Attached {
     pub cgroup_id: u64,
     pub pins: PinLayout,
-    pub events: MapHandle,
-    pub drops: MapHandle,
-    pub config: MapHandle,
-    pub scoped_cgroups: MapHandle,
-    pub flows: MapHandle,
-    pub flow_reported: MapHandle,
-    pub container_policy: MapHandle,
-    pub policy_rules: MapHandle,
-    pub bypass: MapHandle,
-    pub domain_rules: MapHandle,
-    pub dns_cache: MapHandle,
-    pub dns_pending: MapHandle,
-    pub scope_usage: MapHandle,
-    pub scope_released: MapHandle,
-    pub ringbuf_bytes: u32,
     /// The every-family socket program (BPF LSM) is attached.
     pub lsm: bool,
     /// Links that already existed and were updated in place (a restart).
     pub links_reused: usize,
     pub links_created: usize,
+    ringbuf_bytes: u32,
+    maps: AttachedMaps,
+}
+
+#[derive(Debug)]
+struct AttachedMaps {
+    events: MapHandle,
+    drops: MapHandle,
+    config: MapHandle,
+    scoped_cgroups: MapHandle,
+    flows: MapHandle,
+    flow_reported: MapHandle,
+    container_policy: MapHandle,
+    policy_rules: MapHandle,
+    bypass: MapHandle,
+    domain_rules: MapHandle,
+    dns_cache: MapHandle,
+    dns_pending: MapHandle,
+    scope_usage: MapHandle,
+    scope_released: MapHandle,
+}
+
+impl Attached {
+    /// The per-container usage counters and the daemon's releases (P14).
+    pub fn scope_usage(&self) -> Result<ScopeUsage, KernelError> {
+        ScopeUsage::new(&self.maps.scope_usage, &self.maps.scope_released)
+    }
+
+    /// Open flows and their reported baselines.
+    pub fn flow_maps(&self, usage: Arc<ScopeUsage>) -> Result<FlowMaps, KernelError> {
+        FlowMaps::new(&self.maps.flows, &self.maps.flow_reported, usage)
+    }
+
+    /// The kernel's DNS answers and pending queries.
+    pub fn dns_cache(&self, usage: Arc<ScopeUsage>) -> Result<DnsCache, KernelError> {
+        DnsCache::new(&self.maps.dns_cache, &self.maps.dns_pending, usage)
+    }
+
+    /// The container cgroups in scope (`--scope containers`).
+    pub fn scoped_cgroups(&self) -> Result<ScopedCgroups, KernelError> {
+        ScopedCgroups::new(&self.maps.scoped_cgroups)
+    }
+
+    /// Rule sets, their assignment to containers, bypasses and domain rules.
+    pub fn policy_maps(&self) -> Result<PolicyMaps, KernelError> {
+        PolicyMaps::new(
+            &self.maps.container_policy,
+            &self.maps.policy_rules,
+            &self.maps.bypass,
+        )?
+        .with_domains(&self.maps.domain_rules)
+    }
+
+    /// The event ring buffer, for the one thread that drains it.
+    pub fn event_source(&self) -> Result<EventSource, KernelError> {
+        Ok(EventSource::new(dup_handle(&self.maps.events, "events")?))
+    }
+
+    /// The kernel's own counters: drops per reason and ring-buffer fill.
+    pub fn counters(&self) -> Result<KernelCounters, KernelError> {
+        KernelCounters::new(&self.maps.drops, &self.maps.events, self.ringbuf_bytes)
+    }
+
+    /// The daemon stops: no process keeps its exemption (the programs stay
+    /// attached, and its pid may be handed to anyone).
+    pub fn forget_self(&self) -> Result<(), KernelError> {
+        let key = 0u32.to_ne_bytes();
+        let config = &self.maps.config;
+        let mut value: abi::egress_config = config
+            .lookup(&key, MapFlags::ANY)
+            .map_err(bpf_err("read egress_config"))?
+            .and_then(|b| super::pod::from_bytes(&b))
+            .unwrap_or_default();
+        value.self_tgid = 0;
+        value.self_start_ticks = 0;
+        config
+            .update(&key, super::pod::bytes_of(&value), MapFlags::ANY)
+            .map_err(bpf_err("clear the daemon's exemption"))
+    }
 }
 
 /// Load the programs and attach them to `opts.cgroup`, reusing whatever a
@@ -182,47 +225,26 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         fs::create_dir_all(&dir).map_err(|source| KernelError::PinDir { path: dir, source })?;
     }
 
-    let mut egress_storage = MaybeUninit::uninit();
-    let egress = load(
-        EgressSkelBuilder::default(),
-        &mut egress_storage,
-        "egress",
-        opts,
-        &pins,
-    )?;
-    let mut flow_storage = MaybeUninit::uninit();
-    let flow = load(
-        FlowSkelBuilder::default(),
-        &mut flow_storage,
-        "flow",
-        opts,
-        &pins,
-    )?;
-    let mut dns_storage = MaybeUninit::uninit();
-    let dns = load(
-        DnsSkelBuilder::default(),
-        &mut dns_storage,
-        "dns",
-        opts,
-        &pins,
-    )?;
-    let mut packet_storage = MaybeUninit::uninit();
-    let packet = load(
-        PacketSkelBuilder::default(),
-        &mut packet_storage,
-        "packet",
-        opts,
-        &pins,
-    )?;
+    // One line per BPF object; each keeps its storage in this scope, which
+    // its skeleton borrows.
+    macro_rules! load_object {
+        ($name:ident = $builder:ident) => {
+            let mut storage = MaybeUninit::uninit();
+            let $name = load(
+                $builder::default(),
+                &mut storage,
+                stringify!($name),
+                opts,
+                &pins,
+            )?;
+        };
+    }
+    load_object!(egress = EgressSkelBuilder);
+    load_object!(flow = FlowSkelBuilder);
+    load_object!(dns = DnsSkelBuilder);
+    load_object!(packet = PacketSkelBuilder);
     // Process context (exec, fork, exit): global tracepoints.
-    let mut exec_storage = MaybeUninit::uninit();
-    let exec = load(
-        ExecSkelBuilder::default(),
-        &mut exec_storage,
-        "exec",
-        opts,
-        &pins,
-    )?;
+    load_object!(exec = ExecSkelBuilder);
     // Every socket family at creation: only where BPF LSM programs load
     // (BPF LSM active, trampolines allowed; see `check`). Elsewhere
     // packet.bpf.c records and stops packet sockets at their first send.
@@ -285,8 +307,7 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     let handle = |m: &libbpf_rs::MapMut, name: &str| {
         MapHandle::try_from(m).map_err(bpf_err(format!("map handle for {name}")))
     };
-    Ok(Attached {
-        cgroup_id,
+    let maps = AttachedMaps {
         events: handle(&egress.maps.events, "events")?,
         drops: handle(&egress.maps.egress_drops, "egress_drops")?,
         config: handle(&egress.maps.egress_config, "egress_config")?,
@@ -301,11 +322,15 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         dns_pending: handle(&dns.maps.dns_pending, "dns_pending")?,
         scope_usage: handle(&egress.maps.scope_usage, "scope_usage")?,
         scope_released: handle(&egress.maps.scope_released, "scope_released")?,
+    };
+    Ok(Attached {
+        cgroup_id,
         ringbuf_bytes: opts.ringbuf_bytes,
         lsm: lsm.is_some(),
         pins,
         links_reused: reused,
         links_created: created,
+        maps,
     })
 }
 
@@ -480,24 +505,6 @@ fn attach_all(
     Ok((reused, created))
 }
 
-/// The daemon stops: no process keeps its exemption (the programs stay
-/// attached, and its pid may be handed to anyone).
-pub fn forget_self(attached: &Attached) -> Result<(), KernelError> {
-    let key = 0u32.to_ne_bytes();
-    let mut config: abi::egress_config = attached
-        .config
-        .lookup(&key, MapFlags::ANY)
-        .map_err(bpf_err("read egress_config"))?
-        .and_then(|b| super::pod::from_bytes(&b))
-        .unwrap_or_default();
-    config.self_tgid = 0;
-    config.self_start_ticks = 0;
-    attached
-        .config
-        .update(&key, super::pod::bytes_of(&config), MapFlags::ANY)
-        .map_err(bpf_err("clear the daemon's exemption"))
-}
-
 /// Attach tracepoint programs. A tracing link cannot be updated in place:
 /// the new program is attached first and the pinned old one removed after,
 /// so there is no instant without one.
@@ -532,16 +539,12 @@ fn cgroup_level(cgroup: &Path) -> u32 {
 }
 
 fn write_config(map: &libbpf_rs::MapMut, config: &abi::egress_config) -> Result<(), KernelError> {
-    let key = 0u32.to_ne_bytes();
-    // SAFETY: egress_config is a plain repr(C) struct generated by bindgen.
-    let value = unsafe {
-        std::slice::from_raw_parts(
-            (config as *const abi::egress_config).cast::<u8>(),
-            std::mem::size_of::<abi::egress_config>(),
-        )
-    };
-    map.update(&key, value, MapFlags::ANY)
-        .map_err(bpf_err("write egress_config"))
+    map.update(
+        &0u32.to_ne_bytes(),
+        super::pod::bytes_of(config),
+        MapFlags::ANY,
+    )
+    .map_err(bpf_err("write egress_config"))
 }
 
 fn remove_dir_files(dir: &Path) -> Result<(), KernelError> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::abi;
-use super::attach::{dup_handle, KernelError};
+use super::error::{dup_handle, KernelError};
 use super::pod::from_bytes;
 use super::usage::ScopeUsage;
 
@@ -19,7 +19,7 @@ pub struct DnsCache {
 }
 
 impl DnsCache {
-    pub fn new(
+    pub(super) fn new(
         map: &MapHandle,
         pending: &MapHandle,
         usage: Arc<ScopeUsage>,

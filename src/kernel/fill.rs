@@ -22,7 +22,7 @@ unsafe impl Send for RingbufFill {}
 unsafe impl Sync for RingbufFill {}
 
 impl RingbufFill {
-    pub fn new(events: &MapHandle, size: u32) -> io::Result<Self> {
+    pub(super) fn new(events: &MapHandle, size: u32) -> io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let fd = events.as_fd().as_raw_fd();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::abi;
-use super::attach::KernelError;
+use super::error::{bpf_err, dup_handle, KernelError};
 use super::pod::{bytes_of, from_bytes};
 use super::usage::ScopeUsage;
 
@@ -26,22 +26,16 @@ pub struct FlowMaps {
 }
 
 impl FlowMaps {
-    pub fn new(
+    pub(super) fn new(
         flows: &MapHandle,
         reported: &MapHandle,
         usage: Arc<ScopeUsage>,
     ) -> Result<Self, KernelError> {
-        let dup = |m: &MapHandle, what: &str| {
-            MapHandle::try_from(m).map_err(|source| KernelError::Bpf {
-                what: format!("{what} handle"),
-                source,
-            })
-        };
-        let reported = dup(reported, "flow_reported")?;
+        let reported = dup_handle(reported, "flow_reported")?;
         // Baselines a previous daemon left (a restart) are still valid.
         let baselined = RefCell::new(reported.keys().collect());
         Ok(FlowMaps {
-            flows: dup(flows, "flows")?,
+            flows: dup_handle(flows, "flows")?,
             reported,
             baselined,
             taken: RefCell::default(),
@@ -99,10 +93,7 @@ impl FlowMaps {
     ) -> Result<(), KernelError> {
         self.reported
             .update(bytes_of(key), bytes_of(value), MapFlags::ANY)
-            .map_err(|source| KernelError::Bpf {
-                what: "update flow_reported".into(),
-                source,
-            })?;
+            .map_err(bpf_err("update flow_reported"))?;
         self.baselined.borrow_mut().insert(bytes_of(key).to_vec());
         Ok(())
     }

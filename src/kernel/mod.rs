@@ -1,9 +1,12 @@
-//! The only module that touches libbpf-rs: load the BPF object, pin and reuse
-//! its maps and links, attach it to a cgroup, and hand the rest of the daemon
-//! plain map handles. Everything kernel-shaped is re-exported from here.
+//! The only module that touches libbpf-rs: load the BPF objects, pin and
+//! reuse their maps and links, attach them to a cgroup, and hand the rest of
+//! the daemon typed map groups (`FlowMaps`, `PolicyMaps`, `EventSource`, ...)
+//! built by `Attached`; no raw map handle leaves this module. Everything
+//! kernel-shaped is re-exported from here.
 
 mod attach;
 mod dns;
+mod error;
 mod fill;
 mod flows;
 mod mounts;
@@ -15,16 +18,16 @@ mod sweep;
 mod usage;
 
 pub use attach::{
-    detach, forget_self, load_and_attach, lsm_programs_load, lsm_supported, AttachOptions,
-    Attached, Fairness, KernelError, PinLayout,
+    detach, load_and_attach, lsm_programs_load, lsm_supported, AttachOptions, Attached, Fairness,
+    PinLayout,
 };
 pub use dns::DnsCache;
-pub use fill::RingbufFill;
+pub use error::KernelError;
+use fill::RingbufFill;
 pub use flows::FlowMaps;
-pub use libbpf_rs::MapHandle;
 pub use mounts::{bpffs_root, cgroup2_root, ensure_bpffs, MountError};
 pub use policy::PolicyMaps;
-pub use ring::{read_drops, EventRing};
+pub use ring::{EventRing, EventSource, KernelCounters};
 pub use scope::ScopedCgroups;
 pub use sweep::{SocketSweeper, SweepReport};
 pub use usage::{Losses, ScopeUsage};
@@ -68,6 +71,15 @@ mod exec_skel {
 #[allow(clippy::all, clippy::pedantic, dead_code)]
 mod flow_skel {
     include!(concat!(env!("OUT_DIR"), "/flow.skel.rs"));
+}
+
+/// Can cgroup socket programs call `bpf_loop` (>= 5.17)? The DNS parser
+/// runs its loops under it.
+pub fn bpf_loop_supported() -> bool {
+    matches!(
+        libbpf_rs::ProgramType::CgroupSkb.is_helper_supported(libbpf_rs::libbpf_sys::BPF_FUNC_loop),
+        Ok(true)
+    )
 }
 
 /// Does this kernel have BPF_MAP_TYPE_RINGBUF (>= 5.8)?

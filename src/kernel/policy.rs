@@ -7,7 +7,7 @@ use std::path::Path;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::abi;
-use super::attach::KernelError;
+use super::error::{bpf_err, dup_handle, KernelError};
 use super::pod::{bytes_of, from_bytes};
 
 pub struct PolicyMaps {
@@ -17,31 +17,23 @@ pub struct PolicyMaps {
     domain_rules: Option<MapHandle>,
 }
 
-fn map_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> KernelError {
-    let what = what.into();
-    move |source| KernelError::Bpf { what, source }
-}
-
 impl PolicyMaps {
-    pub fn new(
+    pub(super) fn new(
         container_policy: &MapHandle,
         policy_rules: &MapHandle,
         bypass: &MapHandle,
     ) -> Result<Self, KernelError> {
         Ok(PolicyMaps {
-            container_policy: MapHandle::try_from(container_policy)
-                .map_err(map_err("container_policy handle"))?,
-            policy_rules: MapHandle::try_from(policy_rules)
-                .map_err(map_err("policy_rules handle"))?,
-            bypass: MapHandle::try_from(bypass).map_err(map_err("bypass handle"))?,
+            container_policy: dup_handle(container_policy, "container_policy")?,
+            policy_rules: dup_handle(policy_rules, "policy_rules")?,
+            bypass: dup_handle(bypass, "bypass")?,
             domain_rules: None,
         })
     }
 
     /// Also write domain rules (the daemon does; `bypass` needs none).
-    pub fn with_domains(mut self, domain_rules: &MapHandle) -> Result<Self, KernelError> {
-        self.domain_rules =
-            Some(MapHandle::try_from(domain_rules).map_err(map_err("domain_rules handle"))?);
+    pub(super) fn with_domains(mut self, domain_rules: &MapHandle) -> Result<Self, KernelError> {
+        self.domain_rules = Some(dup_handle(domain_rules, "domain_rules")?);
         Ok(self)
     }
 
@@ -64,7 +56,7 @@ impl PolicyMaps {
             return Ok(());
         };
         map.update(bytes_of(key), bytes_of(value), MapFlags::ANY)
-            .map_err(map_err("write domain rule"))
+            .map_err(bpf_err("write domain rule"))
     }
 
     /// Removing a key that is not there is not an error.
@@ -78,7 +70,7 @@ impl PolicyMaps {
     /// command writes through these.
     pub fn open_pinned(maps_dir: &Path) -> Result<Self, KernelError> {
         let open = |name: &str| {
-            MapHandle::from_pinned_path(maps_dir.join(name)).map_err(map_err(format!(
+            MapHandle::from_pinned_path(maps_dir.join(name)).map_err(bpf_err(format!(
                 "open pinned map {name} (is the daemon attached?)"
             )))
         };
@@ -113,7 +105,7 @@ impl PolicyMaps {
             let key = set * abi::EGRESS_MAX_RULES + i as u32;
             self.policy_rules
                 .update(&key.to_ne_bytes(), bytes_of(rule), MapFlags::ANY)
-                .map_err(map_err("write policy rule"))?;
+                .map_err(bpf_err("write policy rule"))?;
         }
         Ok(())
     }
@@ -131,7 +123,7 @@ impl PolicyMaps {
                 bytes_of(policy),
                 MapFlags::ANY,
             )
-            .map_err(map_err(format!(
+            .map_err(bpf_err(format!(
                 "assign policy to cgroup {scope_cgroup_id}"
             )))
     }
@@ -155,7 +147,7 @@ impl PolicyMaps {
                 bytes_of(entry),
                 MapFlags::ANY,
             )
-            .map_err(map_err(format!("bypass cgroup {scope_cgroup_id}")))
+            .map_err(bpf_err(format!("bypass cgroup {scope_cgroup_id}")))
     }
 
     /// End a bypass; returns what it was, if there was one.

@@ -4,28 +4,23 @@
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use super::attach::KernelError;
+use super::error::{bpf_err, dup_handle, KernelError};
 
 pub struct ScopedCgroups {
     map: MapHandle,
 }
 
 impl ScopedCgroups {
-    pub fn new(map: &MapHandle) -> Result<Self, KernelError> {
-        let map = MapHandle::try_from(map).map_err(|source| KernelError::Bpf {
-            what: "scoped_cgroups handle".into(),
-            source,
-        })?;
-        Ok(ScopedCgroups { map })
+    pub(super) fn new(map: &MapHandle) -> Result<Self, KernelError> {
+        Ok(ScopedCgroups {
+            map: dup_handle(map, "scoped_cgroups")?,
+        })
     }
 
     pub fn enroll(&self, cgroup_id: u64) -> Result<(), KernelError> {
         self.map
             .update(&cgroup_id.to_ne_bytes(), &[1u8], MapFlags::ANY)
-            .map_err(|source| KernelError::Bpf {
-                what: format!("enroll cgroup {cgroup_id}"),
-                source,
-            })
+            .map_err(bpf_err(format!("enroll cgroup {cgroup_id}")))
     }
 
     /// Removing an id that is not there is not an error.

@@ -20,7 +20,8 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Iter, IterOpts, Link, MapCore, MapHandle, MapType};
 
 use super::abi;
-use super::attach::{bpf_err, KernelError, PinLayout};
+use super::attach::PinLayout;
+use super::error::{bpf_err, KernelError};
 use super::iter_skel::IterSkelBuilder;
 use super::pod::from_bytes;
 
@@ -136,9 +137,9 @@ impl SocketSweeper {
             let walked = std::thread::scope(|s| {
                 s.spawn(|| -> Result<SweepReport, KernelError> {
                     // A thread of its own: setns moves only this thread.
-                    enter(&ns).map_err(|e| KernelError::Bpf {
+                    enter(&ns).map_err(|source| KernelError::Io {
                         what: "enter network namespace".into(),
-                        source: libbpf_rs::Error::from(e),
+                        source,
                     })?;
                     walk([tcp, udp])
                 })
@@ -199,10 +200,11 @@ fn walk(links: [&Link; 2]) -> Result<SweepReport, KernelError> {
 fn read_records(link: &Link, report: &mut SweepReport) -> Result<(), KernelError> {
     let mut iter = Iter::new(link).map_err(bpf_err("create socket iterator"))?;
     let mut buf = Vec::new();
-    iter.read_to_end(&mut buf).map_err(|e| KernelError::Bpf {
-        what: "read socket iterator".into(),
-        source: libbpf_rs::Error::from(e),
-    })?;
+    iter.read_to_end(&mut buf)
+        .map_err(|source| KernelError::Io {
+            what: "read socket iterator".into(),
+            source,
+        })?;
     let size = std::mem::size_of::<abi::sweep_record>();
     for chunk in buf.chunks_exact(size) {
         if let Some(rec) = from_bytes::<abi::sweep_record>(chunk) {

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::abi;
-use super::attach::{dup_handle, KernelError};
+use super::error::{dup_handle, KernelError};
 use super::pod::{bytes_of, from_bytes};
 
 /// What a container lost in the kernel (cumulative, or a difference).
@@ -55,7 +55,7 @@ pub struct ScopeUsage {
 }
 
 impl ScopeUsage {
-    pub fn new(usage: &MapHandle, released: &MapHandle) -> Result<Self, KernelError> {
+    pub(super) fn new(usage: &MapHandle, released: &MapHandle) -> Result<Self, KernelError> {
         Ok(ScopeUsage {
             usage: dup_handle(usage, "scope_usage")?,
             released: Mutex::new(dup_handle(released, "scope_released")?),

@@ -19,6 +19,8 @@ use serde_json::Value;
 use super::model::{Action, Proto, Target};
 use super::values::normalize_domain;
 use super::Policy;
+use crate::record::{key, Source};
+use crate::vocab::Verdict;
 
 /// Which records count.
 #[derive(Debug, Clone, Default)]
@@ -67,25 +69,46 @@ pub struct Tally {
 /// Pick the flows of `sel` out of JSON-lines records (the daemon's stdout
 /// format: flat keys, `clawker.source`, `@timestamp`).
 pub fn observe(text: &str, sel: &Selection) -> (Vec<Observed>, Tally) {
+    let mut not_json = 0;
+    let records: Vec<(Value, usize)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(v) => Some((v, 1)),
+            Err(_) => {
+                not_json += 1;
+                None
+            }
+        })
+        .collect();
+    let (seen, mut tally) = observe_records(records, sel);
+    tally.lines += not_json;
+    tally.not_json = not_json;
+    (seen, tally)
+}
+
+/// The same selection over records already parsed, each with the number
+/// of identical records it stands for (1 for a line; a bucket's document
+/// count for an aggregation).
+pub fn observe_records(
+    records: impl IntoIterator<Item = (Value, usize)>,
+    sel: &Selection,
+) -> (Vec<Observed>, Tally) {
     let mut tally = Tally::default();
     let mut seen = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        tally.lines += 1;
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            tally.not_json += 1;
-            continue;
-        };
+    for (v, n) in records {
+        tally.lines += n;
         match one(&v, sel) {
             Ok(o) => {
-                tally.used += 1;
+                tally.used += n;
                 let key = (o.host.clone(), o.ip, o.port, o.proto as u8);
                 seen.insert(key, o);
             }
-            Err(Skip::NotSelected) => tally.not_selected += 1,
-            Err(Skip::NotAFlow) => tally.not_a_flow += 1,
-            Err(Skip::EnforcedDenial) => tally.enforced_denials += 1,
-            Err(Skip::RawOrPacket) => tally.raw_or_packet += 1,
-            Err(Skip::NoDestination) => tally.no_destination += 1,
+            Err(Skip::NotSelected) => tally.not_selected += n,
+            Err(Skip::NotAFlow) => tally.not_a_flow += n,
+            Err(Skip::EnforcedDenial) => tally.enforced_denials += n,
+            Err(Skip::RawOrPacket) => tally.raw_or_packet += n,
+            Err(Skip::NoDestination) => tally.no_destination += n,
         }
     }
     (seen.into_values().collect(), tally)
@@ -101,38 +124,38 @@ enum Skip {
 
 fn one(v: &Value, sel: &Selection) -> Result<Observed, Skip> {
     let s = |k: &str| v.get(k).and_then(Value::as_str);
-    if s("clawker.source") != Some("egress") || s("l7_proto") == Some("dns") {
+    if s(key::SOURCE) != Some(Source::Egress.name()) || s(key::L7_PROTO) == Some("dns") {
         return Err(Skip::NotAFlow);
     }
     let label_ok = |want: &Option<String>, k| want.as_deref().is_none_or(|w| s(k) == Some(w));
-    if !label_ok(&sel.agent, "agent") || !label_ok(&sel.project, "project") {
+    if !label_ok(&sel.agent, key::AGENT) || !label_ok(&sel.project, key::PROJECT) {
         return Err(Skip::NotSelected);
     }
     if sel.since.is_some() || sel.until.is_some() {
-        let at = s("@timestamp")
+        let at = s(key::TIMESTAMP)
             .and_then(|t| humantime::parse_rfc3339(t).ok())
             .ok_or(Skip::NotSelected)?;
         if sel.since.is_some_and(|t| at < t) || sel.until.is_some_and(|t| at > t) {
             return Err(Skip::NotSelected);
         }
     }
-    let enforced_denial =
-        s("verdict") == Some("DENIED") && v.get("enforced").and_then(Value::as_bool) != Some(false);
+    let enforced_denial = s(key::VERDICT) == Some(Verdict::Denied.name())
+        && v.get(key::ENFORCED).and_then(Value::as_bool) != Some(false);
     if enforced_denial && !sel.include_denied {
         return Err(Skip::EnforcedDenial);
     }
-    let proto = match s("l4_proto") {
+    let proto = match s(key::L4_PROTO) {
         Some("tcp") => Proto::Tcp,
         Some("udp") => Proto::Udp,
         Some("icmp") => Proto::Icmp,
         _ => return Err(Skip::RawOrPacket),
     };
-    let ip = s("dst_ip").and_then(|ip| ip.parse::<IpAddr>().ok());
-    let host = s("dst_host")
+    let ip = s(key::DST_IP).and_then(|ip| ip.parse::<IpAddr>().ok());
+    let host = s(key::DST_HOST)
         .filter(|h| !h.is_empty())
         .and_then(|h| normalize_domain(h).ok());
     let port = v
-        .get("dst_port")
+        .get(key::DST_PORT)
         .and_then(Value::as_u64)
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(0);

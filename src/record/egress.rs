@@ -1,45 +1,96 @@
 //! The egress record shapes: a flow, an attempt that never became one,
 //! and a DNS exchange.
 
+use std::net::IpAddr;
+
 use super::{key, printable, Record, Source};
-use crate::capture::{CloseReason, Counters, SockEvent, Verdict};
+use crate::capture::{CloseReason, Counters, Hook, SockEvent, Verdict};
 use crate::flow::{community_id, DnsExchange, FlowRecord, FlowState};
+
+/// The fields every egress record starts with, in wire order. Optional
+/// parts are left out of the record when `None`.
+struct Header<'a> {
+    time: std::time::SystemTime,
+    verdict: Verdict,
+    /// Only on records of one socket event (`from_sock`).
+    hook: Option<Hook>,
+    /// Only on a denied flow (audit mode let it through).
+    enforced: Option<bool>,
+    l4_proto: String,
+    l7_proto: &'static str,
+    ip_version: Option<u32>,
+    src_ip: Option<IpAddr>,
+    src_port: Option<u16>,
+    dst_ip: Option<IpAddr>,
+    dst_port: Option<u16>,
+    /// Empty until DNS attribution names the destination.
+    dst_host: String,
+    cgroup_id: u64,
+    pid: u32,
+    comm: &'a str,
+}
+
+impl Header<'_> {
+    fn record(self) -> Record {
+        let mut r = Record::new(self.time, Source::Egress);
+        r.set(key::VERDICT, self.verdict.name());
+        if let Some(hook) = self.hook {
+            r.set(key::HOOK, hook.name());
+        }
+        if let Some(enforced) = self.enforced {
+            r.set(key::ENFORCED, enforced);
+        }
+        r.set(key::L4_PROTO, self.l4_proto);
+        r.set(key::L7_PROTO, self.l7_proto);
+        if let Some(v) = self.ip_version {
+            r.set(key::IP_VERSION, v);
+        }
+        if let Some(ip) = self.src_ip {
+            r.set(key::SRC_IP, ip.to_string());
+        }
+        if let Some(port) = self.src_port {
+            r.set(key::SRC_PORT, port);
+        }
+        if let Some(ip) = self.dst_ip {
+            r.set(key::DST_IP, ip.to_string());
+        }
+        if let Some(port) = self.dst_port {
+            r.set(key::DST_PORT, port);
+        }
+        r.set(key::DST_HOST, self.dst_host);
+        r.set(key::CGROUP_ID, self.cgroup_id);
+        r.set(key::PID, self.pid);
+        r.set(key::COMM, self.comm);
+        r
+    }
+}
 
 impl Record {
     /// An attempt that never became a flow: denied (one record, nothing
     /// flowed, P18) or a raw/packet socket's creation.
     pub fn from_sock(ev: &SockEvent) -> Self {
-        let mut r = Record::new(ev.time, Source::Egress);
-        r.set(key::VERDICT, ev.verdict.name());
-        r.set(key::HOOK, ev.hook.name());
-        r.set(
-            key::L4_PROTO,
-            l4_proto(ev.family, ev.sock_type, ev.protocol),
-        );
-        // BPF alone cannot tell the application protocol (P17).
-        r.set(key::L7_PROTO, "unknown");
-        if let Some(v) = ip_version(ev.family) {
-            r.set(key::IP_VERSION, v);
-        }
         // The source is partly known before the kernel binds the socket:
         // a port without an address (unbound UDP) or neither (connect).
-        if let Some((ip, port)) = ev.src {
-            if !ip.is_unspecified() {
-                r.set(key::SRC_IP, ip.to_string());
-            }
-            if port != 0 {
-                r.set(key::SRC_PORT, port);
-            }
+        let src = ev.src;
+        let mut r = Header {
+            time: ev.time,
+            verdict: ev.verdict,
+            hook: Some(ev.hook),
+            enforced: None,
+            l4_proto: l4_proto(ev.family, ev.sock_type, ev.protocol),
+            // BPF alone cannot tell the application protocol (P17).
+            l7_proto: "unknown",
+            ip_version: ip_version(ev.family),
+            src_ip: src.map(|(ip, _)| ip).filter(|ip| !ip.is_unspecified()),
+            src_port: src.map(|(_, port)| port).filter(|&port| port != 0),
+            dst_ip: ev.dst.map(|(ip, _)| ip),
+            dst_port: ev.dst.map(|(_, port)| port),
+            dst_host: String::new(),
+            cgroup_id: ev.cgroup_id,
+            pid: ev.tgid,
+            comm: &ev.comm,
         }
-        if let Some((ip, port)) = ev.dst {
-            r.set(key::DST_IP, ip.to_string());
-            r.set(key::DST_PORT, port);
-        }
-        // Empty until DNS attribution names the destination.
-        r.set(key::DST_HOST, "");
-        r.set(key::CGROUP_ID, ev.cgroup_id);
-        r.set(key::PID, ev.tgid);
-        r.set(key::COMM, ev.comm.as_str());
+        .record();
         if ev.verdict == Verdict::Denied {
             r.set(key::ENFORCED, !ev.audit);
             r.set_counters(Counters::default());
@@ -53,40 +104,27 @@ impl Record {
     /// One flow: at its end, or an interim report of a long one.
     pub fn from_flow(f: &FlowRecord) -> Self {
         let flow = &f.flow;
-        let mut r = Record::new(f.time, Source::Egress);
-        r.set(key::VERDICT, flow.verdict.name());
-        if flow.verdict == Verdict::Denied {
+        let v4 = flow.remote.0.is_ipv4();
+        let family = if v4 { libc::AF_INET } else { libc::AF_INET6 };
+        let mut r = Header {
+            time: f.time,
+            verdict: flow.verdict,
+            hook: None,
             // Only audit mode lets a denied flow through.
-            r.set(key::ENFORCED, !flow.audit);
+            enforced: (flow.verdict == Verdict::Denied).then_some(!flow.audit),
+            l4_proto: l4_proto(family as u16, 0, u16::from(flow.protocol)),
+            l7_proto: "unknown",
+            ip_version: Some(if v4 { 4 } else { 6 }),
+            src_ip: flow.local.map(|(ip, _)| ip),
+            src_port: flow.local.map(|(_, port)| port).filter(|&port| port != 0),
+            dst_ip: Some(flow.remote.0),
+            dst_port: Some(flow.remote.1).filter(|&port| port != 0),
+            dst_host: f.dst_host.clone().unwrap_or_default(),
+            cgroup_id: flow.cgroup_id,
+            pid: flow.tgid,
+            comm: &flow.comm,
         }
-        let family = if flow.remote.0.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        r.set(
-            key::L4_PROTO,
-            l4_proto(family as u16, 0, u16::from(flow.protocol)),
-        );
-        r.set(key::L7_PROTO, "unknown");
-        r.set(
-            key::IP_VERSION,
-            if flow.remote.0.is_ipv4() { 4u32 } else { 6 },
-        );
-        if let Some((ip, port)) = flow.local {
-            r.set(key::SRC_IP, ip.to_string());
-            if port != 0 {
-                r.set(key::SRC_PORT, port);
-            }
-        }
-        r.set(key::DST_IP, flow.remote.0.to_string());
-        if flow.remote.1 != 0 {
-            r.set(key::DST_PORT, flow.remote.1);
-        }
-        r.set(key::DST_HOST, f.dst_host.clone().unwrap_or_default());
-        r.set(key::CGROUP_ID, flow.cgroup_id);
-        r.set(key::PID, flow.tgid);
-        r.set(key::COMM, flow.comm.as_str());
+        .record();
         r.set_counters(f.delta);
         r.set(
             key::DURATION_MS,
@@ -110,22 +148,25 @@ impl Record {
     /// answer the kernel rejected (`dns_rejected`: it changed nothing).
     pub fn from_dns(x: &DnsExchange) -> Self {
         let d = x.first();
-        let mut r = Record::new(d.time, Source::Egress);
-        r.set(key::VERDICT, Verdict::Allowed.name());
         let tcp = i32::from(d.protocol) == libc::IPPROTO_TCP;
-        r.set(key::L4_PROTO, if tcp { "tcp" } else { "udp" });
-        r.set(key::L7_PROTO, "dns");
-        r.set(
-            key::IP_VERSION,
-            if d.resolver.0.is_ipv4() { 4u32 } else { 6 },
-        );
-        r.set(key::SRC_PORT, d.local_port);
-        r.set(key::DST_IP, d.resolver.0.to_string());
-        r.set(key::DST_PORT, d.resolver.1);
-        r.set(key::DST_HOST, "");
-        r.set(key::CGROUP_ID, d.cgroup_id);
-        r.set(key::PID, d.pid);
-        r.set(key::COMM, d.comm.as_str());
+        let mut r = Header {
+            time: d.time,
+            verdict: Verdict::Allowed,
+            hook: None,
+            enforced: None,
+            l4_proto: if tcp { "tcp" } else { "udp" }.into(),
+            l7_proto: "dns",
+            ip_version: Some(if d.resolver.0.is_ipv4() { 4 } else { 6 }),
+            src_ip: None,
+            src_port: Some(d.local_port),
+            dst_ip: Some(d.resolver.0),
+            dst_port: Some(d.resolver.1),
+            dst_host: String::new(),
+            cgroup_id: d.cgroup_id,
+            pid: d.pid,
+            comm: &d.comm,
+        }
+        .record();
         r.set(key::QNAME, d.qname.as_str());
         r.set(key::QTYPE, qtype_name(d.qtype));
         r.set(key::DNS_ANSWERED, x.answer.is_some());
@@ -231,7 +272,6 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
-    use crate::capture::Hook;
 
     fn sock(hook: Hook, family: i32, sock_type: i32, protocol: i32) -> SockEvent {
         SockEvent {

@@ -25,18 +25,25 @@ pub enum Source {
     Egress,
     /// Audit events: container lifecycle, policy and bypass changes.
     Overseer,
-    /// The daemon's own logs.
-    Cp,
+    /// The daemon's own logs (control plane; wire name `cp`).
+    ControlPlane,
     /// Process context: exec and exit of processes in containers.
     Exec,
 }
 
 impl Source {
+    pub const ALL: &'static [Source] = &[
+        Source::Egress,
+        Source::Overseer,
+        Source::ControlPlane,
+        Source::Exec,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Source::Egress => "egress",
             Source::Overseer => "overseer",
-            Source::Cp => "cp",
+            Source::ControlPlane => "cp",
             Source::Exec => "exec",
         }
     }
@@ -260,5 +267,13 @@ mod tests {
                 assert!(!b.starts_with(&format!("{a}.")), "{a} is a prefix of {b}");
             }
         }
+    }
+
+    #[test]
+    fn every_key_has_its_own_name() {
+        let mut names = key::ALL.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), key::ALL.len(), "two keys share a name");
     }
 }

@@ -41,6 +41,7 @@ mod support;
 
 mod alerts;
 mod daemon;
+mod dashboards;
 mod doors;
 mod plumbing;
 mod report;
@@ -55,7 +56,8 @@ use plumbing::*;
 /// real OpenSearch; templates from an idempotent bootstrap; D28 filter.
 /// Then the same stack fed by the real daemon: flows from a test cgroup,
 /// its own `cp` logs, and labelled containers' flows and lifecycle
-/// (drill-down by agent + project).
+/// (drill-down by agent + project). Run as named phases on one stack: a
+/// failure says which phase (`phase \`routing\` failed: ...`).
 #[test]
 fn stack_routes_records_into_data_streams() {
     let test = "stack_routes_records_into_data_streams";
@@ -76,263 +78,274 @@ fn stack_routes_records_into_data_streams() {
         health: port("CLAWKER_STACK_A_HEALTH_PORT", 13133),
     };
 
-    let t0 = Instant::now();
-    let os = start_opensearch(&mut stack, port("CLAWKER_STACK_OPENSEARCH_PORT", 19200));
-    loud(&format!(
-        "stack: OpenSearch healthy at {os} after {:?}",
-        t0.elapsed()
-    ));
-
-    // Bootstrap twice: the second run changes nothing and says so.
-    let (ok, first, err) = bootstrap(&os);
-    assert!(ok, "bootstrap failed:\n{}\n{err}", first.join("\n"));
-    let outcome = regex_free_outcome;
-    for l in &first {
-        assert!(outcome(l).is_some(), "malformed bootstrap line: {l}");
-    }
-    for s in SOURCES {
-        let stream = format!("data-stream clawker-{s}: ");
-        assert!(
-            first.iter().any(|l| l.starts_with(&stream)),
-            "no line for {stream}\n{first:?}"
-        );
-        let tmpl = format!("index-template clawker-{s}: ");
-        assert!(
-            first.iter().any(|l| l.starts_with(&tmpl)),
-            "no line for {tmpl}\n{first:?}"
-        );
-    }
-    let (ok, second, err) = bootstrap(&os);
-    assert!(ok, "second bootstrap failed:\n{}\n{err}", second.join("\n"));
-    assert_eq!(first.len(), second.len(), "{first:?}\n{second:?}");
-    for l in &second {
-        let o = outcome(l).unwrap_or_default();
-        assert!(
-            o == "unchanged" || o.starts_with("skipped("),
-            "second run changed something: {l}"
-        );
-    }
-    // ISM: installed where the plugin exists, otherwise reported as skipped, never silent.
-    let plugins = get_json(&format!("{os}/_cat/plugins?format=json"));
-    let has_ism = plugins.as_array().unwrap().iter().any(|p| {
-        p["component"]
-            .as_str()
-            .unwrap_or("")
-            .contains("index-management")
+    let os = phase("opensearch", || {
+        let t0 = Instant::now();
+        let os = start_opensearch(&mut stack, port("CLAWKER_STACK_OPENSEARCH_PORT", 19200));
+        loud(&format!(
+            "stack: OpenSearch healthy at {os} after {:?}",
+            t0.elapsed()
+        ));
+        os
     });
-    let ism_line = second
-        .iter()
-        .find(|l| l.starts_with("ism-policy clawker-retention: "))
-        .expect("an ism-policy line");
-    if has_ism {
-        assert!(ism_line.ends_with(": unchanged"), "{ism_line}");
-    } else {
-        assert!(
-            ism_line.contains("skipped(ISM plugin not installed"),
-            "{ism_line}"
-        );
-    }
-    // Data streams exist before the first write, made from the shipped templates.
-    let ds = get_json(&format!("{os}/_data_stream/clawker-*"));
-    let mut names: Vec<String> = ds["data_streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            let name = d["name"].as_str().unwrap().to_string();
-            assert_eq!(d["template"].as_str(), Some(name.as_str()), "{d}");
-            assert_eq!(d["timestamp_field"]["name"], "@timestamp", "{d}");
-            for i in d["indices"].as_array().unwrap() {
-                let idx = i["index_name"].as_str().unwrap();
-                assert!(idx.starts_with(&format!(".ds-{name}-")), "{idx}");
-            }
-            name
-        })
-        .collect();
-    names.sort();
-    let want: Vec<String> = SOURCES.iter().map(|s| format!("clawker-{s}")).collect();
-    assert_eq!(names, want);
-    for s in SOURCES {
-        let t = get_json(&format!("{os}/_index_template/clawker-{s}"));
-        let it = &t["index_templates"][0]["index_template"];
-        assert!(it["data_stream"].is_object(), "clawker-{s}: {it}");
-        assert_eq!(it["index_patterns"], json!([format!("clawker-{s}*")]));
-    }
 
-    // The collector, with the CoreDNS overlay, pointed at this node.
-    let dns_dir = stack.path("coredns");
-    std::fs::create_dir_all(&dns_dir).unwrap();
-    let dns_log = dns_dir.join("coredns-json.log");
-    // A line already in the file when the collector starts is history: with
-    // start_at end it is not ingested (offsets then persist in file_storage).
-    let run = unique();
-    let old_qname = format!("old{run}.example.test.");
-    std::fs::write(
+    phase("bootstrap", || {
+        // Bootstrap twice: the second run changes nothing and says so.
+        let (ok, first, err) = bootstrap(&os);
+        assert!(ok, "bootstrap failed:\n{}\n{err}", first.join("\n"));
+        let outcome = regex_free_outcome;
+        for l in &first {
+            assert!(outcome(l).is_some(), "malformed bootstrap line: {l}");
+        }
+        for s in SOURCES {
+            let stream = format!("data-stream clawker-{s}: ");
+            assert!(
+                first.iter().any(|l| l.starts_with(&stream)),
+                "no line for {stream}\n{first:?}"
+            );
+            let tmpl = format!("index-template clawker-{s}: ");
+            assert!(
+                first.iter().any(|l| l.starts_with(&tmpl)),
+                "no line for {tmpl}\n{first:?}"
+            );
+        }
+        let (ok, second, err) = bootstrap(&os);
+        assert!(ok, "second bootstrap failed:\n{}\n{err}", second.join("\n"));
+        assert_eq!(first.len(), second.len(), "{first:?}\n{second:?}");
+        for l in &second {
+            let o = outcome(l).unwrap_or_default();
+            assert!(
+                o == "unchanged" || o.starts_with("skipped("),
+                "second run changed something: {l}"
+            );
+        }
+        // ISM: installed where the plugin exists, otherwise reported as skipped, never silent.
+        let plugins = get_json(&format!("{os}/_cat/plugins?format=json"));
+        let has_ism = plugins.as_array().unwrap().iter().any(|p| {
+            p["component"]
+                .as_str()
+                .unwrap_or("")
+                .contains("index-management")
+        });
+        let ism_line = second
+            .iter()
+            .find(|l| l.starts_with("ism-policy clawker-retention: "))
+            .expect("an ism-policy line");
+        if has_ism {
+            assert!(ism_line.ends_with(": unchanged"), "{ism_line}");
+        } else {
+            assert!(
+                ism_line.contains("skipped(ISM plugin not installed"),
+                "{ism_line}"
+            );
+        }
+        // Data streams exist before the first write, made from the shipped templates.
+        let ds = get_json(&format!("{os}/_data_stream/clawker-*"));
+        let mut names: Vec<String> = ds["data_streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let name = d["name"].as_str().unwrap().to_string();
+                assert_eq!(d["template"].as_str(), Some(name.as_str()), "{d}");
+                assert_eq!(d["timestamp_field"]["name"], "@timestamp", "{d}");
+                for i in d["indices"].as_array().unwrap() {
+                    let idx = i["index_name"].as_str().unwrap();
+                    assert!(idx.starts_with(&format!(".ds-{name}-")), "{idx}");
+                }
+                name
+            })
+            .collect();
+        names.sort();
+        let want: Vec<String> = SOURCES.iter().map(|s| format!("clawker-{s}")).collect();
+        assert_eq!(names, want);
+        for s in SOURCES {
+            let t = get_json(&format!("{os}/_index_template/clawker-{s}"));
+            let it = &t["index_templates"][0]["index_template"];
+            assert!(it["data_stream"].is_object(), "clawker-{s}: {it}");
+            assert_eq!(it["index_patterns"], json!([format!("clawker-{s}*")]));
+        }
+    });
+
+    let (dns_log, run, old_qname) = phase("collector", || {
+        // The collector, with the CoreDNS overlay, pointed at this node.
+        let dns_dir = stack.path("coredns");
+        std::fs::create_dir_all(&dns_dir).unwrap();
+        let dns_log = dns_dir.join("coredns-json.log");
+        // A line already in the file when the collector starts is history: with
+        // start_at end it is not ingested (offsets then persist in file_storage).
+        let run = unique();
+        let old_qname = format!("old{run}.example.test.");
+        std::fs::write(
         &dns_log,
         format!("[INFO] 172.18.0.9:1000 - 1 \"A IN {old_qname} udp 41 false 1232\" NOERROR qr 57 0.0001s\n"),
     )
     .unwrap();
-    let build = start_collector(
-        &mut stack,
-        "collector-a",
-        &ports,
-        &os,
-        &["coredns.yaml"],
-        &[("COREDNS_LOG_PATH", dns_log.display().to_string())],
-    );
-    loud(&format!(
-        "stack: collector binary ready after {build:?} (cached after the first build)"
-    ));
+        let build = start_collector(
+            &mut stack,
+            "collector-a",
+            &ports,
+            &os,
+            &["coredns.yaml"],
+            &[("COREDNS_LOG_PATH", dns_log.display().to_string())],
+        );
+        loud(&format!(
+            "stack: collector binary ready after {build:?} (cached after the first build)"
+        ));
+        (dns_log, run, old_qname)
+    });
 
-    let secret = format!("secret-prompt-{run}");
-    let egress_pairs = |agent: &str, dst: &str| -> Vec<(&'static str, Value)> {
-        vec![
-            ("clawker.source", json!("egress")),
-            ("test_run", json!(run)),
-            ("agent", json!(agent)),
+    let (secret, door, docs, dns) = phase("ingest", || {
+        let secret = format!("secret-prompt-{run}");
+        let egress_pairs = |agent: &str, dst: &str| -> Vec<(&'static str, Value)> {
+            vec![
+                ("clawker.source", json!("egress")),
+                ("test_run", json!(run)),
+                ("agent", json!(agent)),
+                ("project", json!("proj-1")),
+                ("verdict", json!("DENIED")),
+                ("hook", json!("connect6")),
+                ("dst_host", json!(dst)),
+                ("comm", json!("curl")),
+                (
+                    "container_id",
+                    json!("0123456789ab0123456789ab0123456789ab0123456789ab0123456789abcdef"),
+                ),
+                ("container_name", json!(format!("clawker.proj-1.{agent}"))),
+                ("container_image", json!("clawker/agent:latest")),
+                ("l4_proto", json!("tcp")),
+                ("l7_proto", json!("tls")),
+                ("close_reason", json!("denied")),
+                ("flow_state", json!("closed")),
+                ("community_id", json!("1:LQU9qZlK+B5F3KDmev6m5PMibrg=")),
+                ("src_ip", json!("172.17.0.2")),
+                ("src_port", json!(40123)),
+                ("dst_ip", json!("2001:db8::1")),
+                ("dst_port", json!(443)),
+                ("bytes_in", json!(0)),
+                ("bytes_out", json!(0)),
+                ("packets_in", json!(0)),
+                ("packets_out", json!(1)),
+                ("duration_ms", json!(0)),
+                ("cgroup_id", json!(12345)),
+                ("pid", json!(4242)),
+                ("ip_version", json!(6)),
+            ]
+        };
+        let daemon = [("service.name", json!("clawker-egress"))];
+        let claude_res = [
+            ("service.name", json!("claude-code")),
+            ("agent", json!("agent-a")),
             ("project", json!("proj-1")),
-            ("verdict", json!("DENIED")),
-            ("hook", json!("connect6")),
-            ("dst_host", json!(dst)),
-            ("comm", json!("curl")),
-            (
-                "container_id",
-                json!("0123456789ab0123456789ab0123456789ab0123456789ab0123456789abcdef"),
-            ),
-            ("container_name", json!(format!("clawker.proj-1.{agent}"))),
-            ("container_image", json!("clawker/agent:latest")),
-            ("l4_proto", json!("tcp")),
-            ("l7_proto", json!("tls")),
-            ("close_reason", json!("denied")),
-            ("flow_state", json!("closed")),
-            ("community_id", json!("1:LQU9qZlK+B5F3KDmev6m5PMibrg=")),
-            ("src_ip", json!("172.17.0.2")),
-            ("src_port", json!(40123)),
-            ("dst_ip", json!("2001:db8::1")),
-            ("dst_port", json!(443)),
-            ("bytes_in", json!(0)),
-            ("bytes_out", json!(0)),
-            ("packets_in", json!(0)),
-            ("packets_out", json!(1)),
-            ("duration_ms", json!(0)),
-            ("cgroup_id", json!(12345)),
-            ("pid", json!(4242)),
-            ("ip_version", json!(6)),
-        ]
-    };
-    let daemon = [("service.name", json!("clawker-egress"))];
-    let claude_res = [
-        ("service.name", json!("claude-code")),
-        ("agent", json!("agent-a")),
-        ("project", json!("proj-1")),
-    ];
-    let payload = json!({ "resourceLogs": [
-        resource_logs(&daemon, "clawker_egress", vec![
-            log_record("DENIED tcp curl -> [2001:db8::1]:443", &egress_pairs("agent-a", "evil.example")),
-            log_record("DENIED tcp curl -> [2001:db8::1]:443", &egress_pairs("agent-b", "other.example")),
-            log_record("container started", &[
-                ("clawker.source", json!("overseer")), ("test_run", json!(run)),
-                ("event", json!("container_start")), ("agent", json!("agent-a")),
-                ("project", json!("proj-1")), ("container_id", json!("0123456789ab")),
-                ("exit_code", json!(0))]),
-            log_record("docker unavailable, attributing by cgroup only", &[
-                ("clawker.source", json!("cp")), ("test_run", json!(run)),
-                ("event", json!("docker_unavailable")), ("level", json!("WARN"))]),
-            log_record("no such source", &[
-                ("clawker.source", json!("mystery")), ("test_run", json!(run)),
-                ("event", json!("x"))]),
-            log_record("no source at all", &[("test_run", json!(run)), ("event.name", json!("y"))]),
-        ]),
-        resource_logs(&claude_res, "com.anthropic.claude_code.events", vec![
-            // D28: dropped (the event, a prompt attribute, a free-text body).
-            log_record("claude_code.user_prompt", &[
-                ("event.name", json!("user_prompt")), ("test_run", json!(run)),
-                ("prompt", json!(secret)), ("prompt_length", json!("21"))]),
-            log_record("claude_code.tool_result", &[
-                ("event.name", json!("tool_result")), ("test_run", json!(run)),
-                ("prompt", json!(secret))]),
-            log_record(&format!("please do {secret} now"), &[
-                ("event.name", json!("api_request")), ("test_run", json!(run))]),
-            log_record("claude_code.api_request_body", &[
-                ("event.name", json!("api_request_body")), ("test_run", json!(run)),
-                ("body", json!(secret))]),
-            // Kept: structural events without prompt text.
-            log_record("claude_code.api_request", &[
-                ("event.name", json!("api_request")), ("test_run", json!(run)),
-                ("model", json!("claude-sonnet")), ("cost_usd", json!("0.0123")),
-                ("input_tokens", json!("100")), ("duration_ms", json!("850"))]),
-        ]),
-        resource_logs(&[("service.name", json!("envoy"))], "envoy", vec![
-            // Envoy's OpenTelemetry access logger sends every value as a string.
-            log_record("GET /v1/models 403", &[
-                ("clawker.source", json!("envoy")), ("test_run", json!(run)),
-                ("agent", json!("agent-a")), ("project", json!("proj-1")),
-                ("method", json!("GET")), ("path", json!("/v1/models")),
-                ("response_code", json!("403")), ("src_ip", json!("172.17.0.2")),
-                ("src_port", json!("40123")), ("dst_ip", json!("-")),
-                ("dst_port", json!("443")), ("sni", json!("evil.example"))]),
-        ]),
-    ]});
-    // Trusted senders' records (every source) through the daemon door.
-    let door = DaemonDoor::new(&stack, &ports);
-    let sent = Instant::now();
-    let (s, v) = door.post("/v1/logs", &payload, Some(&door.token()));
-    assert_eq!(s, 200, "OTLP/HTTP export: {v}");
-    assert!(
-        !matches!(v.get("partialSuccess"), Some(p) if p.get("rejectedLogRecords").is_some()),
-        "{v}"
-    );
-    // CoreDNS: one Docker json-file line and one raw line, appended after start.
-    let qname = format!("q{run}.example.test.");
-    // The filelog receiver takes its start_at position at its first poll;
-    // append only once it watches the file.
-    let collector_log = stack.path("collector-a.log");
-    wait_until(
-        "filelog to watch the CoreDNS log",
-        Duration::from_secs(30),
-        || {
-            let text = std::fs::read_to_string(&collector_log).unwrap_or_default();
-            text.lines()
-                .any(|l| l.contains("Started watching file") && l.contains("coredns-json.log"))
-                .then_some(())
-        },
-    );
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&dns_log)
-        .unwrap();
-    writeln!(
+        ];
+        let payload = json!({ "resourceLogs": [
+            resource_logs(&daemon, "clawker_egress", vec![
+                log_record("DENIED tcp curl -> [2001:db8::1]:443", &egress_pairs("agent-a", "evil.example")),
+                log_record("DENIED tcp curl -> [2001:db8::1]:443", &egress_pairs("agent-b", "other.example")),
+                log_record("container started", &[
+                    ("clawker.source", json!("overseer")), ("test_run", json!(run)),
+                    ("event", json!("container_start")), ("agent", json!("agent-a")),
+                    ("project", json!("proj-1")), ("container_id", json!("0123456789ab")),
+                    ("exit_code", json!(0))]),
+                log_record("docker unavailable, attributing by cgroup only", &[
+                    ("clawker.source", json!("cp")), ("test_run", json!(run)),
+                    ("event", json!("docker_unavailable")), ("level", json!("WARN"))]),
+                log_record("no such source", &[
+                    ("clawker.source", json!("mystery")), ("test_run", json!(run)),
+                    ("event", json!("x"))]),
+                log_record("no source at all", &[("test_run", json!(run)), ("event.name", json!("y"))]),
+            ]),
+            resource_logs(&claude_res, "com.anthropic.claude_code.events", vec![
+                // D28: dropped (the event, a prompt attribute, a free-text body).
+                log_record("claude_code.user_prompt", &[
+                    ("event.name", json!("user_prompt")), ("test_run", json!(run)),
+                    ("prompt", json!(secret)), ("prompt_length", json!("21"))]),
+                log_record("claude_code.tool_result", &[
+                    ("event.name", json!("tool_result")), ("test_run", json!(run)),
+                    ("prompt", json!(secret))]),
+                log_record(&format!("please do {secret} now"), &[
+                    ("event.name", json!("api_request")), ("test_run", json!(run))]),
+                log_record("claude_code.api_request_body", &[
+                    ("event.name", json!("api_request_body")), ("test_run", json!(run)),
+                    ("body", json!(secret))]),
+                // Kept: structural events without prompt text.
+                log_record("claude_code.api_request", &[
+                    ("event.name", json!("api_request")), ("test_run", json!(run)),
+                    ("model", json!("claude-sonnet")), ("cost_usd", json!("0.0123")),
+                    ("input_tokens", json!("100")), ("duration_ms", json!("850"))]),
+            ]),
+            resource_logs(&[("service.name", json!("envoy"))], "envoy", vec![
+                // Envoy's OpenTelemetry access logger sends every value as a string.
+                log_record("GET /v1/models 403", &[
+                    ("clawker.source", json!("envoy")), ("test_run", json!(run)),
+                    ("agent", json!("agent-a")), ("project", json!("proj-1")),
+                    ("method", json!("GET")), ("path", json!("/v1/models")),
+                    ("response_code", json!("403")), ("src_ip", json!("172.17.0.2")),
+                    ("src_port", json!("40123")), ("dst_ip", json!("-")),
+                    ("dst_port", json!("443")), ("sni", json!("evil.example"))]),
+            ]),
+        ]});
+        // Trusted senders' records (every source) through the daemon door.
+        let door = DaemonDoor::new(&stack, &ports);
+        let sent = Instant::now();
+        let (s, v) = door.post("/v1/logs", &payload, Some(&door.token()));
+        assert_eq!(s, 200, "OTLP/HTTP export: {v}");
+        assert!(
+            !matches!(v.get("partialSuccess"), Some(p) if p.get("rejectedLogRecords").is_some()),
+            "{v}"
+        );
+        // CoreDNS: one Docker json-file line and one raw line, appended after start.
+        let qname = format!("q{run}.example.test.");
+        // The filelog receiver takes its start_at position at its first poll;
+        // append only once it watches the file.
+        let collector_log = stack.path("collector-a.log");
+        wait_until(
+            "filelog to watch the CoreDNS log",
+            Duration::from_secs(30),
+            || {
+                let text = std::fs::read_to_string(&collector_log).unwrap_or_default();
+                text.lines()
+                    .any(|l| l.contains("Started watching file") && l.contains("coredns-json.log"))
+                    .then_some(())
+            },
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&dns_log)
+            .unwrap();
+        writeln!(
         f,
         "{}",
         json!({ "log": format!("[INFO] 172.18.0.5:43211 - 52104 \"A IN {qname} udp 41 false 1232\" NOERROR qr,rd,ra 57 0.000114s\n"),
                 "stream": "stdout", "time": "2026-01-02T03:04:05.123456789Z" })
     )
     .unwrap();
-    writeln!(f, "[INFO] [::1]:50759 - 29008 \"AAAA IN {qname} udp 41 false 4096\" NOERROR qr,rd,ra,ad 68 0.037990251s").unwrap();
-    drop(f);
+        writeln!(f, "[INFO] [::1]:50759 - 29008 \"AAAA IN {qname} udp 41 false 4096\" NOERROR qr,rd,ra,ad 68 0.037990251s").unwrap();
+        drop(f);
 
-    // Kept: egress 2, overseer 1, cp 1, unrouted 2, claude 1, envoy 1.
-    let expected = 8;
-    let docs = wait_until(
-        "all kept records to be searchable",
-        Duration::from_secs(90),
-        || {
-            let hits = search(&os, "clawker-*", term("attributes.test_run", &run));
-            (hits.len() >= expected).then_some(hits)
-        },
-    );
-    let latency = sent.elapsed();
-    loud(&format!(
-        "stack: {expected} records searchable {latency:?} after the OTLP export"
-    ));
-    let dns = wait_until("CoreDNS records", Duration::from_secs(60), || {
-        let hits = search(&os, "clawker-dns", term("attributes.qname", &qname));
-        (hits.len() >= 2).then_some(hits)
+        // Kept: egress 2, overseer 1, cp 1, unrouted 2, claude 1, envoy 1.
+        let expected = 8;
+        let docs = wait_until(
+            "all kept records to be searchable",
+            Duration::from_secs(90),
+            || {
+                let hits = search(&os, "clawker-*", term("attributes.test_run", &run));
+                (hits.len() >= expected).then_some(hits)
+            },
+        );
+        let latency = sent.elapsed();
+        loud(&format!(
+            "stack: {expected} records searchable {latency:?} after the OTLP export"
+        ));
+        let dns = wait_until("CoreDNS records", Duration::from_secs(60), || {
+            let hits = search(&os, "clawker-dns", term("attributes.qname", &qname));
+            (hits.len() >= 2).then_some(hits)
+        });
+        // Let stragglers (records that should have been dropped) arrive if they would.
+        std::thread::sleep(Duration::from_secs(3));
+        let docs_after = search(&os, "clawker-*", term("attributes.test_run", &run));
+        assert_eq!(docs_after.len(), expected, "{docs_after:#?}");
+        (secret, door, docs, dns)
     });
-    // Let stragglers (records that should have been dropped) arrive if they would.
-    std::thread::sleep(Duration::from_secs(3));
-    let docs_after = search(&os, "clawker-*", term("attributes.test_run", &run));
-    assert_eq!(docs_after.len(), expected, "{docs_after:#?}");
 
     let by_stream = |stream: &str| -> Vec<&Value> {
         docs.iter()
@@ -344,207 +357,240 @@ fn stack_routes_records_into_data_streams() {
             })
             .collect()
     };
-    assert_eq!(by_stream("clawker-egress").len(), 2);
-    assert_eq!(by_stream("clawker-overseer").len(), 1);
-    assert_eq!(by_stream("clawker-cp").len(), 1);
-    assert_eq!(by_stream("clawker-claude").len(), 1);
-    assert_eq!(by_stream("clawker-envoy").len(), 1);
-    assert_eq!(by_stream("clawker-unrouted").len(), 2);
+    phase("routing", || {
+        assert_eq!(by_stream("clawker-egress").len(), 2);
+        assert_eq!(by_stream("clawker-overseer").len(), 1);
+        assert_eq!(by_stream("clawker-cp").len(), 1);
+        assert_eq!(by_stream("clawker-claude").len(), 1);
+        assert_eq!(by_stream("clawker-envoy").len(), 1);
+        assert_eq!(by_stream("clawker-unrouted").len(), 2);
 
-    // Drill-down: agent + project returns exactly that agent's flow, right values.
-    let q = json!({ "bool": { "filter": [
+        // Drill-down: agent + project returns exactly that agent's flow, right values.
+        let q = json!({ "bool": { "filter": [
         term("attributes.test_run", &run), term("attributes.agent", "agent-a"),
         term("attributes.project", "proj-1") ] } });
-    let hits = search(&os, "clawker-egress", q);
-    assert_eq!(hits.len(), 1, "{hits:#?}");
-    let d = &hits[0];
-    assert!(d.get("_ignored").is_none(), "malformed fields: {d}");
-    let src = &d["_source"];
-    let a = &src["attributes"];
-    assert_eq!(a["dst_host"], "evil.example");
-    assert_eq!(a["dst_ip"], "2001:db8::1");
-    assert_eq!(a["dst_port"], 443);
-    assert_eq!(a["verdict"], "DENIED");
-    assert_eq!(a["clawker.source"], "egress");
-    assert_eq!(a["data_stream"]["dataset"], "egress");
-    assert_eq!(src["resource"]["service.name"], "clawker-egress");
-    assert!(
-        src["@timestamp"].as_str().unwrap().starts_with("20"),
-        "{src}"
-    );
-    // Field types come from the shipped templates (ip, long, keyword, date).
-    let types = field_types(&os, "clawker-egress");
-    for f in ["src_ip", "dst_ip"] {
-        assert_eq!(
-            types.get(&format!("attributes.{f}")).map(String::as_str),
-            Some("ip"),
-            "{f}"
+        let hits = search(&os, "clawker-egress", q);
+        assert_eq!(hits.len(), 1, "{hits:#?}");
+        let d = &hits[0];
+        assert!(d.get("_ignored").is_none(), "malformed fields: {d}");
+        let src = &d["_source"];
+        let a = &src["attributes"];
+        assert_eq!(a["dst_host"], "evil.example");
+        assert_eq!(a["dst_ip"], "2001:db8::1");
+        assert_eq!(a["dst_port"], 443);
+        assert_eq!(a["verdict"], "DENIED");
+        assert_eq!(a["clawker.source"], "egress");
+        assert_eq!(a["data_stream"]["dataset"], "egress");
+        assert_eq!(src["resource"]["service.name"], "clawker-egress");
+        assert!(
+            src["@timestamp"].as_str().unwrap().starts_with("20"),
+            "{src}"
         );
-    }
-    for f in [
-        "src_port",
-        "dst_port",
-        "bytes_in",
-        "bytes_out",
-        "packets_in",
-        "packets_out",
-        "duration_ms",
-        "cgroup_id",
-        "pid",
-        "ip_version",
-    ] {
-        assert_eq!(
-            types.get(&format!("attributes.{f}")).map(String::as_str),
-            Some("long"),
-            "{f}"
-        );
-    }
-    for f in [
-        "agent",
-        "project",
-        "verdict",
-        "dst_host",
-        "comm",
-        "container_id",
-        "container_name",
-        "container_image",
-        "l4_proto",
-        "l7_proto",
-        "close_reason",
-        "flow_state",
-        "community_id",
-        "clawker.source",
-    ] {
-        assert_eq!(
-            types.get(&format!("attributes.{f}")).map(String::as_str),
-            Some("keyword"),
-            "{f}"
-        );
-    }
-    assert_eq!(types.get("@timestamp").map(String::as_str), Some("date"));
-    // The same agent filter reaches every stream that carries agent/project (D14).
-    let everywhere = search(
-        &os,
-        "clawker-*",
-        json!({ "bool": { "filter": [
+        // Field types come from the shipped templates (ip, long, keyword, date).
+        let types = field_types(&os, "clawker-egress");
+        for f in ["src_ip", "dst_ip"] {
+            assert_eq!(
+                types.get(&format!("attributes.{f}")).map(String::as_str),
+                Some("ip"),
+                "{f}"
+            );
+        }
+        for f in [
+            "src_port",
+            "dst_port",
+            "bytes_in",
+            "bytes_out",
+            "packets_in",
+            "packets_out",
+            "duration_ms",
+            "cgroup_id",
+            "pid",
+            "ip_version",
+        ] {
+            assert_eq!(
+                types.get(&format!("attributes.{f}")).map(String::as_str),
+                Some("long"),
+                "{f}"
+            );
+        }
+        for f in [
+            "agent",
+            "project",
+            "verdict",
+            "dst_host",
+            "comm",
+            "container_id",
+            "container_name",
+            "container_image",
+            "l4_proto",
+            "l7_proto",
+            "close_reason",
+            "flow_state",
+            "community_id",
+            "clawker.source",
+        ] {
+            assert_eq!(
+                types.get(&format!("attributes.{f}")).map(String::as_str),
+                Some("keyword"),
+                "{f}"
+            );
+        }
+        assert_eq!(types.get("@timestamp").map(String::as_str), Some("date"));
+        // The same agent filter reaches every stream that carries agent/project (D14).
+        let everywhere = search(
+            &os,
+            "clawker-*",
+            json!({ "bool": { "filter": [
         term("attributes.test_run", &run), term("attributes.agent", "agent-a") ] } }),
-    );
-    let mut streams: Vec<&str> = everywhere
-        .iter()
-        .map(|d| {
-            d["_source"]["attributes"]["clawker.source"]
-                .as_str()
-                .unwrap()
-        })
-        .collect();
-    streams.sort();
-    assert_eq!(
-        streams,
-        ["claude", "egress", "envoy", "overseer"],
-        "{everywhere:#?}"
-    );
+        );
+        let mut streams: Vec<&str> = everywhere
+            .iter()
+            .map(|d| {
+                d["_source"]["attributes"]["clawker.source"]
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        streams.sort();
+        assert_eq!(
+            streams,
+            ["claude", "egress", "envoy", "overseer"],
+            "{everywhere:#?}"
+        );
+    });
 
-    // Claude Code: the structural event is kept, agent/project copied from the
-    // resource; nothing carrying prompt text survived anywhere.
-    let claude = &by_stream("clawker-claude")[0]["_source"];
-    assert_eq!(claude["body"], "claude_code.api_request");
-    assert_eq!(claude["attributes"]["agent"], "agent-a");
-    assert_eq!(claude["attributes"]["clawker.source"], "claude");
-    let costly = search(
-        &os,
-        "clawker-claude",
-        json!({ "bool": { "filter": [
+    phase("claude, envoy and unrouted", || {
+        // Claude Code: the structural event is kept, agent/project copied from the
+        // resource; nothing carrying prompt text survived anywhere.
+        let claude = &by_stream("clawker-claude")[0]["_source"];
+        assert_eq!(claude["body"], "claude_code.api_request");
+        assert_eq!(claude["attributes"]["agent"], "agent-a");
+        assert_eq!(claude["attributes"]["clawker.source"], "claude");
+        let costly = search(
+            &os,
+            "clawker-claude",
+            json!({ "bool": { "filter": [
         term("attributes.test_run", &run), { "range": { "attributes.cost_usd": { "gt": 0.01 } } } ] } }),
-    );
-    assert_eq!(costly.len(), 1, "cost_usd must be numeric");
-    let leaked = search(
-        &os,
-        "*",
-        json!({ "query_string": { "query": format!("\"{secret}\""), "lenient": true } }),
-    );
-    assert!(leaked.is_empty(), "prompt text stored: {leaked:#?}");
-    for d in &docs {
-        assert!(!d.to_string().contains(&secret), "prompt text stored: {d}");
-    }
-    // Envoy: strings coerced into the stream's types; "-" is ignored, not fatal.
-    let envoy = search(
-        &os,
-        "clawker-envoy",
-        json!({ "bool": { "filter": [
+        );
+        assert_eq!(costly.len(), 1, "cost_usd must be numeric");
+        let leaked = search(
+            &os,
+            "*",
+            json!({ "query_string": { "query": format!("\"{secret}\""), "lenient": true } }),
+        );
+        assert!(leaked.is_empty(), "prompt text stored: {leaked:#?}");
+        for d in &docs {
+            assert!(!d.to_string().contains(&secret), "prompt text stored: {d}");
+        }
+        // Envoy: strings coerced into the stream's types; "-" is ignored, not fatal.
+        let envoy = search(
+            &os,
+            "clawker-envoy",
+            json!({ "bool": { "filter": [
         term("attributes.test_run", &run), { "range": { "attributes.response_code": { "gte": 400 } } } ] } }),
-    );
-    assert_eq!(envoy.len(), 1);
-    assert_eq!(
-        field_types(&os, "clawker-envoy")
-            .get("attributes.response_code")
-            .map(String::as_str),
-        Some("long")
-    );
-    // Unrouted: visible, whatever the shape.
-    let unrouted = search(
-        &os,
-        "clawker-unrouted",
-        term("attributes.clawker.source", "mystery"),
-    );
-    assert!(unrouted
-        .iter()
-        .any(|d| d["_source"]["attributes"]["test_run"] == json!(run)));
-    // CoreDNS lines parsed into fields.
-    let mut clients: Vec<String> = dns
-        .iter()
-        .map(|d| {
-            d["_source"]["attributes"]["src_ip"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    clients.sort();
-    assert_eq!(clients, ["172.18.0.5", "::1"]);
-    assert!(
-        search(&os, "clawker-dns", term("attributes.qname", &old_qname)).is_empty(),
-        "history re-ingested"
-    );
-    let docker_line = dns
-        .iter()
-        .find(|d| d["_source"]["attributes"]["qtype"] == "A")
-        .unwrap();
-    assert_eq!(
-        docker_line["_source"]["@timestamp"],
-        "2026-01-02T03:04:05.123456789Z"
-    );
-    assert_eq!(docker_line["_source"]["attributes"]["rcode"], "NOERROR");
-    assert_eq!(
-        field_types(&os, "clawker-dns")
-            .get("attributes.src_ip")
-            .map(String::as_str),
-        Some("ip")
-    );
+        );
+        assert_eq!(envoy.len(), 1);
+        assert_eq!(
+            field_types(&os, "clawker-envoy")
+                .get("attributes.response_code")
+                .map(String::as_str),
+            Some("long")
+        );
+        // Unrouted: visible, whatever the shape.
+        let unrouted = search(
+            &os,
+            "clawker-unrouted",
+            term("attributes.clawker.source", "mystery"),
+        );
+        assert!(unrouted
+            .iter()
+            .any(|d| d["_source"]["attributes"]["test_run"] == json!(run)));
+    });
 
-    // The D28 drops are counted where Prometheus can see them.
-    let metrics = agent()
-        .get(&format!("http://127.0.0.1:{}/metrics", ports.telemetry))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    let filtered: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("otelcol_processor_filter_logs_filtered_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(filtered >= 4.0, "filter counted {filtered}:\n{metrics}");
+    phase("coredns", || {
+        // CoreDNS lines parsed into fields.
+        let mut clients: Vec<String> = dns
+            .iter()
+            .map(|d| {
+                d["_source"]["attributes"]["src_ip"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        clients.sort();
+        assert_eq!(clients, ["172.18.0.5", "::1"]);
+        assert!(
+            search(&os, "clawker-dns", term("attributes.qname", &old_qname)).is_empty(),
+            "history re-ingested"
+        );
+        let docker_line = dns
+            .iter()
+            .find(|d| d["_source"]["attributes"]["qtype"] == "A")
+            .unwrap();
+        assert_eq!(
+            docker_line["_source"]["@timestamp"],
+            "2026-01-02T03:04:05.123456789Z"
+        );
+        assert_eq!(docker_line["_source"]["attributes"]["rcode"], "NOERROR");
+        assert_eq!(
+            field_types(&os, "clawker-dns")
+                .get("attributes.src_ip")
+                .map(String::as_str),
+            Some("ip")
+        );
+    });
+
+    phase("filter metrics", || {
+        // The D28 drops are counted where Prometheus can see them.
+        let metrics = agent()
+            .get(&format!("http://127.0.0.1:{}/metrics", ports.telemetry))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let filtered: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("otelcol_processor_filter_logs_filtered_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(filtered >= 4.0, "filter counted {filtered}:\n{metrics}");
+    });
 
     // Issue 10: the doors. An agent's forgeries stay Claude Code records;
     // unauthenticated senders are refused at the daemon door ...
-    agent_door_only_writes_claude(&os, &ports, &door);
-    daemon_door_refuses_the_unauthenticated(&os, &ports, &door);
+    phase("agent door", || {
+        agent_door_only_writes_claude(&os, &ports, &door)
+    });
+    phase("daemon door", || {
+        daemon_door_refuses_the_unauthenticated(&os, &ports, &door)
+    });
     // ... while the real daemon's records, through the daemon door, land.
-    real_daemon_flows_reach_opensearch(&os, &door);
+    phase("real daemon", || {
+        real_daemon_flows_reach_opensearch(&os, &door)
+    });
     if preconditions(&format!("{test} (labelled containers)"), true, &["docker"]) {
-        labelled_containers_drill_down(&os, &door);
+        phase("labelled containers", || {
+            labelled_containers_drill_down(&os, &door)
+        });
     }
+}
+
+/// A failing phase is named in the test's failure; a passing one hands its
+/// value on. (No stack needed.)
+#[test]
+fn a_failing_phase_names_itself() {
+    assert_eq!(phase("passes", || 7), 7);
+    let failed = std::panic::catch_unwind(|| {
+        phase("routing", || assert_eq!(1 + 1, 3, "two streams"));
+    })
+    .unwrap_err();
+    let msg = failed
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert!(msg.starts_with("phase `routing` failed: "), "{msg}");
+    assert!(msg.contains("two streams"), "{msg}");
 }
 
 /// "<kind> <name>: <outcome>" -> outcome, when well-formed.
@@ -734,8 +780,8 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
     );
 }
 
-/// The collector accepts the shipped config alone (what docker-compose runs)
-/// and with the CoreDNS overlay.
+/// The collector accepts the shipped config alone (what docker-compose runs),
+/// with the CoreDNS overlay and with the fleet gateway overlay.
 #[test]
 fn shipped_collector_config_validates() {
     let test = "shipped_collector_config_validates";
@@ -772,7 +818,7 @@ fn shipped_collector_config_validates() {
             "the collector accepted a config without {missing}"
         );
     }
-    for overlays in [vec![], vec!["coredns.yaml"]] {
+    for overlays in [vec![], vec!["coredns.yaml"], vec!["gateway.yaml"]] {
         let mut c = Command::new(&bin);
         c.arg("validate")
             .arg("--config")

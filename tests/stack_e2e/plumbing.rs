@@ -33,15 +33,22 @@ pub(crate) fn port(var: &str, default: u16) -> u16 {
     base + offset
 }
 
-pub(crate) fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+/// One phase of a long scenario that shares one stack: its failure is
+/// reported as `phase \`<name>\` failed: <the assertion's message>` (the
+/// assertion's own location is printed above it by the panic hook).
+pub(crate) fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    loud(&format!("phase {name}"));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("phase `{name}` failed: {msg}");
+        }
+    }
 }
 
 pub(crate) fn on_path(cmd: &str) -> bool {
@@ -60,7 +67,7 @@ pub(crate) fn preconditions(test: &str, needs_root: bool, commands: &[&str]) -> 
         .filter(|c| !on_path(c))
         .map(|c| format!("`{c}`"))
         .collect();
-    if needs_root && !is_root() {
+    if needs_root && !crate::support::is_root() {
         missing.insert(0, "root".into());
     }
     if missing.is_empty() {

@@ -17,10 +17,17 @@ use serde_json::Value;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Root-only tests: skip loudly outside root, fail under CI (which is root).
-pub fn require_root(test: &str) -> bool {
+/// Is this process root?
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Root-only tests: skip loudly outside root, fail under CI (which is root).
+/// Tests call it through [`require_root!`]; a test with a part that runs
+/// without root calls it for that part.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
         return true;
     }
     if std::env::var_os("CI").is_some() {
@@ -28,6 +35,19 @@ pub fn require_root(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: needs root (BPF, cgroups); run `sudo -E cargo test`");
     false
+}
+
+/// First line of a root-only test: returns from it (skipped loudly, named
+/// by its path) unless root; under CI it fails instead.
+#[macro_export]
+macro_rules! require_root {
+    () => {{
+        fn here() {}
+        let name = ::std::any::type_name_of_val(&here);
+        if !$crate::support::require_root(name.strip_suffix("::here").unwrap_or(name)) {
+            return;
+        }
+    }};
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -156,6 +176,9 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// Run the daemon itself inside this cgroup (self-traffic tests).
     pub run_inside: Option<PathBuf>,
+    /// Run the daemon in its own UTS namespace with this host name: its
+    /// `host.name` as another host's daemon would have it (tests/fleet.rs).
+    pub hostname: Option<String>,
 }
 
 impl DaemonOptions {
@@ -182,6 +205,7 @@ impl DaemonOptions {
                 spool.to_string_lossy().into_owned(),
             )],
             run_inside: None,
+            hostname: None,
         }
     }
 
@@ -202,8 +226,19 @@ impl Daemon {
     }
 
     pub fn start_on_port(opts: DaemonOptions, metrics_port: u16) -> Daemon {
-        let mut cmd = match &opts.run_inside {
-            Some(cg) => {
+        let mut cmd = match (&opts.run_inside, &opts.hostname) {
+            (Some(_), Some(_)) => panic!("run_inside and hostname together are not supported"),
+            (None, Some(name)) => {
+                // unshare execs: the child's pid is the daemon's.
+                let mut c = Command::new("unshare");
+                c.args(["--uts", "--", "sh", "-c"])
+                    .arg("hostname \"$1\" && shift && exec \"$@\"")
+                    .arg("sh")
+                    .arg(name)
+                    .arg(bin());
+                c
+            }
+            (Some(cg), None) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg(format!(
@@ -214,7 +249,7 @@ impl Daemon {
                     .arg(bin());
                 c
             }
-            None => Command::new(bin()),
+            (None, None) => Command::new(bin()),
         };
         cmd.arg("run")
             .arg("--pin-root")

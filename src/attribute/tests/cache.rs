@@ -1,4 +1,4 @@
-//! Unit tests of the label cache.
+//! Unit tests of the container cache.
 
 use super::*;
 use std::sync::Mutex;
@@ -29,9 +29,9 @@ fn ident(id: &str, agent: &str) -> Identity {
     }
 }
 
-fn cache() -> (LabelCache, FakeScope) {
+fn cache() -> (ContainerCache, FakeScope) {
     let scope = FakeScope::default();
-    (LabelCache::new(Some(Box::new(scope.clone()))), scope)
+    (ContainerCache::new(Some(Box::new(scope.clone()))), scope)
 }
 
 const DEAD: fn(&Path, u64) -> bool = |_, _| false;
@@ -99,7 +99,7 @@ fn a_restart_keeps_its_live_cgroup() {
 #[test]
 fn tombstones_expire() {
     let scope = FakeScope::default();
-    let c = LabelCache::with_ttl(Some(Box::new(scope)), Duration::ZERO);
+    let c = ContainerCache::with_ttl(Some(Box::new(scope)), Duration::ZERO);
     c.bind(10, "a", "/cg/a".into(), true);
     c.set_identity(ident("a", "x"), None);
     c.container_died("a", DEAD);

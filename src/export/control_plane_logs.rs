@@ -12,7 +12,7 @@
 //!   so no key can be both a leaf and the prefix of another (`event` beside
 //!   `event.x` would break the OpenSearch mapping).
 //! - No feedback loop: events of the cp sink itself (field `sink` =
-//!   [`CP_SINK`]) and of other crates (tonic, h2, hyper: the export path)
+//!   [`CONTROL_PLANE_SINK`]) and of other crates (tonic, h2, hyper: the export path)
 //!   are not turned into records.
 
 use std::collections::HashMap;
@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::record::{Record, Severity, Source, Value};
 
 /// The cp sink's name: metrics label and the `sink` field of its own logs.
-pub const CP_SINK: &str = "cp_logs";
+pub const CONTROL_PLANE_SINK: &str = "cp_logs";
 
 /// Records waiting for the cp sink (its own queue sits behind this).
 pub const QUEUE_RECORDS: usize = 4096;
@@ -49,30 +49,30 @@ const RESERVED: &[&str] = &[
 ];
 
 /// The tracing side: install with the subscriber.
-pub struct CpLogLayer {
+pub struct ControlPlaneLogLayer {
     tx: mpsc::Sender<Record>,
     dropped: Arc<AtomicU64>,
 }
 
 /// The sink side: feed it to [`spawn`] once the runtime and metrics exist.
-pub struct CpLogReceiver {
+pub struct ControlPlaneLogReceiver {
     rx: mpsc::Receiver<Record>,
     dropped: Arc<AtomicU64>,
 }
 
-pub fn channel(capacity: usize) -> (CpLogLayer, CpLogReceiver) {
+pub fn channel(capacity: usize) -> (ControlPlaneLogLayer, ControlPlaneLogReceiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
     (
-        CpLogLayer {
+        ControlPlaneLogLayer {
             tx,
             dropped: dropped.clone(),
         },
-        CpLogReceiver { rx, dropped },
+        ControlPlaneLogReceiver { rx, dropped },
     )
 }
 
-impl<S: Subscriber> Layer<S> for CpLogLayer {
+impl<S: Subscriber> Layer<S> for ControlPlaneLogLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let Some(record) = to_record(event, SystemTime::now()) else {
             return;
@@ -106,7 +106,7 @@ pub fn to_record(event: &Event<'_>, time: SystemTime) -> Option<Record> {
         Level::WARN => Severity::Warn,
         _ => Severity::Info,
     };
-    let mut r = Record::new(time, Source::Cp)
+    let mut r = Record::new(time, Source::ControlPlane)
         .with_severity(severity)
         .with_body(v.message.unwrap_or_default());
     r.set("target", target);
@@ -132,7 +132,7 @@ impl Fields {
             }
             return;
         }
-        if name == "sink" && matches!(&value, Value::Str(s) if s == CP_SINK) {
+        if name == "sink" && matches!(&value, Value::Str(s) if s == CONTROL_PLANE_SINK) {
             self.from_cp_sink = true;
         }
         self.fields.push((flat_key(name), value));
@@ -183,22 +183,26 @@ fn flat_key(name: &'static str) -> &'static str {
 }
 
 /// The running forwarder: channel -> sink.
-pub struct CpLogs {
+pub struct ControlPlaneLogs {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
-/// Forward records from the layer's channel to `sink` until [`CpLogs::finish`].
-pub fn spawn<S: Sink>(rx: CpLogReceiver, sink: S, metrics: Arc<Metrics>) -> CpLogs {
+/// Forward records from the layer's channel to `sink` until [`ControlPlaneLogs::finish`].
+pub fn spawn<S: Sink>(
+    rx: ControlPlaneLogReceiver,
+    sink: S,
+    metrics: Arc<Metrics>,
+) -> ControlPlaneLogs {
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(forward(rx, sink, metrics, stop_rx));
-    CpLogs {
+    ControlPlaneLogs {
         stop: Some(stop_tx),
         task,
     }
 }
 
-impl CpLogs {
+impl ControlPlaneLogs {
     /// Deliver what was logged so far (within the sink's shutdown grace).
     pub async fn finish(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -209,7 +213,7 @@ impl CpLogs {
 }
 
 async fn forward<S: Sink>(
-    mut rx: CpLogReceiver,
+    mut rx: ControlPlaneLogReceiver,
     mut sink: S,
     metrics: Arc<Metrics>,
     mut stop: oneshot::Receiver<()>,
@@ -217,7 +221,7 @@ async fn forward<S: Sink>(
     let report = |dropped: &AtomicU64| {
         let n = dropped.swap(0, Ordering::Relaxed);
         if n > 0 {
-            metrics.sink_failure(CP_SINK, "queue_full", n);
+            metrics.sink_failure(CONTROL_PLANE_SINK, "queue_full", n);
         }
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -281,7 +285,7 @@ mod tests {
         assert_eq!(dropped, 0);
         assert_eq!(recs.len(), 1);
         let r = &recs[0];
-        assert_eq!(r.source, Source::Cp);
+        assert_eq!(r.source, Source::ControlPlane);
         assert_eq!(r.severity(), Severity::Info);
         assert_eq!(r.body(), "BPF programs attached");
         assert_eq!(r.get_str("event"), Some("attached"));
@@ -340,7 +344,11 @@ mod tests {
     #[test]
     fn the_cp_sinks_own_logs_and_other_crates_are_not_shipped() {
         let (recs, _) = capture(|| {
-            tracing::warn!(event = "collector_unavailable", sink = CP_SINK, "own");
+            tracing::warn!(
+                event = "collector_unavailable",
+                sink = CONTROL_PLANE_SINK,
+                "own"
+            );
             tracing::warn!(target: "h2", "transport noise");
             tracing::warn!(target: "clawker_egressx", "look-alike crate");
             tracing::warn!(event = "collector_unavailable", sink = "otlp", "main sink");
@@ -390,8 +398,8 @@ mod tests {
         });
         let metrics = Arc::new(Metrics::new());
         let sink = Collect::default();
-        let cp = spawn(rx, sink.clone(), metrics.clone());
-        cp.finish().await;
+        let control_plane = spawn(rx, sink.clone(), metrics.clone());
+        control_plane.finish().await;
         assert_eq!(sink.0.lock().unwrap().len(), 4);
         assert_eq!(sink.1.load(Ordering::SeqCst), 1, "flushed once");
         let text = metrics.encode();

@@ -1,11 +1,11 @@
 //! Follows the container runtime: a full resync on every (re)connection,
-//! then its event stream. Keeps the label cache current, answers lookups
+//! then its event stream. Keeps the container cache current, answers lookups
 //! the pipeline asks for (one in flight per container), and emits the
 //! container lifecycle records (`clawker.source` = `overseer`).
 //!
 //! When the runtime goes away the cache keeps serving what it has; the
 //! outage is logged once (`event=docker_unavailable`) and counted, and the
-//! overseer reconnects with backoff.
+//! follower reconnects with backoff.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 
-use super::cache::LabelCache;
+use super::cache::ContainerCache;
 use super::cgroup::{cgroup_alive, container_cgroup, container_cgroup_of_pid, CgroupIndex};
 use super::source::{ContainerInfo, ContainerSource, EventKind, RuntimeEvent, SourceError};
 use crate::metrics::Metrics;
@@ -29,7 +29,7 @@ const RESYNC_PARALLEL: usize = 8;
 /// Replayed events already handled are recognised among this many.
 const RECENT_EVENTS: usize = 1024;
 
-/// What the pipeline asks of the overseer. Never answered directly: the
+/// What the pipeline asks of the follower. Never answered directly: the
 /// answer lands in the cache, which wakes the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -58,9 +58,9 @@ enum Exit {
 
 type Inspected = (String, Result<Option<ContainerInfo>, SourceError>);
 
-pub struct Overseer<S: ContainerSource> {
+pub struct RuntimeFollower<S: ContainerSource> {
     source: S,
-    cache: Arc<LabelCache>,
+    cache: Arc<ContainerCache>,
     lifecycle: mpsc::Sender<Record>,
     requests: mpsc::Receiver<Request>,
     metrics: Arc<Metrics>,
@@ -77,16 +77,16 @@ pub struct Overseer<S: ContainerSource> {
     parents: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
-impl<S: ContainerSource> Overseer<S> {
+impl<S: ContainerSource> RuntimeFollower<S> {
     pub fn new(
         source: S,
-        cache: Arc<LabelCache>,
+        cache: Arc<ContainerCache>,
         cgroup_root: PathBuf,
         lifecycle: mpsc::Sender<Record>,
         requests: mpsc::Receiver<Request>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Overseer {
+        RuntimeFollower {
             source,
             cache,
             lifecycle,
@@ -485,5 +485,5 @@ fn now_nanos() -> i64 {
 }
 
 #[cfg(test)]
-#[path = "tests/overseer.rs"]
+#[path = "tests/follower.rs"]
 mod tests;

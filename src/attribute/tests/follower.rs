@@ -1,4 +1,4 @@
-//! The overseer against a fake runtime: outages, replays, one lookup per
+//! The follower against a fake runtime: outages, replays, one lookup per
 //! container, lifecycle order.
 
 use std::collections::HashMap;
@@ -111,18 +111,18 @@ fn event(kind: EventKind, id: &str, cursor: i64) -> RuntimeEvent {
 
 struct Harness {
     fake: Fake,
-    cache: Arc<LabelCache>,
+    cache: Arc<ContainerCache>,
     metrics: Arc<Metrics>,
     requests: mpsc::Sender<Request>,
     lifecycle: mpsc::Receiver<Record>,
 }
 
 fn start(fake: Fake) -> Harness {
-    let cache = Arc::new(LabelCache::new(None));
+    let cache = Arc::new(ContainerCache::new(None));
     let metrics = Arc::new(Metrics::new());
     let (req_tx, req_rx) = mpsc::channel(64);
     let (life_tx, life_rx) = mpsc::channel(64);
-    let o = Overseer::new(
+    let o = RuntimeFollower::new(
         fake.clone(),
         cache.clone(),
         "/nonexistent".into(),

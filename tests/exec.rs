@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::docker::{engine, wait_attribution_ready, Spec};
-use support::{require_root, Daemon, DaemonOptions, TcpServer};
+use support::{Daemon, DaemonOptions, TcpServer};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -49,9 +49,7 @@ fn runs(r: &Value, program: &str) -> bool {
 
 #[test]
 fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
-    if !require_root("a_shells_flow_names_its_program_and_leads_to_the_shell") {
-        return;
-    }
+    require_root!();
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let _engine = engine();
     let daemon = Daemon::start(DaemonOptions::host_root());
@@ -152,9 +150,7 @@ fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
 
 #[test]
 fn an_exec_flood_does_not_drop_another_containers_exec_or_flow_records() {
-    if !require_root("an_exec_flood_does_not_drop_another_containers_exec_or_flow_records") {
-        return;
-    }
+    require_root!();
     const N: usize = 40;
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let _engine = engine();

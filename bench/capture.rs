@@ -4,7 +4,10 @@
 //!     (decisions + per-flow byte accounting) attached vs detached,
 //!     interleaved rounds in one run -> a ratio;
 //! (b) bytes/s over one long loopback TCP flow, attached vs detached -> a ratio;
-//! (c) records/s user space decodes and serializes as stdout JSON lines.
+//! (c) records/s user space decodes and serializes as stdout JSON lines;
+//! (d) kernel ns per connection per program (bpf_stats), in and out of scope;
+//! (e) records/s the daemon drains to stdout from a connect flood at the
+//!     physical limit, with every loss it counted.
 //!
 //! Run as root: `cargo bench --bench capture` (the connect and throughput
 //! parts attach BPF programs).
@@ -53,7 +56,126 @@ fn main() {
     kernel_cost();
     if !only_kernel {
         connect_rate();
+        drain_flood();
     }
+}
+
+/// Connections of the drain flood: one flow record each.
+const FLOOD_PER_PROCESS: usize = 100_000;
+const FLOOD_PROCESSES: usize = 2;
+
+/// (e) FLOOD_PROCESSES loops of socket+connect+close to a closed port (the
+/// physical limit of this machine: no budget, one record per connection),
+/// drained by the daemon to stdout: records/s from the first connect to
+/// the last record, and every loss the daemon counted.
+fn drain_flood() {
+    use std::io::BufRead;
+    let root = clawker_egress::kernel::cgroup2_root().expect("cgroup2 mount");
+    let me = std::process::id();
+    let cg = root.join(format!("clawker-bench-flood-{me}"));
+    std::fs::create_dir_all(&cg).expect("bench cgroup");
+    let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-flood-{me}"));
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let metrics = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr")
+    };
+    let mut daemon = Command::new(daemon_bin())
+        .args(["run", "--output", "stdout", "--container-record-rate", "0"])
+        .arg("--metrics-listen")
+        .arg(metrics.to_string())
+        .arg("--cgroup-root")
+        .arg(&cg)
+        .arg("--pin-root")
+        .arg(&pins)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start daemon");
+    let needle = format!("\"dst_port\":{closed}");
+    let ours = move |line: &str| {
+        line.match_indices(&needle)
+            .any(|(i, m)| !line[i + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    };
+    let out = daemon.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut n = 0usize;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if ours(&line) {
+                n += 1;
+                if tx.send((n, Instant::now())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && bpftool_attachments(&cg) < 10 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(SETTLE);
+    let expected = FLOOD_PER_PROCESS * FLOOD_PROCESSES;
+    let start = Instant::now();
+    let loops: Vec<_> = (0..FLOOD_PROCESSES)
+        .map(|_| {
+            let cg = cg.clone();
+            std::thread::spawn(move || connect_loop_n(&cg, closed, FLOOD_PER_PROCESS))
+        })
+        .collect();
+    for l in loops {
+        let _ = l.join();
+    }
+    let flood_secs = start.elapsed().as_secs_f64();
+    // Every record, or 10 s of silence.
+    let (mut got, mut last) = (0, start);
+    while got < expected {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((n, t)) => (got, last) = (n, t),
+            Err(_) => break,
+        }
+    }
+    let dropped = dropped_total(metrics);
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    let _ = Command::new(daemon_bin())
+        .args(["detach", "--cgroup-root"])
+        .arg(&cg)
+        .arg("--pin-root")
+        .arg(&pins)
+        .stdout(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(&pins);
+    let _ = std::fs::remove_dir(&cg);
+    let secs = last.duration_since(start).as_secs_f64();
+    println!(
+        "drain flood: {expected} connections from {FLOOD_PROCESSES} processes in {flood_secs:.2} s ({:.0}/s offered)",
+        expected as f64 / flood_secs
+    );
+    println!(
+        "drain flood: {got} records drained to stdout in {secs:.2} s = {:.0} records/s; dropped (counted) {dropped}, missing {}",
+        got as f64 / secs,
+        expected.saturating_sub(got)
+    );
+}
+
+/// Sum of clawker_egress_events_dropped_total over every reason.
+fn dropped_total(metrics: std::net::SocketAddr) -> f64 {
+    use std::io::Read;
+    let Ok(mut conn) = TcpStream::connect(metrics) else {
+        return f64::NAN;
+    };
+    let _ = conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = conn.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with("clawker_egress_events_dropped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Connections per kernel-cost run: socket+connect+close to a closed port.
@@ -61,8 +183,10 @@ const COST_CONNECTS: usize = 100_000;
 
 /// (d) Kernel ns per connection, from the kernel's own per-program
 /// statistics (`kernel.bpf_stats_enabled`): in scope (a watched cgroup) and
-/// out of scope (a host process while the daemon watches containers at the
-/// host root). Only this daemon's programs count (by the ids of its pinned
+/// out of scope (a host process while the daemon watches containers; this
+/// build attaches at the containers' parent cgroup, so the loop itself runs
+/// nothing and what is counted comes from the host's other processes,
+/// shown again for an idle window of the same length). Only this daemon's programs count (by the ids of its pinned
 /// links), so other BPF users on the host do not blur the figure.
 fn kernel_cost() {
     let root = clawker_egress::kernel::cgroup2_root().expect("cgroup2 mount");
@@ -88,18 +212,33 @@ fn kernel_cost() {
     let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-host-{me}"));
     let daemon = start_host_daemon(&root, &pins);
     let before = prog_stats(&pins);
+    let start = Instant::now();
     connect_loop(&root, closed);
+    let took = start.elapsed();
     let after = prog_stats(&pins);
-    stop_daemon(daemon, &root, &pins);
+    // What the host's other processes (containers included) ran meanwhile:
+    // the same time again without the loop.
+    std::thread::sleep(took);
+    let idle = prog_stats(&pins);
+    stop_host_daemon(daemon, &pins);
     print_cost("out of scope (host process)", &before, &after);
+    print_cost(
+        "out of scope, background only (the same time without the loop)",
+        &after,
+        &idle,
+    );
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
 }
 
 /// COST_CONNECTS socket+connect+close from a child in `cgroup`, as fast as
 /// a C-speed Python loop goes (the cost is read per program, not timed).
 fn connect_loop(cgroup: &Path, port: u16) {
+    connect_loop_n(cgroup, port, COST_CONNECTS)
+}
+
+fn connect_loop_n(cgroup: &Path, port: u16, n: usize) {
     let script = format!(
-        "import socket\nfor _ in range({COST_CONNECTS}):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', {port}))\n    except OSError: pass\n    s.close()\n"
+        "import socket\nfor _ in range({n}):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', {port}))\n    except OSError: pass\n    s.close()\n"
     );
     let status = Command::new("sh")
         .arg("-c")
@@ -206,6 +345,20 @@ fn start_host_daemon(root: &Path, pins: &Path) -> Child {
     let _ = root;
     std::thread::sleep(SETTLE);
     child
+}
+
+/// `detach` without `--cgroup-root` finds the attachment wherever this
+/// build (the containers' parent) or an older one (the v2 root) made it.
+fn stop_host_daemon(mut child: Child, pins: &Path) {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = Command::new(daemon_bin())
+        .args(["detach", "--pin-root"])
+        .arg(pins)
+        .stdout(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(pins);
 }
 
 fn sample_bytes() -> Vec<u8> {

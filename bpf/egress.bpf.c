@@ -37,7 +37,7 @@ static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
 	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	fill_proc(&ev->process);
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 }
 
 static __always_inline void set_owner(struct sock_owner *o, __u64 scope_id, __u8 verdict,
@@ -100,7 +100,6 @@ static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_
 	struct egress_config *cfg = config();
 	struct flow_key key = {};
 	struct flow_value val = {};
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	long err;
 
 	key.sock_cookie = cookie;
@@ -115,16 +114,27 @@ static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_
 		untracked_tcp_flow(a, owner, u, scope_id, verdict, flags, cookie, hook, &key);
 		return;
 	}
-	val.start_ns = bpf_ktime_get_boot_ns();
+	val.start_ns = owner ? owner->tcp_refreshed_ns : bpf_ktime_get_boot_ns();
 	val.last_seen_ns = val.start_ns;
-	val.cgroup_id = bpf_get_current_cgroup_id();
 	val.scope_cgroup_id = scope_id;
-	val.pid = (__u32)pid_tgid;
-	val.tgid = pid_tgid >> 32;
 	val.verdict = verdict;
 	val.flags = (flags & EVENT_F_AUDIT) ? FLOW_F_AUDIT : 0;
-	bpf_get_current_comm(val.comm, sizeof(val.comm));
-	fill_proc(&val.process);
+	if (owner) {
+		/* set_owner() just read them: one helper call each per connect */
+		val.cgroup_id = owner->cgroup_id;
+		val.pid = owner->pid;
+		val.tgid = owner->tgid;
+		__builtin_memcpy(val.comm, owner->comm, sizeof(val.comm));
+		val.process = owner->process;
+	} else {
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+		val.cgroup_id = bpf_get_current_cgroup_id();
+		val.pid = (__u32)pid_tgid;
+		val.tgid = pid_tgid >> 32;
+		bpf_get_current_comm(val.comm, sizeof(val.comm));
+		fill_proc(&val.process);
+	}
 	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
 	if (err && err != -EEXIST) {
 		untracked_tcp_flow(a, owner, u, scope_id, verdict, flags, cookie, hook, &key);
@@ -219,8 +229,13 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 	if (a.protocol == IPPROTO_TCP) {
 		if (!is_connect)
 			return SK_PASS;
-		if (owner)
+		if (owner) {
 			set_owner(owner, scope_id, verdict, SOCK_F_TCP_PENDING);
+			/* The first counter refresh (flow.bpf.c) a second from
+			 * now: a short connection's packets only check the
+			 * clock; its end record reads the counters anyway. */
+			owner->tcp_refreshed_ns = bpf_ktime_get_boot_ns();
+		}
 		start_tcp_flow(&a, owner, scope_id, verdict, flags, cookie, hook);
 	} else if (owner) {
 		/* Datagram flows start at their first packet (flow.bpf.c). */

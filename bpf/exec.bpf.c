@@ -173,7 +173,7 @@ int BPF_PROG(process_exec, struct task_struct___ex *task, int old_pid, struct li
 		else
 			ev->flags |= EXEC_F_ARGS_UNREAD;
 	}
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 	return 0;
 }
 
@@ -200,7 +200,7 @@ int BPF_PROG(process_fork, struct task_struct___ex *parent, struct task_struct__
 	ev->parent_start_ns = BPF_CORE_READ(child, real_parent, start_boottime);
 	ev->tgid = tgid;
 	ev->_pad = 0;
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 	return 0;
 }
 
@@ -225,6 +225,6 @@ int BPF_PROG(process_exit, struct task_struct___ex *task, bool group_dead)
 	ev->tgid = BPF_CORE_READ(task, tgid);
 	ev->exit_code = BPF_CORE_READ(task, exit_code);
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 	return 0;
 }

@@ -5,12 +5,14 @@
  *    TCP_CLOSE, emits one flow_end_event with exact payload byte counts
  *    read from the kernel's own tcp_sock counters;
  *  - cgroup_skb egress/ingress count datagram/raw packets per (socket,
- *    remote endpoint) flow, and refresh TCP counters for interim reports;
+ *    remote endpoint) flow, refresh TCP counters for interim reports, and
+ *    parse DNS queries and answers (lib/dns.h);
  *  - sock_release tells user space when a datagram socket's flows end.
  * Only sockets that egress.bpf.c marked as owned (in scope) are touched.
  */
 #include "common.bpf.h"
 #include "lib/policy.h"
+#include "lib/dns.h"
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/udp.h>
@@ -50,19 +52,19 @@ static __always_inline bool read_tcp(void *sk, struct tcp_counters *c)
 	struct tcp_sock___ce *tp = (void *)bpf_skc_to_tcp_sock(sk);
 	struct sock___ce *s = (void *)tp;
 	__u64 received;
-	__u8 shutdown;
 
 	if (!tp)
 		return false;
-	c->bytes_out = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
-	received = BPF_CORE_READ(tp, bytes_received);
-	shutdown = BPF_CORE_READ(s, sk_shutdown);
-	if ((shutdown & RCV_SHUTDOWN) && received > 0)
+	/* A trusted (BTF) pointer: plain CO-RE loads, no probe-read helper
+	 * call per field. */
+	c->bytes_out = tp->bytes_sent - tp->bytes_retrans;
+	received = tp->bytes_received;
+	if ((s->sk_shutdown & RCV_SHUTDOWN) && received > 0)
 		received -= 1;
 	c->bytes_in = received;
-	c->packets_out = BPF_CORE_READ(tp, segs_out);
-	c->packets_in = BPF_CORE_READ(tp, segs_in);
-	c->sk_err = BPF_CORE_READ(s, sk_err);
+	c->packets_out = tp->segs_out;
+	c->packets_in = tp->segs_in;
+	c->sk_err = s->sk_err;
 	return true;
 }
 
@@ -106,8 +108,17 @@ static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 	if (!(owner->flags & SOCK_F_TCP_FLOW))
 		return; /* no flow entry (table or quota full): nothing to end */
 	v = bpf_map_lookup_elem(&flows, &owner->tcp_key);
-	if (v)
+	if (v) {
+		/* The local end is bound by now: interim records name it (and
+		 * their Community ID) before the first counter refresh. */
+		__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+				ctx->local_ip6[3] };
+		__u8 fam;
+
 		v->flags |= FLOW_F_SYN_SENT;
+		set_addr(v->local_ip, &fam, ctx->family, l6, ctx->local_ip4);
+		v->local_port = ctx->local_port;
+	}
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
@@ -133,7 +144,7 @@ static __always_inline void submit_tcp_end(struct bpf_sock_ops *ctx, struct flow
 	ev->value.local_port = ctx->local_port;
 	ev->end_ns = bpf_ktime_get_boot_ns();
 	ev->close_reason = reason;
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 }
 
 /* A TCP flow end whose record was lost: its bytes still count for its container. */
@@ -435,7 +446,7 @@ static __always_inline bool raw_send_denied(struct __sk_buff *skb, struct bpf_so
 		ev->verdict = VERDICT_DENY;
 		__builtin_memcpy(ev->comm, owner->comm, sizeof(ev->comm));
 		ev->process = owner->process;
-		bpf_ringbuf_submit(ev, 0);
+		submit_event(ev, sizeof(*ev));
 	}
 	return true;
 }
@@ -444,6 +455,7 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 {
 	struct bpf_sock *sk = skb->sk;
 	struct sock_owner *owner;
+	int verdict = SK_PASS;
 
 	if (!sk)
 		return SK_PASS;
@@ -454,12 +466,20 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 	if (!owner)
 		return SK_PASS; /* not a socket in scope: the cheap common exit */
 	if (egress && raw_send_denied(skb, sk, owner))
-		return SK_REJECT;
-	if (sk->protocol == IPPROTO_TCP)
+		verdict = SK_REJECT;
+	else if (sk->protocol == IPPROTO_TCP)
 		refresh_tcp(sk, owner);
 	else
 		count_datagram(skb, owner, egress);
-	return SK_PASS;
+	/* DNS (lib/dns.h), in the same program: one owner lookup per packet.
+	 * A query is recorded even when its packet was denied. */
+	if (sk->protocol == IPPROTO_UDP || sk->protocol == IPPROTO_TCP) {
+		if (egress)
+			dns_query(skb, sk, owner);
+		else
+			dns_answer(skb, sk, owner);
+	}
+	return verdict;
 }
 
 SEC("cgroup_skb/egress")
@@ -492,6 +512,6 @@ int flow_sock_release(struct bpf_sock *sk)
 		return SK_PASS;
 	fill_header(&ev->hdr, EVENT_KIND_SOCK_RELEASE, sizeof(*ev), HOOK_SOCK_RELEASE);
 	ev->sock_cookie = bpf_get_socket_cookie(sk);
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 	return SK_PASS;
 }

@@ -42,7 +42,7 @@ static __always_inline void emit_socket(__u64 scope_id, int family, int type, in
 	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	fill_proc(&ev->process);
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 }
 
 SEC("lsm_cgroup/socket_create")

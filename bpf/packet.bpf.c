@@ -63,7 +63,7 @@ static __always_inline void emit_packet(__u64 scope_id, const struct attempt *a,
 	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	fill_proc(&ev->process);
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev, sizeof(*ev));
 }
 
 SEC("tp_btf/sock_send_length")

@@ -150,6 +150,13 @@ pub enum Scope {
 pub struct Config {
     /// cgroup v2 directory to attach to; default: the v2 root from /proc/mounts.
     pub cgroup_root: Option<PathBuf>,
+    /// `containers` scope: where the runtime makes container cgroups,
+    /// relative to the v2 root. The programs attach there, so host
+    /// processes run none. "auto": `docker` (cgroupfs driver), or
+    /// `system.slice` when Docker's systemd driver put containers there;
+    /// "/": the v2 root (every host process pays the scope check; needed
+    /// for containers under a custom `--cgroup-parent` outside it).
+    pub containers_cgroup: String,
     pub output: Outputs,
     pub otlp_endpoint: String,
     /// A `file:` output is rotated when it reaches this size ("file.1", …).
@@ -247,6 +254,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             cgroup_root: None,
+            containers_cgroup: "auto".into(),
             output: Outputs::one(Output::Stdout),
             otlp_endpoint: "http://127.0.0.1:4317".into(),
             file_rotate_bytes: 100 << 20,
@@ -296,6 +304,8 @@ impl Default for Config {
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_root: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containers_cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<Outputs>,
     #[serde(skip_serializing_if = "Option::is_none")]

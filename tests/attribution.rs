@@ -464,12 +464,19 @@ fn custom_label_keys_resolve_through_lookups() {
 
 /// `--cgroup-parent`: the first container there is found from its init
 /// process; the watcher then learns the parent, and the next container is
-/// in scope before its first connect.
+/// in scope before its first connect. A parent outside the runtime's
+/// (`docker/`) needs the programs at the v2 root (`--containers-cgroup /`).
 #[test]
 fn a_custom_cgroup_parent_is_learned() {
     require_root!();
     let _engine = engine();
-    let daemon = daemon();
+    // A parent outside `docker/`: only programs at the v2 root see it.
+    let daemon = Daemon::start(
+        DaemonOptions::host_root()
+            .arg("--containers-cgroup")
+            .arg("/"),
+    );
+    wait_attribution_ready(&daemon);
     let server = listener();
     let parent = support::unique("ce-parent");
     // Declared before the containers: dropped (removed) after them.

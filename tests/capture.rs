@@ -12,9 +12,10 @@ use serde_json::Value;
 use support::{by_pid, pid_of, require_root, Daemon, DaemonOptions, TestCgroup};
 
 const WAIT: Duration = Duration::from_secs(10);
-/// cgroup programs attached per cgroup: 5 decision hooks + 4 flow hooks + 4
-/// DNS (queries, answers, where unconnected sockets send: sendmsg4/6).
-const PROGRAMS: usize = 13;
+/// cgroup programs attached per cgroup: 5 decision hooks + 4 flow hooks
+/// (the cgroup_skb two also parse DNS queries and answers) + 2 DNS (where
+/// unconnected sockets send: sendmsg4/6).
+const PROGRAMS: usize = 11;
 /// Programs on global hooks (pinned links too): the packet-socket
 /// tracepoint and the process context (exec, fork, exit).
 const TRACING: usize = 4;

@@ -66,6 +66,34 @@ static __always_inline bool admit(struct scope_usage *u)
 	return true;
 }
 
+/*
+ * Wake the reader only when the ring's fill passes a mark (every eighth of
+ * its size), not at every record: a wake-up is an IPI (irq_work), which on a
+ * VM costs more than the rest of a connection's programs together. Below
+ * the first mark the drain thread's periodic consume picks records up (at
+ * most its poll interval, 20 ms, later). Above it the kernel's default
+ * holds (wake only a reader that had caught up), so a reader that lags is
+ * never stormed with wake-ups. Records reserved on two CPUs at once can
+ * both miss a mark: the periodic consume bounds what that costs.
+ */
+static __always_inline __u64 wake_flags(__u64 avail_before, __u64 avail_after)
+{
+	__u64 mark = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
+
+	if (mark == 0 || avail_after / mark != avail_before / mark)
+		return BPF_RB_FORCE_WAKEUP;
+	return avail_before < mark ? BPF_RB_NO_WAKEUP : 0;
+}
+
+/* Commit a reserved record (its bytes already count in the ring's data). */
+static __always_inline void submit_event(void *ev, __u32 size)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 rec = size + 8; /* the ring's own record header */
+
+	bpf_ringbuf_submit(ev, wake_flags(avail > rec ? avail - rec : 0, avail));
+}
+
 /* Reserve a ring buffer record for `scope_id`'s container, counting a loss. */
 static __always_inline void *reserve_event(__u32 size, enum egress_hook hook, __u64 scope_id)
 {
@@ -92,7 +120,9 @@ static __always_inline void output_event(void *data, __u32 size, enum egress_hoo
 		count_loss(u, DROP_RATE_LIMITED, SCOPE_LOSS_RATE_LIMITED);
 		return;
 	}
-	if (bpf_ringbuf_output(&events, data, size, 0))
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+
+	if (bpf_ringbuf_output(&events, data, size, wake_flags(avail, avail + size + 8)))
 		count_loss(u, DROP_RINGBUF_FIRST + hook, SCOPE_LOSS_RINGBUF_FULL);
 }
 

@@ -10,7 +10,7 @@ use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
 use bollard::{Docker, API_DEFAULT_VERSION};
 use clap::Args;
 
-use super::check::cgroup_dir;
+use super::check::attach_candidates;
 use super::CommonArgs;
 use crate::attribute::container_cgroup_of_pid;
 use crate::config::Config;
@@ -54,9 +54,23 @@ pub async fn bypass(args: &BypassArgs) -> Result<()> {
     if !args.off && args.reason.trim().is_empty() {
         bail!("--reason is required: the audit trail must say why");
     }
-    let root = cgroup_dir(&config)?;
-    let ino = std::fs::metadata(&root).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
-    let maps = PolicyMaps::open_pinned(&PinLayout::new(&config.pin_root, ino).maps())?;
+    // Where the running daemon attached (its --scope is not known here):
+    // the first candidate with pinned maps.
+    let mut layouts = Vec::new();
+    for dir in attach_candidates(&config)? {
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            layouts.push(PinLayout::new(
+                &config.pin_root,
+                std::os::unix::fs::MetadataExt::ino(&meta),
+            ));
+        }
+    }
+    let pins = layouts
+        .iter()
+        .find(|l| l.maps().exists())
+        .or(layouts.first())
+        .context("no cgroup v2 directory to find the daemon's maps under")?;
+    let maps = PolicyMaps::open_pinned(&pins.maps())?;
     let targets = targets(args, &config).await?;
     for (name, cgroup_id) in &targets {
         if args.off {

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::CommonArgs;
-use crate::config::{Config, Output};
+use crate::config::{Config, Output, Scope};
 use crate::export::OtlpTransport;
 use crate::kernel;
 
@@ -142,9 +142,24 @@ pub fn require_privileges() -> Result<()> {
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// The cgroup directory to attach to: configured, or the v2 root.
+/// Where the daemon attaches: an explicit `--cgroup-root`; in `containers`
+/// scope the runtime's container parent (`containers_cgroup`), so that no
+/// host process runs a program (created if missing, as the runtime would
+/// create it: a container made later inherits the programs); else the v2
+/// root.
 pub fn cgroup_dir(config: &Config) -> Result<PathBuf> {
     let dir = match &config.cgroup_root {
         Some(p) => p.clone(),
+        None if config.effective_scope() == Scope::Containers => {
+            let root = kernel::cgroup2_root()?;
+            let dir = containers_parent(&config.containers_cgroup, &root);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).with_context(|| {
+                    format!("create the containers' cgroup parent {}", dir.display())
+                })?;
+            }
+            dir
+        }
         None => kernel::cgroup2_root()?,
     };
     let fs = nix::sys::statfs::statfs(&dir).map_err(|e| {
@@ -162,6 +177,45 @@ pub fn cgroup_dir(config: &Config) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Every directory a daemon of this configuration may be attached to:
+/// `detach` and `bypass` do not know the running daemon's `--scope`.
+pub fn attach_candidates(config: &Config) -> Result<Vec<PathBuf>> {
+    if let Some(p) = &config.cgroup_root {
+        return Ok(vec![p.clone()]);
+    }
+    let root = kernel::cgroup2_root()?;
+    let parent = containers_parent(&config.containers_cgroup, &root);
+    Ok(if parent == root {
+        vec![root]
+    } else {
+        vec![parent, root]
+    })
+}
+
+/// The containers' cgroup parent for `setting` ("auto", "/" or a path
+/// relative to the v2 `root`). "auto": `docker` (Docker's cgroupfs
+/// driver), unless it is absent and `system.slice` holds `docker-*.scope`
+/// cgroups (the systemd driver).
+pub fn containers_parent(setting: &str, root: &Path) -> PathBuf {
+    match setting.trim_matches('/') {
+        "" => root.to_path_buf(),
+        "auto" => {
+            let docker = root.join("docker");
+            let slice = root.join("system.slice");
+            let systemd = std::fs::read_dir(&slice).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("docker-"))
+            });
+            if !docker.exists() && systemd {
+                slice
+            } else {
+                docker
+            }
+        }
+        rel => root.join(rel),
+    }
+}
+
 pub fn check(args: &CommonArgs) -> Result<()> {
     let config = Config::load(args.config.as_deref(), &args.overrides())?;
     let findings = preflight(&config);
@@ -173,4 +227,29 @@ pub fn check(args: &CommonArgs) -> Result<()> {
         bail!("{failed} check(s) failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::containers_parent;
+
+    #[test]
+    fn containers_parent_follows_the_setting_and_the_driver() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // Nothing there yet: Docker's cgroupfs parent (created by `run`).
+        assert_eq!(containers_parent("auto", r), r.join("docker"));
+        assert_eq!(containers_parent("/", r), r);
+        assert_eq!(containers_parent("", r), r);
+        assert_eq!(
+            containers_parent("/machine.slice/", r),
+            r.join("machine.slice")
+        );
+        // The systemd driver's scopes, and no docker/: system.slice.
+        std::fs::create_dir_all(r.join("system.slice/docker-abc.scope")).unwrap();
+        assert_eq!(containers_parent("auto", r), r.join("system.slice"));
+        // Both: docker/ exists, so the cgroupfs driver is in use.
+        std::fs::create_dir(r.join("docker")).unwrap();
+        assert_eq!(containers_parent("auto", r), r.join("docker"));
+    }
 }

@@ -81,6 +81,11 @@ pub struct CommonArgs {
     /// bpffs directory for pinned maps and links.
     #[arg(long, value_name = "PATH")]
     pub pin_root: Option<PathBuf>,
+    /// `containers` scope: the runtime's container cgroup parent, relative
+    /// to the v2 root, where the programs attach ("auto": docker or
+    /// system.slice; "/": the v2 root, every host process pays).
+    #[arg(long, value_name = "DIR")]
+    pub containers_cgroup: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -153,6 +158,7 @@ impl CommonArgs {
         Overrides {
             cgroup_root: self.cgroup_root.clone(),
             pin_root: self.pin_root.clone(),
+            containers_cgroup: self.containers_cgroup.clone(),
             ..Default::default()
         }
     }

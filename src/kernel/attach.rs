@@ -288,6 +288,7 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
 
     // Decisions first: flow accounting only follows sockets they admitted.
     remove_stale_versions(&opts.pin_root, cgroup_id)?;
+    remove_retired_links(&pins)?;
     let mut objects = vec![egress.object(), flow.object(), dns.object()];
     if let Some(lsm) = &lsm {
         objects.push(lsm.object());
@@ -420,6 +421,27 @@ fn remove_stale_versions(pin_root: &Path, cgroup_id: u64) -> Result<(), KernelEr
                 }
             }
             fs::remove_dir_all(&dir).map_err(|source| KernelError::PinDir { path: dir, source })?;
+        }
+    }
+    Ok(())
+}
+
+/// Programs earlier builds attached that this one no longer has (their
+/// work moved into another program): a restart must not leave them running
+/// beside their successor. `dns_egress`/`dns_ingress` became part of
+/// `flow_egress`/`flow_ingress` (one program per hook).
+const RETIRED_PROGRAMS: &[&str] = &["dns_egress", "dns_ingress"];
+
+fn remove_retired_links(pins: &PinLayout) -> Result<(), KernelError> {
+    for name in RETIRED_PROGRAMS {
+        let path = pins.links().join(name);
+        if path.exists() {
+            tracing::info!(
+                event = "retired_program_detached",
+                program = name,
+                "detaching a program this build no longer has"
+            );
+            fs::remove_file(&path).map_err(|source| KernelError::PinDir { path, source })?;
         }
     }
     Ok(())

@@ -190,7 +190,8 @@ impl DaemonOptions {
         }
     }
 
-    /// Attached at the host's cgroup v2 root (scope: containers).
+    /// Scope `containers`, attached at the containers' cgroup parent
+    /// (`docker/`): host processes run no program.
     /// Each daemon gets its own OTLP disk spool directory (a spool is
     /// locked by one daemon); a test that restarts a daemon on the same
     /// spool sets `CLAWKER_EGRESS_SPOOL_DIR` itself (the later entry wins).

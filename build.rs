@@ -19,6 +19,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("bpf/lsm.bpf.c", "lsm.skel.rs"),
     ("bpf/packet.bpf.c", "packet.skel.rs"),
     ("bpf/iter.bpf.c", "iter.skel.rs"),
+    ("bpf/exec.bpf.c", "exec.skel.rs"),
 ];
 const SHARED: &[&str] = &["bpf/common.bpf.h", "bpf/lib"];
 

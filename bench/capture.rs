@@ -23,6 +23,7 @@ use clawker_egress::kernel::abi;
 use clawker_egress::record::Record;
 
 mod daemon_cost; // daemon CPU per record, RSS (`-- daemon`: that part only)
+mod exec_cost; // kernel ns per exec (`-- exec`: that part only)
 
 const ROUNDS: usize = 9;
 const CONNECTS_PER_ROUND: usize = 10_000;
@@ -39,6 +40,9 @@ fn main() {
         return;
     }
     println!("clawker-egress capture bench");
+    if std::env::args().any(|a| a == "exec") {
+        return exec_cost::run();
+    }
     // `cargo bench --bench capture -- kernel`: the kernel-cost part only.
     let only_kernel = std::env::args().any(|a| a == "kernel");
     if !only_kernel {
@@ -57,6 +61,7 @@ fn main() {
         connect_rate();
         drain_flood();
         daemon_cost::run();
+        exec_cost::run();
     }
 }
 

@@ -36,6 +36,7 @@ static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
 	ev->verdict = verdict;
 	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	fill_proc(&ev->process);
 	submit_event(ev, sizeof(*ev));
 }
 
@@ -51,6 +52,7 @@ static __always_inline void set_owner(struct sock_owner *o, __u64 scope_id, __u8
 	o->verdict = verdict;
 	o->flags = (o->flags & ~SOCK_F_AUDIT) | flags;
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
+	fill_proc(&o->process);
 }
 
 static __always_inline bool same_key(const struct flow_key *x, const struct flow_key *y)
@@ -123,6 +125,7 @@ static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_
 		val.pid = owner->pid;
 		val.tgid = owner->tgid;
 		__builtin_memcpy(val.comm, owner->comm, sizeof(val.comm));
+		val.process = owner->process;
 	} else {
 		__u64 pid_tgid = bpf_get_current_pid_tgid();
 
@@ -130,6 +133,7 @@ static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_
 		val.pid = (__u32)pid_tgid;
 		val.tgid = pid_tgid >> 32;
 		bpf_get_current_comm(val.comm, sizeof(val.comm));
+		fill_proc(&val.process);
 	}
 	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
 	if (err && err != -EEXIST) {

@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define EGRESS_ABI_VERSION 3
+#define EGRESS_ABI_VERSION 4
 
 #define EGRESS_COMM_LEN 16
 #define EGRESS_ADDR_LEN 16 /* IPv4 uses the first 4 bytes, network order */
@@ -42,6 +42,9 @@ enum event_kind {
 	EVENT_KIND_FLOW_END = 2,     /* a TCP connection closed (sock_ops) */
 	EVENT_KIND_SOCK_RELEASE = 3, /* a socket whose flows user space ends */
 	EVENT_KIND_DNS = 4,          /* a DNS query a container sent, or an answer it received */
+	EVENT_KIND_EXEC = 5,         /* a process in scope ran execve (exec.bpf.c) */
+	EVENT_KIND_FORK = 6,         /* a process in scope made a new process (not a thread) */
+	EVENT_KIND_EXIT = 7,         /* a process in scope ended (its last thread) */
 };
 
 /* The hook that produced a record; also the index of the drop counters. */
@@ -59,7 +62,10 @@ enum egress_hook {
 	HOOK_DNS = 11,
 	HOOK_LSM_SOCKET = 12, /* lsm_cgroup/socket_create: every socket family */
 	HOOK_PACKET_SEND = 13, /* tp_btf/sock_send_length: non-inet sends */
-	HOOK_MAX = 14,
+	HOOK_EXEC = 14,        /* tp_btf/sched_process_exec */
+	HOOK_FORK = 15,        /* tp_btf/sched_process_fork */
+	HOOK_EXIT = 16,        /* tp_btf/sched_process_exit */
+	HOOK_MAX = 17,
 };
 
 /* What the policy decided (D3). */
@@ -87,6 +93,17 @@ enum egress_scope_mode {
 	SCOPE_ALL = 0,
 	/* only cgroups enrolled in `scoped_cgroups` and their descendants */
 	SCOPE_ENROLLED = 1,
+};
+
+/*
+ * Which process did it: with the tgid, the key that joins a record to the
+ * process's exec record (`process_key` = boot id, tgid, start time). Read
+ * from the current task wherever pid/tgid are (lib/proc.h, fill_proc()).
+ */
+struct proc_ident {
+	__u64 start_ns; /* the process's start (thread group leader), boot time */
+	__u32 ppid;     /* the real parent's tgid */
+	__u32 _pad;
 };
 
 /* Common prefix of every ring buffer record. */
@@ -117,6 +134,7 @@ struct sock_event {
 	__u8 verdict;          /* enum egress_verdict */
 	__u8 flags;            /* EVENT_F_* */
 	char comm[EGRESS_COMM_LEN];
+	struct proc_ident process;
 };
 
 /* sock_event.flags */
@@ -259,6 +277,7 @@ struct flow_value {
 	__u8 flags;
 	__u32 _pad;
 	char comm[EGRESS_COMM_LEN];
+	struct proc_ident process;
 };
 
 /* `flow_reported` map value: what user space already reported (interim). */
@@ -311,6 +330,7 @@ struct sock_owner {
 	 * find the flow by it, never by re-deriving the address. */
 	struct flow_key tcp_key;
 	__u64 tcp_start_ns; /* connect() time of an untracked TCP flow */
+	struct proc_ident process;
 };
 
 /*
@@ -456,6 +476,7 @@ struct dns_event {
 	char qname[DNS_NAME_LEN]; /* lowercase, dotted, not NUL-terminated */
 	char comm[EGRESS_COMM_LEN];
 	struct dns_answer answers[DNS_MAX_ANSWERS];
+	struct proc_ident process;
 };
 
 /*
@@ -532,6 +553,73 @@ struct domain_value {
 	__u16 name_len;
 	__u8 _pad[6];
 	char name[DNS_NAME_LEN]; /* the rule's name, right-aligned, zeros before */
+};
+
+/*
+ * Process context (exec.bpf.c, issue 15): one record per exec, per new
+ * process (fork, not threads: user space's process cache only) and per
+ * process end, for tasks in scope, charged to the container's record
+ * budget like every other record.
+ */
+#define EXEC_PATH_LEN 256  /* the path execve() was given (bprm->filename) */
+#define EXEC_ARGS_LEN 1024 /* first bytes of argv (NUL-separated) */
+/* The executed file's path, walked from its dentry up to the root of the
+ * task's mount namespace: its last EXEC_EXE_DEPTH components, each cut to
+ * EXEC_EXE_PART - 1 bytes (execve's own path may be a symlink, or
+ * /proc/self/exe: busybox runs its applets that way). */
+#define EXEC_EXE_DEPTH 8
+#define EXEC_EXE_PART 48
+
+/* exec_event.flags */
+#define EXEC_F_ARGS_TRUNCATED 0x1 /* argv is longer than EXEC_ARGS_LEN */
+#define EXEC_F_ARGS_UNREAD 0x2    /* argv could not be read */
+#define EXEC_F_EXE_TRUNCATED 0x4  /* the path is deeper than EXEC_EXE_DEPTH */
+
+/* EVENT_KIND_EXEC: a process in scope ran execve() successfully. */
+struct exec_event {
+	struct event_header hdr;
+	__u64 cgroup_id;
+	__u64 scope_cgroup_id;
+	struct proc_ident process;   /* start time and parent of this process */
+	__u64 parent_start_ns;    /* the parent's start: its process key */
+	__u32 tgid;
+	__u32 tid;                /* the exec'ing thread (becomes the leader) */
+	__u32 uid;                /* real uid/gid, as the host sees them */
+	__u32 gid;
+	__u32 euid;
+	__u32 args_size;          /* arg_end - arg_start: the whole argv's size */
+	__u16 args_len;           /* bytes of args[] read */
+	__u16 filename_len;       /* bytes of filename[], without the NUL */
+	__u8 flags;               /* EXEC_F_* */
+	__u8 exe_depth;           /* components in exe_parts (0: unknown) */
+	__u8 _pad[2];
+	char comm[EGRESS_COMM_LEN];        /* the new comm */
+	char parent_comm[EGRESS_COMM_LEN];
+	char filename[EXEC_PATH_LEN];
+	char args[EXEC_ARGS_LEN];
+	/* The executed file, leaf first: "/" + reversed parts joined by "/". */
+	char exe_parts[EXEC_EXE_DEPTH][EXEC_EXE_PART];
+};
+
+/* EVENT_KIND_FORK: a new process (not a thread) of a process in scope. */
+struct fork_event {
+	struct event_header hdr;
+	__u64 scope_cgroup_id;
+	struct proc_ident process; /* the child's start time and parent (ppid) */
+	__u64 parent_start_ns;
+	__u32 tgid;             /* the child */
+	__u32 _pad;
+};
+
+/* EVENT_KIND_EXIT: the last thread of a process in scope ended. */
+struct exit_event {
+	struct event_header hdr;
+	__u64 cgroup_id;
+	__u64 scope_cgroup_id;
+	struct proc_ident process;
+	__u32 tgid;
+	__s32 exit_code;        /* task->exit_code: wait(2) status */
+	char comm[EGRESS_COMM_LEN];
 };
 
 #endif /* CLAWKER_EGRESS_H */

@@ -185,6 +185,7 @@ static __always_inline void untracked_tcp_close(struct bpf_sock_ops *ctx, struct
 	ev->value.verdict = o->verdict;
 	ev->value.flags = (o->flags & SOCK_F_AUDIT) ? FLOW_F_AUDIT : 0;
 	__builtin_memcpy(ev->value.comm, o->comm, sizeof(ev->value.comm));
+	ev->value.process = o->process;
 	submit_tcp_end(ctx, ev, have ? &c : NULL, close_reason(old_state, c.sk_err));
 }
 
@@ -352,6 +353,7 @@ static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_
 	val.verdict = o->verdict;
 	val.flags = (o->flags & SOCK_F_AUDIT) ? FLOW_F_AUDIT : 0;
 	__builtin_memcpy(val.comm, o->comm, sizeof(val.comm));
+	val.process = o->process;
 	__builtin_memcpy(val.local_ip, p->local_ip, sizeof(val.local_ip));
 	val.local_port = p->local_port;
 	err = bpf_map_update_elem(&flows, &p->key, &val, BPF_NOEXIST);
@@ -443,6 +445,7 @@ static __always_inline bool raw_send_denied(struct __sk_buff *skb, struct bpf_so
 		ev->protocol = p.key.protocol;
 		ev->verdict = VERDICT_DENY;
 		__builtin_memcpy(ev->comm, owner->comm, sizeof(ev->comm));
+		ev->process = owner->process;
 		submit_event(ev, sizeof(*ev));
 	}
 	return true;

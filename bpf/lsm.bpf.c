@@ -41,6 +41,7 @@ static __always_inline void emit_socket(__u64 scope_id, int family, int type, in
 	ev->verdict = verdict;
 	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	fill_proc(&ev->process);
 	submit_event(ev, sizeof(*ev));
 }
 

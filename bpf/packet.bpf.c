@@ -62,6 +62,7 @@ static __always_inline void emit_packet(__u64 scope_id, const struct attempt *a,
 	ev->verdict = verdict;
 	ev->flags = flags;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	fill_proc(&ev->process);
 	submit_event(ev, sizeof(*ev));
 }
 

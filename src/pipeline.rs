@@ -96,29 +96,41 @@ impl Pipeline {
 
     fn offer(&mut self, observation: Observation, out: &mut Vec<Record>) {
         let (record, cgroup_id, scope_cgroup_id) = match observation {
-            Observation::Attempt(ev, host) => {
+            Observation::Attempt(ev, host, exe) => {
                 self.metrics.event(ev.hook, ev.verdict);
                 let mut record = Record::from_sock(&ev);
                 if let Some(host) = host {
                     record.set(key::DST_HOST, host);
                 }
+                record.set_process(ev.tgid, ev.proc, exe.as_deref());
                 (record, ev.cgroup_id, ev.scope_cgroup_id)
             }
-            Observation::Dns(exchange) => (
-                Record::from_dns(&exchange),
-                exchange.first().cgroup_id,
-                exchange.first().scope_cgroup_id,
+            Observation::Dns(exchange, exe) => {
+                let d = exchange.first();
+                let mut record = Record::from_dns(&exchange);
+                record.set_process(d.pid, d.proc, exe.as_deref());
+                (record, d.cgroup_id, d.scope_cgroup_id)
+            }
+            Observation::Exec(x) => (
+                Record::from_exec(&x),
+                x.exec.cgroup_id,
+                x.exec.scope_cgroup_id,
+            ),
+            Observation::Exit(x) => (
+                Record::from_exit(&x),
+                x.exit.cgroup_id,
+                x.exit.scope_cgroup_id,
             ),
             Observation::Lost(loss) => (
                 Record::from_loss(&loss),
                 loss.scope_cgroup_id,
                 loss.scope_cgroup_id,
             ),
-            Observation::Flow(f) => (
-                Record::from_flow(&f),
-                f.flow.cgroup_id,
-                f.flow.scope_cgroup_id,
-            ),
+            Observation::Flow(f) => {
+                let mut record = Record::from_flow(&f);
+                record.set_process(f.flow.tgid, f.flow.proc, f.exe.as_deref());
+                (record, f.flow.cgroup_id, f.flow.scope_cgroup_id)
+            }
         };
         self.attributor
             .offer(record, cgroup_id, scope_cgroup_id, out);

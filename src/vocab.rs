@@ -81,6 +81,9 @@ kernel_vocabulary! {
         Dns = h::HOOK_DNS => "dns",
         LsmSocket = h::HOOK_LSM_SOCKET => "lsm_socket",
         PacketSend = h::HOOK_PACKET_SEND => "packet_send",
+        Exec = h::HOOK_EXEC => "exec",
+        Fork = h::HOOK_FORK => "fork",
+        Exit = h::HOOK_EXIT => "exit",
     }
 }
 

@@ -436,6 +436,7 @@ static __always_inline bool load_message(struct __sk_buff *skb, struct scratch *
 	s->ev.sock_cookie = bpf_get_socket_cookie(skb);
 	s->ev.pid = owner->tgid;
 	__builtin_memcpy(s->ev.comm, owner->comm, sizeof(s->ev.comm));
+	s->ev.process = owner->process;
 	s->ev.message = message;
 	s->ev.txid = be16_at(s, 0);
 	s->pos = 12;

@@ -323,6 +323,7 @@ mod tests {
             pid: 5,
             tgid: 5,
             comm: "curl".into(),
+            proc: Default::default(),
             verdict: Verdict::Allowed,
             syn_sent: true,
             audit: false,

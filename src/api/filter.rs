@@ -30,7 +30,7 @@ pub struct FilterSpec {
     pub proto: Vec<String>,
     /// `l7_proto`: dns, unknown, ...
     pub l7: Vec<String>,
-    /// `clawker.source`: egress, overseer, cp.
+    /// `clawker.source`: egress, overseer, exec, cp.
     pub source: Vec<String>,
 }
 
@@ -40,7 +40,7 @@ pub enum FilterError {
     Dst(String, String),
     #[error("--verdict {0:?}: expected ALLOWED, DENIED or BYPASSED")]
     Verdict(String),
-    #[error("--source {0:?}: expected egress, overseer or cp")]
+    #[error("--source {0:?}: expected egress, overseer, exec or cp")]
     Source(String),
     #[error("--{0} given an empty value")]
     Empty(&'static str),

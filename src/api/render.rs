@@ -117,6 +117,7 @@ pub fn line(r: &Value, colour: bool) -> String {
             if let Some(pid) = n(r, key::PID) {
                 let _ = write!(out, "[{pid}]");
             }
+            program(&mut out, r);
             let _ = write!(out, " → {}", destination(r));
             if let Some(q) = r.get(key::QNAME).and_then(Value::as_str) {
                 let _ = write!(out, " {} {} {}", q, s(r, key::QTYPE), s(r, key::RCODE));
@@ -147,6 +148,30 @@ pub fn line(r: &Value, colour: bool) -> String {
                 let _ = write!(out, " records_lost={lost}");
             }
         }
+        "exec" => {
+            let _ = write!(
+                out,
+                "exec {} {}",
+                or_dash(s(r, key::EVENT)),
+                or_dash(s(r, key::EXE))
+            );
+            if let Some(pid) = n(r, key::PID) {
+                let _ = write!(out, "[{pid}]");
+            }
+            if let Some(ppid) = n(r, key::PPID) {
+                let _ = write!(out, " ppid={ppid}");
+            }
+            let args = s(r, key::ARGS);
+            if !args.is_empty() {
+                let _ = write!(out, " {args}");
+            }
+            if let Some(code) = n(r, key::EXIT_CODE) {
+                let _ = write!(out, " exit_code={code}");
+            }
+            if let Some(sig) = n(r, key::EXIT_SIGNAL) {
+                let _ = write!(out, " signal={sig}");
+            }
+        }
         source => {
             let _ = write!(out, "{} {}", source, or_dash(s(r, key::EVENT)));
             let name = s(r, key::CONTAINER_NAME);
@@ -174,6 +199,15 @@ pub fn line(r: &Value, colour: bool) -> String {
         }
     }
     out
+}
+
+/// ` (exe)` after `comm[pid]`: the program's path (comm is only its name).
+fn program(out: &mut String, r: &Value) {
+    let exe = s(r, key::EXE);
+    let comm = s(r, key::COMM);
+    if !exe.is_empty() && exe != comm {
+        let _ = write!(out, " ({exe})");
+    }
 }
 
 fn clean_strings(r: &Value) -> Value {
@@ -271,6 +305,22 @@ mod tests {
         assert_eq!(
             line(&o, false),
             "12:01:02.123 dev - overseer container_stop clawker.web.dev exit_code=0"
+        );
+    }
+
+    #[test]
+    fn exe_and_exec_lines() {
+        let mut r = flow();
+        r["exe"] = json!("/usr/bin/curl");
+        assert!(line(&r, false).contains("curl[42] (/usr/bin/curl) → evil.test:443"));
+        let x = json!({
+            "@timestamp": "2026-11-30T12:01:02.123Z",
+            "clawker.source": "exec", "event": "exec", "agent": "dev",
+            "exe": "/bin/nc", "pid": 7, "ppid": 6, "args": "nc --token=******** h 1"
+        });
+        assert_eq!(
+            line(&x, false),
+            "12:01:02.123 dev - exec exec /bin/nc[7] ppid=6 nc --token=******** h 1"
         );
     }
 

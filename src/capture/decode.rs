@@ -6,11 +6,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
 
+use super::argv::parse_args;
 use super::clock::BootClock;
 use super::event::{
     CloseReason, Counters, DnsKind, DnsMessage, DnsReject, Event, FlowEnd, FlowSnapshot, Hook,
     SockEvent, Verdict,
 };
+use super::process::{ExecEvent, ExitEvent, ForkEvent, ProcIdent};
 use crate::kernel::abi;
 use crate::kernel::pod::c_str as comm;
 
@@ -83,7 +85,87 @@ pub fn decode(bytes: &[u8], clock: BootClock) -> Result<Event, DecodeError> {
                 sock_cookie: raw.sock_cookie,
             })
         }
+        abi::event_kind::EVENT_KIND_EXEC => {
+            check_size::<abi::exec_event>(&header, bytes)?;
+            Ok(Event::Exec(Box::new(decode_exec(read(bytes), clock))))
+        }
+        abi::event_kind::EVENT_KIND_FORK => {
+            check_size::<abi::fork_event>(&header, bytes)?;
+            let raw: abi::fork_event = read(bytes);
+            Ok(Event::Fork(ForkEvent {
+                scope_cgroup_id: raw.scope_cgroup_id,
+                tgid: raw.tgid,
+                proc: proc_ident(&raw.process),
+                parent_start_ns: raw.parent_start_ns,
+            }))
+        }
+        abi::event_kind::EVENT_KIND_EXIT => {
+            check_size::<abi::exit_event>(&header, bytes)?;
+            let raw: abi::exit_event = read(bytes);
+            Ok(Event::Exit(ExitEvent {
+                time: clock.to_wall(raw.hdr.ts_ns),
+                ts_ns: raw.hdr.ts_ns,
+                cgroup_id: raw.cgroup_id,
+                scope_cgroup_id: raw.scope_cgroup_id,
+                tgid: raw.tgid,
+                proc: proc_ident(&raw.process),
+                started: clock.to_wall(raw.process.start_ns),
+                status: raw.exit_code,
+                comm: comm(&raw.comm),
+            }))
+        }
         _ => Err(DecodeError::Kind(header.kind)),
+    }
+}
+
+fn proc_ident(raw: &abi::proc_ident) -> ProcIdent {
+    ProcIdent {
+        start_ns: raw.start_ns,
+        ppid: raw.ppid,
+    }
+}
+
+/// An exec record; argv is masked here, before anything else holds it.
+fn decode_exec(raw: abi::exec_event, clock: BootClock) -> ExecEvent {
+    let bytes = |s: &[libc::c_char], len: usize| -> Vec<u8> {
+        s[..len.min(s.len())].iter().map(|&c| c as u8).collect()
+    };
+    let filename = bytes(&raw.filename, usize::from(raw.filename_len));
+    let args = bytes(&raw.args, usize::from(raw.args_len));
+    let flags = u32::from(raw.flags);
+    let filename = String::from_utf8_lossy(&filename).into_owned();
+    let depth = usize::from(raw.exe_depth).min(raw.exe_parts.len());
+    let exe = if depth == 0 {
+        filename.clone()
+    } else {
+        let mut path = String::new();
+        if flags & abi::EXEC_F_EXE_TRUNCATED != 0 {
+            path.push('…');
+        }
+        for part in raw.exe_parts[..depth].iter().rev() {
+            path.push('/');
+            path.push_str(&comm(part));
+        }
+        path
+    };
+    ExecEvent {
+        time: clock.to_wall(raw.hdr.ts_ns),
+        ts_ns: raw.hdr.ts_ns,
+        cgroup_id: raw.cgroup_id,
+        scope_cgroup_id: raw.scope_cgroup_id,
+        tgid: raw.tgid,
+        proc: proc_ident(&raw.process),
+        started: clock.to_wall(raw.process.start_ns),
+        parent_start_ns: raw.parent_start_ns,
+        uid: raw.uid,
+        gid: raw.gid,
+        euid: raw.euid,
+        exe,
+        filename,
+        args: parse_args(&args),
+        args_truncated: flags & (abi::EXEC_F_ARGS_TRUNCATED | abi::EXEC_F_ARGS_UNREAD) != 0,
+        comm: comm(&raw.comm),
+        parent_comm: comm(&raw.parent_comm),
     }
 }
 
@@ -129,6 +211,7 @@ fn decode_sock(raw: abi::sock_event, clock: BootClock) -> Result<SockEvent, Deco
         verdict,
         audit: u32::from(raw.flags) & abi::EVENT_F_AUDIT != 0,
         comm: comm(&raw.comm),
+        proc: proc_ident(&raw.process),
     })
 }
 
@@ -178,6 +261,7 @@ fn decode_dns(raw: abi::dns_event, clock: BootClock) -> Result<DnsMessage, Decod
         local_port: raw.local_port,
         protocol: raw.protocol,
         answers,
+        proc: proc_ident(&raw.process),
     })
 }
 
@@ -215,6 +299,7 @@ pub fn decode_flow(
             packets_out: value.packets_out,
             packets_in: value.packets_in,
         },
+        proc: proc_ident(&value.process),
     })
 }
 

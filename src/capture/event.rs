@@ -5,6 +5,8 @@ use std::time::SystemTime;
 
 pub use crate::vocab::{CloseReason, DnsReject, Hook, Verdict};
 
+use super::process::{ExecEvent, ExitEvent, ForkEvent, ProcIdent};
+
 /// One socket operation seen at a cgroup hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SockEvent {
@@ -25,6 +27,8 @@ pub struct SockEvent {
     /// A DENY decided in audit mode: recorded, not enforced.
     pub audit: bool,
     pub comm: String,
+    /// The process's start time and parent.
+    pub proc: ProcIdent,
 }
 
 /// Byte and packet counts of a flow (totals or deltas).
@@ -72,6 +76,8 @@ pub struct FlowSnapshot {
     /// A policy change ended its socket (iter.bpf.c): close_reason=policy.
     pub policy_end: bool,
     pub counters: Counters,
+    /// The process's start time and parent.
+    pub proc: ProcIdent,
 }
 
 /// A TCP flow the kernel saw close.
@@ -122,6 +128,8 @@ pub struct DnsMessage {
     pub protocol: u8,
     /// A and AAAA answers with their TTL in seconds.
     pub answers: Vec<(IpAddr, u32)>,
+    /// The socket owner's process start time and parent.
+    pub proc: ProcIdent,
 }
 
 /// Everything the capture stage hands downstream.
@@ -135,4 +143,10 @@ pub enum Event {
         sock_cookie: u64,
     },
     Dns(DnsMessage),
+    /// A process in scope ran execve() (argv masked).
+    Exec(Box<ExecEvent>),
+    /// A new process in scope (the process cache only).
+    Fork(ForkEvent),
+    /// A process in scope ended.
+    Exit(ExitEvent),
 }

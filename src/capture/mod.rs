@@ -2,11 +2,13 @@
 //! no busy polling), decode each record, and pass batches of [`Event`]s down
 //! the pipeline. Parse failures are counted here, where they happen.
 
+pub mod argv;
 mod clock;
 mod decode;
 mod drain;
 mod event;
 mod loss;
+mod process;
 
 pub use clock::BootClock;
 pub use decode::{decode, decode_flow, DecodeError};
@@ -16,3 +18,4 @@ pub use event::{
     SockEvent, Verdict,
 };
 pub use loss::{ContainerLoss, LossReporter};
+pub use process::{boot_id, process_key, ExecEvent, ExitEvent, ForkEvent, ProcIdent};

@@ -41,7 +41,7 @@ pub struct ObserveArgs {
     /// Application protocol: dns, unknown.
     #[arg(long)]
     pub l7: Vec<String>,
-    /// Record stream: egress, overseer, cp.
+    /// Record stream: egress, overseer, exec, cp.
     #[arg(long)]
     pub source: Vec<String>,
     /// First the records of this recent past (e.g. 5m), from the daemon's

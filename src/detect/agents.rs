@@ -304,7 +304,7 @@ impl AgentMetrics {
         match r.source {
             Source::Overseer => self.overseer(r, &agent, &project, slot),
             Source::Egress => self.egress(r, &agent, &project, slot),
-            Source::ControlPlane => {}
+            Source::ControlPlane | Source::Exec => {}
         }
         self.sweep_if_due(&mut table, now);
     }

@@ -45,6 +45,7 @@ mod tests {
             pid: 0,
             tgid: 0,
             comm: String::new(),
+            proc: Default::default(),
             verdict: Verdict::Allowed,
             syn_sent: false,
             policy_end: false,

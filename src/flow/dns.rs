@@ -131,6 +131,7 @@ mod tests {
             sock_cookie: cookie,
             pid: 1,
             comm: "t".into(),
+            proc: Default::default(),
             qname: "a.test".into(),
             qtype: 1,
             txid,

@@ -10,15 +10,20 @@
 mod community;
 mod dns;
 mod names;
+mod procs;
 mod stage;
 
 pub use community::community_id;
 pub use dns::DnsExchange;
+pub use procs::Processes;
 pub use stage::{FlowOptions, FlowStage};
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::capture::{CloseReason, ContainerLoss, Counters, FlowSnapshot, SockEvent};
+use crate::capture::{
+    CloseReason, ContainerLoss, Counters, ExecEvent, ExitEvent, FlowSnapshot, SockEvent,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowState {
@@ -53,17 +58,40 @@ pub struct FlowRecord {
     pub errno: i32,
     /// The name the container resolved the remote address from.
     pub dst_host: Option<String>,
+    /// The program of the process that made it (the process cache).
+    pub exe: Option<Arc<str>>,
+}
+
+/// One exec, with its parent's program (the process cache).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub exec: Box<ExecEvent>,
+    pub parent_exe: Option<Arc<str>>,
+}
+
+/// One process end, with its program and how long it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub exit: ExitEvent,
+    pub exe: Option<Arc<str>>,
+    pub duration: Duration,
 }
 
 /// What the record stage receives: flows, and the attempts that never
 /// became flows (denied, raw socket creation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
-    /// With the name the destination was resolved from, if any.
-    Attempt(SockEvent, Option<String>),
+    /// With the name the destination was resolved from, if any, and the
+    /// process's program.
+    Attempt(SockEvent, Option<String>, Option<Arc<str>>),
     Flow(FlowRecord),
-    /// A DNS exchange: its own record (`l7_proto`=`dns`).
-    Dns(DnsExchange),
+    /// A DNS exchange: its own record (`l7_proto`=`dns`), and the program
+    /// of the process that asked.
+    Dns(DnsExchange, Option<Arc<str>>),
+    /// A process in scope ran execve() (`clawker.source`=`exec`).
+    Exec(ExecRecord),
+    /// A process in scope ended (`clawker.source`=`exec`).
+    Exit(ExitRecord),
     /// Records a container lost in the kernel over an interval (in-band).
     Lost(ContainerLoss),
 }

@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 
 use super::dns::Exchanges;
 use super::names::Names;
-use super::{FlowRecord, FlowState, Observation};
+use super::procs::Processes;
+use super::{ExecRecord, ExitRecord, FlowRecord, FlowState, Observation};
 use crate::capture::{decode_flow, BootClock, CloseReason, Counters, Event, FlowEnd, FlowSnapshot};
 use crate::kernel::{abi, FlowMaps};
 use crate::metrics::{DropReason, Metrics};
@@ -46,6 +47,7 @@ pub struct FlowStage {
     released: HashSet<u64>,
     names: Names,
     dns: Exchanges,
+    procs: Processes,
     last_sweep: Instant,
 }
 
@@ -59,6 +61,7 @@ impl FlowStage {
             released: HashSet::new(),
             names: Names::default(),
             dns: Exchanges::default(),
+            procs: Processes::default(),
             last_sweep: Instant::now(),
         }
     }
@@ -94,13 +97,13 @@ impl FlowStage {
                     let host = ev
                         .dst
                         .and_then(|(ip, _)| self.names.name_of(ev.scope_cgroup_id, ip));
-                    out.push(Observation::Attempt(ev, host));
+                    out.push(Observation::Attempt(ev, host, None));
                 }
                 Event::Dns(message) => {
                     self.names.learn(&message);
                     let mut done = Vec::new();
                     self.dns.on_message(message, &mut done);
-                    out.extend(done.into_iter().map(Observation::Dns));
+                    out.extend(done.into_iter().map(|d| Observation::Dns(d, None)));
                 }
                 Event::FlowEnd(end) => {
                     self.dns_socket_closed(end.flow.sock_cookie, &mut out);
@@ -110,15 +113,49 @@ impl FlowStage {
                     self.dns_socket_closed(sock_cookie, &mut out);
                     self.released.insert(sock_cookie);
                 }
+                Event::Exec(exec) => {
+                    let parent_exe = self.procs.exe(exec.proc.ppid, exec.parent_start_ns);
+                    self.procs.exec(&exec);
+                    out.push(Observation::Exec(ExecRecord { exec, parent_exe }));
+                }
+                Event::Fork(fork) => self.procs.fork(&fork),
+                Event::Exit(exit) => {
+                    let exe = self.procs.exit(&exit);
+                    let duration =
+                        Duration::from_nanos(exit.ts_ns.saturating_sub(exit.proc.start_ns));
+                    out.push(Observation::Exit(ExitRecord {
+                        exit,
+                        exe,
+                        duration,
+                    }));
+                }
             }
         }
+        self.name_programs(&mut out);
         out
+    }
+
+    /// Every egress observation gets its process's program (process cache).
+    fn name_programs(&mut self, out: &mut [Observation]) {
+        for o in out {
+            match o {
+                Observation::Attempt(ev, _, exe) => {
+                    *exe = self.procs.exe(ev.tgid, ev.proc.start_ns)
+                }
+                Observation::Flow(f) => f.exe = self.procs.exe(f.flow.tgid, f.flow.proc.start_ns),
+                Observation::Dns(d, exe) => {
+                    let m = d.first();
+                    *exe = self.procs.exe(m.pid, m.proc.start_ns);
+                }
+                Observation::Exec(_) | Observation::Exit(_) | Observation::Lost(_) => {}
+            }
+        }
     }
 
     fn dns_socket_closed(&mut self, cookie: u64, out: &mut Vec<Observation>) {
         let mut done = Vec::new();
         self.dns.socket_closed(cookie, &mut done);
-        out.extend(done.into_iter().map(Observation::Dns));
+        out.extend(done.into_iter().map(|d| Observation::Dns(d, None)));
     }
 
     fn maybe_sweep(&mut self) -> Vec<Observation> {
@@ -129,7 +166,9 @@ impl FlowStage {
         let mut done = Vec::new();
         self.dns.expire(Instant::now(), &mut done);
         let mut out = self.sweep();
-        out.extend(done.into_iter().map(Observation::Dns));
+        out.extend(done.into_iter().map(|d| Observation::Dns(d, None)));
+        self.procs.expire(Instant::now());
+        self.name_programs(&mut out);
         out
     }
 
@@ -198,6 +237,7 @@ impl FlowStage {
             delta: flow.counters.since(baseline),
             close_reason: Some(reason),
             errno: if reason == CloseReason::Fin { 0 } else { errno },
+            exe: None,
             flow,
         }
     }
@@ -231,6 +271,7 @@ impl FlowStage {
             delta: flow.counters.since(baseline),
             close_reason: None,
             errno: 0,
+            exe: None,
             flow,
         })
     }

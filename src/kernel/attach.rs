@@ -27,6 +27,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, Object, OpenObject};
 use super::abi;
 use super::dns_skel::DnsSkelBuilder;
 use super::error::{bpf_err, dup_handle, KernelError};
+use super::exec_skel::ExecSkelBuilder;
 use super::flow_skel::FlowSkelBuilder;
 use super::lsm_skel::LsmSkelBuilder;
 use super::packet_skel::PacketSkelBuilder;
@@ -242,6 +243,8 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     load_object!(flow = FlowSkelBuilder);
     load_object!(dns = DnsSkelBuilder);
     load_object!(packet = PacketSkelBuilder);
+    // Process context (exec, fork, exit): global tracepoints.
+    load_object!(exec = ExecSkelBuilder);
     // Every socket family at creation: only where BPF LSM programs load
     // (BPF LSM active, trampolines allowed; see `check`). Elsewhere
     // packet.bpf.c records and stops packet sockets at their first send.
@@ -300,6 +303,7 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     if lsm.is_none() {
         created += attach_tracing(packet.object(), &pins)?;
     }
+    created += attach_tracing(exec.object(), &pins)?;
 
     let handle = |m: &libbpf_rs::MapMut, name: &str| {
         MapHandle::try_from(m).map_err(bpf_err(format!("map handle for {name}")))

@@ -64,6 +64,11 @@ mod iter_skel {
 }
 
 #[allow(clippy::all, clippy::pedantic, dead_code)]
+mod exec_skel {
+    include!(concat!(env!("OUT_DIR"), "/exec.skel.rs"));
+}
+
+#[allow(clippy::all, clippy::pedantic, dead_code)]
 mod flow_skel {
     include!(concat!(env!("OUT_DIR"), "/flow.skel.rs"));
 }

@@ -292,6 +292,7 @@ mod tests {
             verdict: Verdict::Allowed,
             audit: false,
             comm: "curl\nx".into(),
+            proc: Default::default(),
         }
     }
 

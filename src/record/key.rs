@@ -73,4 +73,21 @@ keys! {
     SOCKETS_END_FAILED = "sockets_end_failed";
     LOST_BYTES_OUT = "lost_bytes_out";
     LOST_BYTES_IN = "lost_bytes_in";
+    /// Process context (issue 15): on exec/exit records, and `exe`,
+    /// `ppid`, `process_key` on every egress record too.
+    EXE = "exe";
+    /// The path execve() was given, when it is not `exe` (a symlink, ...).
+    EXEC_FILENAME = "exec_filename";
+    PPID = "ppid";
+    PROCESS_KEY = "process_key";
+    PARENT_PROCESS_KEY = "parent_process_key";
+    PARENT_EXE = "parent_exe";
+    PARENT_COMM = "parent_comm";
+    PROCESS_START = "process_start";
+    ARGS = "args";
+    ARGS_TRUNCATED = "args_truncated";
+    UID = "uid";
+    GID = "gid";
+    EUID = "euid";
+    EXIT_SIGNAL = "exit_signal";
 }

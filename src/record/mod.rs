@@ -4,6 +4,7 @@
 //! egress shapes (flows, attempts, DNS) are built in `egress.rs`.
 
 mod egress;
+mod exec;
 pub mod id;
 pub mod key;
 mod loss;
@@ -27,16 +28,24 @@ pub enum Source {
     Overseer,
     /// The daemon's own logs (control plane; wire name `cp`).
     ControlPlane,
+    /// Process context: exec and exit of processes in containers.
+    Exec,
 }
 
 impl Source {
-    pub const ALL: &'static [Source] = &[Source::Egress, Source::Overseer, Source::ControlPlane];
+    pub const ALL: &'static [Source] = &[
+        Source::Egress,
+        Source::Overseer,
+        Source::ControlPlane,
+        Source::Exec,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Source::Egress => "egress",
             Source::Overseer => "overseer",
             Source::ControlPlane => "cp",
+            Source::Exec => "exec",
         }
     }
 }

@@ -592,6 +592,6 @@ pub(crate) fn urlencode(s: &str) -> String {
         .collect()
 }
 
-pub(crate) const SOURCES: [&str; 7] = [
-    "claude", "cp", "dns", "egress", "envoy", "overseer", "unrouted",
+pub(crate) const SOURCES: [&str; 8] = [
+    "claude", "cp", "dns", "egress", "envoy", "exec", "overseer", "unrouted",
 ];

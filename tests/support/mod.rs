@@ -419,9 +419,14 @@ pub fn write_atomic(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Records made by one process.
+/// Egress records made by one process.
 pub fn by_pid(recs: &[Value], pid: u32) -> Vec<Value> {
-    recs.iter().filter(|r| r["pid"] == pid).cloned().collect()
+    // Egress records only: the process's exec/exit records (clawker.source
+    // exec) carry its pid too.
+    recs.iter()
+        .filter(|r| r["pid"] == pid && r["clawker.source"] == "egress")
+        .cloned()
+        .collect()
 }
 
 /// A loopback TCP server the test owns. Per connection: read `expect` bytes

@@ -40,7 +40,8 @@ fn delivery_stack() -> Stack {
 fn stored_ids(os: &str, cgroup_id: u64) -> (BTreeMap<String, usize>, Vec<Value>) {
     let (s, v) = http(
         "POST",
-        &format!("{os}/clawker-egress/_search?size=10000&ignore_unavailable=true"),
+        // The cgroup's flows and its processes' exec/exit records.
+        &format!("{os}/clawker-egress,clawker-exec/_search?size=10000&ignore_unavailable=true"),
         Some(&json!({
             "query": { "term": { "attributes.cgroup_id": cgroup_id } },
             "_source": ["attributes.record_id"],
@@ -203,7 +204,11 @@ fn outage(
     let t_back = Instant::now();
     // Wait for all of them (at most 2 minutes), then compare whatever is there.
     let stored = loop {
-        let _ = http("POST", &format!("{os}/clawker-egress/_refresh"), None);
+        let _ = http(
+            "POST",
+            &format!("{os}/clawker-egress,clawker-exec/_refresh?ignore_unavailable=true"),
+            None,
+        );
         let (ids, _) = stored_ids(&os, cgid);
         if ids.len() >= emitted.len() || t_back.elapsed() > Duration::from_secs(120) {
             break ids;
@@ -212,7 +217,11 @@ fn outage(
     };
     let caught_up = t_back.elapsed();
     std::thread::sleep(Duration::from_secs(3)); // a late duplicate would land now
-    let _ = http("POST", &format!("{os}/clawker-egress/_refresh"), None);
+    let _ = http(
+        "POST",
+        &format!("{os}/clawker-egress,clawker-exec/_refresh?ignore_unavailable=true"),
+        None,
+    );
     let (stored, hits) = {
         let (again, hits) = stored_ids(&os, cgid);
         assert!(again.len() >= stored.len());
@@ -303,7 +312,11 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
         assert_eq!(s, 200, "{v}");
         std::thread::sleep(Duration::from_secs(3));
     }
-    let _ = http("POST", &format!("{os}/clawker-egress/_refresh"), None);
+    let _ = http(
+        "POST",
+        &format!("{os}/clawker-egress,clawker-exec/_refresh?ignore_unavailable=true"),
+        None,
+    );
     let found = search(&os, "clawker-egress", term("attributes.record_id", &rid));
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(found[0]["_id"], json!(rid));

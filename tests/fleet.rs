@@ -63,12 +63,13 @@ fn collector_metric(telemetry: u16, name: &str) -> f64 {
         .sum()
 }
 
-/// Documents in clawker-egress for these cgroups (None while the cluster
+/// Documents in clawker-egress and clawker-exec (the cgroups' flows and
+/// their processes' exec/exit records) for these cgroups (None while the cluster
 /// cannot answer).
 fn count(os: &str, cgroups: &[u64]) -> Option<u64> {
     let (s, v) = http(
         "POST",
-        &format!("{os}/clawker-egress/_count"),
+        &format!("{os}/clawker-egress,clawker-exec/_count?ignore_unavailable=true"),
         Some(&json!({ "query": { "terms": { "attributes.cgroup_id": cgroups } } })),
     );
     (s == 200).then(|| v["count"].as_u64()).flatten()
@@ -77,10 +78,16 @@ fn count(os: &str, cgroups: &[u64]) -> Option<u64> {
 /// record_id -> host.name of every stored document (one entry per
 /// document: a duplicate shows up twice), read with a scroll.
 fn stored(os: &str, cgroups: &[u64]) -> Vec<(String, String)> {
-    let _ = http("POST", &format!("{os}/clawker-egress/_refresh"), None);
+    let _ = http(
+        "POST",
+        &format!("{os}/clawker-egress,clawker-exec/_refresh?ignore_unavailable=true"),
+        None,
+    );
     let (s, mut v) = http(
         "POST",
-        &format!("{os}/clawker-egress/_search?scroll=1m&size=5000"),
+        &format!(
+            "{os}/clawker-egress,clawker-exec/_search?scroll=1m&size=5000&ignore_unavailable=true"
+        ),
         Some(&json!({
             "query": { "terms": { "attributes.cgroup_id": cgroups } },
             "_source": ["attributes.record_id", "resource.host.name"],

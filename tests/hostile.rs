@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::docker::{engine, wait_attribution_ready, Spec};
-use support::{by_pid, cgroup2_root, pid_of, write_atomic, Daemon, DaemonOptions, TestCgroup};
+use support::{
+    by_pid, cgroup2_root, is_egress, pid_of, write_atomic, Daemon, DaemonOptions, TestCgroup,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -765,7 +767,7 @@ except OSError as e: print('udp_pktinfo_any', e.errno)
     ));
     let accepted6 = v4_only.accept().is_ok();
     let pid6 = pid_of(&out6);
-    let recs6 = collect(&daemon6, 1, WAIT, |r| r["pid"] == pid6);
+    let recs6 = collect(&daemon6, 1, WAIT, |r| r["pid"] == pid6 && is_egress(r));
     drop(v6_dummy);
 
     assert!(
@@ -791,7 +793,7 @@ fn unspecified_destination_flows_are_exact() {
          \x20   s = socket.socket(); s.connect(('0.0.0.0', {port})); s.close()\n"
     ));
     let pid = pid_of(&out);
-    let mine = |r: &Value| r["pid"] == pid;
+    let mine = |r: &Value| r["pid"] == pid && is_egress(r);
     let recs = collect(&daemon, N, Duration::from_secs(60), mine);
     // Let stragglers (duplicates) arrive before counting exactly.
     std::thread::sleep(Duration::from_millis(500));
@@ -834,7 +836,7 @@ fn unspecified_v6_destination_flows_are_exact() {
          \x20   s = socket.socket(socket.AF_INET6); s.connect(('::ffff:0.0.0.0', {p4})); s.close()\n"
     ));
     let pid = pid_of(&out);
-    let mine = |r: &Value| r["pid"] == pid;
+    let mine = |r: &Value| r["pid"] == pid && is_egress(r);
     collect(&daemon, 2 * N, Duration::from_secs(60), mine);
     std::thread::sleep(Duration::from_millis(500));
     let recs: Vec<Value> = daemon.records().into_iter().filter(|r| mine(r)).collect();
@@ -894,7 +896,7 @@ fn enrolled_sub_cgroup(daemon: &Daemon, c: &support::docker::Container, name: &s
         ));
         let pid = pid_of(&out);
         let seen = collect(daemon, 1, Duration::from_secs(3), |r| {
-            r["pid"] == pid && r["container_id"] == c.id.as_str()
+            r["pid"] == pid && r["container_id"] == c.id.as_str() && is_egress(r)
         });
         if !seen.is_empty() {
             return sub;
@@ -969,7 +971,7 @@ fn flooding_container_cannot_starve_another() {
     ));
     let victim_pid = pid_of(&out);
     let victim_recs = collect(&daemon, N, Duration::from_secs(60), |r| {
-        r["pid"] == victim_pid && r["container_id"] == victim.id.as_str()
+        r["pid"] == victim_pid && r["container_id"] == victim.id.as_str() && is_egress(r)
     });
     let reports = collect(&daemon, 1, Duration::from_secs(10), |r| {
         r["event"] == "records_lost" && r["container_id"] == flooder.id.as_str()
@@ -1072,7 +1074,7 @@ fn udp_flow_flood_cannot_untrack_another_containers_flows() {
     ));
     let victim_pid = pid_of(&out);
     let victim_recs = collect(&daemon, N, Duration::from_secs(30), |r| {
-        r["pid"] == victim_pid && r["container_id"] == victim.id.as_str()
+        r["pid"] == victim_pid && r["container_id"] == victim.id.as_str() && is_egress(r)
     });
     let flows = flows_to(&victim_recs, server);
     // Loss reports come every 10 s by default.
@@ -1341,7 +1343,7 @@ fn daemon_exemption_ends_with_the_daemon() {
         .parse()
         .unwrap_or(-1);
     let next = Daemon::start(same_pins(opts()));
-    let recs = collect(&next, 1, WAIT, |r| r["pid"] == dead);
+    let recs = collect(&next, 1, WAIT, |r| r["pid"] == dead && is_egress(r));
     let denied = recs
         .iter()
         .any(|r| r["verdict"] == "DENIED" && r["dst_port"] == port);

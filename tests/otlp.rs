@@ -40,6 +40,15 @@ fn pid_attr(r: &LogRecord) -> Option<i64> {
     }
 }
 
+/// The pid of a flow, socket or DNS record (exec/exit records carry the
+/// process's pid too).
+fn egress_pid(r: &LogRecord) -> Option<i64> {
+    match attr(&r.attributes, "clawker.source") {
+        Some(any_value::Value::StringValue(s)) if s == "egress" => pid_attr(r),
+        _ => None,
+    }
+}
+
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -79,11 +88,11 @@ fn records_arrive_as_otlp_log_records_and_the_daemon_never_records_itself() {
             .unwrap(),
     );
     let recs = receiver.wait_for("the connect", |r| {
-        r.iter().any(|(lr, _)| pid_attr(lr) == Some(pid))
+        r.iter().any(|(lr, _)| egress_pid(lr) == Some(pid))
     });
     let (lr, resource) = recs
         .iter()
-        .find(|(lr, _)| pid_attr(lr) == Some(pid))
+        .find(|(lr, _)| egress_pid(lr) == Some(pid))
         .unwrap();
 
     let a = &lr.attributes;
@@ -162,7 +171,7 @@ fn a_collector_that_is_down_loses_nothing_once_it_returns() {
     let receiver = Receiver::serve(addr);
     receiver.wait_for("all five connects after the collector came back", |r| {
         pids.iter()
-            .all(|p| r.iter().any(|(lr, _)| pid_attr(lr) == Some(*p)))
+            .all(|p| r.iter().any(|(lr, _)| egress_pid(lr) == Some(*p)))
     });
     assert!(daemon
         .stderr_lines()

@@ -420,11 +420,17 @@ pub fn write_atomic(path: &Path, text: &str) {
 }
 
 /// Egress records made by one process.
+/// A flow, socket or DNS record (not a process's exec/exit record, which
+/// carries the same pid).
+pub fn is_egress(r: &Value) -> bool {
+    r["clawker.source"] == "egress"
+}
+
 pub fn by_pid(recs: &[Value], pid: u32) -> Vec<Value> {
     // Egress records only: the process's exec/exit records (clawker.source
     // exec) carry its pid too.
     recs.iter()
-        .filter(|r| r["pid"] == pid && r["clawker.source"] == "egress")
+        .filter(|r| r["pid"] == pid && is_egress(r))
         .cloned()
         .collect()
 }

@@ -328,26 +328,31 @@ impl Spool {
         self.write_cursor(false)
     }
 
+    /// Remove every segment read to its end, the one being written too
+    /// (the next append starts a new one): the spool's size is what is
+    /// still to deliver, and a drained spool holds no file.
     fn drop_consumed(&mut self) -> io::Result<()> {
         while let Some(front) = self.segments.front() {
             let behind = front.id < self.read.segment
-                || (front.id == self.read.segment
-                    && self.read.offset >= front.len
-                    && self.writer.as_ref().is_none_or(|(w, _)| *w != front.id));
+                || (front.id == self.read.segment && self.read.offset >= front.len);
             if !behind {
                 break;
             }
             let id = front.id;
+            if self.writer.as_ref().is_some_and(|(w, _)| *w == id) {
+                self.writer = None;
+            }
             self.total_bytes -= front.len;
             self.segments.pop_front();
             let _ = std::fs::remove_file(seg_path(&self.opts.dir, id));
             if self.read.segment == id {
-                if let Some(next) = self.segments.front() {
-                    self.read = Position {
-                        segment: next.id,
-                        offset: 0,
-                    };
-                }
+                // Past the removed segment: the next one, or the id the
+                // next append will start (never a lower one).
+                let next = self.segments.front().map_or(id + 1, |s| s.id);
+                self.read = Position {
+                    segment: next,
+                    offset: 0,
+                };
             }
         }
         Ok(())
@@ -435,14 +440,25 @@ mod tests {
         assert_eq!(s.append(&recs(50, 5)).unwrap(), 5);
         assert_eq!(drain(&mut s), recs(10, 45));
         assert!(s.is_empty());
-        // Delivered segments are deleted; only the one being written stays.
-        assert!(s.bytes() <= 200 + 21, "{}", s.bytes());
-        let segs = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-            .count();
-        assert_eq!(segs, 1);
+        // Delivered segments are deleted, the one being written too: a
+        // drained spool holds nothing (its size is what is left to send).
+        assert_eq!(s.bytes(), 0);
+        let segs = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                .count()
+        };
+        assert_eq!(segs(dir.path()), 0);
+        // Records spooled after the drain are read, also after a restart.
+        assert_eq!(s.append(&recs(55, 3)).unwrap(), 3);
+        assert!(!s.is_empty());
+        s.sync().unwrap();
+        drop(s);
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 200)).unwrap();
+        assert_eq!(drain(&mut s), recs(55, 3));
+        assert_eq!((s.bytes(), segs(dir.path())), (0, 0));
     }
 
     #[test]

@@ -211,7 +211,7 @@ fn kernel_cost() {
     let after = prog_stats(&pins);
     stop_daemon(daemon, &cg, &pins);
     let _ = std::fs::remove_dir(&cg);
-    print_cost("in scope (watched cgroup)", &before, &after);
+    print_connect_cost("in scope (watched cgroup)", &before, &after);
     // Out of scope: the daemon watches containers at the host root; the
     // loop is a host process.
     let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-host-{me}"));
@@ -226,8 +226,8 @@ fn kernel_cost() {
     std::thread::sleep(took);
     let idle = prog_stats(&pins);
     stop_host_daemon(daemon, &pins);
-    print_cost("out of scope (host process)", &before, &after);
-    print_cost(
+    print_connect_cost("out of scope (host process)", &before, &after);
+    print_connect_cost(
         "out of scope, background only (the same time without the loop)",
         &after,
         &idle,
@@ -303,10 +303,33 @@ fn prog_stats(pins: &Path) -> Vec<(String, u64, u64)> {
     stats
 }
 
-fn print_cost(what: &str, before: &[(String, u64, u64)], after: &[(String, u64, u64)]) {
-    println!("kernel ns per connection, {what} ({COST_CONNECTS} socket+connect+close):");
+fn print_connect_cost(what: &str, before: &[(String, u64, u64)], after: &[(String, u64, u64)]) {
+    print_cost(
+        &format!("kernel ns per connection, {what} ({COST_CONNECTS} socket+connect+close)"),
+        ("connection", COST_CONNECTS),
+        &[],
+        before,
+        after,
+    );
+}
+
+/// Per-program cost between two `prog_stats` readings, per `unit` (`n` of
+/// them were made): ns per run, runs per unit, ns per unit, and the total,
+/// under the heading `what`. `only`: the programs to show (empty: every
+/// one that ran).
+fn print_cost(
+    what: &str,
+    (unit, n): (&str, usize),
+    only: &[&str],
+    before: &[(String, u64, u64)],
+    after: &[(String, u64, u64)],
+) {
+    println!("{what}:");
     let mut total = 0.0;
-    for (name, ns, cnt) in after {
+    for (name, ns, cnt) in after
+        .iter()
+        .filter(|(name, _, _)| only.is_empty() || only.contains(&name.as_str()))
+    {
         let (ns0, cnt0) = before
             .iter()
             .find(|(n, _, _)| n == name)
@@ -316,15 +339,15 @@ fn print_cost(what: &str, before: &[(String, u64, u64)], after: &[(String, u64, 
         if dcnt == 0 {
             continue;
         }
-        let per_conn = dns as f64 / COST_CONNECTS as f64;
-        total += per_conn;
+        let per_unit = dns as f64 / n as f64;
+        total += per_unit;
         println!(
-            "  {name:<20} {:>7.0} ns/run x {:>5.2} runs/conn = {per_conn:>7.1} ns",
+            "  {name:<20} {:>7.0} ns/run x {:>5.2} runs/{unit} = {per_unit:>7.1} ns",
             dns as f64 / dcnt as f64,
-            dcnt as f64 / COST_CONNECTS as f64
+            dcnt as f64 / n as f64
         );
     }
-    println!("  {:<20} {total:>52.1} ns per connection", "total");
+    println!("  {:<20} {total:>52.1} ns per {unit}", "total");
 }
 
 fn start_host_daemon(root: &Path, pins: &Path) -> Child {

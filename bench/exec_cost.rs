@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{prog_stats, start_daemon, start_host_daemon, stop_daemon};
+use super::{print_cost, prog_stats, start_daemon, start_host_daemon, stop_daemon};
 
 const EXECS: usize = 5_000;
 const PROGRAMS: [&str; 3] = ["process_exec", "process_fork", "process_exit"];
@@ -56,28 +56,11 @@ fn exec_loop(cgroup: &Path) {
 }
 
 fn print(what: &str, before: &[(String, u64, u64)], after: &[(String, u64, u64)]) {
-    println!("kernel ns per exec, {what} ({EXECS} fork+exec+exit of /bin/true):");
-    let mut total = 0.0;
-    for (name, ns, cnt) in after
-        .iter()
-        .filter(|(n, _, _)| PROGRAMS.contains(&n.as_str()))
-    {
-        let (ns0, cnt0) = before
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, a, b)| (*a, *b))
-            .unwrap_or((0, 0));
-        let (dns, dcnt) = (ns.saturating_sub(ns0), cnt.saturating_sub(cnt0));
-        if dcnt == 0 {
-            continue;
-        }
-        let per_exec = dns as f64 / EXECS as f64;
-        total += per_exec;
-        println!(
-            "  {name:<20} {:>7.0} ns/run x {:>5.2} runs/exec = {per_exec:>7.1} ns",
-            dns as f64 / dcnt as f64,
-            dcnt as f64 / EXECS as f64
-        );
-    }
-    println!("  {:<20} {total:>52.1} ns per exec", "total");
+    print_cost(
+        &format!("kernel ns per exec, {what} ({EXECS} fork+exec+exit of /bin/true)"),
+        ("exec", EXECS),
+        &PROGRAMS,
+        before,
+        after,
+    );
 }

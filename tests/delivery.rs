@@ -121,34 +121,7 @@ fn outage(
     let server = support::TcpServer::spawn("127.0.0.1:0", Some(0), 0);
     // ~150 connects/s for 40 s from the test cgroup: one flow record each.
     let (rate, secs) = (150, 40);
-    let py = format!(
-        "import socket, time\n\
-         t0 = time.time(); n = 0\n\
-         while time.time() - t0 < {secs}:\n\
-         \x20   s = socket.create_connection(('127.0.0.1', {port})); s.close(); n += 1\n\
-         \x20   lag = t0 + n / {rate} - time.time()\n\
-         \x20   if lag > 0: time.sleep(lag)\n\
-         print(n, flush=True)\n",
-        port = server.port
-    );
-    let load = {
-        let cg_path = cg.path.clone();
-        std::thread::spawn(move || {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg("echo $$ > \"$1\"/cgroup.procs && exec python3 -c \"$2\"")
-                .arg("sh")
-                .arg(&cg_path)
-                .arg(&py)
-                .output()
-                .expect("python3");
-            assert!(out.status.success(), "{out:?}");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<u64>()
-                .unwrap()
-        })
-    };
+    let load = cg.paced_connects(server.port, rate, secs);
 
     // The outage: stop OpenSearch after 8 s, start it again 15 s later
     // (the node then needs ~20 s to answer: ~35 s without OpenSearch).

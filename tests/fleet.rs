@@ -157,36 +157,6 @@ fn primary_node(os: &str) -> usize {
         .unwrap_or_else(|| panic!("unexpected node name {node}"))
 }
 
-/// A connect loop at `rate`/s for `secs` s inside `cg`; returns the number
-/// of connects made.
-fn load(cg: &support::TestCgroup, port: u16, rate: u32, secs: u32) -> std::thread::JoinHandle<u64> {
-    let py = format!(
-        "import socket, time\n\
-         t0 = time.time(); n = 0\n\
-         while time.time() - t0 < {secs}:\n\
-         \x20   s = socket.create_connection(('127.0.0.1', {port})); s.close(); n += 1\n\
-         \x20   lag = t0 + n / {rate} - time.time()\n\
-         \x20   if lag > 0: time.sleep(lag)\n\
-         print(n, flush=True)\n"
-    );
-    let cg_path = cg.path.clone();
-    std::thread::spawn(move || {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("echo $$ > \"$1\"/cgroup.procs && exec python3 -c \"$2\"")
-            .arg("sh")
-            .arg(&cg_path)
-            .arg(&py)
-            .output()
-            .expect("python3");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    })
-}
-
 #[test]
 fn two_hosts_through_a_gateway_lose_nothing_when_an_opensearch_node_dies() {
     let test = "two_hosts_through_a_gateway_lose_nothing_when_an_opensearch_node_dies";
@@ -291,7 +261,7 @@ fn two_hosts_through_a_gateway_lose_nothing_when_an_opensearch_node_dies() {
     let t_warm = Instant::now();
     let warm_connects: u64 = cgroups
         .iter()
-        .map(|cg| load(cg, server.port, rate, warm_secs))
+        .map(|cg| cg.paced_connects(server.port, rate, warm_secs))
         .collect::<Vec<_>>()
         .into_iter()
         .map(|l| l.join().unwrap())
@@ -313,7 +283,7 @@ fn two_hosts_through_a_gateway_lose_nothing_when_an_opensearch_node_dies() {
     let t_load = Instant::now();
     let loads: Vec<_> = cgroups
         .iter()
-        .map(|cg| load(cg, server.port, rate, secs))
+        .map(|cg| cg.paced_connects(server.port, rate, secs))
         .collect();
     let sent = |m: &str| collector_metric(ports.telemetry, m);
     std::thread::sleep(Duration::from_secs(5));

@@ -106,6 +106,38 @@ impl TestCgroup {
     }
 
     /// Run a Python snippet inside the cgroup and wait for it; returns stdout.
+    /// A loop of TCP connects to 127.0.0.1:`port`, `rate` per second for
+    /// `secs` seconds, in this cgroup on a thread of its own; joins to the
+    /// number of connects made (one flow record each).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn paced_connects(&self, port: u16, rate: u32, secs: u32) -> std::thread::JoinHandle<u64> {
+        let py = format!(
+            "import socket, time\n\
+             t0 = time.time(); n = 0\n\
+             while time.time() - t0 < {secs}:\n\
+             \x20   s = socket.create_connection(('127.0.0.1', {port})); s.close(); n += 1\n\
+             \x20   lag = t0 + n / {rate} - time.time()\n\
+             \x20   if lag > 0: time.sleep(lag)\n\
+             print(n, flush=True)\n"
+        );
+        let cg_path = self.path.clone();
+        std::thread::spawn(move || {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("echo $$ > \"$1\"/cgroup.procs && exec python3 -c \"$2\"")
+                .arg("sh")
+                .arg(&cg_path)
+                .arg(&py)
+                .output()
+                .expect("python3");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+    }
+
     pub fn python(&self, script: &str) -> String {
         let out = self
             .command("python3", &["-c", script])

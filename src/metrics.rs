@@ -110,6 +110,7 @@ pub struct Metrics {
     docker_up: Gauge,
     attribution_wait: Histogram,
     ringbuf_used: Gauge,
+    containers_unwatched: Gauge,
     ringbuf_size: Gauge,
     /// Kernel drop totals already folded into the counters.
     kernel_seen: Mutex<KernelSeen>,
@@ -158,6 +159,7 @@ impl Metrics {
             docker_up: Gauge::default(),
             attribution_wait: Histogram::new(ATTRIBUTION_WAIT_BUCKETS),
             ringbuf_used: Gauge::default(),
+            containers_unwatched: Gauge::default(),
             ringbuf_size: Gauge::default(),
             kernel_seen: Mutex::new(KernelSeen::default()),
             api_dropped: Counter::default(),
@@ -245,6 +247,11 @@ impl Metrics {
             m.attribution_wait.clone(),
         );
         registry.register(
+            "containers_unwatched",
+            "Containers whose cgroup lies outside the attached cgroup: their sockets run no program (nothing recorded or enforced)",
+            m.containers_unwatched.clone(),
+        );
+        registry.register(
             "ringbuf_used_bytes",
             "Bytes in the ring buffer not yet read",
             m.ringbuf_used.clone(),
@@ -317,6 +324,12 @@ impl Metrics {
             })
             .inc_by(n);
         self.dropped(DropReason::SpoolFull, n);
+    }
+
+    /// Containers running outside the attached cgroup now.
+    pub fn containers_unwatched(&self, n: usize) {
+        self.containers_unwatched
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Bytes a sink's disk spool holds on disk.

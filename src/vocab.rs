@@ -124,7 +124,10 @@ vocabulary! {
         /// A sink gave up on a record (queue full, rejected, retries exhausted).
         SinkFailure => "sink_failure",
         /// A new flow found the kernel flow table (or its container's share)
-        /// full: no interim counts for it (its end is still recorded).
+        /// full. A TCP flow still ends with one record (bytes from socket
+        /// storage) but gets no interim records; a UDP or other datagram
+        /// flow goes unrecorded (also reported for its container in-band,
+        /// `records_lost`).
         FlowTableFull => "flow_table_full",
         /// A DNS answer found the kernel's DNS cache full: that address gets
         /// no domain verdict (its name may still appear in the DNS record).

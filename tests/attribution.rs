@@ -508,6 +508,65 @@ fn a_custom_cgroup_parent_is_learned() {
         .any(|l| l.contains("cgroup_parent_watched")));
 }
 
+#[test]
+fn a_container_outside_the_attached_cgroup_is_reported_not_silent() {
+    require_root!();
+    let _engine = engine();
+    // Default attach point (the runtime's `docker/`): a container under a
+    // custom parent runs no program, and the operator must be told.
+    let daemon = Daemon::start(DaemonOptions::host_root());
+    wait_attribution_ready(&daemon);
+    let parent = support::unique("ce-outside");
+    let _parent_dir = RemoveDir(cgroup2_root().join(&parent));
+    let outside = Spec::new("ce-outside", "sleep 30")
+        .cgroup_parent(&format!("/{parent}"))
+        .label(AGENT, "outside")
+        .run();
+    let inside = Spec::new("ce-inside", "sleep 30")
+        .label(AGENT, "inside")
+        .run();
+    let deadline = std::time::Instant::now() + WAIT;
+    let said = loop {
+        let lines = daemon.stderr_lines();
+        // Other tests' containers may be outside too: this one's lines.
+        let said: Vec<String> = lines
+            .into_iter()
+            .filter(|l| l.contains("container_unwatched") && l.contains(&parent))
+            .collect();
+        if !said.is_empty() && daemon.metric("clawker_egress_containers_unwatched") >= 1.0 {
+            break said;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no container_unwatched warning for {}: {:?}",
+            outside.id,
+            daemon.stderr_lines()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(said[0].contains("agent=outside"), "{said:?}");
+    // Once, however often the cache changes; the one inside never.
+    let _third = Spec::new("ce-inside2", "sleep 30").run();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let lines = daemon.stderr_lines();
+    let unwatched: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("container_unwatched"))
+        .collect();
+    assert_eq!(
+        unwatched.iter().filter(|l| l.contains(&parent)).count(),
+        1,
+        "{unwatched:?}"
+    );
+    assert!(
+        !unwatched
+            .iter()
+            .any(|l| l.contains(&inside.id[..12]) || l.contains("agent=inside")),
+        "{unwatched:?}"
+    );
+    drop(inside);
+}
+
 /// A cgroup directory Docker made for a test, removed at the end.
 struct RemoveDir(std::path::PathBuf);
 

@@ -790,7 +790,11 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     // tmux may see the terminal close before it has reaped the process:
     // wait for the exit status too.
     while tmux.display("#{pane_dead}") != "1" || tmux.display("#{pane_dead_status}").is_empty() {
-        assert!(Instant::now() < deadline, "q did not end top");
+        assert!(
+            Instant::now() < deadline,
+            "q did not end top; screen:\n{}",
+            tmux.screen()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(

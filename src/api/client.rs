@@ -78,9 +78,17 @@ pub fn next_line(
     parse(buf.trim_end_matches('\n'), parse_records).map(Some)
 }
 
+/// How long a `state` answer may take: `top` reads keys between readings,
+/// so a daemon that does not answer must not freeze it (q still quits).
+const STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// One `state` answer.
 pub fn state(path: &Path, detail: Option<String>) -> Result<super::wire::State> {
     let mut reader = request(path, &Request::State { detail })?;
+    reader
+        .get_ref()
+        .set_read_timeout(Some(STATE_TIMEOUT))
+        .context("set the state request's timeout")?;
     let mut buf = String::new();
     match next_line(&mut reader, &mut buf, true)? {
         Some(Line::Control(Control::State(s))) => Ok(s),

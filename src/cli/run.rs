@@ -152,6 +152,13 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         metrics.clone(),
         api_hub,
     ));
+    if scope == Scope::Containers {
+        tokio::spawn(report_unwatched(
+            container_cache.clone(),
+            cgroup.clone(),
+            metrics.clone(),
+        ));
+    }
     let (attributor, lifecycle, attribution) = attribution.split();
     // Control-path records (lifecycle, bypass audit) share one channel.
     let (control_tx, control_rx) = mpsc::channel(1024);
@@ -263,6 +270,48 @@ impl Directory for ContainerDirectory {
                 None => (id, None, None),
             })
             .collect()
+    }
+}
+
+/// A container whose cgroup lies outside the attached one (a custom
+/// `--cgroup-parent` while the programs sit at `docker/`) runs no program:
+/// nothing it sends is recorded or enforced. Said at once, once per
+/// container, and counted (`containers_unwatched`), never silent.
+async fn report_unwatched(
+    cache: Arc<ContainerCache>,
+    attached_at: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+) {
+    let mut changes = cache.subscribe();
+    let mut said = std::collections::HashSet::new();
+    loop {
+        let mut unwatched = std::collections::HashSet::new();
+        for (dir, identity) in cache.enrolled_dirs() {
+            if dir.starts_with(&attached_at) {
+                continue;
+            }
+            unwatched.insert(dir.clone());
+            if said.insert(dir.clone()) {
+                let (name, agent) = identity
+                    .map(|i| (i.name.clone(), i.agent.clone().unwrap_or_default()))
+                    .unwrap_or_default();
+                tracing::warn!(
+                    event = "container_unwatched",
+                    container = %name,
+                    agent = %agent,
+                    cgroup = %dir.display(),
+                    attached = %attached_at.display(),
+                    "a container runs outside the attached cgroup: its traffic is neither recorded nor enforced (attach higher: containers_cgroup = \"/\" or a common parent)"
+                );
+            }
+        }
+        // Bounded: a container that ended is forgotten.
+        said.retain(|d| unwatched.contains(d));
+        metrics.containers_unwatched(unwatched.len());
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
     }
 }
 

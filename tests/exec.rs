@@ -19,22 +19,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Tests with a daemon at the host root run one at a time.
 static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn collect(
-    daemon: &Daemon,
-    min: usize,
-    timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let found: Vec<Value> = daemon.records().into_iter().filter(|r| pred(r)).collect();
-        if found.len() >= min || Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn is(r: &Value, source: &str, container: &str) -> bool {
     r["clawker.source"] == source && r["container_id"] == container
 }
@@ -72,18 +56,14 @@ fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
     .run();
     assert_eq!(c.wait(), 0);
 
-    let flows = collect(&daemon, 1, WAIT, |r| {
+    let flows = daemon.collect(1, WAIT, |r| {
         is(r, "egress", &c.id) && r["dst_port"] == server.port
     });
     let [flow] = flows.as_slice() else {
         panic!("one flow to the listener: {flows:#?}");
     };
-    let execs = collect(&daemon, 3, WAIT, |r| {
-        is(r, "exec", &c.id) && r["event"] == "exec"
-    });
-    let exits = collect(&daemon, 3, WAIT, |r| {
-        is(r, "exec", &c.id) && r["event"] == "exit"
-    });
+    let execs = daemon.collect(3, WAIT, |r| is(r, "exec", &c.id) && r["event"] == "exec");
+    let exits = daemon.collect(3, WAIT, |r| is(r, "exec", &c.id) && r["event"] == "exit");
 
     // The flow's program, its exec record (same process key), its parent.
     let nc_exec = execs
@@ -193,13 +173,13 @@ fn an_exec_flood_does_not_drop_another_containers_exec_or_flow_records() {
     .label("dev.clawker.agent", "victim")
     .run();
     assert_eq!(victim.wait(), 0);
-    let flows = collect(&daemon, N, WAIT, |r| {
+    let flows = daemon.collect(N, WAIT, |r| {
         is(r, "egress", &victim.id) && r["dst_port"] == server.port
     });
-    let execs = collect(&daemon, N, WAIT, |r| {
+    let execs = daemon.collect(N, WAIT, |r| {
         is(r, "exec", &victim.id) && r["event"] == "exec" && runs(r, "nc")
     });
-    let flooder_lost = collect(&daemon, 1, WAIT, |r| {
+    let flooder_lost = daemon.collect(1, WAIT, |r| {
         r["event"] == "records_lost" && r["container_id"] == flooder.id.as_str()
     });
     drop(flooder);

@@ -52,24 +52,6 @@ fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 // ---------------------------------------------------------------- helpers
 
-/// Records for which `pred` holds, waiting up to `timeout` for at least
-/// `min` of them; returns what was there at the end (never panics).
-fn collect(
-    daemon: &Daemon,
-    min: usize,
-    timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let found: Vec<Value> = daemon.records().into_iter().filter(|r| pred(r)).collect();
-        if found.len() >= min || Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Wait until `cond` holds (bounded); whether it did.
 fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -406,7 +388,7 @@ fn packet_attack(
     );
     let frames = counter.count();
     let cg_id = cg.id();
-    let records = collect(daemon, 1, WAIT, |r| {
+    let records = daemon.collect(1, WAIT, |r| {
         r["cgroup_id"] == cg_id && r["l4_proto"] == "packet" && r["verdict"] == verdict
     });
     PacketAttack {
@@ -658,9 +640,7 @@ print('tcp4_any_retried', r1 if r1 else r2)
         assert!(u.recv(&mut buf).is_err(), "a datagram got through");
     }
     // Each denial is recorded with the destination the kernel would have used.
-    let denied = collect(&daemon, 9, WAIT, |r| {
-        r["pid"] == pid && r["verdict"] == "DENIED"
-    });
+    let denied = daemon.collect(9, WAIT, |r| r["pid"] == pid && r["verdict"] == "DENIED");
     let expect = [
         ("connect4", "127.0.0.1", p4),
         ("connect6", "::1", p6),
@@ -767,7 +747,7 @@ except OSError as e: print('udp_pktinfo_any', e.errno)
     ));
     let accepted6 = v4_only.accept().is_ok();
     let pid6 = pid_of(&out6);
-    let recs6 = collect(&daemon6, 1, WAIT, |r| r["pid"] == pid6 && is_egress(r));
+    let recs6 = daemon6.collect(1, WAIT, |r| r["pid"] == pid6 && is_egress(r));
     drop(v6_dummy);
 
     assert!(
@@ -794,7 +774,7 @@ fn unspecified_destination_flows_are_exact() {
     ));
     let pid = pid_of(&out);
     let mine = |r: &Value| r["pid"] == pid && is_egress(r);
-    let recs = collect(&daemon, N, Duration::from_secs(60), mine);
+    let recs = daemon.collect(N, Duration::from_secs(60), mine);
     // Let stragglers (duplicates) arrive before counting exactly.
     std::thread::sleep(Duration::from_millis(500));
     let recs_now: Vec<Value> = daemon.records().into_iter().filter(|r| mine(r)).collect();
@@ -837,7 +817,7 @@ fn unspecified_v6_destination_flows_are_exact() {
     ));
     let pid = pid_of(&out);
     let mine = |r: &Value| r["pid"] == pid && is_egress(r);
-    collect(&daemon, 2 * N, Duration::from_secs(60), mine);
+    daemon.collect(2 * N, Duration::from_secs(60), mine);
     std::thread::sleep(Duration::from_millis(500));
     let recs: Vec<Value> = daemon.records().into_iter().filter(|r| mine(r)).collect();
     let v6 = flows_to(&recs, p6);
@@ -895,7 +875,7 @@ fn enrolled_sub_cgroup(daemon: &Daemon, c: &support::docker::Container, name: &s
              socket.socket().connect_ex(('127.0.0.1', {closed}))\n"
         ));
         let pid = pid_of(&out);
-        let seen = collect(daemon, 1, Duration::from_secs(3), |r| {
+        let seen = daemon.collect(1, Duration::from_secs(3), |r| {
             r["pid"] == pid && r["container_id"] == c.id.as_str() && is_egress(r)
         });
         if !seen.is_empty() {
@@ -970,10 +950,10 @@ fn flooding_container_cannot_starve_another() {
          \x20   s = socket.socket(); s.connect(('127.0.0.1', {server})); s.close()\n"
     ));
     let victim_pid = pid_of(&out);
-    let victim_recs = collect(&daemon, N, Duration::from_secs(60), |r| {
+    let victim_recs = daemon.collect(N, Duration::from_secs(60), |r| {
         r["pid"] == victim_pid && r["container_id"] == victim.id.as_str() && is_egress(r)
     });
-    let reports = collect(&daemon, 1, Duration::from_secs(10), |r| {
+    let reports = daemon.collect(1, Duration::from_secs(10), |r| {
         r["event"] == "records_lost" && r["container_id"] == flooder.id.as_str()
     });
     for f in &mut flooders {
@@ -1073,12 +1053,12 @@ fn udp_flow_flood_cannot_untrack_another_containers_flows() {
          \x20   s = socket.socket(); s.connect(('127.0.0.1', {server})); s.close()\n"
     ));
     let victim_pid = pid_of(&out);
-    let victim_recs = collect(&daemon, N, Duration::from_secs(30), |r| {
+    let victim_recs = daemon.collect(N, Duration::from_secs(30), |r| {
         r["pid"] == victim_pid && r["container_id"] == victim.id.as_str() && is_egress(r)
     });
     let flows = flows_to(&victim_recs, server);
     // Loss reports come every 10 s by default.
-    let reports = collect(&daemon, 1, Duration::from_secs(25), |r| {
+    let reports = daemon.collect(1, Duration::from_secs(25), |r| {
         r["event"] == "records_lost"
             && r["container_id"] == flooder.id.as_str()
             && r["lost_flow_not_tracked"].as_u64().unwrap_or(0) > 0
@@ -1134,7 +1114,7 @@ fn filling_its_own_flow_quota_does_not_hide_exfiltrated_bytes() {
     ));
     let pid = pid_of(&out);
     let port = server.port;
-    let recs = collect(&daemon, 1, WAIT, |r| {
+    let recs = daemon.collect(1, WAIT, |r| {
         r["pid"] == pid && r["dst_port"] == port && r["bytes_out"].as_u64().unwrap_or(0) > 0
     });
     let all: Vec<Value> = by_pid(&daemon.records(), pid)
@@ -1191,7 +1171,7 @@ fn spending_its_own_record_budget_does_not_hide_exfiltration() {
     let big = |r: &Value| {
         r["pid"] == pid && r["dst_port"] == port && r["bytes_out"].as_u64() == Some(CHUNK as u64)
     };
-    let recs = collect(&daemon, 5, WAIT, big);
+    let recs = daemon.collect(5, WAIT, big);
     for f in &mut flooders {
         let _ = f.kill();
         let _ = f.wait();
@@ -1251,7 +1231,7 @@ fn mptcp_is_denied_at_creation_unless_raw_sockets_allow() {
         out.contains(&format!("errno {}", libc::EPERM)),
         "an MPTCP socket under the default raw_sockets: deny: {out}"
     );
-    let recs = collect(&daemon, 1, WAIT, |r| {
+    let recs = daemon.collect(1, WAIT, |r| {
         r["pid"] == pid && r["verdict"] == "DENIED" && r["hook"] == "sock_create"
     });
     assert_eq!(recs.len(), 1, "the refused MPTCP socket is recorded");
@@ -1343,7 +1323,7 @@ fn daemon_exemption_ends_with_the_daemon() {
         .parse()
         .unwrap_or(-1);
     let next = Daemon::start(same_pins(opts()));
-    let recs = collect(&next, 1, WAIT, |r| r["pid"] == dead && is_egress(r));
+    let recs = next.collect(1, WAIT, |r| r["pid"] == dead && is_egress(r));
     let denied = recs
         .iter()
         .any(|r| r["verdict"] == "DENIED" && r["dst_port"] == port);

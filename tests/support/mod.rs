@@ -374,6 +374,26 @@ impl Daemon {
         }
     }
 
+    /// Records for which `pred` holds, waiting up to `timeout` for at
+    /// least `min` of them; returns what was there at the end (never
+    /// panics: the caller asserts on exactly what arrived).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn collect(
+        &self,
+        min: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<Value> = self.records().into_iter().filter(|r| pred(r)).collect();
+            if found.len() >= min || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn metrics(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).unwrap_or_default()
     }

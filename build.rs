@@ -18,7 +18,9 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("bpf/dns.bpf.c", "dns.skel.rs"),
     ("bpf/lsm.bpf.c", "lsm.skel.rs"),
     ("bpf/packet.bpf.c", "packet.skel.rs"),
+    ("bpf/sockopt.bpf.c", "sockopt.skel.rs"),
     ("bpf/iter.bpf.c", "iter.skel.rs"),
+    ("bpf/promote.bpf.c", "promote.skel.rs"),
     ("bpf/exec.bpf.c", "exec.skel.rs"),
 ];
 const SHARED: &[&str] = &["bpf/common.bpf.h", "bpf/lib"];
@@ -30,7 +32,13 @@ fn main() {
     for (source, skel) in PROGRAMS {
         SkeletonBuilder::new()
             .source(source)
-            .clang_args([arch_include.as_str(), "-Ibpf", "-Wall", "-Werror"])
+            .clang_args([
+                arch_include.as_str(),
+                "-Ibpf",
+                "-mcpu=v3",
+                "-Wall",
+                "-Werror",
+            ])
             .build_and_generate(out.join(skel))
             .unwrap_or_else(|e| {
                 panic!("compile {source} (needs clang and libelf; see README): {e:#}")
@@ -46,7 +54,7 @@ fn main() {
         .derive_copy(true)
         .prepend_enum_name(false)
         .constified_enum_module(
-            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss|dns_message|dns_reject|sweep_outcome",
+            "egress_hook|egress_verdict|egress_scope_mode|event_kind|egress_drop|close_reason|rule_kind|policy_mode|scope_loss|scope_full|dns_message|dns_reject|sweep_outcome",
         )
         .generate()
         .expect("bindgen bpf/egress.h")

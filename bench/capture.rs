@@ -24,6 +24,7 @@ use clawker_egress::record::Record;
 
 mod daemon_cost; // daemon CPU per record, RSS (`-- daemon`: that part only)
 mod exec_cost; // kernel ns per exec (`-- exec`: that part only)
+mod udp_cost; // kernel ns per UDP datagram (`-- udp`: that part only)
 
 const ROUNDS: usize = 9;
 const CONNECTS_PER_ROUND: usize = 10_000;
@@ -42,6 +43,9 @@ fn main() {
     println!("clawker-egress capture bench");
     if std::env::args().any(|a| a == "exec") {
         return exec_cost::run();
+    }
+    if std::env::args().any(|a| a == "udp") {
+        return udp_cost::run();
     }
     // `cargo bench --bench capture -- kernel`: the kernel-cost part only.
     let only_kernel = std::env::args().any(|a| a == "kernel");
@@ -210,8 +214,41 @@ fn kernel_cost() {
     connect_loop(&cg, closed);
     let after = prog_stats(&pins);
     stop_daemon(daemon, &cg, &pins);
-    let _ = std::fs::remove_dir(&cg);
     print_connect_cost("in scope (watched cgroup)", &before, &after);
+    // In scope with a policy: an address rule allows the loop's
+    // connections, a domain rule follows (as an allowlist has them).
+    let dir = std::env::temp_dir().join(format!("clawker-bench-cost-{me}"));
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "default:\n  default_action: deny\n  rules:\n    - {dst: 127.0.0.0/8, proto: tcp, action: allow}\n    - {dst: api.example.test, proto: tcp, port: \"443\", action: allow}\n",
+    )
+    .expect("policy file");
+    let daemon = start_daemon_with(&root, &cg, &pins, Some(&policy));
+    let before = prog_stats(&pins);
+    connect_loop(&cg, closed);
+    let after = prog_stats(&pins);
+    stop_daemon(daemon, &cg, &pins);
+    print_connect_cost(
+        "in scope with a policy (address rule, then a domain rule)",
+        &before,
+        &after,
+    );
+    // In scope, accepted too: the listener is the container's, so each
+    // connection is an outbound flow and an inbound one (issue 15).
+    let daemon = start_daemon_with(&root, &cg, &pins, Some(&policy));
+    let before = prog_stats(&pins);
+    accept_loop(&cg);
+    let after = prog_stats(&pins);
+    stop_daemon(daemon, &cg, &pins);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir(&cg);
+    print_connect_cost(
+        "in scope, accepted by the container's own listener (two flows each)",
+        &before,
+        &after,
+    );
     // Out of scope: the daemon watches containers at the host root; the
     // loop is a host process.
     let pins = PathBuf::from(format!("/sys/fs/bpf/clawker-bench-host-{me}"));
@@ -241,10 +278,23 @@ fn connect_loop(cgroup: &Path, port: u16) {
     connect_loop_n(cgroup, port, COST_CONNECTS)
 }
 
+/// COST_CONNECTS connect+accept+close to a listener of the same child.
+fn accept_loop(cgroup: &Path) {
+    let script = format!(
+        "import socket\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen(128)\na = l.getsockname()\nfor _ in range({COST_CONNECTS}):\n    s = socket.socket()\n    s.connect(a)\n    c, _ = l.accept()\n    c.close()\n    s.close()\n"
+    );
+    run_in(cgroup, &script);
+}
+
 fn connect_loop_n(cgroup: &Path, port: u16, n: usize) {
     let script = format!(
         "import socket\nfor _ in range({n}):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', {port}))\n    except OSError: pass\n    s.close()\n"
     );
+    run_in(cgroup, &script);
+}
+
+/// A python3 script in a child moved into `cgroup` first.
+fn run_in(cgroup: &Path, script: &str) {
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -595,10 +645,14 @@ fn daemon_bin() -> String {
 }
 
 fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
+    start_daemon_with(root, cg, pins, None)
+}
+
+fn start_daemon_with(root: &Path, cg: &Path, pins: &Path, policy: Option<&Path>) -> Child {
     // The daemon runs in the root cgroup, outside the measured one.
     let bin = daemon_bin();
-    let child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(format!(
             "echo $$ > {}/cgroup.procs && exec \"$@\"",
             root.display()
@@ -608,7 +662,11 @@ fn start_daemon(root: &Path, cg: &Path, pins: &Path) -> Child {
         .args(["run", "--metrics-listen", "127.0.0.1:0", "--cgroup-root"])
         .arg(cg)
         .arg("--pin-root")
-        .arg(pins)
+        .arg(pins);
+    if let Some(policy) = policy {
+        cmd.arg("--policy").arg(policy);
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

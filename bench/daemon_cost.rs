@@ -408,12 +408,16 @@ fn scale() {
     }
     let (addr, _hole) = blackhole();
     // Under --cgroup-root the watched cgroup is ONE scope (container) for
-    // the kernel's per-container shares: let it use the whole flow table.
+    // the kernel's per-container shares: let it use the whole flow table
+    // (CLAWKER_EGRESS_FLOW_TABLE_SIZE, inherited by the daemon, or the default).
+    let table = env_u64("CLAWKER_EGRESS_FLOW_TABLE_SIZE")
+        .unwrap_or(u64::from(clawker_egress::kernel::abi::EGRESS_MAX_FLOWS))
+        .to_string();
     let d = Running::start(
         "scale",
         "otlp",
         Some(addr),
-        &[("CLAWKER_EGRESS_CONTAINER_MAX_FLOWS", "65536")],
+        &[("CLAWKER_EGRESS_CONTAINER_MAX_FLOWS", &table)],
     );
     let rss0 = d.status_mib("VmRSS:");
     let mut children = Vec::new();

@@ -8,37 +8,9 @@
 #include "common.bpf.h"
 #include "lib/scope.h"
 #include "lib/policy.h"
+#include "lib/tcp.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-/* One record for an attempt that will not become a flow. */
-static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
-					 const struct attempt *a, __u64 cookie, __u8 verdict,
-					 __u8 flags)
-{
-	struct sock_event *ev = reserve_event(sizeof(*ev), hook, scope_id);
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-
-	if (!ev)
-		return;
-	__builtin_memset(ev, 0, sizeof(*ev));
-	fill_header(&ev->hdr, EVENT_KIND_SOCK, sizeof(*ev), hook);
-	ev->cgroup_id = bpf_get_current_cgroup_id();
-	ev->scope_cgroup_id = scope_id;
-	ev->sock_cookie = cookie;
-	ev->pid = (__u32)pid_tgid;
-	ev->tgid = pid_tgid >> 32;
-	ev->family = a->family;
-	ev->sock_type = a->sock_type;
-	ev->protocol = a->protocol;
-	ev->dst_port = a->dst_port;
-	__builtin_memcpy(ev->dst_ip, a->dst_ip, sizeof(ev->dst_ip));
-	ev->verdict = verdict;
-	ev->flags = flags;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	fill_proc(&ev->process);
-	submit_event(ev, sizeof(*ev));
-}
 
 static __always_inline void set_owner(struct sock_owner *o, __u64 scope_id, __u8 verdict,
 				      __u32 flags)
@@ -63,89 +35,41 @@ static __always_inline bool same_key(const struct flow_key *x, const struct flow
 }
 
 /*
- * A TCP flow the flow table (or its container's share) cannot hold: counted
- * (no interim records for it), but its end is still one record with exact
- * bytes, built by sock_ops from the socket's own storage. Without that, an
- * agent could fill its share and then move data unrecorded.
- */
-static __always_inline void untracked_tcp_flow(const struct attempt *a, struct sock_owner *owner,
-					       struct scope_usage *u, __u64 scope_id, __u8 verdict,
-					       __u8 flags, __u64 cookie, enum egress_hook hook,
-					       const struct flow_key *key)
-{
-	count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
-	if (!owner) {
-		emit_attempt(hook, scope_id, a, cookie, verdict, flags);
-		return;
-	}
-	owner->tcp_key = *key;
-	owner->tcp_start_ns = bpf_ktime_get_boot_ns();
-	owner->flags |= SOCK_F_TCP_FLOW | SOCK_F_TCP_UNTRACKED;
-	if (flags & EVENT_F_AUDIT)
-		owner->flags |= SOCK_F_AUDIT;
-}
-
-/*
- * A TCP connect starts its flow here, where the caller is known. The key is
- * kept in the socket's storage: sock_ops and sock_release find the flow by
- * it. A flow the table (or the container's share of it) cannot hold is
- * counted and kept visible as an attempt.
+ * A TCP connect starts its flow here, where the caller is known: the whole
+ * flow goes into the socket's storage, one allocation and no other map
+ * operation (lib/tcp.h: a flow still open a second later is promoted into
+ * `flows`; its end is one record either way). A connect retried on the
+ * same socket to the same destination stays one flow; one to another
+ * destination ends the first (it never sent its SYN).
  */
 static __always_inline void start_tcp_flow(const struct attempt *a, struct sock_owner *owner,
 					   __u64 scope_id, __u8 verdict, __u8 flags, __u64 cookie,
 					   enum egress_hook hook)
 {
-	struct scope_usage *u = usage_of(scope_id);
-	struct scope_released *r = bpf_map_lookup_elem(&scope_released, &scope_id);
-	struct egress_config *cfg = config();
 	struct flow_key key = {};
-	struct flow_value val = {};
-	long err;
+	__u32 audit = (flags & EVENT_F_AUDIT) ? SOCK_F_AUDIT : 0;
 
 	key.sock_cookie = cookie;
 	key.family = a->family;
 	key.protocol = a->protocol;
 	key.remote_port = a->dst_port;
 	__builtin_memcpy(key.remote_ip, a->dst_ip, sizeof(key.remote_ip));
-	if (owner && (owner->flags & SOCK_F_TCP_FLOW) && same_key(&owner->tcp_key, &key))
-		return; /* connect() retried on the same socket: one flow */
-	if (u && cfg &&
-	    !within_quota(u->flows, r ? r->flows : 0, cfg->max_flows_per_scope)) {
-		untracked_tcp_flow(a, owner, u, scope_id, verdict, flags, cookie, hook, &key);
-		return;
+	if (owner->flags & SOCK_F_TCP_FLOW) {
+		/* connect() retried on the same socket: one flow, as it began */
+		if (same_key(&owner->tcp_key, &key))
+			return;
+		end_unsent_tcp(owner, hook);
 	}
-	val.start_ns = owner ? owner->tcp_refreshed_ns : bpf_ktime_get_boot_ns();
-	val.last_seen_ns = val.start_ns;
-	val.scope_cgroup_id = scope_id;
-	val.verdict = verdict;
-	val.flags = (flags & EVENT_F_AUDIT) ? FLOW_F_AUDIT : 0;
-	if (owner) {
-		/* set_owner() just read them: one helper call each per connect */
-		val.cgroup_id = owner->cgroup_id;
-		val.pid = owner->pid;
-		val.tgid = owner->tgid;
-		__builtin_memcpy(val.comm, owner->comm, sizeof(val.comm));
-		val.process = owner->process;
-	} else {
-		__u64 pid_tgid = bpf_get_current_pid_tgid();
-
-		val.cgroup_id = bpf_get_current_cgroup_id();
-		val.pid = (__u32)pid_tgid;
-		val.tgid = pid_tgid >> 32;
-		bpf_get_current_comm(val.comm, sizeof(val.comm));
-		fill_proc(&val.process);
-	}
-	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
-	if (err && err != -EEXIST) {
-		untracked_tcp_flow(a, owner, u, scope_id, verdict, flags, cookie, hook, &key);
-		return;
-	}
-	if (!err && u)
-		__sync_fetch_and_add(&u->flows, 1);
-	if (owner) {
-		owner->tcp_key = key;
-		owner->flags |= SOCK_F_TCP_FLOW;
-	}
+	set_owner(owner, scope_id, verdict, SOCK_F_TCP_PENDING | audit);
+	owner->flags &= ~(SOCK_F_TCP_UNTRACKED | SOCK_F_TCP_TABLED | SOCK_F_POLICY_END);
+	owner->tcp_verdict = verdict;
+	owner->tcp_key = key;
+	/* Its start, and the first counter refresh (flow.bpf.c) a second from
+	 * now: a short connection's packets only check the clock. */
+	owner->tcp_start_ns = bpf_ktime_get_boot_ns();
+	owner->tcp_refreshed_ns = owner->tcp_start_ns;
+	/* Last, as a full barrier: the promoter reads the flow after the flag. */
+	__sync_fetch_and_or(&owner->flags, SOCK_F_TCP_FLOW);
 }
 
 /*
@@ -188,10 +112,12 @@ static __always_inline void real_dst(struct bpf_sock_addr *ctx, struct bpf_sock 
 		__u32 s6[4] = { sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3] };
 
 		if (v4_mapped(s6)) {
-			__u32 lo[4] = { bpf_htonl(0x7f000001), 0, 0, 0 };
-
+			/* 127.0.0.1, byte by byte: a 16-byte constant would
+			 * become a .rodata map the loader does not pin */
 			a->family = AF_INET;
-			__builtin_memcpy(a->dst_ip, lo, sizeof(lo));
+			__builtin_memset(a->dst_ip, 0, sizeof(a->dst_ip));
+			a->dst_ip[0] = 127;
+			a->dst_ip[3] = 1;
 			return;
 		}
 	}
@@ -230,13 +156,12 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, enum egress_h
 		if (!is_connect)
 			return SK_PASS;
 		if (owner) {
-			set_owner(owner, scope_id, verdict, SOCK_F_TCP_PENDING);
-			/* The first counter refresh (flow.bpf.c) a second from
-			 * now: a short connection's packets only check the
-			 * clock; its end record reads the counters anyway. */
-			owner->tcp_refreshed_ns = bpf_ktime_get_boot_ns();
+			start_tcp_flow(&a, owner, scope_id, verdict, flags, cookie, hook);
+		} else {
+			/* No storage, no flow: still on record, as an attempt. */
+			count_full(usage_of(scope_id), MAP_FULL_FLOWS_TCP, SCOPE_FULL_FLOWS);
+			emit_attempt(hook, scope_id, &a, cookie, verdict, flags);
 		}
-		start_tcp_flow(&a, owner, scope_id, verdict, flags, cookie, hook);
 	} else if (owner) {
 		/* Datagram flows start at their first packet (flow.bpf.c). */
 		set_owner(owner, scope_id, verdict, (flags & EVENT_F_AUDIT) ? SOCK_F_AUDIT : 0);

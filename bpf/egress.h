@@ -19,13 +19,18 @@
 
 #include <linux/types.h>
 
-#define EGRESS_ABI_VERSION 4
+#define EGRESS_ABI_VERSION 8
 
 #define EGRESS_COMM_LEN 16
 #define EGRESS_ADDR_LEN 16 /* IPv4 uses the first 4 bytes, network order */
 
 /* Default ring buffer size (P6): 1 MiB. User space may override it. */
 #define EGRESS_RINGBUF_DEFAULT_BYTES (1u << 20)
+/*
+ * The record budget's unit (P14): a record costs one unit per this many
+ * bytes it takes on the ring (a flow record 1, an exec record 9).
+ */
+#define EGRESS_RECORD_UNIT_BYTES 256
 
 /* Maximum number of container cgroups the kernel knows as "in scope". */
 #define EGRESS_MAX_SCOPED_CGROUPS 16384
@@ -33,8 +38,12 @@
 /* How many ancestor levels are checked for an enrolled container cgroup. */
 #define EGRESS_SCOPE_MAX_DEPTH 8
 
-/* Flow table capacity (concurrent flows across every container). */
-#define EGRESS_MAX_FLOWS 65536
+/*
+ * Flow table capacity (concurrent flows across every container): the
+ * default of `flow_table_size`, which sets it at load (1,000 containers
+ * with 100 open flows each fit; docs/SCALE.md "Flow table").
+ */
+#define EGRESS_MAX_FLOWS 131072
 
 /* Record kinds. A kind number is never reused for another shape. */
 enum event_kind {
@@ -53,7 +62,9 @@ enum egress_hook {
 	HOOK_CONNECT6 = 1,
 	HOOK_SENDMSG4 = 2,
 	HOOK_SENDMSG6 = 3,
-	/* 4, 5: retired (recvmsg4/6, never emitted a record) */
+	/* 4: retired (recvmsg4, never emitted a record) */
+	HOOK_XSK_SETUP = 5, /* cgroup/setsockopt SOL_XDP: an AF_XDP socket's setup (5 was
+			     * the retired recvmsg6, which never emitted a record) */
 	HOOK_SOCK_CREATE = 6,
 	HOOK_SOCK_OPS = 7,
 	HOOK_SKB_EGRESS = 8,
@@ -65,7 +76,8 @@ enum egress_hook {
 	HOOK_EXEC = 14,        /* tp_btf/sched_process_exec */
 	HOOK_FORK = 15,        /* tp_btf/sched_process_fork */
 	HOOK_EXIT = 16,        /* tp_btf/sched_process_exit */
-	HOOK_MAX = 17,
+	HOOK_LISTEN = 17,      /* sock_ops TCP_LISTEN_CB: a socket in scope listens */
+	HOOK_MAX = 18,
 };
 
 /* What the policy decided (D3). */
@@ -103,7 +115,13 @@ enum egress_scope_mode {
 struct proc_ident {
 	__u64 start_ns; /* the process's start (thread group leader), boot time */
 	__u32 ppid;     /* the real parent's tgid */
-	__u32 _pad;
+	/*
+	 * Which program image: the leader's self_exec_id (low 32 bits), which
+	 * every execve() raises and fork copies. A record names the program
+	 * whose exec record carries the same id; a process whose exec record
+	 * was lost matches none (no `exe`, never the program it ran before).
+	 */
+	__u32 exec_id;
 };
 
 /* Common prefix of every ring buffer record. */
@@ -139,6 +157,10 @@ struct sock_event {
 
 /* sock_event.flags */
 #define EVENT_F_AUDIT 0x1 /* DENY decided in audit mode: not enforced */
+/* Inbound (issue 15): a listen (HOOK_LISTEN: dst = the listening address)
+ * or a connection attempt to a listener (HOOK_SKB_INGRESS: src = the peer
+ * that connected, dst = the container's address). */
+#define EVENT_F_INBOUND 0x2
 
 /* /proc/<pid>/stat start times are in clock ticks (USER_HZ = 100). */
 #define EGRESS_CLOCK_TICK_NS 10000000ULL
@@ -171,40 +193,61 @@ enum dns_reject {
 	DNS_REJECT_UNSOLICITED = 1,  /* no query of this socket with that id and type */
 	DNS_REJECT_MISMATCH = 2,     /* server address/port, protocol or question differ */
 	DNS_REJECT_LOCAL_SENDER = 3, /* sent by a socket in scope (a container answering itself) */
-	DNS_REJECT_MAX = 4,
+	DNS_REJECT_SEGMENTED = 4,    /* a query: one send (UDP GSO, TSO) carrying several
+				      * messages to a DNS server, dropped (only the first
+				      * would be parsed) */
+	DNS_REJECT_MAX = 5,
 };
 
 /*
  * Indexes of the per-CPU `egress_drops` counter array. Slots 0 .. HOOK_MAX-1
  * count failed bpf_ringbuf_reserve() per hook: the kernel cannot tell user
- * space about ring buffer losses any other way. New loss reasons get new
- * slots after them.
+ * space about ring buffer losses any other way. New reasons get new slots
+ * at the end. DROP_* slots count lost records; MAP_FULL_* count a map (or a
+ * container's share of it) with no room where nothing was lost, only
+ * detail (user space: clawker_egress_kernel_map_full_total{map}).
  */
 enum egress_drop {
 	DROP_RINGBUF_FIRST = 0,
-	/* a new flow found the flow table full: it is recorded as an attempt only */
+	/* a new datagram flow found the flow table (or its container's share)
+	 * full: its packets go unrecorded (counted per packet) */
 	DROP_FLOW_TABLE_FULL = HOOK_MAX,
 	/* a DNS answer found dns_cache (or its container's share) full: that
-	 * address gets no domain verdict */
-	DROP_DNS_CACHE_FULL,
+	 * address gets no domain verdict (the DNS record is still written) */
+	MAP_FULL_DNS_CACHE,
 	/* the container's record budget was spent: the record was not written */
 	DROP_RATE_LIMITED,
 	/* a DNS query found dns_pending (or its container's share) full: its
-	 * answer will not count (the name gets no domain verdict) */
-	DROP_DNS_PENDING_FULL,
+	 * answer will not count (the name gets no domain verdict; the query is
+	 * still recorded) */
+	MAP_FULL_DNS_PENDING,
 	/* DNS answers that changed nothing, by enum dns_reject (not losses:
 	 * each is also recorded) */
 	DNS_REJECTED_FIRST,
-	DROP_MAX = DNS_REJECTED_FIRST + DNS_REJECT_MAX,
+	/* a new TCP flow found the flow table (or its container's share) full:
+	 * it gets no interim records, its end is still one record (from the
+	 * socket's storage) */
+	MAP_FULL_FLOWS_TCP = DNS_REJECTED_FIRST + DNS_REJECT_MAX,
+	/* rejected answers not recorded: past one record per socket per
+	 * DNS_REJECTED_RECORD_NS (each is still counted by its reason above;
+	 * none is charged to the container's record budget) */
+	DNS_ANSWERS_UNRECORDED,
+	DROP_MAX,
 };
 
-/* Per-container loss reasons: `scope_usage.lost[]`. */
+/* Per-container loss reasons: `scope_usage.lost[]` (records that do not exist). */
 enum scope_loss {
 	SCOPE_LOSS_RATE_LIMITED = 0, /* its record budget was spent */
 	SCOPE_LOSS_RINGBUF_FULL = 1, /* the ring buffer was full */
-	SCOPE_LOSS_FLOW_QUOTA = 2,   /* flow not tracked: table or its share full */
-	SCOPE_LOSS_DNS_QUOTA = 3,    /* answer not cached: cache or its share full */
-	SCOPE_LOSS_MAX = 4,
+	SCOPE_LOSS_FLOW_QUOTA = 2,   /* a datagram flow not recorded: table or its share full */
+	SCOPE_LOSS_MAX = 3,
+};
+
+/* Per-container full tables: `scope_usage.full[]` (no record lost, detail missing). */
+enum scope_full {
+	SCOPE_FULL_FLOWS = 0, /* a TCP flow the flow table could not hold: no interim records */
+	SCOPE_FULL_DNS = 1,   /* an answer not cached or a query not awaited: no domain verdict */
+	SCOPE_FULL_MAX = 2,
 };
 
 /* `scope_usage` value, per scope cgroup: written by the kernel only. */
@@ -218,6 +261,7 @@ struct scope_usage {
 	 * agent moved stays on record even when its flows' records do not. */
 	__u64 lost_bytes_out;
 	__u64 lost_bytes_in;
+	__u64 full[SCOPE_FULL_MAX];
 };
 
 /* `scope_released` value, per scope cgroup: written by user space only. */
@@ -258,6 +302,7 @@ struct flow_key {
 #define FLOW_F_SYN_SENT 0x1 /* sock_ops saw the SYN: it will end this flow */
 #define FLOW_F_AUDIT 0x2    /* its DENY verdict was not enforced (audit mode) */
 #define FLOW_F_POLICY_END 0x4 /* ended by a policy change: close_reason=policy */
+#define FLOW_F_INBOUND 0x8  /* accepted by a listener in scope: remote = the peer that connected */
 
 /* `flows` map value: identity at creation, counters kept up to date. */
 struct flow_value {
@@ -312,8 +357,18 @@ struct sock_release_event {
 #define SOCK_F_AUDIT 0x4       /* its last decision was an unenforced DENY */
 
 #define SOCK_F_TCP_FLOW 0x8    /* tcp_key names this socket's TCP flow */
-#define SOCK_F_TCP_UNTRACKED 0x10 /* no `flows` entry (table or share full):
-				   * its end is built from this storage */
+#define SOCK_F_TCP_UNTRACKED 0x10 /* never gets a `flows` entry (table or share
+				   * full): its end is built from this storage */
+#define SOCK_F_LISTENER 0x20   /* set by listen() (owner = who listened); every
+				* socket's storage is copied into the sockets it
+				* accepts (BPF_F_CLONE) */
+#define SOCK_F_INBOUND 0x40    /* an accepted connection (decided by `inbound`) */
+#define SOCK_F_POLICY_END 0x80 /* its TCP flow is ended by a policy change */
+#define SOCK_F_TCP_TABLED 0x100 /* its TCP flow has (or is getting) a `flows`
+				 * entry: the promoter's or an inbound flow's
+				 * (bpf/lib/tcp.h) */
+#define SOCK_F_DNS_ASKED 0x200 /* it sent a DNS query: its received datagrams
+				* may be answers (bpf/lib/dns.h) */
 
 /* Per-socket storage: who owns a socket in scope (set in process context). */
 struct sock_owner {
@@ -324,12 +379,14 @@ struct sock_owner {
 	__u32 tgid;
 	__u32 flags;
 	__u8 verdict;
-	__u8 _pad[3];
+	__u8 tcp_verdict; /* the TCP flow's verdict at connect() */
+	__u8 _pad[2];
 	char comm[EGRESS_COMM_LEN];
-	/* The TCP flow's key as connect() decided it: sock_ops and release
-	 * find the flow by it, never by re-deriving the address. */
+	/* The TCP flow (bpf/lib/tcp.h): its key as connect() decided it
+	 * (sock_ops, release and the promoter find the flow by it, never by
+	 * re-deriving the address) and its connect() time. */
 	struct flow_key tcp_key;
-	__u64 tcp_start_ns; /* connect() time of an untracked TCP flow */
+	__u64 tcp_start_ns;
 	struct proc_ident process;
 };
 
@@ -398,7 +455,8 @@ struct container_policy {
 	__u8 mode;           /* enum policy_mode */
 	__u8 default_action; /* VERDICT_ALLOW or VERDICT_DENY */
 	__u8 raw_action;     /* for raw, packet and other non-TCP/UDP sockets */
-	__u8 _pad;
+	__u8 inbound_action; /* connections to its listeners from outside it
+			      * (not through its loopback); 0 = ALLOW */
 };
 
 /* `bypass` value, keyed by the scope cgroup id: policy off until `until_ns`. */
@@ -430,6 +488,9 @@ struct bypass_entry {
 /* How long a query waits for its answer (seconds); later answers are
  * unsolicited, and user space deletes the entry. */
 #define DNS_PENDING_TIMEOUT_S 15
+/* At most one record of a rejected answer per socket per this interval:
+ * anyone can send datagrams from port 53 to a socket that asked once. */
+#define DNS_REJECTED_RECORD_NS (10 * 1000 * 1000ULL)
 /*
  * Name hashes: h(i) = c[i] + DNS_HASH_PRIME * h(i+1) over the lowercase
  * dotted name, computed from its end; the value at each label start is the
@@ -519,7 +580,7 @@ struct dns_pending_value {
 /*
  * `dns_cache`: which name a scope cgroup learned an address from. A plain
  * hash, not an LRU: user space deletes expired entries, and an answer that
- * finds the cache full is counted (DROP_DNS_CACHE_FULL), never evicts.
+ * finds the cache full is counted (MAP_FULL_DNS_CACHE), never evicts.
  * Names are stored right-aligned (name[DNS_NAME_LEN - len ..]), so every
  * suffix of the name ends at the same byte as a rule's name does.
  */
@@ -574,6 +635,9 @@ struct domain_value {
 #define EXEC_F_ARGS_TRUNCATED 0x1 /* argv is longer than EXEC_ARGS_LEN */
 #define EXEC_F_ARGS_UNREAD 0x2    /* argv could not be read */
 #define EXEC_F_EXE_TRUNCATED 0x4  /* the path is deeper than EXEC_EXE_DEPTH */
+#define EXEC_F_CWD_TRUNCATED 0x8  /* the working directory is deeper than that */
+#define EXEC_F_CWD_KNOWN 0x10     /* the walk of the working directory reached the
+				   * namespace's root (cwd_depth 0: "/") */
 
 /* EVENT_KIND_EXEC: a process in scope ran execve() successfully. */
 struct exec_event {
@@ -592,13 +656,16 @@ struct exec_event {
 	__u16 filename_len;       /* bytes of filename[], without the NUL */
 	__u8 flags;               /* EXEC_F_* */
 	__u8 exe_depth;           /* components in exe_parts (0: unknown) */
-	__u8 _pad[2];
+	__u8 cwd_depth;           /* components in cwd_parts */
+	__u8 _pad;
 	char comm[EGRESS_COMM_LEN];        /* the new comm */
 	char parent_comm[EGRESS_COMM_LEN];
 	char filename[EXEC_PATH_LEN];
 	char args[EXEC_ARGS_LEN];
 	/* The executed file, leaf first: "/" + reversed parts joined by "/". */
 	char exe_parts[EXEC_EXE_DEPTH][EXEC_EXE_PART];
+	/* The working directory (task->fs->pwd), walked the same way. */
+	char cwd_parts[EXEC_EXE_DEPTH][EXEC_EXE_PART];
 };
 
 /* EVENT_KIND_FORK: a new process (not a thread) of a process in scope. */

@@ -35,6 +35,8 @@ struct mm_struct___ex {
 	unsigned long arg_end;
 } __attribute__((preserve_access_index));
 
+struct fs_struct___ex;
+
 struct task_struct___ex {
 	int pid;
 	int tgid;
@@ -45,6 +47,8 @@ struct task_struct___ex {
 	struct task_struct___ex *real_parent;
 	struct mm_struct___ex *mm;
 	const struct cred___ex *real_cred;
+	struct fs_struct___ex *fs;
+	__u64 self_exec_id;
 } __attribute__((preserve_access_index));
 
 struct qstr___ex {
@@ -75,6 +79,10 @@ struct file___ex {
 	struct path___ex f_path;
 } __attribute__((preserve_access_index));
 
+struct fs_struct___ex {
+	struct path___ex pwd;
+} __attribute__((preserve_access_index));
+
 struct linux_binprm___ex {
 	const char *filename;
 	struct file___ex *file;
@@ -83,44 +91,91 @@ struct linux_binprm___ex {
 /* Steps of the path walk: components plus mount crossings. */
 #define EXE_WALK_STEPS (EXEC_EXE_DEPTH + 4)
 
+/* How a path walk ended. */
+enum walk_end { WALK_ROOT, WALK_TRUNCATED, WALK_LOST };
+
 /*
- * The executed file's path as d_path() would walk it: dentry names up to
- * each mount's root, then on from the mount point in the parent mount,
- * until the root of the namespace (a mount that is its own parent).
+ * A path as d_path() would walk it: dentry names up to each mount's root,
+ * then on from the mount point in the parent mount, until the root of the
+ * namespace (a mount that is its own parent). Leaf first into parts;
+ * *depth = the components written.
  */
-static __always_inline void exe_path(struct exec_event *ev, struct file___ex *file)
+static __always_inline enum walk_end walk_path(struct path___ex *path,
+					       char parts[EXEC_EXE_DEPTH][EXEC_EXE_PART],
+					       __u8 *depth)
 {
-	struct dentry___ex *d = BPF_CORE_READ(file, f_path.dentry), *parent;
-	struct vfsmount___ex *vfs = BPF_CORE_READ(file, f_path.mnt);
+	struct dentry___ex *d = BPF_CORE_READ(path, dentry), *parent;
+	struct vfsmount___ex *vfs = BPF_CORE_READ(path, mnt);
 	struct mount___ex *mnt = (void *)vfs - bpf_core_field_offset(struct mount___ex, mnt);
+	enum walk_end end = WALK_LOST;
 	__u32 n = 0;
 
-	ev->exe_depth = 0;
 	for (int i = 0; i < EXE_WALK_STEPS; i++) {
 		if (d == BPF_CORE_READ(vfs, mnt_root)) {
 			struct mount___ex *up = BPF_CORE_READ(mnt, mnt_parent);
 
-			if (up == mnt)
-				break; /* the namespace's root */
+			if (up == mnt) {
+				end = WALK_ROOT; /* the namespace's root */
+				break;
+			}
 			d = BPF_CORE_READ(mnt, mnt_mountpoint);
 			mnt = up;
 			vfs = (void *)up + bpf_core_field_offset(struct mount___ex, mnt);
 			continue;
 		}
 		parent = BPF_CORE_READ(d, d_parent);
-		if (parent == d)
-			break; /* a filesystem root outside any mount walk */
-		if (n >= EXEC_EXE_DEPTH) {
-			ev->flags |= EXEC_F_EXE_TRUNCATED;
+		if (parent == d) {
+			/*
+			 * A dentry that is its own parent but no mount's root: a
+			 * pseudo file (memfd_create), run through /proc/self/fd or
+			 * a symlink to it. Its own name ("memfd:NAME", as
+			 * /proc/<pid>/exe shows it), never the path execve() was
+			 * given: that is whatever symlink name the caller chose.
+			 */
+			if (n == 0) {
+				bpf_probe_read_kernel_str(parts[0], EXEC_EXE_PART,
+							  BPF_CORE_READ(d, d_name.name));
+				n = 1;
+			}
 			break;
 		}
-		bpf_probe_read_kernel_str(ev->exe_parts[n], EXEC_EXE_PART, BPF_CORE_READ(d, d_name.name));
+		if (n >= EXEC_EXE_DEPTH) {
+			end = WALK_TRUNCATED;
+			break;
+		}
+		bpf_probe_read_kernel_str(parts[n], EXEC_EXE_PART, BPF_CORE_READ(d, d_name.name));
 		n++;
 		d = parent;
 	}
-	if (n == 0 && !(ev->flags & EXEC_F_EXE_TRUNCATED))
+	*depth = n;
+	return end;
+}
+
+/* The executed file's path (exe_depth 0: unknown, the filename stands). */
+static __always_inline void exe_path(struct exec_event *ev, struct file___ex *file)
+{
+	struct path___ex *path = (void *)file + bpf_core_field_offset(struct file___ex, f_path);
+	enum walk_end end = walk_path(path, ev->exe_parts, &ev->exe_depth);
+
+	if (end == WALK_TRUNCATED)
+		ev->flags |= EXEC_F_EXE_TRUNCATED;
+}
+
+/* The working directory, as the new program starts in it. */
+static __always_inline void cwd_path(struct exec_event *ev, struct task_struct___ex *task)
+{
+	struct fs_struct___ex *fs = BPF_CORE_READ(task, fs);
+	struct path___ex *pwd = (void *)fs + bpf_core_field_offset(struct fs_struct___ex, pwd);
+	enum walk_end end;
+
+	ev->cwd_depth = 0;
+	if (!fs)
 		return;
-	ev->exe_depth = n;
+	end = walk_path(pwd, ev->cwd_parts, &ev->cwd_depth);
+	if (end == WALK_TRUNCATED)
+		ev->flags |= EXEC_F_CWD_TRUNCATED | EXEC_F_CWD_KNOWN;
+	else if (end == WALK_ROOT)
+		ev->flags |= EXEC_F_CWD_KNOWN;
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -142,7 +197,12 @@ int BPF_PROG(process_exec, struct task_struct___ex *task, int old_pid, struct li
 	ev->cgroup_id = bpf_get_current_cgroup_id();
 	ev->scope_cgroup_id = scope_id;
 	proc_of(task, &ev->process);
-	parent = BPF_CORE_READ(task, group_leader, real_parent);
+	/*
+	 * The parent process: the leader of the thread that forked us (a
+	 * child forked by a non-main thread has that thread as real_parent,
+	 * whose start time is not its process's).
+	 */
+	parent = BPF_CORE_READ(task, group_leader, real_parent, group_leader);
 	ev->parent_start_ns = BPF_CORE_READ(parent, start_boottime);
 	BPF_CORE_READ_STR_INTO(&ev->parent_comm, parent, comm);
 	ev->tgid = BPF_CORE_READ(task, tgid);
@@ -156,8 +216,9 @@ int BPF_PROG(process_exec, struct task_struct___ex *task, int old_pid, struct li
 	len = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
 					BPF_CORE_READ(bprm, filename));
 	ev->filename_len = len > 0 ? len - 1 : 0;
-	ev->_pad[0] = ev->_pad[1] = 0;
+	ev->_pad = 0;
 	exe_path(ev, BPF_CORE_READ(bprm, file));
+	cwd_path(ev, task);
 
 	start = BPF_CORE_READ(task, mm, arg_start);
 	end = BPF_CORE_READ(task, mm, arg_end);
@@ -196,8 +257,10 @@ int BPF_PROG(process_fork, struct task_struct___ex *parent, struct task_struct__
 	ev->scope_cgroup_id = scope_id;
 	ev->process.start_ns = BPF_CORE_READ(child, start_boottime);
 	ev->process.ppid = BPF_CORE_READ(child, real_parent, tgid);
-	ev->process._pad = 0;
-	ev->parent_start_ns = BPF_CORE_READ(child, real_parent, start_boottime);
+	/* fork copies the program image id: the child runs its parent's */
+	ev->process.exec_id = (__u32)BPF_CORE_READ(child, self_exec_id);
+	/* The parent process's start, also when a non-main thread forked. */
+	ev->parent_start_ns = BPF_CORE_READ(child, real_parent, group_leader, start_boottime);
 	ev->tgid = tgid;
 	ev->_pad = 0;
 	submit_event(ev, sizeof(*ev));

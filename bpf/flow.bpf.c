@@ -11,8 +11,11 @@
  * Only sockets that egress.bpf.c marked as owned (in scope) are touched.
  */
 #include "common.bpf.h"
+#include "lib/scope.h"
 #include "lib/policy.h"
 #include "lib/dns.h"
+#include "lib/tcp.h"
+#include "lib/udp_inbound.h"
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/udp.h>
@@ -22,51 +25,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
-#define RCV_SHUTDOWN 1
+#define LOOPBACK_IFINDEX 1 /* every network namespace's lo */
+/* At most one DENIED record per listener per interval: SYNs come from
+ * outside, and must not spend the container's whole record budget. */
+#define INBOUND_DENIED_RECORD_NS (10 * 1000 * 1000ULL)
 
-/* Kernel types read with CO-RE (the suffix is dropped when matching). */
-struct sock___ce {
-	int sk_err;
-	__u8 sk_shutdown;
-} __attribute__((preserve_access_index));
-
-struct tcp_sock___ce {
-	__u64 bytes_sent;
-	__u64 bytes_retrans;
-	__u64 bytes_received;
-	__u32 segs_in;
-	__u32 segs_out;
-} __attribute__((preserve_access_index));
-
-struct tcp_counters {
-	__u64 bytes_out, bytes_in, packets_out, packets_in;
-	int sk_err;
-};
-
-/*
- * Payload bytes: sent minus retransmitted (each byte once), received minus
- * the peer's FIN (which advances the sequence space by one).
- */
-static __always_inline bool read_tcp(void *sk, struct tcp_counters *c)
-{
-	struct tcp_sock___ce *tp = (void *)bpf_skc_to_tcp_sock(sk);
-	struct sock___ce *s = (void *)tp;
-	__u64 received;
-
-	if (!tp)
-		return false;
-	/* A trusted (BTF) pointer: plain CO-RE loads, no probe-read helper
-	 * call per field. */
-	c->bytes_out = tp->bytes_sent - tp->bytes_retrans;
-	received = tp->bytes_received;
-	if ((s->sk_shutdown & RCV_SHUTDOWN) && received > 0)
-		received -= 1;
-	c->bytes_in = received;
-	c->packets_out = tp->segs_out;
-	c->packets_in = tp->segs_in;
-	c->sk_err = s->sk_err;
-	return true;
-}
 
 static __always_inline __u8 close_reason(__u32 old_state, int err)
 {
@@ -97,28 +60,16 @@ static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct sock_owner *owner;
-	struct flow_value *v;
 
 	if (!sk)
 		return;
 	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
 	if (!owner)
 		return; /* not in scope */
-	owner->flags &= ~SOCK_F_TCP_PENDING;
+	/* The SYN goes out: no `flows` entry yet (lib/tcp.h). */
+	__sync_fetch_and_and(&owner->flags, ~SOCK_F_TCP_PENDING);
 	if (!(owner->flags & SOCK_F_TCP_FLOW))
-		return; /* no flow entry (table or quota full): nothing to end */
-	v = bpf_map_lookup_elem(&flows, &owner->tcp_key);
-	if (v) {
-		/* The local end is bound by now: interim records name it (and
-		 * their Community ID) before the first counter refresh. */
-		__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
-				ctx->local_ip6[3] };
-		__u8 fam;
-
-		v->flags |= FLOW_F_SYN_SENT;
-		set_addr(v->local_ip, &fam, ctx->family, l6, ctx->local_ip4);
-		v->local_port = ctx->local_port;
-	}
+		return;
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
@@ -142,7 +93,7 @@ static __always_inline void submit_tcp_end(struct bpf_sock_ops *ctx, struct flow
 	}
 	set_addr(ev->value.local_ip, &fam, ctx->family, l6, ctx->local_ip4);
 	ev->value.local_port = ctx->local_port;
-	ev->end_ns = bpf_ktime_get_boot_ns();
+	ev->end_ns = ev->hdr.ts_ns; /* the record's time: one clock read less */
 	ev->close_reason = reason;
 	submit_event(ev, sizeof(*ev));
 }
@@ -158,35 +109,24 @@ static __always_inline void count_lost_bytes(__u64 scope_id, const struct tcp_co
 	__sync_fetch_and_add(&u->lost_bytes_in, c->bytes_in);
 }
 
-/* The end of a TCP flow that had no `flows` entry: from the socket's storage. */
-static __always_inline void untracked_tcp_close(struct bpf_sock_ops *ctx, struct sock_owner *o,
-						const struct flow_key *key, __u32 old_state)
+/* The end of a TCP flow without a `flows` entry: from the socket's storage. */
+static __always_inline void stored_tcp_close(struct bpf_sock_ops *ctx, struct sock_owner *o,
+					     const struct flow_key *key, __u32 old_state)
 {
 	struct flow_end_event *ev;
 	struct tcp_counters c = {};
 
 	bool have = ctx->sk && read_tcp(ctx->sk, &c);
 
-	o->flags &= ~SOCK_F_TCP_UNTRACKED;
-	ev = reserve_event(sizeof(*ev), HOOK_SOCK_OPS, o->scope_cgroup_id);
+	ev = stored_end(o, key, HOOK_SOCK_OPS);
 	if (!ev) {
 		if (have)
 			count_lost_bytes(o->scope_cgroup_id, &c);
 		return;
 	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	fill_header(&ev->hdr, EVENT_KIND_FLOW_END, sizeof(*ev), HOOK_SOCK_OPS);
-	ev->key = *key;
-	ev->value.start_ns = o->tcp_start_ns;
-	ev->value.cgroup_id = o->cgroup_id;
-	ev->value.scope_cgroup_id = o->scope_cgroup_id;
-	ev->value.pid = o->pid;
-	ev->value.tgid = o->tgid;
-	ev->value.verdict = o->verdict;
-	ev->value.flags = (o->flags & SOCK_F_AUDIT) ? FLOW_F_AUDIT : 0;
-	__builtin_memcpy(ev->value.comm, o->comm, sizeof(ev->value.comm));
-	ev->value.process = o->process;
-	submit_tcp_end(ctx, ev, have ? &c : NULL, close_reason(old_state, c.sk_err));
+	submit_tcp_end(ctx, ev, have ? &c : NULL,
+		       (o->flags & SOCK_F_POLICY_END) ? CLOSE_POLICY
+						      : close_reason(old_state, c.sk_err));
 }
 
 static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_state)
@@ -197,6 +137,7 @@ static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_sta
 	struct scope_usage *u;
 	struct flow_key key;
 	struct flow_value *v;
+	__u32 old;
 
 	if (!ctx->sk)
 		return;
@@ -204,14 +145,15 @@ static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_sta
 	if (!owner || !(owner->flags & SOCK_F_TCP_FLOW))
 		return;
 	key = owner->tcp_key;
-	owner->flags &= ~SOCK_F_TCP_FLOW;
-	if (owner->flags & SOCK_F_TCP_UNTRACKED) {
-		untracked_tcp_close(ctx, owner, &key, old_state);
+	/* Ended here, once (lib/tcp.h): a full barrier before the lookup. */
+	old = __sync_fetch_and_and(&owner->flags, ~SOCK_F_TCP_FLOW);
+	if (!(old & SOCK_F_TCP_FLOW))
+		return;
+	v = (old & SOCK_F_TCP_TABLED) ? bpf_map_lookup_elem(&flows, &key) : NULL;
+	if (!v) {
+		stored_tcp_close(ctx, owner, &key, old_state);
 		return;
 	}
-	v = bpf_map_lookup_elem(&flows, &key);
-	if (!v)
-		return;
 	ev = reserve_event(sizeof(*ev), HOOK_SOCK_OPS, v->scope_cgroup_id);
 	if (!ev && ctx->sk && read_tcp(ctx->sk, &c))
 		count_lost_bytes(v->scope_cgroup_id, &c);
@@ -223,13 +165,142 @@ static __always_inline void on_tcp_close(struct bpf_sock_ops *ctx, __u32 old_sta
 		bool have = ctx->sk && read_tcp(ctx->sk, &c);
 
 		submit_tcp_end(ctx, ev, have ? &c : NULL,
-			       (v->flags & FLOW_F_POLICY_END) ? CLOSE_POLICY
-							     : close_reason(old_state, c.sk_err));
+			       ((v->flags & FLOW_F_POLICY_END) || (old & SOCK_F_POLICY_END))
+				       ? CLOSE_POLICY
+				       : close_reason(old_state, c.sk_err));
 	}
 	/* Ended exactly once: the record is out (or its loss counted). */
 	u = bpf_map_lookup_elem(&scope_usage, &v->scope_cgroup_id);
 	if (bpf_map_delete_elem(&flows, &key) == 0 && u)
 		__sync_fetch_and_add(&u->flows, -1);
+}
+
+/*
+ * Inbound (issue 15). listen() on a socket in scope: one record (dst = the
+ * listening address; verdict = what the container's `inbound` policy says
+ * now), and the socket's storage names who listened. Runs in the caller's
+ * context (the listen syscall), for every listen: not gated by cb flags.
+ */
+static __always_inline void on_listen(struct bpf_sock_ops *ctx)
+{
+	__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+			ctx->local_ip6[3] };
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct bpf_sock *sk = ctx->sk;
+	struct sock_owner *owner;
+	struct sock_event *ev;
+	__u64 scope_id;
+	__u8 verdict, flags;
+
+	if (!sk || !in_scope(&scope_id))
+		return;
+	verdict = decide_inbound(scope_id, &flags);
+	owner = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (owner) {
+		owner->cgroup_id = bpf_get_current_cgroup_id();
+		owner->scope_cgroup_id = scope_id;
+		owner->pid = (__u32)pid_tgid;
+		owner->tgid = pid_tgid >> 32;
+		owner->verdict = verdict;
+		owner->flags = SOCK_F_LISTENER;
+		owner->tcp_refreshed_ns = 0; /* no DENIED record yet */
+		bpf_get_current_comm(owner->comm, sizeof(owner->comm));
+		fill_proc(&owner->process);
+	}
+	ev = reserve_event(sizeof(*ev), HOOK_LISTEN, scope_id);
+	if (!ev)
+		return;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	fill_header(&ev->hdr, EVENT_KIND_SOCK, sizeof(*ev), HOOK_LISTEN);
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->scope_cgroup_id = scope_id;
+	ev->sock_cookie = bpf_get_socket_cookie(ctx);
+	ev->pid = (__u32)pid_tgid;
+	ev->tgid = pid_tgid >> 32;
+	{
+		__u8 fam;
+
+		set_addr(ev->dst_ip, &fam, ctx->family, l6, ctx->local_ip4);
+		ev->family = fam;
+	}
+	ev->dst_port = ctx->local_port;
+	ev->sock_type = SOCK_STREAM;
+	ev->protocol = IPPROTO_TCP;
+	ev->verdict = verdict;
+	ev->flags = flags | EVENT_F_INBOUND;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	fill_proc(&ev->process);
+	submit_event(ev, sizeof(*ev));
+}
+
+/* The peer is the container itself: a loopback address, or its own address. */
+static __always_inline bool peer_is_local(const struct flow_key *key, const __u8 *local)
+{
+	__u32 r[4], l[4];
+
+	__builtin_memcpy(r, key->remote_ip, sizeof(r));
+	__builtin_memcpy(l, local, sizeof(l));
+	if (key->family == AF_INET && (bpf_ntohl(r[0]) >> 24) == 127)
+		return true;
+	if (key->family == AF_INET6 && !r[0] && !r[1] && !r[2] && r[3] == bpf_htonl(1))
+		return true;
+	return r[0] == l[0] && r[1] == l[1] && r[2] == l[2] && r[3] == l[3];
+}
+
+/*
+ * A listener in scope accepted a connection (the handshake completed; this
+ * runs in softirq for the new socket). Its storage is a copy of the
+ * listener's (BPF_F_CLONE): the process that listened owns the flow. From
+ * here the flow is an outbound one's twin (lib/tcp.h): it lives in the
+ * storage, the promoter gives it its `flows` entry if it is still open a
+ * second later (the container's share applies there), and its end is one
+ * record at TCP_CLOSE. A short connection touches no other map (issue 12).
+ */
+static __always_inline void on_passive_established(struct bpf_sock_ops *ctx)
+{
+	__u32 r6[4] = { ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2],
+			ctx->remote_ip6[3] };
+	__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+			ctx->local_ip6[3] };
+	__u8 local_ip[EGRESS_ADDR_LEN];
+	struct sock_owner *owner;
+	struct flow_key key = {};
+	struct bpf_sock *sk = ctx->sk;
+	__u8 verdict, flags, fam;
+	__u64 now;
+
+	if (!sk)
+		return;
+	/* Only a listener's accepted sockets get here, and only a listener
+	 * in scope has storage to copy. */
+	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+	if (!owner)
+		return;
+	key.sock_cookie = bpf_get_socket_cookie(ctx);
+	set_addr(key.remote_ip, &key.family, ctx->family, r6, ctx->remote_ip4);
+	key.remote_port = bpf_ntohl(ctx->remote_port);
+	key.protocol = IPPROTO_TCP;
+	set_addr(local_ip, &fam, ctx->family, l6, ctx->local_ip4);
+	verdict = decide_inbound(owner->scope_cgroup_id, &flags);
+	/* An enforced deny never lets a handshake from outside complete
+	 * (cgroup_skb ingress drops it): here it is the container talking to
+	 * itself, or a reload between SYN and ACK (the re-decision after the
+	 * reload ends it). */
+	if (peer_is_local(&key, local_ip) || enforced_deny(verdict, flags))
+		verdict = VERDICT_ALLOW, flags = 0;
+	now = bpf_ktime_get_boot_ns();
+	owner->verdict = verdict;
+	owner->tcp_verdict = verdict;
+	owner->tcp_key = key;
+	owner->tcp_refreshed_ns = now;
+	owner->tcp_start_ns = now;
+	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* Last, as a full barrier: the promoter reads the flow after the
+	 * flag (lib/tcp.h). The listener's flags are not the flow's. */
+	__atomic_exchange_n(&owner->flags,
+			    SOCK_F_INBOUND | SOCK_F_TCP_FLOW |
+				    ((flags & EVENT_F_AUDIT) ? SOCK_F_AUDIT : 0),
+			    __ATOMIC_SEQ_CST);
 }
 
 SEC("sockops")
@@ -238,6 +309,12 @@ int flow_sockops(struct bpf_sock_ops *ctx)
 	switch (ctx->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		on_tcp_connect(ctx);
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		on_listen(ctx);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_passive_established(ctx);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (ctx->args[1] == BPF_TCP_CLOSE)
@@ -255,11 +332,15 @@ int flow_sockops(struct bpf_sock_ops *ctx)
  */
 static __always_inline void refresh_tcp(struct bpf_sock *sk, struct sock_owner *owner)
 {
+	__u32 tabled = SOCK_F_TCP_FLOW | SOCK_F_TCP_TABLED;
 	struct tcp_counters c = {};
 	struct flow_value *v;
-	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 now;
 
-	if (!(owner->flags & SOCK_F_TCP_FLOW) || now - owner->tcp_refreshed_ns < NSEC_PER_SEC)
+	if ((owner->flags & tabled) != tabled)
+		return; /* no `flows` entry (yet): nothing to refresh */
+	now = bpf_ktime_get_boot_ns();
+	if (now - owner->tcp_refreshed_ns < NSEC_PER_SEC)
 		return;
 	owner->tcp_refreshed_ns = now;
 	v = bpf_map_lookup_elem(&flows, &owner->tcp_key);
@@ -287,6 +368,7 @@ struct pkt {
 	__u8 local_ip[EGRESS_ADDR_LEN];
 	__u16 local_port;
 	__u32 payload;
+	__u32 l4_off;
 };
 
 static __always_inline bool parse(struct __sk_buff *skb, bool egress, struct pkt *p)
@@ -318,6 +400,7 @@ static __always_inline bool parse(struct __sk_buff *skb, bool egress, struct pkt
 	} else {
 		return false;
 	}
+	p->l4_off = l4_off;
 	if (p->key.protocol == IPPROTO_UDP) {
 		struct udphdr udp;
 
@@ -332,7 +415,8 @@ static __always_inline bool parse(struct __sk_buff *skb, bool egress, struct pkt
 }
 
 /* A datagram socket talking to a new endpoint starts a flow (egress only). */
-static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_owner *o)
+static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_owner *o,
+						     struct bpf_sock *sk)
 {
 	struct scope_usage *u = usage_of(o->scope_cgroup_id);
 	struct scope_released *r = bpf_map_lookup_elem(&scope_released, &o->scope_cgroup_id);
@@ -340,6 +424,8 @@ static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_
 	struct flow_value val = {};
 	long err;
 
+	/* its replies are replies even without the entry (lib/udp_inbound.h) */
+	remember_peer(sk, &p->key);
 	if (u && cfg && !within_quota(u->flows, r ? r->flows : 0, cfg->max_flows_per_scope)) {
 		count_loss(u, DROP_FLOW_TABLE_FULL, SCOPE_LOSS_FLOW_QUOTA);
 		return NULL;
@@ -367,22 +453,57 @@ static __always_inline struct flow_value *start_flow(struct pkt *p, struct sock_
 	return bpf_map_lookup_elem(&flows, &p->key);
 }
 
-static __always_inline void count_datagram(struct __sk_buff *skb, struct sock_owner *o,
-					   bool egress)
+/*
+ * A UDP datagram to a socket in scope that is not a reply (lib/udp_inbound.h):
+ * decided by the container's `inbound` (its own loopback passes, as for
+ * TCP). Enforced deny: dropped and recorded DENIED (rate-limited); else it
+ * starts an inbound flow, counted like any other. SK_REJECT to drop.
+ */
+static __always_inline int udp_inbound(struct __sk_buff *skb, struct pkt *p, struct sock_owner *o,
+				       struct flow_value **v)
+{
+	__u8 verdict = VERDICT_ALLOW, flags = 0;
+
+	if (skb->ifindex != LOOPBACK_IFINDEX)
+		verdict = decide_inbound(o->scope_cgroup_id, &flags);
+	if (enforced_deny(verdict, flags)) {
+		udp_inbound_denied(o, &p->key, p->local_ip, p->local_port);
+		return SK_REJECT;
+	}
+	*v = udp_inbound_flow(o, &p->key, p->local_ip, p->local_port, verdict, flags);
+	return SK_PASS;
+}
+
+/* Counts a datagram into its flow; SK_REJECT drops it (UDP inbound). */
+static __always_inline int count_datagram(struct __sk_buff *skb, struct bpf_sock *sk,
+					  struct sock_owner *o, bool egress)
 {
 	struct pkt p = {};
 	struct flow_value *v;
 	__u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
 
 	if (!parse(skb, egress, &p))
-		return;
+		return SK_PASS;
 	v = bpf_map_lookup_elem(&flows, &p.key);
 	if (!v) {
-		if (!egress)
-			return; /* inbound traffic the container did not start */
-		v = start_flow(&p, o);
+		if (egress) {
+			v = start_flow(&p, o, sk);
+		} else if (p.key.protocol == IPPROTO_UDP && is_udp(sk) &&
+			   !udp_is_reply(sk, &p.key, skb->ifindex == LOOPBACK_IFINDEX)) {
+			if (udp_inbound(skb, &p, o, &v) == SK_REJECT)
+				return SK_REJECT;
+		}
 		if (!v)
-			return;
+			return SK_PASS;
+	} else if (!egress && (v->flags & FLOW_F_INBOUND)) {
+		__u8 flags;
+
+		/* decided again per datagram: a reload to deny ends it */
+		if (skb->ifindex != LOOPBACK_IFINDEX &&
+		    enforced_deny(decide_inbound(o->scope_cgroup_id, &flags), flags)) {
+			v->flags |= FLOW_F_POLICY_END;
+			return SK_REJECT;
+		}
 	}
 	v->last_seen_ns = bpf_ktime_get_boot_ns();
 	if (egress) {
@@ -392,6 +513,7 @@ static __always_inline void count_datagram(struct __sk_buff *skb, struct sock_ow
 		__sync_fetch_and_add(&v->bytes_in, p.payload);
 		__sync_fetch_and_add(&v->packets_in, segs);
 	}
+	return SK_PASS;
 }
 
 /*
@@ -451,6 +573,98 @@ static __always_inline bool raw_send_denied(struct __sk_buff *skb, struct bpf_so
 	return true;
 }
 
+/* The container a socket belongs to, by the cgroup that made it (as
+ * in_scope() decides for a task; sk_in_scope() of lib/dns.h, with the id). */
+static __always_inline bool sk_scope(struct bpf_sock *sk, __u64 *scope_id)
+{
+	struct egress_config *cfg = config();
+
+	*scope_id = 0;
+	if (!cfg || bpf_sk_ancestor_cgroup_id(sk, cfg->attach_level) != cfg->attach_cgroup_id)
+		return false;
+	if (cfg->scope_mode == SCOPE_ALL)
+		return true;
+	for (int level = 1; level <= EGRESS_SCOPE_MAX_DEPTH; level++) {
+		__u64 id = bpf_sk_ancestor_cgroup_id(sk, level);
+
+		if (id == 0)
+			break;
+		if (bpf_map_lookup_elem(&scoped_cgroups, &id)) {
+			*scope_id = id;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * A packet to a listening socket of a container (a SYN, or a handshake's
+ * ACK, SYN cookies included: the kernel filters both through the
+ * listener). With `inbound: deny` (enforced) every such packet that did not
+ * come through the container's own loopback is dropped, so no connection
+ * from outside is ever accepted; each SYN is one DENIED record (src = the
+ * peer, dst = the listening address), charged to the container's budget
+ * but at most one per listener per INBOUND_DENIED_RECORD_NS (SYNs from
+ * outside cannot spend the budget the container's own records need; the
+ * SYNs past it are counted as rate_limited losses of the container).
+ * `owner` is NULL for a listener opened before the container was enrolled:
+ * decided all the same, recorded without its process.
+ */
+static __always_inline bool inbound_denied(struct __sk_buff *skb, struct bpf_sock *sk,
+					   __u64 scope_id, struct sock_owner *owner)
+{
+	struct sock_event *ev;
+	struct tcphdr th;
+	struct pkt p = {};
+	__u8 verdict, flags;
+
+	if (skb->ifindex == LOOPBACK_IFINDEX)
+		return false; /* the container talking to itself */
+	verdict = decide_inbound(scope_id, &flags);
+	if (!enforced_deny(verdict, flags))
+		return false;
+	if (!parse(skb, false, &p) || p.key.protocol != IPPROTO_TCP ||
+	    bpf_skb_load_bytes(skb, p.l4_off, &th, sizeof(th)) || !th.syn || th.ack)
+		return true; /* dropped, not a new attempt: no record */
+	if (owner) {
+		__u64 now = bpf_ktime_get_boot_ns();
+
+		/* a listener's tcp_refreshed_ns: its last DENIED record */
+		if (now - owner->tcp_refreshed_ns < INBOUND_DENIED_RECORD_NS) {
+			count_loss(usage_of(scope_id), DROP_RATE_LIMITED, SCOPE_LOSS_RATE_LIMITED);
+			return true;
+		}
+		owner->tcp_refreshed_ns = now;
+	}
+	ev = reserve_event(sizeof(*ev), HOOK_SKB_INGRESS, scope_id);
+	if (!ev)
+		return true;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	fill_header(&ev->hdr, EVENT_KIND_SOCK, sizeof(*ev), HOOK_SKB_INGRESS);
+	ev->scope_cgroup_id = scope_id;
+	ev->sock_cookie = p.key.sock_cookie;
+	if (owner) {
+		ev->cgroup_id = owner->cgroup_id;
+		ev->pid = owner->pid;
+		ev->tgid = owner->tgid;
+		__builtin_memcpy(ev->comm, owner->comm, sizeof(ev->comm));
+		ev->process = owner->process;
+	} else {
+		ev->cgroup_id = bpf_sk_cgroup_id(sk);
+	}
+	__builtin_memcpy(ev->src_ip, p.key.remote_ip, sizeof(ev->src_ip));
+	__builtin_memcpy(ev->dst_ip, p.local_ip, sizeof(ev->dst_ip));
+	ev->src_port = bpf_ntohs(th.source);
+	ev->dst_port = bpf_ntohs(th.dest);
+	ev->family = p.key.family;
+	ev->sock_type = SOCK_STREAM;
+	ev->protocol = IPPROTO_TCP;
+	ev->verdict = VERDICT_DENY;
+	ev->flags = EVENT_F_INBOUND;
+	submit_event(ev, sizeof(*ev));
+	return true;
+}
+
 static __always_inline int account(struct __sk_buff *skb, bool egress)
 {
 	struct bpf_sock *sk = skb->sk;
@@ -463,6 +677,18 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 	if (!sk)
 		return SK_PASS;
 	owner = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+	if (!egress && sk->state == BPF_TCP_LISTEN) {
+		/* Every packet to a listener is a handshake's. Decided by the
+		 * socket's state, not by our storage: a listener nobody saw
+		 * listen (opened before enrolment) is found by its cgroup. */
+		__u64 scope_id;
+
+		if (owner)
+			scope_id = owner->scope_cgroup_id;
+		else if (!sk_scope(sk, &scope_id))
+			return SK_PASS;
+		return inbound_denied(skb, sk, scope_id, owner) ? SK_REJECT : SK_PASS;
+	}
 	if (!owner)
 		return SK_PASS; /* not a socket in scope: the cheap common exit */
 	if (egress && raw_send_denied(skb, sk, owner))
@@ -470,13 +696,19 @@ static __always_inline int account(struct __sk_buff *skb, bool egress)
 	else if (sk->protocol == IPPROTO_TCP)
 		refresh_tcp(sk, owner);
 	else
-		count_datagram(skb, owner, egress);
+		verdict = count_datagram(skb, sk, owner, egress);
 	/* DNS (lib/dns.h), in the same program: one owner lookup per packet.
-	 * A query is recorded even when its packet was denied. */
-	if (sk->protocol == IPPROTO_UDP || sk->protocol == IPPROTO_TCP) {
-		if (egress)
-			dns_query(skb, sk, owner);
-		else
+	 * A query is recorded even when its packet was denied; an inbound
+	 * datagram `inbound: deny` dropped is no answer to check (a flood
+	 * from outside spends no records). A connection the container
+	 * accepted is no lookup of its own (a peer's source port 53 must not
+	 * make its bytes DNS records). */
+	if ((sk->protocol == IPPROTO_UDP || sk->protocol == IPPROTO_TCP) &&
+	    !(owner->flags & SOCK_F_INBOUND) && (egress || verdict == SK_PASS)) {
+		if (egress) {
+			if (dns_query(skb, sk, owner))
+				verdict = SK_REJECT; /* several messages in one send */
+		} else
 			dns_answer(skb, sk, owner);
 	}
 	return verdict;
@@ -494,10 +726,25 @@ int flow_ingress(struct __sk_buff *skb)
 	return account(skb, false);
 }
 
+/* An explicit bind() of a UDP socket in scope (lib/udp_inbound.h). */
+SEC("cgroup/post_bind4")
+int flow_post_bind4(struct bpf_sock *sk)
+{
+	udp_bound(sk, false);
+	return SK_PASS;
+}
+
+SEC("cgroup/post_bind6")
+int flow_post_bind6(struct bpf_sock *sk)
+{
+	udp_bound(sk, true);
+	return SK_PASS;
+}
+
 /*
- * A socket with datagram flows (or a TCP connect that never sent its SYN)
- * is gone: user space ends its flows. TCP flows that reached sock_ops end
- * there instead, so most TCP sockets emit nothing here.
+ * A socket with datagram flows is gone: user space ends its flows. A TCP
+ * connect that never sent its SYN ends here (lib/tcp.h); TCP flows that
+ * reached sock_ops end there instead, so most TCP sockets emit nothing here.
  */
 SEC("cgroup/sock_release")
 int flow_sock_release(struct bpf_sock *sk)
@@ -506,6 +753,10 @@ int flow_sock_release(struct bpf_sock *sk)
 	struct sock_release_event *ev;
 
 	if (!owner || !(owner->flags & (SOCK_F_HAS_FLOWS | SOCK_F_TCP_PENDING)))
+		return SK_PASS;
+	if (owner->flags & SOCK_F_TCP_PENDING)
+		end_unsent_tcp(owner, HOOK_SOCK_RELEASE);
+	if (!(owner->flags & SOCK_F_HAS_FLOWS))
 		return SK_PASS;
 	ev = reserve_event(sizeof(*ev), HOOK_SOCK_RELEASE, owner->scope_cgroup_id);
 	if (!ev)

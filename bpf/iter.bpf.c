@@ -23,6 +23,7 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define TCP_TIME_WAIT 6
+#define TCP_LISTEN 10
 #define TCP_NEW_SYN_RECV 12
 
 /* Kernel types read with CO-RE (the ___ce suffix is dropped when matching). */
@@ -36,8 +37,10 @@ struct sock_common {
 	unsigned short skc_family;
 	volatile unsigned char skc_state;
 	__u32 skc_daddr;
+	__u32 skc_rcv_saddr;
 	__u16 skc_dport;
 	struct in6_addr___ce skc_v6_daddr;
+	struct in6_addr___ce skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
 struct sock {
@@ -85,6 +88,31 @@ static __always_inline void remote_of(struct sock_common *skc, __u8 protocol,
 	a->dst_port = bpf_ntohs(skc->skc_dport);
 }
 
+/* An accepted connection from the container itself: a loopback peer, or
+ * its own address (what cgroup_skb ingress lets through its loopback). */
+static __always_inline bool inbound_from_self(struct sock_common *skc, const struct attempt *a)
+{
+	__u32 r[4], l[4], l6[4];
+
+	__builtin_memcpy(r, a->dst_ip, sizeof(r));
+	if (a->family == AF_INET && (bpf_ntohl(r[0]) >> 24) == 127)
+		return true;
+	if (a->family == AF_INET6 && !r[0] && !r[1] && !r[2] && r[3] == bpf_htonl(1))
+		return true;
+	l6[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+	l6[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+	l6[2] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+	l6[3] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+	{
+		__u8 fam;
+		__u8 local[EGRESS_ADDR_LEN];
+
+		set_addr(local, &fam, skc->skc_family, l6, skc->skc_rcv_saddr);
+		__builtin_memcpy(l, local, sizeof(l));
+	}
+	return r[0] == l[0] && r[1] == l[1] && r[2] == l[2] && r[3] == l[3];
+}
+
 /*
  * Decide one owned socket again; end it when the policy now denies it.
  * `flow` is its flow entry, if known: marked so its record says policy.
@@ -96,10 +124,16 @@ static __always_inline void redecide(struct seq_file *seq, struct sock_common *s
 	struct sweep_record rec = {};
 	struct attempt a = {};
 	struct flow_value *v;
-	__u8 verdict, flags;
+	__u8 verdict, flags = 0;
 
 	remote_of(skc, protocol, &a);
-	verdict = decide(&a, owner->scope_cgroup_id, false, &flags);
+	if (owner->flags & SOCK_F_INBOUND)
+		/* accepted: the `inbound` switch decides, the container's own
+		 * connections to itself always pass */
+		verdict = inbound_from_self(skc, &a) ? VERDICT_ALLOW
+						     : decide_inbound(owner->scope_cgroup_id, &flags);
+	else
+		verdict = decide(&a, owner->scope_cgroup_id, false, &flags);
 	rec.scope_cgroup_id = owner->scope_cgroup_id;
 	__builtin_memcpy(rec.remote_ip, a.dst_ip, sizeof(rec.remote_ip));
 	rec.remote_port = a.dst_port;
@@ -122,6 +156,9 @@ static __always_inline void redecide(struct seq_file *seq, struct sock_common *s
 	v = flow ? bpf_map_lookup_elem(&flows, flow) : NULL;
 	if (v)
 		v->flags |= FLOW_F_POLICY_END;
+	/* A TCP flow without a `flows` entry ends from the storage (lib/tcp.h). */
+	if (protocol == IPPROTO_TCP)
+		__sync_fetch_and_or(&owner->flags, SOCK_F_POLICY_END);
 	owner->verdict = VERDICT_DENY;
 	rec.err = bpf_sock_destroy(skc);
 	if (rec.err) {
@@ -147,6 +184,8 @@ int sweep_tcp(struct bpf_iter__tcp *ctx)
 	owner = bpf_sk_storage_get(&sock_owners, skc, 0, 0);
 	if (!owner)
 		return 0; /* not in scope (or not opened by a container's connect) */
+	if (state == TCP_LISTEN)
+		return 0; /* no remote end: cgroup_skb decides each SYN as of now */
 	flow = (owner->flags & SOCK_F_TCP_FLOW) ? &owner->tcp_key : NULL;
 	redecide(ctx->meta->seq, skc, owner, IPPROTO_TCP, flow);
 	return 0;

@@ -42,30 +42,6 @@ struct {
 	__type(value, __u8);
 } packet_seen SEC(".maps");
 
-static __always_inline void emit_packet(__u64 scope_id, const struct attempt *a, __u8 verdict,
-					__u8 flags)
-{
-	struct sock_event *ev = reserve_event(sizeof(*ev), HOOK_PACKET_SEND, scope_id);
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-
-	if (!ev)
-		return;
-	__builtin_memset(ev, 0, sizeof(*ev));
-	fill_header(&ev->hdr, EVENT_KIND_SOCK, sizeof(*ev), HOOK_PACKET_SEND);
-	ev->cgroup_id = bpf_get_current_cgroup_id();
-	ev->scope_cgroup_id = scope_id;
-	ev->pid = (__u32)pid_tgid;
-	ev->tgid = pid_tgid >> 32;
-	ev->family = a->family;
-	ev->sock_type = a->sock_type;
-	ev->protocol = a->protocol;
-	ev->verdict = verdict;
-	ev->flags = flags;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	fill_proc(&ev->process);
-	submit_event(ev, sizeof(*ev));
-}
-
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(packet_send, struct sock___pk *sk, int ret, int flags_)
 {
@@ -86,13 +62,13 @@ int BPF_PROG(packet_send, struct sock___pk *sk, int ret, int flags_)
 	verdict = decide(&a, scope_id, true, &flags);
 	if (enforced_deny(verdict, flags)) {
 		bpf_send_signal(SIGKILL);
-		emit_packet(scope_id, &a, verdict, flags);
+		emit_attempt(HOOK_PACKET_SEND, scope_id, &a, 0, verdict, flags);
 		return 0;
 	}
 	seen = bpf_sk_storage_get(&packet_seen, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!seen || *seen)
 		return 0;
 	*seen = 1;
-	emit_packet(scope_id, &a, verdict, flags);
+	emit_attempt(HOOK_PACKET_SEND, scope_id, &a, 0, verdict, flags);
 	return 0;
 }

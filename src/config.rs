@@ -186,9 +186,16 @@ pub struct Config {
     pub otlp_tls_server_name: Option<String>,
     /// Request compression: "none" or "gzip".
     pub otlp_compression: Compression,
+    /// Push the self-metrics over OTLP this often, beside `/metrics`
+    /// ("0s": off, the default; needs `output` otlp).
+    #[serde(with = "humantime_serde")]
+    pub otlp_metrics_interval: Duration,
     pub metrics_listen: SocketAddr,
     /// Ring buffer size in bytes: a power of two, at least 4096 (P6: 1 MiB).
     pub ringbuf_bytes: u32,
+    /// Entries of the kernel flow table (open flows of every container;
+    /// preallocated: docs/SCALE.md "Flow table").
+    pub flow_table_size: u32,
     /// Where maps and links are pinned (a bpffs directory).
     pub pin_root: PathBuf,
     pub scope: Scope,
@@ -213,10 +220,12 @@ pub struct Config {
     /// inspect of a starting container only once it has started.
     #[serde(with = "humantime_serde")]
     pub attribution_wait: Duration,
-    /// Records per second one container may put on the ring buffer (P14;
-    /// 0: no limit). Its excess is lost, counted and reported for it only.
+    /// Record units per second one container may put on the ring buffer
+    /// (P14; 0: no limit): a record costs one unit per 256 bytes of ring
+    /// (`EGRESS_RECORD_UNIT_BYTES`; a flow record 1, an exec record 9). Its
+    /// excess is lost, counted and reported for it only.
     pub container_record_rate: u32,
-    /// Records one container may write in a burst above its rate.
+    /// Record units one container may write in a burst above its rate.
     pub container_record_burst: u32,
     /// Open flows one container may hold in the kernel's flow table.
     pub container_max_flows: u32,
@@ -269,8 +278,10 @@ impl Default for Config {
             otlp_headers_file: None,
             otlp_tls_server_name: None,
             otlp_compression: Compression::None,
+            otlp_metrics_interval: Duration::ZERO,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             ringbuf_bytes: crate::kernel::abi::EGRESS_RINGBUF_DEFAULT_BYTES,
+            flow_table_size: crate::kernel::abi::EGRESS_MAX_FLOWS,
             pin_root: PathBuf::from("/sys/fs/bpf/clawker-egress"),
             scope: Scope::Auto,
             policy_file: None,
@@ -324,10 +335,17 @@ pub struct Overrides {
     pub otlp_tls_server_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_compression: Option<Compression>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub otlp_metrics_interval: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ringbuf_bytes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_table_size: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_root: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -391,6 +409,19 @@ impl Config {
     }
 
     fn validated(self) -> Result<Config, ConfigError> {
+        if !self.otlp_metrics_interval.is_zero() {
+            if self.otlp_metrics_interval < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(format!(
+                    "otlp_metrics_interval = {:?}: at least 1s (or 0s: off)",
+                    self.otlp_metrics_interval
+                )));
+            }
+            if !self.output.has(&Output::Otlp) {
+                return Err(ConfigError::Invalid(
+                    "otlp_metrics_interval is set but output has no otlp: the metrics go to otlp_endpoint".into(),
+                ));
+            }
+        }
         if self.ringbuf_bytes < 4096 || !self.ringbuf_bytes.is_power_of_two() {
             return Err(ConfigError::Invalid(format!(
                 "ringbuf_bytes = {}: must be a power of two of at least 4096",
@@ -451,7 +482,15 @@ impl Config {
                     .into(),
             ));
         }
-        if self.container_max_flows > crate::kernel::abi::EGRESS_MAX_FLOWS
+        if !crate::kernel::FLOW_TABLE_SIZES.contains(&self.flow_table_size) {
+            return Err(ConfigError::Invalid(format!(
+                "flow_table_size = {}: between {} and {} entries",
+                self.flow_table_size,
+                crate::kernel::FLOW_TABLE_SIZES.start(),
+                crate::kernel::FLOW_TABLE_SIZES.end()
+            )));
+        }
+        if self.container_max_flows > self.flow_table_size
             || self.container_max_dns_answers > crate::kernel::abi::EGRESS_MAX_DNS_ENTRIES
             || self.container_max_dns_pending > crate::kernel::abi::EGRESS_MAX_DNS_PENDING
         {
@@ -460,7 +499,7 @@ impl Config {
                 self.container_max_flows,
                 self.container_max_dns_answers,
                 self.container_max_dns_pending,
-                crate::kernel::abi::EGRESS_MAX_FLOWS,
+                self.flow_table_size,
                 crate::kernel::abi::EGRESS_MAX_DNS_ENTRIES,
                 crate::kernel::abi::EGRESS_MAX_DNS_PENDING
             )));

@@ -1,5 +1,6 @@
 //! The daemon's own logs: structured, on stderr (stdout carries records);
-//! with `--output otlp` also as `cp` records (see [`crate::export::control_plane_logs`]).
+//! with `--output otlp` also as `cp` records, through the OpenTelemetry
+//! SDK's tracing appender (see [`crate::export::control_plane_logs`]).
 
 use std::io::IsTerminal;
 
@@ -25,6 +26,10 @@ pub fn init_with(level: &str, control_plane_logs: Option<ControlPlaneLogLayer>) 
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
-        .with(control_plane_logs)
+        .with(
+            control_plane_logs
+                .as_ref()
+                .map(ControlPlaneLogLayer::bridge),
+        )
         .try_init();
 }

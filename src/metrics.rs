@@ -1,6 +1,9 @@
 //! The daemon's own counters, scraped by Prometheus. Every loss anywhere in
 //! the pipeline ends up in `clawker_egress_events_dropped_total{reason}`;
-//! the stage that loses a record counts it through this module.
+//! the stage that loses a record counts it through this module. A kernel
+//! map without room is a degradation, counted apart in
+//! `clawker_egress_kernel_map_full_total{map}` (and as a drop only where a
+//! record went with it).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::detect::{AgentLimits, AgentMetrics};
-use crate::vocab::{DnsReject, Hook, Verdict};
+use crate::vocab::{DnsReject, Hook, KernelMap, Verdict};
 
 pub use crate::vocab::DropReason;
 
@@ -33,6 +36,11 @@ struct EventLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,16 +84,22 @@ struct SinkCauseLabels {
 pub struct KernelReading {
     /// Failed ring buffer reservations per hook, indexed by `Hook::raw()`.
     pub ringbuf_drops: [u64; crate::kernel::abi::egress_hook::HOOK_MAX as usize],
-    /// New flows the kernel could not track (table full).
-    pub flow_table_full: u64,
+    /// New datagram flows the kernel could not track (flow table full):
+    /// their packets went unrecorded, counted per packet.
+    pub datagram_flows_untracked: u64,
+    /// New TCP flows the kernel could not track (flow table full): no
+    /// interim records, nothing lost.
+    pub tcp_flows_untracked: u64,
     /// DNS answers the kernel could not cache (cache full).
     pub dns_cache_full: u64,
     /// Records not written because their container's budget was spent.
     pub rate_limited: u64,
     /// DNS queries the kernel could not remember (pending table full).
     pub dns_pending_full: u64,
-    /// DNS answers the kernel rejected, in `DnsReject::ALL` order.
+    /// DNS messages the kernel rejected, in `DnsReject::ALL` order.
     pub dns_rejected: [u64; DnsReject::ALL.len()],
+    /// Rejected answers past the per-socket record interval (no record).
+    pub dns_unrecorded: u64,
     pub ringbuf_used_bytes: u64,
     pub ringbuf_size_bytes: u64,
 }
@@ -98,8 +112,10 @@ pub struct Metrics {
     registry: Registry,
     events: Family<EventLabels, Counter>,
     dropped: Family<ReasonLabels, Counter>,
+    map_full: Family<MapLabels, Counter>,
     kernel_drops: Family<HookLabels, Counter>,
     dns_rejected: Family<ReasonLabels, Counter>,
+    dns_unrecorded: Counter,
     flows: Family<StateLabels, Counter>,
     exported: Family<SinkLabels, Counter>,
     sink_failures: Family<SinkCauseLabels, Counter>,
@@ -116,6 +132,8 @@ pub struct Metrics {
     kernel_seen: Mutex<KernelSeen>,
     /// Records a local API client missed because its own queue was full.
     api_dropped: Counter,
+    /// Self-metrics pushes over OTLP that failed (no record lost).
+    metrics_push_failures: Counter,
     /// Per-agent series (bounded), counted by the detection stage.
     agents: AgentMetrics,
 }
@@ -124,16 +142,19 @@ pub struct Metrics {
 #[derive(Default)]
 struct KernelSeen {
     ringbuf_drops: [u64; crate::kernel::abi::egress_hook::HOOK_MAX as usize],
-    flow_table_full: u64,
+    datagram_flows_untracked: u64,
+    tcp_flows_untracked: u64,
     dns_cache_full: u64,
     rate_limited: u64,
     dns_pending_full: u64,
     dns_rejected: [u64; DnsReject::ALL.len()],
+    dns_unrecorded: u64,
     warned_ringbuf: u64,
     last_warn: Option<std::time::Instant>,
+    last_map_warn: Option<std::time::Instant>,
 }
 
-/// At most one `kernel_drops` warning per interval.
+/// At most one `kernel_drops` (and one `kernel_map_full`) warning per interval.
 const DROP_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Metrics {
@@ -147,8 +168,10 @@ impl Metrics {
         let m = Metrics {
             events: Family::default(),
             dropped: Family::default(),
+            map_full: Family::default(),
             kernel_drops: Family::default(),
             dns_rejected: Family::default(),
+            dns_unrecorded: Counter::default(),
             flows: Family::default(),
             exported: Family::default(),
             sink_failures: Family::default(),
@@ -163,6 +186,7 @@ impl Metrics {
             ringbuf_size: Gauge::default(),
             kernel_seen: Mutex::new(KernelSeen::default()),
             api_dropped: Counter::default(),
+            metrics_push_failures: Counter::default(),
             agents,
             registry: Registry::default(),
         };
@@ -173,13 +197,21 @@ impl Metrics {
         );
         registry.register(
             "events_dropped",
-            "Events lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full, dns_cache_full, rate_limited, dns_pending_full, spool_full)",
+            "Records lost anywhere in the pipeline, by reason (ringbuf_full, parse_failure, sink_failure, flow_table_full: a datagram flow's packets, rate_limited, spool_full)",
             m.dropped.clone(),
         );
         // Every reason from the first scrape, so a query or an alert on
         // the counter has a series before anything was lost.
         for reason in DropReason::ALL {
             m.dropped(*reason, 0);
+        }
+        registry.register(
+            "kernel_map_full",
+            "New entries a kernel map (or the container's share of it) had no room for, by map (flows: a flow not tracked, a TCP flow still ends with one record, a datagram flow's packets are also counted in events_dropped; dns_cache: an address without domain verdict; dns_pending: a query whose answer will not count)",
+            m.map_full.clone(),
+        );
+        for map in KernelMap::ALL {
+            m.map_full(*map, 0);
         }
         registry.register(
             "policy_actions",
@@ -191,8 +223,13 @@ impl Metrics {
         }
         registry.register(
             "dns_answers_rejected",
-            "DNS answers the kernel did not let count (they changed nothing and are recorded with dns_rejected), by reason (unsolicited, mismatch, local_sender)",
+            "DNS messages the kernel did not let count, recorded with dns_rejected, by reason: answers that changed nothing (unsolicited, mismatch, local_sender; at most one record per socket per 10 ms) and queries it dropped (segmented: one send carrying several messages)",
             m.dns_rejected.clone(),
+        );
+        registry.register(
+            "dns_answers_unrecorded",
+            "Rejected DNS answers not recorded: past one record per socket per 10 ms (counted in dns_answers_rejected, not charged to the container's record budget)",
+            m.dns_unrecorded.clone(),
         );
         for reason in DnsReject::ALL {
             m.dns_rejected
@@ -267,6 +304,11 @@ impl Metrics {
             m.api_dropped.clone(),
         );
         registry.register(
+            "metrics_push_failures",
+            "Self-metrics pushes over OTLP (otlp_metrics_interval) that failed; the next push carries the cumulative values, no record is lost",
+            m.metrics_push_failures.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![
@@ -291,6 +333,12 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 reason: reason.name(),
             })
+            .inc_by(n);
+    }
+
+    fn map_full(&self, map: KernelMap, n: u64) {
+        self.map_full
+            .get_or_create(&MapLabels { map: map.name() })
             .inc_by(n);
     }
 
@@ -339,6 +387,11 @@ impl Metrics {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
+    /// A self-metrics push over OTLP failed.
+    pub fn metrics_push_failed(&self) {
+        self.metrics_push_failures.inc();
+    }
+
     pub fn api_dropped(&self, n: u64) {
         self.api_dropped.inc_by(n);
     }
@@ -383,36 +436,25 @@ impl Metrics {
                 self.dropped(DropReason::RingbufFull, delta);
             }
         }
-        let mut lost = 0;
-        for (now, seen, reason) in [
-            (
-                reading.flow_table_full,
-                &mut seen.flow_table_full,
-                DropReason::FlowTableFull,
-            ),
-            (
-                reading.dns_cache_full,
-                &mut seen.dns_cache_full,
-                DropReason::DnsCacheFull,
-            ),
-            (
-                reading.rate_limited,
-                &mut seen.rate_limited,
-                DropReason::RateLimited,
-            ),
-            (
-                reading.dns_pending_full,
-                &mut seen.dns_pending_full,
-                DropReason::DnsPendingFull,
-            ),
-        ] {
-            let delta = now.saturating_sub(*seen);
-            if delta > 0 {
-                *seen = now;
-                lost += delta;
-                self.dropped(reason, delta);
-            }
-        }
+        // A datagram flow without room is a loss (its packets go
+        // unrecorded) and a full map; a TCP flow only the latter.
+        let datagram = advance(
+            reading.datagram_flows_untracked,
+            &mut seen.datagram_flows_untracked,
+        );
+        let limited = advance(reading.rate_limited, &mut seen.rate_limited);
+        self.dropped(DropReason::FlowTableFull, datagram);
+        self.dropped(DropReason::RateLimited, limited);
+        let mut lost = datagram + limited;
+        let tcp = advance(reading.tcp_flows_untracked, &mut seen.tcp_flows_untracked);
+        let dns_cache = advance(reading.dns_cache_full, &mut seen.dns_cache_full);
+        let dns_pending = advance(reading.dns_pending_full, &mut seen.dns_pending_full);
+        self.map_full(KernelMap::Flows, datagram + tcp);
+        self.map_full(KernelMap::DnsCache, dns_cache);
+        self.map_full(KernelMap::DnsPending, dns_pending);
+        let full = datagram + tcp + dns_cache + dns_pending;
+        self.dns_unrecorded
+            .inc_by(advance(reading.dns_unrecorded, &mut seen.dns_unrecorded));
         for (i, reason) in DnsReject::ALL.into_iter().enumerate() {
             let delta = reading.dns_rejected[i].saturating_sub(seen.dns_rejected[i]);
             if delta > 0 {
@@ -445,6 +487,20 @@ impl Metrics {
                 event = "kernel_drops",
                 lost,
                 "the kernel lost records (see clawker_egress_events_dropped_total by reason)"
+            );
+        }
+        if full > 0
+            && seen
+                .last_map_warn
+                .is_none_or(|t| t.elapsed() >= DROP_WARN_EVERY)
+        {
+            seen.last_map_warn = Some(std::time::Instant::now());
+            tracing::warn!(
+                event = "kernel_map_full",
+                flows = datagram + tcp,
+                dns_cache,
+                dns_pending,
+                "kernel maps had no room for new entries: flows not tracked or DNS names without domain verdict (see clawker_egress_kernel_map_full_total by map)"
             );
         }
         self.ringbuf_used
@@ -481,6 +537,16 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// How far a kernel total moved since `seen` (which then follows it); a
+/// total below `seen` (maps replaced) counts nothing until it passes it.
+fn advance(now: u64, seen: &mut u64) -> u64 {
+    let delta = now.saturating_sub(*seen);
+    if delta > 0 {
+        *seen = now;
+    }
+    delta
 }
 
 /// Called before each scrape so kernel counters are current.
@@ -543,6 +609,43 @@ mod tests {
     }
 
     #[test]
+    fn a_full_map_is_a_drop_only_where_a_record_went_with_it() {
+        let m = Metrics::new();
+        let map_full = |m: &Metrics, map: &str| {
+            value(
+                &m.encode(),
+                &format!("clawker_egress_kernel_map_full_total{{map=\"{map}\"}}"),
+            )
+        };
+        let mut r = KernelReading {
+            tcp_flows_untracked: 4,
+            dns_cache_full: 2,
+            dns_pending_full: 1,
+            ..Default::default()
+        };
+        m.observe_kernel(&r);
+        assert_eq!(map_full(&m, "flows"), 4);
+        assert_eq!(map_full(&m, "dns_cache"), 2);
+        assert_eq!(map_full(&m, "dns_pending"), 1);
+        for reason in DropReason::ALL {
+            assert_eq!(m.dropped_total(*reason), 0, "{reason:?}");
+        }
+        r.datagram_flows_untracked = 3;
+        r.tcp_flows_untracked = 5;
+        m.observe_kernel(&r);
+        m.observe_kernel(&r);
+        assert_eq!(map_full(&m, "flows"), 4 + 1 + 3);
+        assert_eq!(m.dropped_total(DropReason::FlowTableFull), 3);
+    }
+
+    /// The value of one series in a scrape.
+    fn value(text: &str, series: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing: {text}"))
+    }
+
+    #[test]
     fn drop_and_flow_counters_exist_from_the_first_scrape() {
         let m = Metrics::new();
         let text = m.encode();
@@ -551,7 +654,7 @@ mod tests {
             "parse_failure",
             "sink_failure",
             "flow_table_full",
-            "dns_cache_full",
+            "rate_limited",
             "spool_full",
         ] {
             assert!(
@@ -561,6 +664,18 @@ mod tests {
                 "{text}"
             );
         }
+        for map in ["flows", "dns_cache", "dns_pending"] {
+            assert!(
+                text.contains(&format!(
+                    "clawker_egress_kernel_map_full_total{{map=\"{map}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+        assert!(
+            !text.contains("dns_cache_full") && !text.contains("dns_pending_full"),
+            "a full DNS map loses no record: not a drop reason: {text}"
+        );
         m.flow("ended");
         assert!(
             m.encode()

@@ -86,11 +86,15 @@ impl Pipeline {
         for r in &records {
             self.metrics.agents().observe(r);
         }
-        let batch = Arc::new(records);
-        for sink in &self.sinks {
-            // Back-pressure: a slow sink slows the drain; the kernel then
-            // counts what the ring buffer could not hold.
-            let _ = sink.send(batch.clone()).await;
+        // Chunks (crate::stage_queue): what a sink's queue holds is
+        // bounded in records, not only in batches.
+        for chunk in crate::stage_queue::chunked(records) {
+            let batch = Arc::new(chunk);
+            for sink in &self.sinks {
+                // Back-pressure: a slow sink slows the drain; the kernel then
+                // counts what the ring buffer could not hold.
+                let _ = sink.send(batch.clone()).await;
+            }
         }
     }
 

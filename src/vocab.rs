@@ -73,6 +73,8 @@ kernel_vocabulary! {
         Connect6 = h::HOOK_CONNECT6 => "connect6",
         Sendmsg4 = h::HOOK_SENDMSG4 => "sendmsg4",
         Sendmsg6 = h::HOOK_SENDMSG6 => "sendmsg6",
+        /// An AF_XDP socket's setup (setsockopt SOL_XDP).
+        XskSetup = h::HOOK_XSK_SETUP => "xsk_setup",
         SockCreate = h::HOOK_SOCK_CREATE => "sock_create",
         SockOps = h::HOOK_SOCK_OPS => "sock_ops",
         SkbEgress = h::HOOK_SKB_EGRESS => "skb_egress",
@@ -84,6 +86,7 @@ kernel_vocabulary! {
         Exec = h::HOOK_EXEC => "exec",
         Fork = h::HOOK_FORK => "fork",
         Exit = h::HOOK_EXIT => "exit",
+        Listen = h::HOOK_LISTEN => "listen",
     }
 }
 
@@ -123,29 +126,42 @@ vocabulary! {
         ParseFailure => "parse_failure",
         /// A sink gave up on a record (queue full, rejected, retries exhausted).
         SinkFailure => "sink_failure",
-        /// A new flow found the kernel flow table (or its container's share)
-        /// full. A TCP flow still ends with one record (bytes from socket
-        /// storage) but gets no interim records; a UDP or other datagram
-        /// flow goes unrecorded (also reported for its container in-band,
-        /// `records_lost`).
+        /// A new datagram (UDP, ICMP, raw) flow found the kernel flow table
+        /// (or its container's share) full: its packets go unrecorded,
+        /// counted per packet (also reported for its container in-band,
+        /// `records_lost`). A TCP flow loses no record there: see
+        /// [`KernelMap::Flows`].
         FlowTableFull => "flow_table_full",
-        /// A DNS answer found the kernel's DNS cache full: that address gets
-        /// no domain verdict (its name may still appear in the DNS record).
-        DnsCacheFull => "dns_cache_full",
         /// A container spent its record budget (P14): its record was not
         /// written, so a flood costs only the flooder's own records.
         RateLimited => "rate_limited",
-        /// A DNS query found the kernel's pending-query table (or its
-        /// container's share) full: the query is recorded, but its answer
-        /// will not count (the name gets no domain verdict).
-        DnsPendingFull => "dns_pending_full",
         /// The OTLP sink's memory queue and its disk spool were both full (a
         /// collector outage longer than the spool holds).
         SpoolFull => "spool_full",
     }
 }
 
-/// Why the kernel did not let an answer count (it changed nothing).
+vocabulary! {
+    /// A kernel map that had no room for a new entry (or whose container
+    /// share was spent): `clawker_egress_kernel_map_full_total{map}`. A
+    /// degradation, not a loss: what is lost with it, if anything, is
+    /// counted as a [`DropReason`] too.
+    pub enum KernelMap {
+        /// `flows`: a new flow is not tracked. TCP: no interim records, its
+        /// end is still one record with exact bytes. Datagram: unrecorded,
+        /// also `events_dropped_total{reason="flow_table_full"}`.
+        Flows => "flows",
+        /// `dns_cache`: an answer's address gets no domain verdict (its name
+        /// may still appear in the DNS record).
+        DnsCache => "dns_cache",
+        /// `dns_pending`: a query is recorded, but its answer will not count
+        /// (the name gets no domain verdict).
+        DnsPending => "dns_pending",
+    }
+}
+
+/// Why the kernel did not let a DNS message count: an answer that changed
+/// nothing, or a query it dropped (`Segmented`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DnsReject {
     /// No query of this socket with that id and type is waiting.
@@ -154,13 +170,17 @@ pub enum DnsReject {
     Mismatch,
     /// A socket in scope sent it (a container answering itself).
     LocalSender,
+    /// A query: one send carrying several messages (UDP GSO, TSO) to a DNS
+    /// server, dropped (only its first message could be recorded).
+    Segmented,
 }
 
 impl DnsReject {
-    pub const ALL: [DnsReject; 3] = [
+    pub const ALL: [DnsReject; 4] = [
         DnsReject::Unsolicited,
         DnsReject::Mismatch,
         DnsReject::LocalSender,
+        DnsReject::Segmented,
     ];
 
     pub fn from_raw(raw: u32) -> Option<Option<DnsReject>> {
@@ -170,6 +190,7 @@ impl DnsReject {
             r::DNS_REJECT_UNSOLICITED => Some(DnsReject::Unsolicited),
             r::DNS_REJECT_MISMATCH => Some(DnsReject::Mismatch),
             r::DNS_REJECT_LOCAL_SENDER => Some(DnsReject::LocalSender),
+            r::DNS_REJECT_SEGMENTED => Some(DnsReject::Segmented),
             _ => return None,
         })
     }
@@ -180,6 +201,7 @@ impl DnsReject {
             DnsReject::Unsolicited => r::DNS_REJECT_UNSOLICITED,
             DnsReject::Mismatch => r::DNS_REJECT_MISMATCH,
             DnsReject::LocalSender => r::DNS_REJECT_LOCAL_SENDER,
+            DnsReject::Segmented => r::DNS_REJECT_SEGMENTED,
         }
     }
 
@@ -188,6 +210,7 @@ impl DnsReject {
             DnsReject::Unsolicited => "unsolicited",
             DnsReject::Mismatch => "mismatch",
             DnsReject::LocalSender => "local_sender",
+            DnsReject::Segmented => "segmented",
         }
     }
 }
@@ -210,6 +233,8 @@ mod tests {
         let names: std::collections::HashSet<_> =
             DropReason::ALL.iter().map(|d| d.name()).collect();
         assert_eq!(names.len(), DropReason::ALL.len());
+        let maps: std::collections::HashSet<_> = KernelMap::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(maps.len(), KernelMap::ALL.len());
         assert_eq!(Hook::from_raw(4), None, "retired recvmsg4");
     }
 }

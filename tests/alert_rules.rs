@@ -136,3 +136,46 @@ fn every_alert_is_tested_firing_and_explained() {
     }
     assert!(thresholds >= 6, "{thresholds}");
 }
+
+/// Every daemon metric a shipped rule reads is one the daemon defines (a
+/// renamed or misspelt metric would leave its alert silent for ever:
+/// promtool cannot know which names exist). Defined: in the registry's
+/// text encoding, or, for a labelled family (absent from the text until
+/// its first label set), registered under that name by the stages that
+/// own the metrics (src/metrics.rs, src/detect/).
+#[test]
+fn every_daemon_metric_the_rules_read_exists() {
+    let rules = read(Path::new("prometheus/rules.yml"));
+    let text = clawker_egress::metrics::Metrics::new().encode();
+    let mut sources = read(Path::new("src/metrics.rs"));
+    for entry in std::fs::read_dir(repo().join("src/detect")).expect("src/detect") {
+        sources.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    let mut read_names = Vec::new();
+    for part in rules.split("clawker_egress_").skip(1) {
+        let name: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        // The recorded threshold series (thresholds.yml), not a daemon metric.
+        if name == "alert_threshold" {
+            continue;
+        }
+        // Counters are read as `<family>_total`.
+        let family = name.strip_suffix("_total").unwrap_or(&name);
+        let encoded = text.contains(&format!("# TYPE clawker_egress_{family} "));
+        let registered = sources.contains(&format!("\"{family}\","));
+        assert!(
+            encoded || registered,
+            "rules.yml reads clawker_egress_{name}, which the daemon does not define"
+        );
+        read_names.push(name);
+    }
+    assert!(
+        read_names
+            .iter()
+            .any(|n| n == "metrics_push_failures_total"),
+        "{read_names:?}"
+    );
+    assert!(read_names.len() >= 10, "{read_names:?}");
+}

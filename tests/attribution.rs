@@ -365,6 +365,7 @@ fn a_dockerd_restart_neither_stops_capture_nor_attribution() {
             .filter(|l| l.contains("docker_unavailable"))
             .count()
     };
+    daemon.wait_stderr("docker_unavailable", |l| l.contains("docker_unavailable"));
     assert_eq!(unavailable(&daemon), 1, "logged once per outage");
     assert_eq!(daemon.metric("clawker_egress_docker_outages_total"), 1.0);
     assert_eq!(daemon.metric("clawker_egress_docker_up"), 0.0);
@@ -407,13 +408,14 @@ fn custom_label_keys_resolve_through_lookups() {
     require_root!();
     let _engine = engine();
     let mut opts = DaemonOptions::host_root();
-    opts.env = vec![
+    // Beside its own spool directory (a spool is locked by one daemon).
+    opts.env.extend([
         ("CLAWKER_EGRESS_AGENT_LABEL".into(), "name".into()),
         (
             "CLAWKER_EGRESS_PROJECT_LABEL".into(),
             "com.example.team".into(),
         ),
-    ];
+    ]);
     let daemon = Daemon::start(opts);
     wait_attribution_ready(&daemon);
     let server = listener();
@@ -483,11 +485,15 @@ fn a_custom_cgroup_parent_is_learned() {
     let _parent_dir = RemoveDir(cgroup2_root().join(&parent));
     let first = Spec::new(
         "ce-first",
-        format!("sleep 1; {}; sleep 30", connect_once(server.port)),
+        format!("{}; sleep 30", connect_once(server.port)),
     )
+    .gated()
     .cgroup_parent(&format!("/{parent}"))
     .label(AGENT, "first")
     .run();
+    // The first container under a new parent is enrolled at its start
+    // event: it connects once the daemon has said so.
+    first.release_when_known(&daemon);
     daemon.wait_for("the first container's flow", WAIT, |r| {
         !egress_of(r, &first.id).is_empty()
     });
@@ -502,10 +508,9 @@ fn a_custom_cgroup_parent_is_learned() {
         !egress_of(r, &second.id).is_empty()
     });
     assert_eq!(egress_of(&recs, &second.id)[0]["agent"], "second");
-    assert!(daemon
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("cgroup_parent_watched")));
+    daemon.wait_stderr("cgroup_parent_watched", |l| {
+        l.contains("cgroup_parent_watched")
+    });
 }
 
 #[test]

@@ -10,27 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{by_pid, Daemon, DaemonOptions, TcpServer, TestCgroup};
 
-const WAIT: Duration = Duration::from_secs(15);
-
-fn bypass_cmd(daemon_opts: &DaemonOptions, cg: &TestCgroup, extra: &[&str]) -> String {
-    let out = Command::new(support::bin())
-        .arg("bypass")
-        .arg("--cgroup-root")
-        .arg(&cg.path)
-        .arg("--pin-root")
-        .arg(&daemon_opts.pin_root)
-        .arg("--cgroup")
-        .arg(&cg.path)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bypass {extra:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Connect from the cgroup: (pid, errno or 0).
 fn connect(cg: &TestCgroup, port: u16) -> (u32, i64) {
@@ -63,15 +43,10 @@ fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
     let opts = DaemonOptions::for_cgroup(&cg).policy(&policy);
     let pin_root = opts.pin_root.clone();
     let daemon = Daemon::start(opts);
-    let opts = DaemonOptions {
-        pin_root,
-        ..DaemonOptions::for_cgroup(&cg)
-    };
     let server = TcpServer::spawn("127.0.0.1:0", None, 0);
 
-    let out = bypass_cmd(
-        &opts,
-        &cg,
+    let out = cg.bypass(
+        &pin_root,
         &["--for", "15m", "--reason", "incident 42: debug proxy"],
     );
     assert!(out.contains("bypass on"), "{out}");
@@ -91,7 +66,7 @@ fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
     assert_eq!(start["bypass_user"], "root");
     assert!(start["bypass_until"].as_str().unwrap().ends_with('Z'));
 
-    let out = bypass_cmd(&opts, &cg, &["--off"]);
+    let out = cg.bypass(&pin_root, &["--off"]);
     assert!(out.contains("bypass ended"), "{out}");
     daemon.wait_for("stop record", WAIT, |r| {
         !overseer(r, "bypass_stop").is_empty()
@@ -104,7 +79,7 @@ fn a_bypass_is_recorded_enforced_as_bypassed_and_audited() {
     assert_eq!(by_pid(&recs, after)[0]["verdict"], "DENIED");
 
     // A short bypass expires by itself, and says so.
-    bypass_cmd(&opts, &cg, &["--for", "1s", "--reason", "short"]);
+    cg.bypass(&pin_root, &["--for", "1s", "--reason", "short"]);
     let recs = daemon.wait_for("expiry record", WAIT, |r| {
         !overseer(r, "bypass_expired").is_empty()
     });

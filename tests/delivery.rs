@@ -24,18 +24,6 @@ use std::time::{Duration, Instant};
 use plumbing::*;
 use serde_json::{json, Value};
 
-fn delivery_stack() -> Stack {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("clawker-delivery-{}-", std::process::id()))
-        .tempdir()
-        .expect("tempdir");
-    Stack {
-        dir: Some(dir),
-        children: vec![],
-        stops: vec![],
-    }
-}
-
 /// record_id -> number of documents carrying it, for one cgroup's records.
 fn stored_ids(os: &str, cgroup_id: u64) -> (BTreeMap<String, usize>, Vec<Value>) {
     let (s, v) = http(
@@ -62,15 +50,6 @@ fn stored_ids(os: &str, cgroup_id: u64) -> (BTreeMap<String, usize>, Vec<Value>)
     (ids, hits)
 }
 
-fn collector_metric(telemetry: u16, name: &str) -> f64 {
-    let text =
-        support::http_get(&format!("http://127.0.0.1:{telemetry}/metrics")).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// One outage scenario: a stack on its own ports (`shift` apart), a daemon
 /// (`--output stdout,otlp`) in a test cgroup making ~150 flows/s for 40 s,
 /// OpenSearch stopped after 8 s and started again 15 s later (the node then
@@ -90,7 +69,7 @@ fn outage(
     collector_env: &[(&str, String)],
     daemon_env: &[(&str, &str)],
 ) -> Outcome {
-    let mut stack = delivery_stack();
+    let mut stack = Stack::unreaped("delivery");
     let ports = CollectorPorts {
         grpc: port("CLAWKER_DELIVERY_OTLP_GRPC_PORT", 14417) + shift,
         http: port("CLAWKER_DELIVERY_OTLP_HTTP_PORT", 14418) + shift,
@@ -152,7 +131,21 @@ fn outage(
 
     // Everything the daemon emitted for the cgroup (stdout sink).
     let cgid = cg.id();
-    std::thread::sleep(Duration::from_secs(3)); // last flow ends reach the sinks
+    // The last flow ends reach the sinks: at least one record per connect
+    // (the wait fails on loss), then a moment for the processes' exit records.
+    wait_until(
+        &format!("{connects} records for the cgroup on stdout"),
+        Duration::from_secs(60),
+        || {
+            let n = daemon
+                .records()
+                .iter()
+                .filter(|r| r["cgroup_id"].as_u64() == Some(cgid))
+                .count() as u64;
+            (n >= connects).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
     let emitted: BTreeSet<String> = daemon
         .records()
         .iter()
@@ -177,11 +170,7 @@ fn outage(
     let t_back = Instant::now();
     // Wait for all of them (at most 2 minutes), then compare whatever is there.
     let stored = loop {
-        let _ = http(
-            "POST",
-            &format!("{os}/clawker-egress,clawker-exec/_refresh?ignore_unavailable=true"),
-            None,
-        );
+        refresh_records(&os);
         let (ids, _) = stored_ids(&os, cgid);
         if ids.len() >= emitted.len() || t_back.elapsed() > Duration::from_secs(120) {
             break ids;
@@ -190,57 +179,31 @@ fn outage(
     };
     let caught_up = t_back.elapsed();
     std::thread::sleep(Duration::from_secs(3)); // a late duplicate would land now
-    let _ = http(
-        "POST",
-        &format!("{os}/clawker-egress,clawker-exec/_refresh?ignore_unavailable=true"),
-        None,
-    );
+    refresh_records(&os);
     let (stored, hits) = {
         let (again, hits) = stored_ids(&os, cgid);
         assert!(again.len() >= stored.len());
         (again, hits)
     };
-    let stored_set: BTreeSet<String> = stored.keys().cloned().collect();
-    let missing: Vec<&String> = emitted.difference(&stored_set).collect();
-    let extra: Vec<&String> = stored_set.difference(&emitted).collect();
-    let dups: Vec<(&String, &usize)> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    let proof = ExactlyOnce::compare(
+        emitted.iter().map(String::as_str),
+        stored.iter().map(|(id, n)| (id.as_str(), *n)),
+    );
     loud(&format!(
         "delivery[{name}]: {connects} connects, {} records emitted, {} stored ({} docs), outage {outage:?}, \
-         caught up {caught_up:?} after the wait began, missing {}, extra {}, duplicated {}, \
-         daemon spool peak {spool_peak} bytes",
+         caught up {caught_up:?} after the wait began, {}, daemon spool peak {spool_peak} bytes",
         emitted.len(),
         stored.len(),
         hits.len(),
-        missing.len(),
-        extra.len(),
-        dups.len()
+        proof.summary()
     ));
-    assert!(
-        missing.is_empty(),
-        "{} records lost, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert!(extra.is_empty(), "records nobody emitted: {extra:?}");
-    assert!(dups.is_empty(), "stored more than once: {dups:?}");
+    proof.assert();
     assert_eq!(hits.len(), emitted.len());
     // The document _id is the record_id.
     for h in hits.iter().take(50) {
         assert_eq!(h["_id"], h["_source"]["attributes"]["record_id"], "{h}");
     }
-    // Nobody counted a loss: not the daemon, not the collector.
-    assert_eq!(
-        daemon.metric("clawker_egress_events_dropped_total{reason=\"sink_failure\"}"),
-        0.0
-    );
-    assert_eq!(
-        daemon.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}"),
-        0.0
-    );
-    assert_eq!(
-        collector_metric(ports.telemetry, "otelcol_exporter_send_failed_log_records"),
-        0.0
-    );
+    assert_no_loss_counted(&[&daemon], ports.telemetry);
     Outcome {
         stack,
         os,
@@ -279,17 +242,36 @@ fn opensearch_outage_loses_nothing_and_stores_each_record_once() {
             ("cgroup_id", json!(1)),
         ])],
     )] });
-    for _ in 0..2 {
+    let exported = || {
+        let m = |n: &str| collector_metric(ports.telemetry, n);
+        m("otelcol_exporter_sent_log_records") + m("otelcol_exporter_send_failed_log_records")
+    };
+    let mut before_replay = 0.0;
+    for round in 0..2 {
+        if round == 1 {
+            before_replay = exported();
+        }
         let door = DaemonDoor::new(&_stack, &ports);
         let (s, v) = door.post("/v1/logs", &body, Some(&door.token()));
         assert_eq!(s, 200, "{v}");
-        std::thread::sleep(Duration::from_secs(3));
+        if round == 0 {
+            // Stored (the collector's batch went out) before the replay.
+            wait_until("the first copy stored", Duration::from_secs(60), || {
+                refresh_records(&os);
+                (!search(&os, "clawker-egress", term("attributes.record_id", &rid)).is_empty())
+                    .then_some(())
+            });
+        }
     }
-    let _ = http(
-        "POST",
-        &format!("{os}/clawker-egress,clawker-exec/_refresh?ignore_unavailable=true"),
-        None,
+    // The replay went through the collector's exporter (sent or failed),
+    // then a moment for a second document to show.
+    wait_until(
+        "the replay through the collector",
+        Duration::from_secs(60),
+        || (exported() > before_replay).then_some(()),
     );
+    std::thread::sleep(Duration::from_secs(3));
+    refresh_records(&os);
     let found = search(&os, "clawker-egress", term("attributes.record_id", &rid));
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(found[0]["_id"], json!(rid));

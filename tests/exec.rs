@@ -43,7 +43,7 @@ fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
     let c = Spec::new(
         "ex-shell",
         format!(
-            "sleep 0.5; echo hi | nc -w 2 127.0.0.1 {port}; \
+            "mkdir -p /tmp/wd/sub; cd /tmp/wd/sub; sleep 0.5; echo hi | nc -w 2 127.0.0.1 {port}; \
              env API_TOKEN={} /bin/true --password {} https://bob:{}@example.test/x; exit 0",
             secrets[0],
             secrets[1],
@@ -62,8 +62,31 @@ fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
     let [flow] = flows.as_slice() else {
         panic!("one flow to the listener: {flows:#?}");
     };
-    let execs = daemon.collect(3, WAIT, |r| is(r, "exec", &c.id) && r["event"] == "exec");
-    let exits = daemon.collect(3, WAIT, |r| is(r, "exec", &c.id) && r["event"] == "exit");
+    // The records asserted on below, each waited for by what it is: a count
+    // can be reached by other processes' records (the shell's forks, mkdir,
+    // sleep) while nc's exit or true's exec are still on their way.
+    let of_c = |recs: &[Value], event: &str| -> Vec<Value> {
+        recs.iter()
+            .filter(|r| is(r, "exec", &c.id) && r["event"] == event)
+            .cloned()
+            .collect()
+    };
+    let recs = daemon.wait_for(
+        "the exec and exit records of the shell, nc and true",
+        WAIT,
+        |r| {
+            let (execs, exits) = (of_c(r, "exec"), of_c(r, "exit"));
+            execs
+                .iter()
+                .any(|e| e["process_key"] == flow["process_key"])
+                && execs.iter().any(|e| e["pid"] == flow["ppid"])
+                && execs.iter().any(|e| runs(e, "/bin/true"))
+                && exits
+                    .iter()
+                    .any(|e| e["process_key"] == flow["process_key"])
+        },
+    );
+    let (execs, exits) = (of_c(&recs, "exec"), of_c(&recs, "exit"));
 
     // The flow's program, its exec record (same process key), its parent.
     let nc_exec = execs
@@ -80,6 +103,7 @@ fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
         flow["exe"], nc_exec["exe"],
         "the flow names its program: {flow:#}"
     );
+    assert_eq!(nc_exec["cwd"], "/tmp/wd/sub", "where it ran: {nc_exec:#}");
     assert_eq!(nc_exec["pid"], flow["pid"]);
     assert_eq!(nc_exec["ppid"], flow["ppid"]);
     assert_eq!(
@@ -92,6 +116,7 @@ fn a_shells_flow_names_its_program_and_leads_to_the_shell() {
         .find(|r| r["pid"] == flow["ppid"])
         .unwrap_or_else(|| panic!("the ppid leads to an exec record: {flow:#} {execs:#?}"));
     assert!(runs(shell, "sh"), "the parent is the shell: {shell:#}");
+    assert_eq!(shell["cwd"], "/", "the container's workdir: {shell:#}");
     assert_eq!(nc_exec["parent_process_key"], shell["process_key"]);
     assert_eq!(nc_exec["parent_exe"], shell["exe"], "{nc_exec:#}");
     assert_eq!(shell["agent"], "exec-agent");

@@ -102,11 +102,29 @@ fn a_thousand_short_connections_are_a_thousand_records() {
         N,
         "exactly {N} records, none lost, none doubled"
     );
-    let ids: HashSet<&str> = mine
+    // One record per connection: a doubled record repeats its connection's
+    // Community ID and end time. (The Community ID alone can repeat: with
+    // tcp_tw_reuse=2, loopback's default, a later connection may reuse a
+    // TIME_WAIT 4-tuple.)
+    let ids: HashSet<(&str, &str)> = mine
         .iter()
-        .map(|r| r["community_id"].as_str().unwrap())
+        .map(|r| {
+            (
+                r["community_id"].as_str().unwrap(),
+                r["@timestamp"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(ids.len(), N, "one record per distinct connection");
+    if ids.len() != N {
+        let mut seen: std::collections::HashMap<&str, Vec<&Value>> = Default::default();
+        for r in &mine {
+            seen.entry(r["community_id"].as_str().unwrap())
+                .or_default()
+                .push(r);
+        }
+        let dups: Vec<_> = seen.values().filter(|v| v.len() > 1).collect();
+        panic!("one record per distinct connection; these share one: {dups:#?}");
+    }
     for r in &mine {
         assert_eq!(r["flow_state"], "ended");
         assert_eq!(r["bytes_out"], request_len);
@@ -346,4 +364,188 @@ fn a_long_flow_reports_interim_deltas_that_sum_to_the_total() {
         .collect();
     assert_eq!(ids.len(), 1, "every record names the same flow");
     eprintln!("active flow: {} interim records + 1 ended", active.len());
+}
+
+/// A TCP flow lives in its socket's storage until it is a second old; the
+/// promoter then gives it its flow-table entry with the counters as they
+/// are. A connection that sends everything in its first second and then
+/// idles (no packet left to trigger a refresh) is still reported while it
+/// is open, with those bytes.
+#[test]
+fn an_idle_flow_is_reported_while_open_with_its_first_seconds_bytes() {
+    require_root!();
+    let cg = TestCgroup::new("ce-idle");
+    let daemon = Daemon::start(
+        DaemonOptions::for_cgroup(&cg)
+            .arg("--flow-active-interval")
+            .arg("1s"),
+    );
+    let server = TcpServer::spawn("127.0.0.1:0", None, 0);
+    let pid = pid_of(&cg.python(&format!(
+        "import os, socket, time\nprint(os.getpid(), flush=True)\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'a' * {mib})\n\
+         time.sleep(4)\n\
+         s.close()\n",
+        port = server.port,
+        mib = MIB
+    )));
+    let recs = daemon.wait_for("the ended record", WAIT, |r| {
+        !ended(&by_pid(r, pid)).is_empty()
+    });
+    let mine = by_pid(&recs, pid);
+    let active: Vec<&Value> = mine
+        .iter()
+        .filter(|r| r["flow_state"] == "active")
+        .collect();
+    assert!(
+        active.iter().any(|r| r["bytes_out"] == MIB as u64),
+        "the idle flow's interim record carries its first second's bytes: {mine:#?}"
+    );
+    assert_eq!(ended(&mine).len(), 1);
+    assert_eq!(
+        sum(&mine, "bytes_out"),
+        MIB as u64,
+        "deltas add up to the flow's total"
+    );
+}
+
+/// A full flow table (here the container's share of it) is a degradation
+/// for TCP and a loss for datagrams, and the counters say which: a TCP flow
+/// it cannot track counts in `kernel_map_full_total{map="flows"}` only (it
+/// still ends with one record, exact bytes), a datagram flow's packets go
+/// unrecorded and also count in `events_dropped_total{reason="flow_table_full"}`.
+#[test]
+fn a_full_flow_table_is_a_loss_only_for_datagrams() {
+    require_root!();
+    const SHARE: usize = 4;
+    const TCP: usize = 7;
+    const UDP: usize = 3;
+    let cg = TestCgroup::new("ce-full");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    support::write_atomic(&config, &format!("container_max_flows = {SHARE}\n"));
+    let daemon = Daemon::start(
+        DaemonOptions::for_cgroup(&cg)
+            .arg("--config")
+            .arg(config.to_str().unwrap())
+            .arg("--loss-report-interval")
+            .arg("1s"),
+    );
+    // The in-band reports (this daemon's one scope: the test cgroup),
+    // summed: `field` over its records_lost records.
+    let reported = |d: &Daemon, field: &str| -> u64 {
+        d.records()
+            .iter()
+            .filter(|r| r["event"] == "records_lost")
+            .map(|r| r[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let server = TcpServer::spawn("127.0.0.1:0", None, 0);
+    let sinks: Vec<UdpSocket> = (0..UDP)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let udp_ports: Vec<String> = sinks
+        .iter()
+        .map(|s| s.local_addr().unwrap().port().to_string())
+        .collect();
+    let mut child = cg
+        .command(
+            "python3",
+            &[
+                "-c",
+                &format!(
+                    "import os, socket, sys\nprint(os.getpid(), flush=True)\n\
+                     t = [socket.create_connection(('127.0.0.1', {port})) for _ in range({TCP})]\n\
+                     for s in t: s.sendall(b'x' * 1000)\n\
+                     print('tcp', flush=True); sys.stdin.readline()\n\
+                     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                     for p in ({ports},): u.sendto(b'gone', ('127.0.0.1', p))\n\
+                     print('udp', flush=True); sys.stdin.readline()\n\
+                     for s in t: s.close()\n\
+                     u.close()\n",
+                    port = server.port,
+                    ports = udp_ports.join(", "),
+                ),
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || out.next().unwrap().unwrap();
+    let pid = pid_of(&next());
+    let full = |d: &Daemon| d.metric("clawker_egress_kernel_map_full_total{map=\"flows\"}");
+    let dropped =
+        |d: &Daemon| d.metric("clawker_egress_events_dropped_total{reason=\"flow_table_full\"}");
+
+    assert_eq!(next(), "tcp");
+    // A TCP flow meets the table when it is promoted from its socket's
+    // storage, a second or two after connect (bpf/lib/tcp.h).
+    support::wait_until("TCP flows past the share", WAIT, || {
+        (full(&daemon) >= (TCP - SHARE) as f64).then_some(())
+    });
+    assert_eq!(
+        full(&daemon),
+        (TCP - SHARE) as f64,
+        "TCP flows past the share"
+    );
+    assert_eq!(
+        dropped(&daemon),
+        0.0,
+        "an untracked TCP flow loses no record"
+    );
+    // Logged as well as counted.
+    daemon.wait_stderr("kernel_map_full", |l| l.contains("kernel_map_full"));
+    // In-band, for the container: a full table, not a lost record.
+    support::wait_until("the container's map_full_flows report", WAIT, || {
+        (reported(&daemon, "map_full_flows") >= (TCP - SHARE) as u64).then_some(())
+    });
+    assert_eq!(reported(&daemon, "map_full_flows"), (TCP - SHARE) as u64);
+    assert_eq!(reported(&daemon, "lost_total"), 0, "no TCP record lost");
+
+    stdin.write_all(b"\n").unwrap();
+    assert_eq!(next(), "udp");
+    for s in &sinks {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.recv(&mut buf).unwrap(), 4, "the datagram was sent");
+    }
+    assert_eq!(full(&daemon), (TCP - SHARE + UDP) as f64);
+    assert_eq!(
+        dropped(&daemon),
+        UDP as f64,
+        "one unrecorded datagram per destination past the share"
+    );
+    support::wait_until("the container's lost datagram flows", WAIT, || {
+        (reported(&daemon, "lost_flow_not_tracked") >= UDP as u64).then_some(())
+    });
+    assert_eq!(reported(&daemon, "lost_flow_not_tracked"), UDP as u64);
+    assert_eq!(reported(&daemon, "lost_total"), UDP as u64);
+    assert_eq!(
+        reported(&daemon, "map_full_flows"),
+        (TCP - SHARE) as u64,
+        "a lost datagram flow is a loss, not only a full table"
+    );
+
+    stdin.write_all(b"\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let recs = daemon.wait_for("every TCP flow's end", WAIT, |r| {
+        ended(&by_pid(r, pid))
+            .iter()
+            .filter(|x| x["dst_port"] == server.port)
+            .count()
+            >= TCP
+    });
+    let tcp: Vec<Value> = ended(&by_pid(&recs, pid))
+        .into_iter()
+        .filter(|x| x["dst_port"] == server.port)
+        .collect();
+    assert_eq!(tcp.len(), TCP, "one record per TCP flow: {tcp:#?}");
+    assert!(
+        tcp.iter().all(|r| r["bytes_out"] == 1000),
+        "exact bytes, tracked or not: {tcp:#?}"
+    );
 }

@@ -114,6 +114,33 @@ impl Drop for Observer {
     }
 }
 
+/// Wait until the daemon has accepted `n` clients on `socket`, then a
+/// moment for their request lines: a record made before a client
+/// subscribed is not in its live stream. Accepted sockets carry the
+/// listener's bound path in /proc/net/unix (state 03, connected); the
+/// daemon binds in a private directory beside `socket` and renames the
+/// socket into place, so that is the path they carry.
+fn wait_subscribed(socket: &Path, n: usize) {
+    let dir = socket
+        .parent()
+        .expect("socket dir")
+        .to_str()
+        .expect("UTF-8");
+    let staged = format!("{dir}/.clawker-api-");
+    support::wait_until(&format!("{n} API clients on {dir}"), WAIT, || {
+        let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+        let accepted = table
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 8 && f[7].starts_with(&staged) && f[5] == "03"
+            })
+            .count();
+        (accepted >= n).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// `observe --json ARGS` without following: the history it printed.
 fn history(socket: &Path, args: &[&str]) -> Vec<Value> {
     let out = Command::new(bin())
@@ -290,35 +317,40 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
             Observer::start(&socket, &args)
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_subscribed(&socket, observers.len());
 
     let nc = |ip: &str, port: u16| format!("echo hi | nc -w 2 {ip} {port}");
     let a = Spec::new(
         "ce-obs-a",
         format!(
-            "sleep 1; nslookup obs.test 127.0.0.57 >/dev/null; {}",
+            "nslookup obs.test 127.0.0.57 >/dev/null; {}",
             nc("127.0.4.2", allowed.port)
         ),
     )
+    .gated()
     .label(AGENT, &agent_a)
     .label(PROJECT, &proj_a)
     .run();
     let b = Spec::new(
         "ce-obs-b",
         format!(
-            "sleep 1; {}; {}; true",
+            "{}; {}; true",
             nc("127.0.0.1", second.port),
             nc("127.0.0.1", denied.port)
         ),
     )
+    .gated()
     .label(AGENT, &agent_b)
     .label(PROJECT, &proj_b)
     .run();
-    let c = Spec::new(
-        "ce-obs-c",
-        format!("sleep 1; {}", nc("127.0.0.1", allowed.port)),
-    )
-    .run();
+    let c = Spec::new("ce-obs-c", nc("127.0.0.1", allowed.port))
+        .gated()
+        .run();
+    // Each goes on once the daemon knows its labels (b's deny is its
+    // project's; before that the kernel decides by the default section).
+    for x in [&a, &b, &c] {
+        x.release_when_known(&daemon);
+    }
     for x in [&a, &b, &c] {
         x.wait();
         x.remove();
@@ -339,10 +371,30 @@ fn each_filter_selects_exactly_its_records_live_and_from_history() {
             && r.iter()
                 .any(|x| x["container_id"] == b.id.as_str() && x["verdict"] == "DENIED")
     });
-    let ours = of(&recs, &ids);
-    std::thread::sleep(Duration::from_secs(2));
+    // Their last records may still be on the way (the lifecycle and the
+    // flow records come by different paths): ours once a second passes
+    // without one more.
+    let mut ours = of(&recs, &ids);
+    let mut quiet_since = Instant::now();
+    let deadline = Instant::now() + WAIT;
+    while quiet_since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = of(&daemon.records(), &ids);
+        if now.len() != ours.len() {
+            ours = now;
+            quiet_since = Instant::now();
+        }
+    }
 
     for ((name, _, pred), obs) in live.iter().zip(&observers) {
+        // Each observer's stream trails stdout: wait until it has as many
+        // of ours as it should, then a moment for any extra (which fail).
+        let want = ours.iter().filter(|r| pred(r)).count();
+        let deadline = Instant::now() + WAIT;
+        while of(&obs.records(), &ids).len() < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
         let got = obs.records();
         for r in &got {
             assert!(pred(r), "filter {name} let through {r}");
@@ -417,7 +469,7 @@ fn a_stopped_observer_loses_only_its_own_records() {
     let daemon = Daemon::start(opts);
     let stopped = Observer::start(&socket, &["--source", "egress"]);
     let running = Observer::start(&socket, &["--source", "egress"]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_subscribed(&socket, 2);
     stopped.signal(libc::SIGSTOP);
 
     // 20,000 refused connects to a closed loopback port, one record each,
@@ -706,10 +758,15 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     Tmux::run(&["new-session", "-d", "-s", &name, "-x", "80", "-y", "24"]);
     let tmux = Tmux(name);
     Tmux::run(&["set-option", "-t", &tmux.0, "remain-on-exit", "on"]);
+    // top's exit status, written by the shell around it: tmux 3.3 can mark
+    // the pane dead without recording an exit status (seen in CI).
+    let status_dir = tempfile::tempdir().unwrap();
+    let status_file = status_dir.path().join("status");
     let cmd = format!(
-        "exec {} top --socket {} --project {project} --sort agent",
+        "{} top --socket {} --project {project} --sort agent; echo $? > {}",
         bin(),
-        socket.display()
+        socket.display(),
+        status_file.display()
     );
     Tmux::run(&["respawn-pane", "-k", "-t", &tmux.0, &cmd]);
     let last_denied = format!("127.0.0.1:{}", denied.port);
@@ -724,10 +781,14 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     let busy_line = screen.lines().find(|l| l.starts_with(busy)).unwrap();
     let cols: Vec<&str> = busy_line.split_whitespace().collect();
     assert_eq!(cols[1], &project[..8], "{busy_line}");
-    assert!(
-        cols[3].parse::<u64>().unwrap() >= 1,
-        "an open flow: {busy_line}"
-    );
+    // An open flow: a TCP connection shows from its first or second second
+    // on (promoted from its socket's storage into the flow table).
+    tmux.wait_screen("busy's open flow", |s| {
+        s.lines()
+            .find(|l| l.starts_with(busy))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+            .is_some_and(|n| n >= 1)
+    });
     assert!(cols[7].parse::<u64>().unwrap() >= 1, "denials: {busy_line}");
     let quiet_line = screen.lines().find(|l| l.starts_with(quiet)).unwrap();
     let cols: Vec<&str> = quiet_line.split_whitespace().collect();
@@ -787,9 +848,7 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     });
     tmux.keys("q");
     let deadline = Instant::now() + WAIT;
-    // tmux may see the terminal close before it has reaped the process:
-    // wait for the exit status too.
-    while tmux.display("#{pane_dead}") != "1" || tmux.display("#{pane_dead_status}").is_empty() {
+    while tmux.display("#{pane_dead}") != "1" {
         assert!(
             Instant::now() < deadline,
             "q did not end top; screen:\n{}",
@@ -798,7 +857,9 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        tmux.display("#{pane_dead_status}"),
+        std::fs::read_to_string(&status_file)
+            .unwrap_or_default()
+            .trim(),
         "0",
         "top's exit status; screen:\n{}",
         tmux.screen()
@@ -807,4 +868,47 @@ fn top_shows_the_agents_drills_down_and_quits_cleanly() {
     assert!(!tmux.screen().contains("LAST DENIED"), "{}", tmux.screen());
     drop(quiet_c);
     drop(busy_c);
+}
+
+/// A process names itself with a right-to-left override (U+202E) and an
+/// SGR "conceal": in a terminal that does bidi (VTE, Konsole), the rest of
+/// the operator's line would show reversed. `observe` shows neither.
+#[test]
+fn a_process_name_cannot_reorder_or_hide_the_operators_line() {
+    require_root!();
+    let cg = TestCgroup::new("obs-bidi");
+    let (_socket_dir, socket) = socket_path();
+    let daemon = Daemon::start(
+        DaemonOptions::for_cgroup(&cg)
+            .arg("--api-socket")
+            .arg(socket.to_str().unwrap()),
+    );
+    let server = TcpServer::spawn("127.0.0.1:0", Some(3), 0);
+    cg.python(&format!(
+        "import socket\n\
+         open('/proc/self/comm', 'wb').write(b'\\xe2\\x80\\xaeevil\\x1b[8m')\n\
+         s = socket.create_connection(('127.0.0.1', {}))\n\
+         s.sendall(b'abc')\n\
+         s.close()\n",
+        server.port
+    ));
+    daemon.collect(1, WAIT, |r| {
+        support::is_egress(r) && r["dst_port"] == server.port && r["bytes_out"] == 3
+    });
+    let out = Command::new(bin())
+        .args(["observe", "--socket"])
+        .arg(&socket)
+        .args(["--since", "5m"])
+        .output()
+        .expect("run observe");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!(":{}", server.port)) && l.contains("evil"))
+        .unwrap_or_else(|| panic!("the flow's line: {text}"));
+    assert!(
+        !line.contains(['\u{202e}', '\u{1b}']),
+        "no bidi override or escape reaches the terminal: {line:?}"
+    );
 }

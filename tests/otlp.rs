@@ -173,10 +173,9 @@ fn a_collector_that_is_down_loses_nothing_once_it_returns() {
         pids.iter()
             .all(|p| r.iter().any(|(lr, _)| egress_pid(lr) == Some(*p)))
     });
-    assert!(daemon
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("collector_unavailable")));
+    daemon.wait_stderr("collector_unavailable", |l| {
+        l.contains("collector_unavailable")
+    });
     // The outage itself reaches the collector once it is back, as the
     // daemon's own log (clawker.source=cp, WARN); the cp sink's own
     // warnings about the same outage do not (no feedback loop).

@@ -53,20 +53,27 @@ fn each_container_is_decided_by_its_own_labels() {
 
     // exit code = 10 * (port a failed) + (port b failed)
     let script = format!(
-        "sleep 1; echo hi | nc -w 2 127.0.0.1 {pa} && A=0 || A=1; \
+        "echo hi | nc -w 2 127.0.0.1 {pa} && A=0 || A=1; \
          echo hi | nc -w 2 127.0.0.1 {pb} && B=0 || B=1; exit $((A * 10 + B))",
         pa = a.port,
         pb = b.port
     );
+    // Each connects once the daemon knows its labels (before that, the
+    // kernel decides by the default section).
     let loose = Spec::new("ce-pol-loose", script.as_str())
+        .gated()
         .label("dev.clawker.project", "ce-policy-proj")
         .label("dev.clawker.agent", "loose")
         .run();
     let strict = Spec::new("ce-pol-strict", script.as_str())
+        .gated()
         .label("dev.clawker.project", "ce-policy-proj")
         .label("dev.clawker.agent", "strict")
         .run();
-    let plain = Spec::new("ce-pol-plain", script.as_str()).run();
+    let plain = Spec::new("ce-pol-plain", script.as_str()).gated().run();
+    for c in [&loose, &strict, &plain] {
+        c.release_when_known(&daemon);
+    }
     assert_eq!(
         loose.wait(),
         1,
@@ -129,19 +136,20 @@ fn a_dns_answer_only_opens_the_door_for_the_container_that_asked() {
     );
     let asker = Spec::new(
         "ce-dns-asker",
-        format!(
-            "sleep 1; nslookup iso.test {} >/dev/null; {connect}",
-            dns.addr.ip()
-        ),
+        format!("nslookup iso.test {} >/dev/null; {connect}", dns.addr.ip()),
     )
+    .gated()
     .label("dev.clawker.project", "ce-dns-iso")
     .label("dev.clawker.agent", "asker")
     .run();
+    asker.release_when_known(&daemon);
     assert_eq!(asker.wait(), 0, "resolved, then allowed by the domain rule");
-    let other = Spec::new("ce-dns-other", format!("sleep 1; {connect}"))
+    let other = Spec::new("ce-dns-other", connect)
+        .gated()
         .label("dev.clawker.project", "ce-dns-iso")
         .label("dev.clawker.agent", "other")
         .run();
+    other.release_when_known(&daemon);
     assert_eq!(
         other.wait(),
         1,

@@ -47,38 +47,70 @@ fn stdout_otlp_and_a_rotated_file_each_get_every_record_and_count_their_own_loss
             .count()
             >= n
     });
-    std::thread::sleep(Duration::from_secs(1));
-    let stdout: Vec<String> = d
-        .records()
-        .iter()
-        .map(|r| r["record_id"].as_str().unwrap().to_string())
-        .collect();
-
-    // The file (current + rotated parts, oldest first) holds the same
-    // records in the same order, each line whole.
-    let mut parts: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("egress.jsonl.")
-        })
-        .collect();
-    assert!(!parts.is_empty(), "no rotation at 64 KiB for {n} records");
-    parts.sort_by_key(|p| {
-        std::cmp::Reverse(
-            p.extension()
-                .and_then(|e| e.to_str()?.parse::<u32>().ok())
-                .unwrap_or(0),
+    // The file sink and the metrics trail stdout (each sink has its own
+    // queue): read all three until they agree, then assert on that.
+    let file_label = format!("file:{}", file.display());
+    let read_all = || {
+        let stdout: Vec<String> = d
+            .records()
+            .iter()
+            .map(|r| r["record_id"].as_str().unwrap().to_string())
+            .collect();
+        // The file (current + rotated parts, oldest first).
+        let mut parts: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("egress.jsonl.")
+            })
+            .collect();
+        parts.sort_by_key(|p| {
+            std::cmp::Reverse(
+                p.extension()
+                    .and_then(|e| e.to_str()?.parse::<u32>().ok())
+                    .unwrap_or(0),
+            )
+        });
+        parts.push(file.clone());
+        let texts: Vec<(std::path::PathBuf, String)> = parts
+            .into_iter()
+            .map(|p| {
+                let t = std::fs::read_to_string(&p).unwrap_or_default();
+                (p, t)
+            })
+            .collect();
+        (stdout, texts, d.metrics())
+    };
+    let exported = |m: &str, sink: &str| {
+        support::metric_value(
+            m,
+            &format!("clawker_egress_records_exported_total{{sink=\"{sink}\"}}"),
         )
-    });
-    parts.push(file.clone());
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (stdout, texts, m) = loop {
+        let (stdout, texts, m) = read_all();
+        let lines: usize = texts.iter().map(|(_, t)| t.matches('\n').count()).sum();
+        let whole = texts.iter().all(|(_, t)| t.is_empty() || t.ends_with('\n'));
+        let caught_up = whole
+            && lines == stdout.len()
+            && exported(&m, "stdout") == stdout.len() as f64
+            && exported(&m, &file_label) == stdout.len() as f64;
+        if caught_up || std::time::Instant::now() > deadline {
+            break (stdout, texts, m);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    // The file holds the same records in the same order, each line whole.
+    let parts: Vec<&std::path::PathBuf> = texts.iter().map(|(p, _)| p).collect();
+    assert!(parts.len() > 1, "no rotation at 64 KiB for {n} records");
     let mut in_file = Vec::new();
-    for p in &parts {
-        let text = std::fs::read_to_string(p).unwrap();
+    for (p, text) in &texts {
         assert!(text.is_empty() || text.ends_with('\n'), "{}", p.display());
         if p != &file {
             assert!(text.len() >= 65536, "{} rotated early", p.display());
@@ -94,16 +126,8 @@ fn stdout_otlp_and_a_rotated_file_each_get_every_record_and_count_their_own_loss
 
     // Accounting per sink: stdout and file lost nothing; OTLP (down, no
     // spool, 100-record queue) counted its own losses.
-    let m = d.metrics();
-    let file_label = format!("file:{}", file.display());
-    let exported = |sink: &str| {
-        support::metric_value(
-            &m,
-            &format!("clawker_egress_records_exported_total{{sink=\"{sink}\"}}"),
-        )
-    };
-    assert_eq!(exported("stdout"), stdout.len() as f64, "{m}");
-    assert_eq!(exported(&file_label), stdout.len() as f64, "{m}");
+    assert_eq!(exported(&m, "stdout"), stdout.len() as f64, "{m}");
+    assert_eq!(exported(&m, &file_label), stdout.len() as f64, "{m}");
     let otlp_lost = support::metric_value(
         &m,
         "clawker_egress_sink_failures_total{sink=\"otlp\",cause=\"queue_full\"}",

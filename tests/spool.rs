@@ -14,10 +14,20 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use support::otlp::Receiver;
 use support::{Daemon, DaemonOptions, TcpServer, TestCgroup};
 
 fn daemon(cg: &TestCgroup, otlp_port: u16, spool: &std::path::Path, spool_bytes: u64) -> Daemon {
+    Daemon::start(options(cg, otlp_port, spool, spool_bytes))
+}
+
+fn options(
+    cg: &TestCgroup,
+    otlp_port: u16,
+    spool: &std::path::Path,
+    spool_bytes: u64,
+) -> DaemonOptions {
     let mut opts = DaemonOptions::for_cgroup(cg)
         .arg("--output")
         .arg("stdout,otlp")
@@ -33,7 +43,7 @@ fn daemon(cg: &TestCgroup, otlp_port: u16, spool: &std::path::Path, spool_bytes:
     ] {
         opts.env.push((k.into(), v));
     }
-    Daemon::start(opts)
+    opts
 }
 
 fn connects(cg: &TestCgroup, port: u16, n: usize) {
@@ -62,16 +72,29 @@ fn emitted(d: &Daemon, cgid: u64, n: usize) -> Vec<String> {
 fn received(rx: &Receiver) -> Vec<String> {
     rx.records()
         .iter()
-        .filter_map(|(lr, _)| {
-            lr.attributes
-                .iter()
-                .find(|kv| kv.key == "record_id")
-                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    any_value::Value::StringValue(s) => Some(s.clone()),
-                    _ => None,
-                })
-        })
+        .filter_map(|(lr, _)| str_attr(lr, "record_id"))
         .collect()
+}
+
+fn attr<'a>(lr: &'a LogRecord, key: &str) -> Option<&'a any_value::Value> {
+    lr.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+fn str_attr(lr: &LogRecord, key: &str) -> Option<String> {
+    match attr(lr, key)? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int_attr(lr: &LogRecord, key: &str) -> Option<i64> {
+    match attr(lr, key)? {
+        any_value::Value::IntValue(n) => Some(*n),
+        _ => None,
+    }
 }
 
 fn spool_files(dir: &std::path::Path) -> u64 {
@@ -187,38 +210,157 @@ fn a_full_spool_counts_every_record_it_loses() {
     let d = daemon(&cg, otlp_port, spool.path(), 1 << 20);
     connects(&cg, server.port, 5000);
     emitted(&d, cg.id(), 5000);
-    std::thread::sleep(Duration::from_secs(1));
     // Every record the OTLP sink was given is on stdout too (same batches).
     let ids: Vec<String> = d
         .records()
         .iter()
         .map(|r| r["record_id"].as_str().expect("record_id").to_string())
         .collect();
-    let full = d.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}");
-    assert!(full > 0.0, "{}", d.metrics());
-    assert_eq!(
-        d.metric("clawker_egress_sink_failures_total{sink=\"otlp\",cause=\"spool_full\"}"),
-        full
+    let spool_full = || d.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}");
+    support::wait_until(
+        "records refused as spool_full",
+        Duration::from_secs(30),
+        || (spool_full() > 0.0).then_some(()),
     );
     assert!(spool_files(spool.path()) <= 1 << 20);
 
     let rx = Receiver::serve(format!("127.0.0.1:{otlp_port}").parse().unwrap());
     let want: HashSet<&String> = ids.iter().collect();
-    // Delivered + counted as lost == emitted, exactly.
+    // Delivered + counted as lost == emitted, exactly (the OTLP sink may
+    // still be taking the last batches: both are read again each time).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let delivered = loop {
+    let (delivered, full) = loop {
         let got: HashSet<String> = received(&rx)
             .into_iter()
             .filter(|id| want.contains(id))
             .collect();
+        let full = spool_full();
         if got.len() as f64 + full >= ids.len() as f64 || std::time::Instant::now() > deadline {
-            break got.len();
+            break (got.len(), full);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    assert_eq!(
+        d.metric("clawker_egress_sink_failures_total{sink=\"otlp\",cause=\"spool_full\"}"),
+        full
+    );
     eprintln!(
         "spool_full: {} emitted, {delivered} delivered, {full} counted spool_full",
         ids.len()
     );
     assert_eq!(delivered as f64 + full, ids.len() as f64);
+}
+
+/// Issue 11, hostile agent: while the collector is away, a cgroup floods
+/// (as many connects as it can make) and fills the buffer; a quiet cgroup
+/// then makes a few flows. Before per-container fairness the spool was one
+/// FIFO: the flooder filled it and every quiet record was refused as
+/// `spool_full`. Now the flooder is held to its fair share of a filling
+/// spool: every quiet record arrives once the collector is back, and the
+/// flooder's refused records are counted for the flooder (in-band
+/// `records_lost` with `lost_spool_full`, and the per-container metric),
+/// exactly: its delivered + refused == emitted.
+#[test]
+fn a_flooding_cgroup_cannot_starve_a_quiet_one_out_of_the_spool() {
+    require_root!();
+    let parent = TestCgroup::new("ce-spoolfair");
+    let flood = TestCgroup::under(&parent.path, "flood");
+    let quiet = TestCgroup::under(&parent.path, "quiet");
+    let spool = tempfile::tempdir().unwrap();
+    let otlp_port = support::free_port(); // the collector is down
+    let server = TcpServer::spawn("127.0.0.1:0", Some(0), 0);
+    // 1 MiB (the smallest spool): ~1,700 flow records.
+    let d = Daemon::start(
+        options(&parent, otlp_port, spool.path(), 1 << 20)
+            .arg("--loss-report-interval")
+            .arg("1s"),
+    );
+
+    // The flood: far more than the memory queue and the spool hold.
+    const FLOOD: usize = 4000;
+    connects(&flood, server.port, FLOOD);
+    emitted(&d, flood.id(), FLOOD);
+    support::wait_until(
+        "the flooder's records refused",
+        Duration::from_secs(30),
+        || {
+            (d.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}") > 0.0)
+                .then_some(())
+        },
+    );
+    // Then the quiet cgroup speaks, the collector still away.
+    const QUIET: usize = 150;
+    connects(&quiet, server.port, QUIET);
+    let quiet_ids: HashSet<String> = emitted(&d, quiet.id(), QUIET).into_iter().collect();
+    let flood_ids: HashSet<String> = emitted(&d, flood.id(), FLOOD).into_iter().collect();
+
+    // The collector comes back.
+    let rx = Receiver::serve(format!("127.0.0.1:{otlp_port}").parse().unwrap());
+    let arrived = |ids: &HashSet<String>| {
+        let got: HashSet<String> = received(&rx).into_iter().collect();
+        ids.iter().filter(|id| got.contains(*id)).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while arrived(&quiet_ids) < quiet_ids.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let quiet_arrived = arrived(&quiet_ids);
+    assert_eq!(
+        quiet_arrived,
+        quiet_ids.len(),
+        "{} of the quiet cgroup's {} records never arrived: the flooder starved it \
+         (spool_full: {})",
+        quiet_ids.len() - quiet_arrived,
+        quiet_ids.len(),
+        d.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}")
+    );
+
+    // What the flooder lost is reported for the flooder, in-band, and adds
+    // up: delivered + refused == emitted; the quiet cgroup lost nothing.
+    let lost_reported = |cgid: u64| -> i64 {
+        rx.records()
+            .iter()
+            .filter(|(lr, _)| {
+                str_attr(lr, "event").as_deref() == Some("records_lost")
+                    && int_attr(lr, "cgroup_id") == Some(cgid as i64)
+            })
+            .map(|(lr, _)| int_attr(lr, "lost_spool_full").unwrap_or(0))
+            .sum()
+    };
+    let (delivered, refused) = support::wait_until(
+        "the flooder's delivered + reported-lost records to add up to what it emitted",
+        Duration::from_secs(30),
+        || {
+            let (delivered, refused) = (arrived(&flood_ids), lost_reported(flood.id()));
+            (delivered as i64 + refused == flood_ids.len() as i64).then_some((delivered, refused))
+        },
+    );
+    assert!(
+        refused > 0,
+        "the flooder lost nothing: the spool was never full"
+    );
+    assert_eq!(
+        lost_reported(quiet.id()),
+        0,
+        "the quiet cgroup was reported as losing records"
+    );
+    let full = d.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}");
+    assert_eq!(
+        full, refused as f64,
+        "every spool_full loss is the flooder's"
+    );
+    assert_eq!(
+        d.metric(
+            "clawker_egress_container_records_lost_total{agent=\"_other\",project=\"_other\",reason=\"spool_full\"}"
+        ),
+        full,
+        "{}",
+        d.metrics()
+    );
+    eprintln!(
+        "spool fairness: flooder emitted {}, delivered {delivered}, refused {refused} (spool_full); \
+         quiet emitted {} and delivered {quiet_arrived}",
+        flood_ids.len(),
+        quiet_ids.len()
+    );
 }

@@ -13,10 +13,10 @@ mod support;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{Daemon, DaemonOptions, TestCgroup};
+use support::{wait_until, Daemon, DaemonOptions, TestCgroup};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,20 +46,6 @@ fn pki(dir: &Path) -> PathBuf {
     c.arg(dir).args(["--names", "localhost,127.0.0.1"]);
     run_ok(c, "scripts/stack-credentials");
     dir.to_path_buf()
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The real collector with two TLS doors, both behind bearertokenauth:
@@ -210,20 +196,48 @@ fn make_flow(cg: &TestCgroup) {
     ));
 }
 
-fn otlp_daemon(cg: &TestCgroup, endpoint: &str, args: &[&str]) -> Daemon {
+fn otlp_daemon(cg: &TestCgroup, endpoint: &str, args: &[String]) -> Daemon {
     let mut o = DaemonOptions::for_cgroup(cg)
         .arg("--output")
         .arg("otlp")
         .arg("--otlp-endpoint")
         .arg(endpoint);
     for a in args {
-        o = o.arg(*a);
+        o = o.arg(a);
     }
     Daemon::start(o)
 }
 
 fn path(p: &Path, f: &str) -> String {
     p.join(f).display().to_string()
+}
+
+/// The daemon's transport flags: trust the CA of the PKI in `ca`, present
+/// the client certificate and key of the PKI in `client`, send the token
+/// file `token`.
+fn creds(ca: &Path, client: Option<&Path>, token: Option<&Path>) -> Vec<String> {
+    let mut a = vec!["--otlp-ca-file".to_string(), path(ca, "ca.pem")];
+    if let Some(c) = client {
+        a.extend([
+            "--otlp-client-cert-file".to_string(),
+            path(c, "daemon.pem"),
+            "--otlp-client-key-file".to_string(),
+            path(c, "daemon.key"),
+        ]);
+    }
+    if let Some(t) = token {
+        a.extend([
+            "--otlp-bearer-token-file".to_string(),
+            t.display().to_string(),
+        ]);
+    }
+    a
+}
+
+/// `creds` and more flags.
+fn with(mut creds: Vec<String>, more: &[&str]) -> Vec<String> {
+    creds.extend(more.iter().map(|m| m.to_string()));
+    creds
 }
 
 /// A flow the daemon saw, which it then tried and failed to deliver: its
@@ -260,18 +274,10 @@ fn export_over_mtls_with_token_and_gzip_reaches_the_collector() {
     let d = otlp_daemon(
         &cg,
         &format!("https://localhost:{}", c.mtls),
-        &[
-            "--otlp-ca-file",
-            &path(&pki, "ca.pem"),
-            "--otlp-client-cert-file",
-            &path(&pki, "daemon.pem"),
-            "--otlp-client-key-file",
-            &path(&pki, "daemon.key"),
-            "--otlp-bearer-token-file",
-            &path(&pki, "daemon.token"),
-            "--otlp-compression",
-            "gzip",
-        ],
+        &with(
+            creds(&pki, Some(&pki), Some(&pki.join("daemon.token"))),
+            &["--otlp-compression", "gzip"],
+        ),
     );
     make_flow(&cg);
     let flows = wait_until(
@@ -292,6 +298,9 @@ fn export_over_mtls_with_token_and_gzip_reaches_the_collector() {
     let token = token.trim();
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.child.id())).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains(token));
+    d.wait_stderr("the transport's log line", |l| {
+        l.contains("bearer token from")
+    });
     let logs = d.stderr_lines().join("\n");
     assert!(!logs.contains(token), "token in the daemon's logs");
     assert!(
@@ -365,74 +374,27 @@ fn wrong_client_certificate_is_refused() {
     let rogue = self::pki(&dir.path().join("rogue"));
     let c = Collector::start(dir.path(), &pki);
     let url = format!("https://localhost:{}", c.mtls);
-    let ca = path(&pki, "ca.pem");
-    let token = path(&pki, "daemon.token");
-
-    let cg = TestCgroup::new("ce-tls-rogue");
-    let d = otlp_daemon(
-        &cg,
-        &url,
-        &[
-            "--otlp-ca-file",
-            &ca,
-            "--otlp-client-cert-file",
-            &path(&rogue, "daemon.pem"),
-            "--otlp-client-key-file",
-            &path(&rogue, "daemon.key"),
-            "--otlp-bearer-token-file",
-            &token,
-        ],
-    );
-    assert_refused(&c, &d, &cg, "collector_unavailable");
-    drop(d);
-
-    let cg = TestCgroup::new("ce-tls-nocert");
-    let d = otlp_daemon(
-        &cg,
-        &url,
-        &["--otlp-ca-file", &ca, "--otlp-bearer-token-file", &token],
-    );
-    assert_refused(&c, &d, &cg, "collector_unavailable");
-    drop(d);
-
-    // The collector's certificate does not carry the name the daemon expects.
-    let cg = TestCgroup::new("ce-tls-badname");
-    let d = otlp_daemon(
-        &cg,
-        &url,
-        &[
-            "--otlp-ca-file",
-            &ca,
-            "--otlp-client-cert-file",
-            &path(&pki, "daemon.pem"),
-            "--otlp-client-key-file",
-            &path(&pki, "daemon.key"),
-            "--otlp-bearer-token-file",
-            &token,
-            "--otlp-tls-server-name",
-            "not-the-collector.example",
-        ],
-    );
-    assert_refused(&c, &d, &cg, "collector_unavailable");
-    drop(d);
-
-    // The collector's certificate is not signed by the CA the daemon trusts.
-    let cg = TestCgroup::new("ce-tls-badca");
-    let d = otlp_daemon(
-        &cg,
-        &url,
-        &[
-            "--otlp-ca-file",
-            &path(&rogue, "ca.pem"),
-            "--otlp-client-cert-file",
-            &path(&pki, "daemon.pem"),
-            "--otlp-client-key-file",
-            &path(&pki, "daemon.key"),
-            "--otlp-bearer-token-file",
-            &token,
-        ],
-    );
-    assert_refused(&c, &d, &cg, "collector_unavailable");
+    let token = pki.join("daemon.token");
+    for (name, flags) in [
+        // A client certificate from another CA.
+        ("ce-tls-rogue", creds(&pki, Some(&rogue), Some(&token))),
+        // No client certificate.
+        ("ce-tls-nocert", creds(&pki, None, Some(&token))),
+        // The collector's certificate does not carry the name the daemon expects.
+        (
+            "ce-tls-badname",
+            with(
+                creds(&pki, Some(&pki), Some(&token)),
+                &["--otlp-tls-server-name", "not-the-collector.example"],
+            ),
+        ),
+        // The collector's certificate is not signed by the CA the daemon trusts.
+        ("ce-tls-badca", creds(&rogue, Some(&pki), Some(&token))),
+    ] {
+        let cg = TestCgroup::new(name);
+        let d = otlp_daemon(&cg, &url, &flags);
+        assert_refused(&c, &d, &cg, "collector_unavailable");
+    }
 }
 
 /// The token door refuses a wrong token and a missing one; the right one
@@ -445,18 +407,12 @@ fn missing_or_wrong_token_is_refused() {
     let rogue = self::pki(&dir.path().join("rogue"));
     let c = Collector::start(dir.path(), &pki);
     let url = format!("https://127.0.0.1:{}", c.tls);
-    let ca = path(&pki, "ca.pem");
 
     let cg = TestCgroup::new("ce-tls-badtok");
     let d = otlp_daemon(
         &cg,
         &url,
-        &[
-            "--otlp-ca-file",
-            &ca,
-            "--otlp-bearer-token-file",
-            &path(&rogue, "daemon.token"),
-        ],
+        &creds(&pki, None, Some(&rogue.join("daemon.token"))),
     );
     assert_refused(&c, &d, &cg, "Unauthenticated");
     // Held, not dropped: the records wait in the queue for a fixed
@@ -483,7 +439,7 @@ fn missing_or_wrong_token_is_refused() {
     drop(d);
 
     let cg = TestCgroup::new("ce-tls-notok");
-    let d = otlp_daemon(&cg, &url, &["--otlp-ca-file", &ca]);
+    let d = otlp_daemon(&cg, &url, &creds(&pki, None, None));
     assert_refused(&c, &d, &cg, "Unauthenticated");
     drop(d);
 
@@ -491,12 +447,7 @@ fn missing_or_wrong_token_is_refused() {
     let _d = otlp_daemon(
         &cg,
         &url,
-        &[
-            "--otlp-ca-file",
-            &ca,
-            "--otlp-bearer-token-file",
-            &path(&pki, "daemon.token"),
-        ],
+        &creds(&pki, None, Some(&pki.join("daemon.token"))),
     );
     make_flow(&cg);
     wait_until(
@@ -581,18 +532,13 @@ fn token_rotation_reaches_daemon_and_collector_without_a_restart() {
     let pki = pki(&dir.path().join("pki"));
     let c = Collector::start(dir.path(), &pki);
     let url = format!("https://127.0.0.1:{}", c.tls);
-    let ca = path(&pki, "ca.pem");
-    let token = path(&pki, "daemon.token");
+    let token = pki.join("daemon.token");
     // A copy of the token as it is now, for a sender that misses the rotation.
     let old = dir.path().join("old.token");
     std::fs::copy(&token, &old).unwrap();
 
     let cg = TestCgroup::new("ce-tls-rot");
-    let d = otlp_daemon(
-        &cg,
-        &url,
-        &["--otlp-ca-file", &ca, "--otlp-bearer-token-file", &token],
-    );
+    let d = otlp_daemon(&cg, &url, &creds(&pki, None, Some(&token)));
     make_flow(&cg);
     wait_until(
         "a flow before the rotation",
@@ -613,28 +559,15 @@ fn token_rotation_reaches_daemon_and_collector_without_a_restart() {
     wait_until("a flow after the rotation", Duration::from_secs(30), || {
         (c.flows_of(&cg).len() > before).then_some(())
     });
-    assert!(
-        d.stderr_lines()
-            .iter()
-            .any(|l| l.contains("otlp_token_reloaded")),
-        "the daemon did not report the new token"
-    );
+    // The daemon reports the new token.
+    d.wait_stderr("otlp_token_reloaded", |l| l.contains("otlp_token_reloaded"));
     assert!(!d
         .stderr_lines()
         .iter()
         .any(|l| l.contains("Unauthenticated")));
 
     let cg2 = TestCgroup::new("ce-tls-stale");
-    let stale = otlp_daemon(
-        &cg2,
-        &url,
-        &[
-            "--otlp-ca-file",
-            &ca,
-            "--otlp-bearer-token-file",
-            &old.display().to_string(),
-        ],
-    );
+    let stale = otlp_daemon(&cg2, &url, &creds(&pki, None, Some(&old)));
     assert_refused(&c, &stale, &cg2, "Unauthenticated");
 }
 
@@ -744,7 +677,7 @@ fn gzip_is_on_the_wire_when_asked() {
         (port, seen)
     };
     for (args, want) in [
-        (vec!["--otlp-compression", "gzip"], Some("gzip")),
+        (with(vec![], &["--otlp-compression", "gzip"]), Some("gzip")),
         (vec![], None),
     ] {
         let (port, seen) = serve();

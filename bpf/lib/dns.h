@@ -12,7 +12,12 @@
  *    that never gets an answer (or whose socket closed first) is recorded
  *    by its name, up to the 253-byte DNS limit;
  *  - the query is remembered in `dns_pending` {socket, id, type} ->
- *    {server address/port, protocol, question hash, time}.
+ *    {server address/port, protocol, question hash, time};
+ *  - the socket is marked SOCK_F_DNS_ASKED: from now on its received
+ *    datagrams may be answers.
+ * A packet the kernel segments after this hook (UDP GSO, TSO) would carry
+ * several messages of which only the first is parsed: it is dropped and
+ * recorded (segmented_query).
  *
  * Answers: the cgroup_skb ingress program parses every answer from port 53
  * to a socket in scope, before it is queued to the socket. The answer
@@ -27,7 +32,11 @@
  *  - one dns_event goes to user space: the DNS record (qname, qtype,
  *    rcode, answers, TTLs) and the names behind `dst_host`.
  * An answer that does not count changes nothing, is counted by reason
- * (`egress_drops[DNS_REJECTED_FIRST + reason]`) and recorded.
+ * (`egress_drops[DNS_REJECTED_FIRST + reason]`) and recorded, at most once
+ * per socket per DNS_REJECTED_RECORD_NS (the rest: DNS_ANSWERS_UNRECORDED,
+ * no record, nothing charged to the container's budget). Datagrams to a
+ * socket that never sent a query are not parsed: anyone who can reach a
+ * socket can send it datagrams from port 53.
  *
  * The parsing loops run under bpf_loop(): the verifier checks each body
  * once instead of every iteration. Their state lives in a per-CPU scratch
@@ -100,6 +109,25 @@ struct {
 	__type(key, int);
 	__type(value, struct dns_dst);
 } dns_dsts SEC(".maps");
+
+/*
+ * Only a socket that sent a DNS query (SOCK_F_DNS_ASKED, set by dns_query)
+ * has its received datagrams parsed as answers. Anyone who can reach a
+ * socket can send it datagrams from port 53; those to a socket that never
+ * asked are plain datagrams, and a socket that asked records at most one
+ * rejected answer per DNS_REJECTED_RECORD_NS (this storage, made at its
+ * first rejected answer).
+ */
+struct dns_sock {
+	__u64 rejected_ns; /* its last rejected answer's record */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct dns_sock);
+} dns_socks SEC(".maps");
 
 static __always_inline struct scratch *scratch(void)
 {
@@ -268,7 +296,7 @@ static __always_inline void remember(struct scratch *s, struct dns_answer *a)
 		return;
 	if (u && cfg &&
 	    !within_quota(u->dns_entries, r ? r->dns_entries : 0, cfg->max_dns_per_scope)) {
-		count_loss(u, DROP_DNS_CACHE_FULL, SCOPE_LOSS_DNS_QUOTA);
+		count_full(u, MAP_FULL_DNS_CACHE, SCOPE_FULL_DNS);
 		return;
 	}
 	err = bpf_map_update_elem(&dns_cache, &k, &s->value, BPF_NOEXIST);
@@ -276,7 +304,7 @@ static __always_inline void remember(struct scratch *s, struct dns_answer *a)
 		if (u)
 			__sync_fetch_and_add(&u->dns_entries, 1);
 	} else if (err == -E2BIG) {
-		count_loss(u, DROP_DNS_CACHE_FULL, SCOPE_LOSS_DNS_QUOTA);
+		count_full(u, MAP_FULL_DNS_CACHE, SCOPE_FULL_DNS);
 	}
 }
 
@@ -421,6 +449,20 @@ static __always_inline int locate(struct __sk_buff *skb, struct scratch *s, bool
 	return -1;
 }
 
+/* The header and the owner of a DNS event in scratch. */
+static __always_inline void fill_owner(struct __sk_buff *skb, struct scratch *s,
+				       struct sock_owner *owner, __u8 message, enum egress_hook hook)
+{
+	fill_header(&s->ev.hdr, EVENT_KIND_DNS, sizeof(s->ev), hook);
+	s->ev.cgroup_id = owner->cgroup_id;
+	s->ev.scope_cgroup_id = owner->scope_cgroup_id;
+	s->ev.sock_cookie = bpf_get_socket_cookie(skb);
+	s->ev.pid = owner->tgid;
+	__builtin_memcpy(s->ev.comm, owner->comm, sizeof(s->ev.comm));
+	s->ev.process = owner->process;
+	s->ev.message = message;
+}
+
 /* The header, the owner and the message of a DNS event in scratch. */
 static __always_inline bool load_message(struct __sk_buff *skb, struct scratch *s,
 					 struct sock_owner *owner, __u32 payload, __u8 message,
@@ -430,14 +472,7 @@ static __always_inline bool load_message(struct __sk_buff *skb, struct scratch *
 
 	if (len < 12 || len > DNS_MAX_PACKET || bpf_skb_load_bytes(skb, payload, s->pkt, len))
 		return false;
-	fill_header(&s->ev.hdr, EVENT_KIND_DNS, sizeof(s->ev), hook);
-	s->ev.cgroup_id = owner->cgroup_id;
-	s->ev.scope_cgroup_id = owner->scope_cgroup_id;
-	s->ev.sock_cookie = bpf_get_socket_cookie(skb);
-	s->ev.pid = owner->tgid;
-	__builtin_memcpy(s->ev.comm, owner->comm, sizeof(s->ev.comm));
-	s->ev.process = owner->process;
-	s->ev.message = message;
+	fill_owner(skb, s, owner, message, hook);
 	s->ev.txid = be16_at(s, 0);
 	s->pos = 12;
 	return true;
@@ -515,7 +550,7 @@ static __always_inline void expect_answer(struct scratch *s)
 	}
 	if (u && cfg &&
 	    !within_quota(u->dns_pending, r ? r->dns_pending : 0, cfg->max_dns_pending_per_scope)) {
-		count_loss(u, DROP_DNS_PENDING_FULL, SCOPE_LOSS_DNS_QUOTA);
+		count_full(u, MAP_FULL_DNS_PENDING, SCOPE_FULL_DNS);
 		return;
 	}
 	err = bpf_map_update_elem(&dns_pending, &k, &v, BPF_NOEXIST);
@@ -523,7 +558,7 @@ static __always_inline void expect_answer(struct scratch *s)
 		if (u)
 			__sync_fetch_and_add(&u->dns_pending, 1);
 	} else if (err == -E2BIG) {
-		count_loss(u, DROP_DNS_PENDING_FULL, SCOPE_LOSS_DNS_QUOTA);
+		count_full(u, MAP_FULL_DNS_PENDING, SCOPE_FULL_DNS);
 	}
 }
 
@@ -554,36 +589,71 @@ static __always_inline __u16 server_of(struct bpf_sock *sk, struct scratch *s)
 }
 
 /*
- * A packet a socket in scope sends (flow.bpf.c's cgroup_skb egress program
- * found its owner): a DNS query is recorded and remembered.
+ * One send to a DNS server that the kernel splits into several packets
+ * after this hook (UDP_SEGMENT, TSO: skb->gso_segs > 1) carries several
+ * messages, and only the first would be parsed: the others would reach the
+ * server unrecorded. No DNS client needs it, so the packet is dropped
+ * (the send fails with EPERM) and recorded with the first message's name,
+ * if it parses, as a query rejected DNS_REJECT_SEGMENTED (counted).
  */
-static __always_inline void dns_query(struct __sk_buff *skb, struct bpf_sock *sk,
+static __always_inline void segmented_query(struct __sk_buff *skb, struct bpf_sock *sk,
+					    struct scratch *s, struct sock_owner *owner,
+					    bool loaded)
+{
+	if (!loaded) {
+		fill_owner(skb, s, owner, DNS_MSG_QUERY, HOOK_DNS);
+		s->ev.protocol = sk->protocol;
+		s->ev.local_port = sk->src_port;
+	} else if (!parse_question(s)) {
+		s->ev.name_len = 0;
+	}
+	s->ev.rejected = DNS_REJECT_SEGMENTED;
+	count_drop(DNS_REJECTED_FIRST + DNS_REJECT_SEGMENTED);
+	output_event(&s->ev, sizeof(s->ev), HOOK_DNS, s->ev.scope_cgroup_id);
+}
+
+/*
+ * A packet a socket in scope sends (flow.bpf.c's cgroup_skb egress program
+ * found its owner): a DNS query is recorded and remembered. True: drop the
+ * packet (segmented_query).
+ */
+static __always_inline bool dns_query(struct __sk_buff *skb, struct bpf_sock *sk,
 				      struct sock_owner *owner)
 {
 	struct bpf_sock_tuple tuple = {};
 	struct scratch *s;
 	__u32 payload;
+	bool segmented, loaded;
 
 	/* Only sockets talking to port 53 (the common exit for bulk TCP). */
 	if (sk->dst_port && sk->dst_port != bpf_htons(DNS_PORT))
-		return;
+		return false;
 	s = scratch();
 	if (!s)
-		return;
+		return false;
 	__builtin_memset(&s->ev, 0, sizeof(s->ev));
 	/* The packet's destination may be NATed: the socket's view counts. */
 	if (!server_of(sk, s))
-		return;
+		return false;
 	s->ev.resolver_port = DNS_PORT;
-	if (locate(skb, s, true, &payload, &tuple))
-		return;
-	if (!load_message(skb, s, owner, payload, DNS_MSG_QUERY, HOOK_DNS))
-		return;
+	segmented = skb->gso_segs > 1;
+	loaded = !locate(skb, s, true, &payload, &tuple) &&
+		 load_message(skb, s, owner, payload, DNS_MSG_QUERY, HOOK_DNS);
+	if (segmented) {
+		segmented_query(skb, sk, s, owner, loaded);
+		return true;
+	}
+	if (!loaded)
+		return false;
 	if (s->pkt[2] & 0x80)
-		return; /* an answer: a server in scope, not a query */
+		return false; /* an answer: a server in scope, not a query */
+	/* From now on its received datagrams may be answers. */
+	if (!(owner->flags & SOCK_F_DNS_ASKED))
+		__sync_fetch_and_or(&owner->flags, SOCK_F_DNS_ASKED);
 	if (parse_question(s))
 		expect_answer(s);
 	output_event(&s->ev, sizeof(s->ev), HOOK_DNS, s->ev.scope_cgroup_id);
+	return false;
 }
 
 /*
@@ -683,13 +753,19 @@ static __always_inline void dns_answer(struct __sk_buff *skb, struct bpf_sock *s
 				       struct sock_owner *owner)
 {
 	struct bpf_sock_tuple tuple = {};
+	struct dns_sock *rej;
 	struct scratch *s;
 	__u32 payload;
 	bool parsed;
+	__u64 now;
 
 	/* A TCP connection to anything but port 53 carries no DNS: the cheap
 	 * common exit for every packet of a bulk transfer. */
 	if (sk->protocol == IPPROTO_TCP && sk->dst_port != bpf_htons(DNS_PORT))
+		return;
+	/* A socket that never sent a query gets no answers: its datagrams
+	 * from port 53 are anyone's (another container's) to send. */
+	if (!(owner->flags & SOCK_F_DNS_ASKED))
 		return;
 	s = scratch();
 	if (!s)
@@ -706,8 +782,19 @@ static __always_inline void dns_answer(struct __sk_buff *skb, struct bpf_sock *s
 	parsed = parse_question(s);
 	s->ev.rejected = check_answer(skb, s, parsed, &tuple);
 	s->file = s->ev.rejected == DNS_REJECT_NONE;
-	if (!s->file)
+	if (!s->file) {
 		count_drop(DNS_REJECTED_FIRST + s->ev.rejected);
+		/* At most one record per socket per interval (as for a SYN to
+		 * a listener): forged answers must not spend the container's
+		 * record budget. The rest are counted, not charged. */
+		rej = bpf_sk_storage_get(&dns_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		now = bpf_ktime_get_boot_ns();
+		if (!rej || now - rej->rejected_ns < DNS_REJECTED_RECORD_NS) {
+			count_drop(DNS_ANSWERS_UNRECORDED);
+			return;
+		}
+		rej->rejected_ns = now;
+	}
 	if (parsed)
 		bpf_loop(DNS_MAX_ANSWERS * 2, answer_step, NULL, 0);
 	output_event(&s->ev, sizeof(s->ev), HOOK_DNS, s->ev.scope_cgroup_id);

@@ -5,8 +5,10 @@
  *  - per container in `scope_usage.lost[]` (the in-band `records_lost`
  *    records and the per-agent series).
  * Each container has its own record budget (a GCRA token bucket in
- * `scope_usage.tat_ns`): a flooding container spends only its own budget,
- * so the ring keeps room for everyone else's records.
+ * `scope_usage.tat_ns`), charged by size in record units (one unit per
+ * EGRESS_RECORD_UNIT_BYTES of ring a record takes): a flooding container
+ * spends only its own budget, and a flood of big records (exec, ~2 KiB)
+ * takes no more of the ring than the same budget of flow records would.
  */
 #ifndef CLAWKER_LIB_EVENTS_H
 #define CLAWKER_LIB_EVENTS_H
@@ -35,7 +37,8 @@ static __always_inline struct scope_usage *usage_of(__u64 scope_id)
 	return u;
 }
 
-/* A loss, counted globally (`drop`, enum egress_drop) and for the container. */
+/* A lost record, counted globally (`drop`, enum egress_drop) and for the
+ * container (`loss`, enum scope_loss). */
 static __always_inline void count_loss(struct scope_usage *u, __u32 drop, __u32 loss)
 {
 	count_drop(drop);
@@ -43,27 +46,53 @@ static __always_inline void count_loss(struct scope_usage *u, __u32 drop, __u32 
 		__sync_fetch_and_add(&u->lost[loss], 1);
 }
 
+/* A full map (or the container's share of it): no record lost, detail
+ * missing. Counted globally (`map_slot`, MAP_FULL_*) and for the container
+ * (`full`, enum scope_full). */
+static __always_inline void count_full(struct scope_usage *u, __u32 map_slot, __u32 full)
+{
+	count_drop(map_slot);
+	if (u && full < SCOPE_FULL_MAX)
+		__sync_fetch_and_add(&u->full[full], 1);
+}
+
+/* The record units a record of `size` bytes costs (at least one). */
+static __always_inline __u64 record_units(__u32 size)
+{
+	return (size + EGRESS_RECORD_UNIT_BYTES - 1) / EGRESS_RECORD_UNIT_BYTES;
+}
+
 /*
- * May this container put one more record on the ring? GCRA: tat_ns is when
- * its budget would be back to full; a record may go while that is at most
- * `record_burst_ns` ahead of now. Racy across CPUs by design (a few records
- * either way under contention), never blocking.
+ * May this container put a record of `size` bytes on the ring? GCRA: tat_ns
+ * is when its budget would be back to full; a record may go while that is
+ * at most `record_burst_ns` ahead of now, and pushes it on by one interval
+ * per record unit. Racy across CPUs by design (a few records either way
+ * under contention), never blocking.
  */
-static __always_inline bool admit(struct scope_usage *u)
+static __always_inline bool admit_at(struct scope_usage *u, __u32 size, __u64 now)
 {
 	struct egress_config *cfg = config();
-	__u64 now, tat;
+	__u64 tat;
 
 	if (!u || !cfg || !cfg->record_interval_ns)
 		return true;
-	now = bpf_ktime_get_boot_ns();
 	tat = u->tat_ns;
 	if (tat < now)
 		tat = now;
 	if (tat - now > cfg->record_burst_ns)
 		return false;
-	u->tat_ns = tat + cfg->record_interval_ns;
+	u->tat_ns = tat + cfg->record_interval_ns * record_units(size);
 	return true;
+}
+
+/* admit_at(), reading the clock only when a budget applies. */
+static __always_inline bool admit(struct scope_usage *u, __u32 size)
+{
+	struct egress_config *cfg = config();
+
+	if (!u || !cfg || !cfg->record_interval_ns)
+		return true;
+	return admit_at(u, size, bpf_ktime_get_boot_ns());
 }
 
 /*
@@ -94,13 +123,13 @@ static __always_inline void submit_event(void *ev, __u32 size)
 	bpf_ringbuf_submit(ev, wake_flags(avail > rec ? avail - rec : 0, avail));
 }
 
-/* Reserve a ring buffer record for `scope_id`'s container, counting a loss. */
-static __always_inline void *reserve_event(__u32 size, enum egress_hook hook, __u64 scope_id)
+/* Reserve a record the budget decided on (`admitted`), counting a loss. */
+static __always_inline void *reserve_admitted(struct scope_usage *u, bool admitted, __u32 size,
+					      enum egress_hook hook)
 {
-	struct scope_usage *u = usage_of(scope_id);
 	void *ev;
 
-	if (!admit(u)) {
+	if (!admitted) {
 		count_loss(u, DROP_RATE_LIMITED, SCOPE_LOSS_RATE_LIMITED);
 		return NULL;
 	}
@@ -110,13 +139,33 @@ static __always_inline void *reserve_event(__u32 size, enum egress_hook hook, __
 	return ev;
 }
 
+/* Reserve a ring buffer record for `scope_id`'s container, counting a loss. */
+static __always_inline void *reserve_event(__u32 size, enum egress_hook hook, __u64 scope_id)
+{
+	struct scope_usage *u = usage_of(scope_id);
+
+	return reserve_admitted(u, admit(u, size), size, hook);
+}
+
+/*
+ * reserve_event() for a caller that needs the time anyway: one clock read
+ * for the budget and the record (fill_header_at()).
+ */
+static __always_inline void *reserve_event_at(__u32 size, enum egress_hook hook, __u64 scope_id,
+					      __u64 now)
+{
+	struct scope_usage *u = usage_of(scope_id);
+
+	return reserve_admitted(u, admit_at(u, size, now), size, hook);
+}
+
 /* Copy a record built elsewhere (a scratch map) onto the ring, fairly. */
 static __always_inline void output_event(void *data, __u32 size, enum egress_hook hook,
 					 __u64 scope_id)
 {
 	struct scope_usage *u = usage_of(scope_id);
 
-	if (!admit(u)) {
+	if (!admit(u, size)) {
 		count_loss(u, DROP_RATE_LIMITED, SCOPE_LOSS_RATE_LIMITED);
 		return;
 	}
@@ -126,15 +175,21 @@ static __always_inline void output_event(void *data, __u32 size, enum egress_hoo
 		count_loss(u, DROP_RINGBUF_FIRST + hook, SCOPE_LOSS_RINGBUF_FULL);
 }
 
-static __always_inline void fill_header(struct event_header *h, __u16 kind, __u16 size,
-					enum egress_hook hook)
+static __always_inline void fill_header_at(struct event_header *h, __u16 kind, __u16 size,
+					   enum egress_hook hook, __u64 now)
 {
 	h->kind = kind;
 	h->size = size;
 	h->version = EGRESS_ABI_VERSION;
 	h->hook = hook;
 	h->_pad = 0;
-	h->ts_ns = bpf_ktime_get_boot_ns();
+	h->ts_ns = now;
+}
+
+static __always_inline void fill_header(struct event_header *h, __u16 kind, __u16 size,
+					enum egress_hook hook)
+{
+	fill_header_at(h, kind, size, hook, bpf_ktime_get_boot_ns());
 }
 
 /*

@@ -91,9 +91,14 @@ struct {
 	__type(value, struct flow_value);
 } flows SEC(".maps");
 
-/* Written by user space only: what interim records already reported. */
+/*
+ * Written by user space only: what interim records already reported. Not
+ * preallocated: only flows that outlived flow_active_interval have an
+ * entry, so its memory follows them, not the table size (docs/SCALE.md).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EGRESS_MAX_FLOWS);
 	__type(key, struct flow_key);
 	__type(value, struct flow_reported);
@@ -141,10 +146,13 @@ struct {
 	__type(value, struct domain_value);
 } domain_rules SEC(".maps");
 
-/* Who owns each socket in scope; freed with the socket. */
+/* Who owns each socket in scope; freed with the socket. Cloned with a
+ * listener's accepted sockets (sk_clone_lock): an inbound connection starts
+ * with its listener's owner, no lookup needed in softirq. Only listeners
+ * are ever cloned, so the outbound path pays nothing for it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
 	__type(key, int);
 	__type(value, struct sock_owner);
 } sock_owners SEC(".maps");

@@ -18,6 +18,36 @@ struct attempt {
 	__u8 dst_ip[EGRESS_ADDR_LEN];
 };
 
+/* One record for an attempt that will not become a flow (a denied
+ * connect or send, a raw or packet socket, an AF_XDP setup). */
+static __always_inline void emit_attempt(enum egress_hook hook, __u64 scope_id,
+					 const struct attempt *a, __u64 cookie, __u8 verdict,
+					 __u8 flags)
+{
+	struct sock_event *ev = reserve_event(sizeof(*ev), hook, scope_id);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if (!ev)
+		return;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	fill_header(&ev->hdr, EVENT_KIND_SOCK, sizeof(*ev), hook);
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->scope_cgroup_id = scope_id;
+	ev->sock_cookie = cookie;
+	ev->pid = (__u32)pid_tgid;
+	ev->tgid = pid_tgid >> 32;
+	ev->family = a->family;
+	ev->sock_type = a->sock_type;
+	ev->protocol = a->protocol;
+	ev->dst_port = a->dst_port;
+	__builtin_memcpy(ev->dst_ip, a->dst_ip, sizeof(ev->dst_ip));
+	ev->verdict = verdict;
+	ev->flags = flags;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	fill_proc(&ev->process);
+	submit_event(ev, sizeof(*ev));
+}
+
 static __always_inline bool port_matches(const struct policy_rule *r, __u16 port)
 {
 	if (r->port_lo == 0 && r->port_hi == 0)
@@ -92,16 +122,19 @@ static __always_inline __u64 rules_for(struct domain_key *rk, const struct dns_v
  * learned `a`'s address from (a bit per rule index), 0 if none: the DNS
  * answer was recorded in `dns_cache` before the application could read it.
  * suffix[0] is the whole name (exact and wildcard rules), the others its
- * proper suffixes (wildcard rules).
+ * proper suffixes (wildcard rules). A global function (checked once by the
+ * verifier): evaluate() calls it only when it reaches a domain rule.
  */
-static __always_inline __u64 domain_mask(const struct container_policy *cp,
-					 const struct attempt *a, __u64 scope_id)
+__attribute__((noinline)) __u64 domain_mask(const struct container_policy *cp,
+					    const struct attempt *a, __u64 scope_id)
 {
 	struct dns_key dk = {};
 	struct domain_key rk = {};
 	struct dns_value *v;
 	__u64 mask = 0;
 
+	if (!cp || !a)
+		return 0;
 	dk.scope_cgroup_id = scope_id;
 	dk.family = a->family;
 	__builtin_memcpy(dk.addr, a->dst_ip, sizeof(dk.addr));
@@ -126,12 +159,18 @@ static __always_inline __u64 domain_mask(const struct container_policy *cp,
 	return mask;
 }
 
-/* First matching rule of the container's rule set, else its default. */
+/*
+ * First matching rule of the container's rule set, else its default. The
+ * DNS cache is read at the first domain rule the attempt's protocol and
+ * port reach, not before (issue 12): a connect that an address rule
+ * decides first, or a rule set without domain rules, costs no lookup.
+ */
 static __always_inline __u8 evaluate(const struct container_policy *cp, const struct attempt *a,
 				     __u64 scope_id)
 {
 	__u32 base = cp->rule_set * EGRESS_MAX_RULES;
-	__u64 domains = domain_mask(cp, a, scope_id);
+	__u64 domains = 0;
+	bool looked = false;
 
 	for (__u32 i = 0; i < EGRESS_MAX_RULES; i++) {
 		__u32 key = base + i;
@@ -143,8 +182,16 @@ static __always_inline __u8 evaluate(const struct container_policy *cp, const st
 			continue;
 		if (!port_matches(r, a->dst_port))
 			continue;
-		if (r->kind == RULE_DOMAIN ? (domains >> i) & 1 : addr_matches(r, a))
+		if (r->kind == RULE_DOMAIN) {
+			if (!looked) {
+				domains = domain_mask(cp, a, scope_id);
+				looked = true;
+			}
+			if ((domains >> i) & 1)
+				return r->action;
+		} else if (addr_matches(r, a)) {
 			return r->action;
+		}
 	}
 	return cp->default_action;
 }
@@ -155,29 +202,63 @@ static __always_inline __u8 evaluate(const struct container_policy *cp, const st
  * and other non-TCP/UDP sockets get the policy's raw action. In audit mode a
  * DENY is returned with EVENT_F_AUDIT set and the caller lets it through.
  */
-static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id, bool raw,
-				   __u8 *flags)
+static __always_inline bool bypassed(__u64 scope_id)
 {
 	struct bypass_entry *b = bpf_map_lookup_elem(&bypass, &scope_id);
-	struct container_policy *cp;
-	__u8 verdict;
 
-	*flags = 0;
-	if (b && b->until_ns > bpf_ktime_get_boot_ns())
-		return VERDICT_BYPASS;
-	cp = bpf_map_lookup_elem(&container_policy, &scope_id);
-	if (!cp) {
-		/* A container whose labels are not known yet: the default section. */
+	return b && b->until_ns > bpf_ktime_get_boot_ns();
+}
+
+/* The container's policy; a container whose labels are not known yet gets
+ * the default section (key 0); NULL: no policy, observe only. */
+static __always_inline struct container_policy *policy_of(__u64 scope_id)
+{
+	struct container_policy *cp = bpf_map_lookup_elem(&container_policy, &scope_id);
+
+	if (!cp && scope_id != 0) {
 		__u64 fallback = 0;
 
 		cp = bpf_map_lookup_elem(&container_policy, &fallback);
 	}
+	return cp;
+}
+
+static __always_inline __u8 decide(const struct attempt *a, __u64 scope_id, bool raw,
+				   __u8 *flags)
+{
+	struct container_policy *cp;
+	__u8 verdict;
+
+	*flags = 0;
+	if (bypassed(scope_id))
+		return VERDICT_BYPASS;
+	cp = policy_of(scope_id);
 	if (!cp)
 		return VERDICT_ALLOW; /* no policy: observe only */
 	verdict = raw ? cp->raw_action : evaluate(cp, a, scope_id);
 	if (verdict == VERDICT_DENY && cp->mode == POLICY_AUDIT)
 		*flags = EVENT_F_AUDIT;
 	return verdict;
+}
+
+/*
+ * Inbound (issue 15): may a connection from outside the container reach
+ * one of its listeners? The policy's `inbound` switch, with the same
+ * bypass and audit rules as decide(); no policy allows (observe only).
+ */
+static __always_inline __u8 decide_inbound(__u64 scope_id, __u8 *flags)
+{
+	struct container_policy *cp;
+
+	*flags = 0;
+	if (bypassed(scope_id))
+		return VERDICT_BYPASS;
+	cp = policy_of(scope_id);
+	if (!cp || cp->inbound_action != VERDICT_DENY)
+		return VERDICT_ALLOW;
+	if (cp->mode == POLICY_AUDIT)
+		*flags = EVENT_F_AUDIT;
+	return VERDICT_DENY;
 }
 
 static __always_inline bool enforced_deny(__u8 verdict, __u8 flags)

@@ -2,11 +2,12 @@
 //! joined with the kernel's open flows when a client asks. Bounded: at most
 //! [`MAX_AGENTS`] agents (the least recently seen leaves first).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime};
 
 use super::wire::{AgentState, OpenFlow, State};
-use crate::capture::FlowSnapshot;
+use crate::capture::{process_key, FlowSnapshot};
 use crate::detect::resources::Usage;
 use crate::record::{key, l4_proto, Record, Source};
 
@@ -27,34 +28,44 @@ struct Agent {
     cpu_read_at: Option<Instant>,
     recent: VecDeque<Record>,
     seq: u64,
+    /// The time of its latest record (`state.last_seen`, written when
+    /// read).
+    last_seen: Option<SystemTime>,
 }
 
 #[derive(Default)]
 pub struct Agents {
-    by_key: HashMap<String, Agent>,
+    /// Container ids, agent/project labels, cgroup ids: none chosen by
+    /// code in a container, so foldhash (docs/ARCHITECTURE.md "Hash maps").
+    by_key: crate::fast_hash::HashMap<String, Agent>,
     /// cgroup id -> agent key, to place the kernel's open flows.
-    cgroups: HashMap<u64, String>,
+    cgroups: crate::fast_hash::HashMap<u64, String>,
     /// community id -> (agent key, bytes out, bytes in) already reported
     /// by interim records of flows still open: the kernel's live counters
     /// include them.
     interim: HashMap<String, (String, u64, u64)>,
+    /// process_key -> exe, from the records that carried both: names the
+    /// program of each open flow (cleared past MAX_TRACKED).
+    programs: HashMap<String, String>,
     denials: VecDeque<Record>,
     seq: u64,
 }
 
-/// The key a record is aggregated under; `None` for daemon logs.
-pub fn agent_key(r: &Record) -> Option<String> {
+/// The key a record is aggregated under; `None` for daemon logs. Borrowed
+/// from the record when it is the container id (no copy per record).
+pub fn agent_key(r: &Record) -> Option<Cow<'_, str>> {
     if r.source == Source::ControlPlane {
         return None;
     }
     if let Some(id) = r.get_str(key::CONTAINER_ID).filter(|s| !s.is_empty()) {
-        return Some(id.to_owned());
+        return Some(Cow::Borrowed(id));
     }
     if let Some(agent) = r.get_str(key::AGENT).filter(|s| !s.is_empty()) {
         let project = r.get_str(key::PROJECT).unwrap_or("");
-        return Some(format!("{agent}/{project}"));
+        return Some(Cow::Owned(format!("{agent}/{project}")));
     }
-    r.get_int(key::CGROUP_ID).map(|id| format!("cgroup:{id}"))
+    r.get_int(key::CGROUP_ID)
+        .map(|id| Cow::Owned(format!("cgroup:{id}")))
 }
 
 fn nonneg(n: Option<i64>) -> u64 {
@@ -62,16 +73,64 @@ fn nonneg(n: Option<i64>) -> u64 {
 }
 
 impl Agents {
+    /// Fold one record in.
     pub fn ingest(&mut self, r: &Record) {
-        let Some(k) = agent_key(r) else { return };
+        self.ingest_batch(std::slice::from_ref(r));
+    }
+
+    /// Fold a batch in. The same as one `ingest` per record, but each
+    /// agent's drill-down (`recent`) copies only the batch's last
+    /// [`RECENT_PER_AGENT`] records of that agent: the others would be
+    /// pushed out within the batch anyway.
+    pub fn ingest_batch(&mut self, batch: &[Record]) {
+        // Pass 1: aggregates; per record its key, per key its count.
+        let mut keys: Vec<Option<Cow<'_, str>>> = Vec::with_capacity(batch.len());
+        for r in batch {
+            let k = agent_key(r);
+            if let Some(k) = &k {
+                self.aggregate(r, k);
+            }
+            keys.push(k);
+        }
+        // Pass 2: the records that stay in `recent`.
+        let mut left: crate::fast_hash::HashMap<&str, usize> = Default::default();
+        for k in keys.iter().flatten() {
+            *left.entry(k.as_ref()).or_default() += 1;
+        }
+        for (r, k) in batch.iter().zip(&keys) {
+            let Some(k) = k else { continue };
+            let Some(n) = left.get_mut(k.as_ref()) else {
+                continue;
+            };
+            *n -= 1;
+            if *n >= RECENT_PER_AGENT {
+                continue;
+            }
+            if let Some(agent) = self.by_key.get_mut(k.as_ref()) {
+                if agent.recent.len() == RECENT_PER_AGENT {
+                    agent.recent.pop_front();
+                }
+                agent.recent.push_back(r.clone());
+            }
+        }
+    }
+
+    /// Everything `ingest` does but the drill-down copy.
+    fn aggregate(&mut self, r: &Record, k: &str) {
         self.seq += 1;
-        if !self.by_key.contains_key(&k) && self.by_key.len() >= MAX_AGENTS {
+        if !self.by_key.contains_key(k) && self.by_key.len() >= MAX_AGENTS {
             self.evict_oldest();
         }
-        let agent = self.by_key.entry(k.clone()).or_default();
+        let agent = match self.by_key.get_mut(k) {
+            Some(a) => a,
+            None => self.by_key.entry(k.to_owned()).or_default(),
+        };
         agent.seq = self.seq;
+        agent.last_seen = Some(r.time);
         let s = &mut agent.state;
-        s.key.clone_from(&k);
+        if s.key != k {
+            k.clone_into(&mut s.key);
+        }
         for (field, slot) in [
             (key::AGENT, &mut s.agent),
             (key::PROJECT, &mut s.project),
@@ -85,12 +144,22 @@ impl Agents {
             }
         }
         s.records += 1;
-        s.last_seen = r.timestamp();
-        if let Some(id) = r.get_int(key::CGROUP_ID) {
-            if self.cgroups.len() >= MAX_TRACKED {
-                self.cgroups.clear();
+        if let (Some(pk), Some(exe)) = (r.get_str(key::PROCESS_KEY), r.get_str(key::EXE)) {
+            if !self.programs.contains_key(pk) {
+                if self.programs.len() >= MAX_TRACKED {
+                    self.programs.clear();
+                }
+                self.programs.insert(pk.to_owned(), exe.to_owned());
             }
-            self.cgroups.insert(id.unsigned_abs(), k.clone());
+        }
+        if let Some(id) = r.get_int(key::CGROUP_ID) {
+            let id = id.unsigned_abs();
+            if self.cgroups.get(&id).is_none_or(|known| known != k) {
+                if self.cgroups.len() >= MAX_TRACKED {
+                    self.cgroups.clear();
+                }
+                self.cgroups.insert(id, k.to_owned());
+            }
         }
         let (out, inb) = (
             nonneg(r.get_int(key::BYTES_OUT)),
@@ -108,7 +177,7 @@ impl Agents {
                     let e = self
                         .interim
                         .entry(c.to_owned())
-                        .or_insert_with(|| (k.clone(), 0, 0));
+                        .or_insert_with(|| (k.to_owned(), 0, 0));
                     e.1 += out;
                     e.2 += inb;
                 }
@@ -139,10 +208,6 @@ impl Agents {
                 s.dns_names.remove(0);
             }
         }
-        if agent.recent.len() == RECENT_PER_AGENT {
-            agent.recent.pop_front();
-        }
-        agent.recent.push_back(r.clone());
     }
 
     /// The latest cgroup readings, by container id: agents seen in records
@@ -183,7 +248,13 @@ impl Agents {
         let mut agents: HashMap<&str, AgentState> = self
             .by_key
             .iter()
-            .map(|(k, a)| (k.as_str(), a.state.clone()))
+            .map(|(k, a)| {
+                let mut state = a.state.clone();
+                if let Some(t) = a.last_seen {
+                    state.last_seen = crate::record::timestamp(t);
+                }
+                (k.as_str(), state)
+            })
             .collect();
         for (k, out, inb) in self.interim.values() {
             if let Some(a) = agents.get_mut(k.as_str()) {
@@ -205,11 +276,18 @@ impl Agents {
                     },
                     0,
                     u16::from(f.protocol),
-                ),
+                )
+                .into(),
                 dst_ip: f.remote.0.to_string(),
                 dst_port: f.remote.1,
                 comm: f.comm.clone(),
                 pid: f.tgid,
+                exe: self
+                    .programs
+                    .get(&process_key(f.tgid, f.proc.start_ns))
+                    .cloned()
+                    .unwrap_or_default(),
+                inbound: f.inbound,
                 bytes_out: f.counters.bytes_out,
                 bytes_in: f.counters.bytes_in,
                 age_ms: now_ns.saturating_sub(f.start_ns) / 1_000_000,
@@ -328,6 +406,7 @@ mod tests {
             syn_sent: true,
             audit: false,
             policy_end: false,
+            inbound: false,
             counters: Counters {
                 bytes_out: out,
                 bytes_in: 0,
@@ -350,8 +429,15 @@ mod tests {
             f.extend_from_slice(extra);
             f
         };
+        // the open flow's process (tgid 5, start 0) named by an earlier record
+        let pk: &'static str = Box::leak(process_key(5, 0).into_boxed_str());
         a.ingest(&rec(
-            &with(&[(key::FLOW_STATE, "ended"), (key::VERDICT, "ALLOWED")]),
+            &with(&[
+                (key::FLOW_STATE, "ended"),
+                (key::VERDICT, "ALLOWED"),
+                (key::PROCESS_KEY, pk),
+                (key::EXE, "/usr/bin/curl"),
+            ]),
             &[
                 (key::BYTES_OUT, 100),
                 (key::BYTES_IN, 10),
@@ -391,6 +477,7 @@ mod tests {
         assert_eq!(dev.bytes_in, 10);
         assert_eq!(s.open_flows[0].agent, "dev");
         assert_eq!(s.open_flows[0].age_ms, 1);
+        assert_eq!(s.open_flows[0].exe, "/usr/bin/curl");
         assert_eq!(s.denials.len(), 1);
         assert_eq!(s.recent.len(), 4);
         assert!(a.state(&[], 0, None).recent.is_empty());

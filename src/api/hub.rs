@@ -123,9 +123,7 @@ impl Hub {
     pub fn publish(&self, batch: &Batch) {
         let mut inner = self.lock();
         inner.history.push(batch.clone(), Instant::now());
-        for r in batch.iter() {
-            inner.agents.ingest(r);
-        }
+        inner.agents.ingest_batch(batch);
         let (bound, metrics) = (self.queue_records, &*self.metrics);
         inner.subscribers.retain(|s| s.offer(batch, bound, metrics));
     }

@@ -118,7 +118,24 @@ pub fn line(r: &Value, colour: bool) -> String {
                 let _ = write!(out, "[{pid}]");
             }
             program(&mut out, r);
-            let _ = write!(out, " → {}", destination(r));
+            if s(r, key::DIRECTION) == crate::record::INBOUND {
+                match s(r, key::HOOK) {
+                    "listen" => out.push_str(" listens on"),
+                    _ => {
+                        let ip = s(r, key::SRC_IP);
+                        let ip = if ip.contains(':') {
+                            format!("[{ip}]")
+                        } else {
+                            ip.to_owned()
+                        };
+                        let port = n(r, key::SRC_PORT).unwrap_or(0);
+                        let _ = write!(out, " ← {}:{port} on", or_dash(&ip));
+                    }
+                }
+                let _ = write!(out, " {}", destination(r));
+            } else {
+                let _ = write!(out, " → {}", destination(r));
+            }
             if let Some(q) = r.get(key::QNAME).and_then(Value::as_str) {
                 let _ = write!(out, " {} {} {}", q, s(r, key::QTYPE), s(r, key::RCODE));
                 let answers = s(r, key::ANSWERS);
@@ -223,15 +240,22 @@ fn clean_strings(r: &Value) -> Value {
     }
 }
 
-/// Every control character (ESC, BEL, CR, ...) as U+FFFD: for text from a
-/// record (a comm, a label, a DNS name) that a terminal UI shows as is.
+/// Every control character (ESC, BEL, CR, ...) and every bidirectional
+/// formatting character (U+202E and kin, which a bidi terminal obeys to
+/// show the rest of the line reversed) as U+FFFD: for text from a record
+/// (a comm, a label, a DNS name) that a terminal UI shows as is.
 pub fn clean(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
+    if !s.chars().any(unsafe_char) {
         return s.to_owned();
     }
     s.chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .map(|c| if unsafe_char(c) { '\u{fffd}' } else { c })
         .collect()
+}
+
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -279,6 +303,13 @@ mod tests {
         let coloured = line(&r, true);
         assert!(coloured.contains("\x1b[1;31mDENIED\x1b[0m"));
         assert!(!coloured.contains("\x1b]"), "{coloured:?}");
+        // No bidi override or isolate from a record.
+        r["comm"] = json!("\u{202e}live\u{2066}x\u{200f}");
+        let bidi = line(&r, false);
+        assert!(
+            !bidi.contains(['\u{202e}', '\u{2066}', '\u{200f}']) && bidi.contains("\u{fffd}live"),
+            "{bidi:?}"
+        );
         // Only our own sequences: a record's SGR (conceal) is replaced.
         assert!(!coloured.contains("\x1b[8m"), "{coloured:?}");
         assert_eq!(coloured.matches('\x1b').count(), 4, "{coloured:?}");
@@ -305,6 +336,33 @@ mod tests {
         assert_eq!(
             line(&o, false),
             "12:01:02.123 dev - overseer container_stop clawker.web.dev exit_code=0"
+        );
+    }
+
+    #[test]
+    fn inbound_lines_name_the_peer_and_the_listener() {
+        let mut r = flow();
+        r["direction"] = json!("inbound");
+        r["verdict"] = json!("ALLOWED");
+        r["src_ip"] = json!("172.18.0.1");
+        r["src_port"] = json!(46900);
+        r["dst_ip"] = json!("172.18.0.2");
+        r["dst_port"] = json!(4444);
+        r["dst_host"] = json!("");
+        r["close_reason"] = json!("fin");
+        assert_eq!(
+            line(&r, false),
+            "12:01:02.123 dev web ALLOWED tcp curl[42] ← 172.18.0.1:46900 on 172.18.0.2:4444 ↑2.0KiB ↓10B 0ms fin"
+        );
+        let listen = json!({
+            "@timestamp": "2026-11-30T12:01:02.123Z",
+            "clawker.source": "egress", "verdict": "ALLOWED", "l4_proto": "tcp",
+            "hook": "listen", "direction": "inbound", "comm": "nc", "pid": 7,
+            "dst_ip": "::", "dst_port": 4444
+        });
+        assert_eq!(
+            line(&listen, false),
+            "12:01:02.123 - - ALLOWED tcp nc[7] listens on [::]:4444"
         );
     }
 

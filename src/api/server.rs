@@ -29,12 +29,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Listener {
     listener: UnixListener,
     path: PathBuf,
+    /// (device, inode) of our socket file at `path`.
+    file: Option<(u64, u64)>,
 }
 
 impl Drop for Listener {
+    /// Removes the socket only while `path` is still ours: a daemon that
+    /// replaced it (ours had stopped answering) keeps its API.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.file.is_some() && file_id(&self.path) == self.file {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Bind `path` with mode 0660, owned by root and `group` (if given). A
@@ -62,18 +75,33 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<Listener> {
         }
         std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
-    let listener = Listener {
+    // Bound in a private (0700) directory beside `path`, given its mode and
+    // group there, then renamed into place: the socket never exists at
+    // `path` with the mode the umask would give it, so no other host user
+    // can connect in the moment between bind and chmod.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let staging = tempfile::Builder::new()
+        .prefix(".clawker-api-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(dir)
+        .with_context(|| format!("create a private directory in {}", dir.display()))?;
+    let staged = staging.path().join("api.sock");
+    let listener =
+        UnixListener::bind(&staged).with_context(|| format!("bind {}", staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", staged.display()))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(&staged, None, Some(gid))
+            .with_context(|| format!("chown {}", staged.display()))?;
+    }
+    let file = file_id(&staged);
+    std::fs::rename(&staged, path)
+        .with_context(|| format!("move {} to {}", staged.display(), path.display()))?;
+    Ok(Listener {
         listener,
         path: path.to_path_buf(),
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    if let Some(gid) = gid {
-        nix::unistd::chown(path, None, Some(gid))
-            .with_context(|| format!("chown {}", path.display()))?;
-    }
-    Ok(listener)
+        file,
+    })
 }
 
 /// Reads the kernel's open flows for `state` requests.
@@ -249,5 +277,69 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+    /// The socket appears at its path by rename, with its final mode: it is
+    /// never created there (a socket created in place has the umask's mode
+    /// until the chmod, and another host user could connect in between).
+    #[tokio::test]
+    async fn the_socket_appears_by_rename_with_its_final_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+        inotify
+            .add_watch(
+                dir.path(),
+                AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
+            )
+            .unwrap();
+        let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let bound = bind(&path, None);
+        nix::sys::stat::umask(old_umask);
+        let _listener = bound.unwrap();
+        let events = inotify.read_events().unwrap();
+        let named: Vec<_> = events
+            .iter()
+            .filter(|e| e.name.as_deref() == Some(std::ffi::OsStr::new("api.sock")))
+            .map(|e| e.mask)
+            .collect();
+        assert_eq!(named, vec![AddWatchFlags::IN_MOVED_TO], "{events:?}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("api.sock")],
+            "staging removed"
+        );
+    }
+
+    /// A daemon whose socket was replaced (it stopped answering and another
+    /// daemon took the path) leaves the new socket in place when it stops;
+    /// one that still owns the path removes it; a live one is not replaced.
+    #[tokio::test]
+    async fn a_stopping_daemon_removes_only_its_own_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let first = bind(&path, None).unwrap();
+        let refused = bind(&path, None).err().expect("a live socket is kept");
+        assert!(format!("{refused:#}").contains("in use"), "{refused:#}");
+        // The first stops answering (as a hung or killed daemon would): its
+        // file is replaced by a second daemon.
+        std::fs::remove_file(&path).unwrap();
+        let second = bind(&path, None).unwrap();
+        drop(first);
+        assert!(path.exists(), "the second daemon's socket stays");
+        drop(second);
+        assert!(!path.exists(), "its owner removes it");
     }
 }

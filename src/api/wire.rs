@@ -129,6 +129,13 @@ pub struct OpenFlow {
     pub dst_port: u16,
     pub comm: String,
     pub pid: u32,
+    /// The process's program, from the records that named it (empty: no
+    /// record of that process seen yet).
+    #[serde(default)]
+    pub exe: String,
+    /// Accepted by a listener of the container: `dst_*` is the peer.
+    #[serde(default)]
+    pub inbound: bool,
     pub bytes_out: u64,
     pub bytes_in: u64,
     pub age_ms: u64,

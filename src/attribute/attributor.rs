@@ -4,7 +4,6 @@
 //! records wait in a small side queue, per cgroup and in order, until the
 //! answer lands or a short deadline passes. Everything else flows on.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,9 +32,11 @@ pub struct Attributor {
     requests: mpsc::Sender<Request>,
     metrics: Arc<Metrics>,
     wait: Duration,
-    held: HashMap<u64, Held>,
+    /// By cgroup id (kernel-assigned): foldhash (docs/ARCHITECTURE.md
+    /// "Hash maps").
+    held: crate::fast_hash::HashMap<u64, Held>,
     held_records: usize,
-    asked: HashMap<u64, Instant>,
+    asked: crate::fast_hash::HashMap<u64, Instant>,
 }
 
 impl Attributor {
@@ -51,9 +52,9 @@ impl Attributor {
             requests,
             metrics,
             wait,
-            held: HashMap::new(),
+            held: Default::default(),
             held_records: 0,
-            asked: HashMap::new(),
+            asked: Default::default(),
         }
     }
 

@@ -89,7 +89,8 @@ impl Entry {
 #[derive(Debug, Default)]
 struct Inner {
     containers: HashMap<Arc<str>, Entry>,
-    by_cgroup: HashMap<u64, Binding>,
+    /// Kernel-assigned ids: foldhash (docs/ARCHITECTURE.md "Hash maps").
+    by_cgroup: crate::fast_hash::HashMap<u64, Binding>,
     by_ip: HashMap<IpAddr, Arc<str>>,
 }
 

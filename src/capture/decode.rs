@@ -67,31 +67,24 @@ pub fn decode(bytes: &[u8], clock: BootClock) -> Result<Event, DecodeError> {
     }
     match u32::from(header.kind) {
         abi::event_kind::EVENT_KIND_SOCK => {
-            check_size::<abi::sock_event>(&header, bytes)?;
-            decode_sock(read(bytes), clock).map(Event::Sock)
+            decode_sock(body(&header, bytes)?, clock).map(Event::Sock)
         }
         abi::event_kind::EVENT_KIND_FLOW_END => {
-            check_size::<abi::flow_end_event>(&header, bytes)?;
-            decode_flow_end(read(bytes)).map(Event::FlowEnd)
+            decode_flow_end(body(&header, bytes)?).map(Event::FlowEnd)
         }
-        abi::event_kind::EVENT_KIND_DNS => {
-            check_size::<abi::dns_event>(&header, bytes)?;
-            decode_dns(read(bytes), clock).map(Event::Dns)
-        }
+        abi::event_kind::EVENT_KIND_DNS => decode_dns(body(&header, bytes)?, clock).map(Event::Dns),
         abi::event_kind::EVENT_KIND_SOCK_RELEASE => {
-            check_size::<abi::sock_release_event>(&header, bytes)?;
-            let raw: abi::sock_release_event = read(bytes);
+            let raw: abi::sock_release_event = body(&header, bytes)?;
             Ok(Event::SockRelease {
                 sock_cookie: raw.sock_cookie,
             })
         }
-        abi::event_kind::EVENT_KIND_EXEC => {
-            check_size::<abi::exec_event>(&header, bytes)?;
-            Ok(Event::Exec(Box::new(decode_exec(read(bytes), clock))))
-        }
+        abi::event_kind::EVENT_KIND_EXEC => Ok(Event::Exec(Box::new(decode_exec(
+            body(&header, bytes)?,
+            clock,
+        )))),
         abi::event_kind::EVENT_KIND_FORK => {
-            check_size::<abi::fork_event>(&header, bytes)?;
-            let raw: abi::fork_event = read(bytes);
+            let raw: abi::fork_event = body(&header, bytes)?;
             Ok(Event::Fork(ForkEvent {
                 scope_cgroup_id: raw.scope_cgroup_id,
                 tgid: raw.tgid,
@@ -100,8 +93,7 @@ pub fn decode(bytes: &[u8], clock: BootClock) -> Result<Event, DecodeError> {
             }))
         }
         abi::event_kind::EVENT_KIND_EXIT => {
-            check_size::<abi::exit_event>(&header, bytes)?;
-            let raw: abi::exit_event = read(bytes);
+            let raw: abi::exit_event = body(&header, bytes)?;
             Ok(Event::Exit(ExitEvent {
                 time: clock.to_wall(raw.hdr.ts_ns),
                 ts_ns: raw.hdr.ts_ns,
@@ -122,6 +114,7 @@ fn proc_ident(raw: &abi::proc_ident) -> ProcIdent {
     ProcIdent {
         start_ns: raw.start_ns,
         ppid: raw.ppid,
+        exec_id: raw.exec_id,
     }
 }
 
@@ -134,20 +127,21 @@ fn decode_exec(raw: abi::exec_event, clock: BootClock) -> ExecEvent {
     let args = bytes(&raw.args, usize::from(raw.args_len));
     let flags = u32::from(raw.flags);
     let filename = String::from_utf8_lossy(&filename).into_owned();
-    let depth = usize::from(raw.exe_depth).min(raw.exe_parts.len());
-    let exe = if depth == 0 {
-        filename.clone()
-    } else {
-        let mut path = String::new();
-        if flags & abi::EXEC_F_EXE_TRUNCATED != 0 {
-            path.push('…');
-        }
-        for part in raw.exe_parts[..depth].iter().rev() {
-            path.push('/');
-            path.push_str(&comm(part));
-        }
-        path
+    let exe = match raw.exe_depth {
+        0 => filename.clone(),
+        depth => walked(
+            &raw.exe_parts,
+            depth,
+            flags & abi::EXEC_F_EXE_TRUNCATED != 0,
+        ),
     };
+    let cwd = (flags & abi::EXEC_F_CWD_KNOWN != 0).then(|| {
+        walked(
+            &raw.cwd_parts,
+            raw.cwd_depth,
+            flags & abi::EXEC_F_CWD_TRUNCATED != 0,
+        )
+    });
     ExecEvent {
         time: clock.to_wall(raw.hdr.ts_ns),
         ts_ns: raw.hdr.ts_ns,
@@ -162,6 +156,7 @@ fn decode_exec(raw: abi::exec_event, clock: BootClock) -> ExecEvent {
         euid: raw.euid,
         exe,
         filename,
+        cwd,
         args: parse_args(&args),
         args_truncated: flags & (abi::EXEC_F_ARGS_TRUNCATED | abi::EXEC_F_ARGS_UNREAD) != 0,
         comm: comm(&raw.comm),
@@ -169,7 +164,29 @@ fn decode_exec(raw: abi::exec_event, clock: BootClock) -> ExecEvent {
     }
 }
 
-fn check_size<T>(header: &abi::event_header, bytes: &[u8]) -> Result<(), DecodeError> {
+/// A path the kernel walked leaf first: `/` + the parts, root first (`/`
+/// alone for none); `…` in front when it was deeper than the walk.
+fn walked<const N: usize>(parts: &[[libc::c_char; N]], depth: u8, truncated: bool) -> String {
+    let depth = usize::from(depth).min(parts.len());
+    let mut path = String::new();
+    if truncated {
+        path.push('…');
+    }
+    for part in parts[..depth].iter().rev() {
+        path.push('/');
+        // Only a pseudo file's name (memfd_create's, chosen by the caller)
+        // can hold a '/': escaped, so that `memfd:x/usr/bin/git` does not
+        // end in `/git`.
+        path.push_str(&comm(part).replace('/', "%2F"));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
+}
+
+/// The record as a `T`, once its declared size and its length are a `T`'s.
+fn body<T: Copy>(header: &abi::event_header, bytes: &[u8]) -> Result<T, DecodeError> {
     let expected = std::mem::size_of::<T>();
     if usize::from(header.size) != expected || bytes.len() < expected {
         return Err(DecodeError::Size {
@@ -179,7 +196,7 @@ fn check_size<T>(header: &abi::event_header, bytes: &[u8]) -> Result<(), DecodeE
             actual: bytes.len(),
         });
     }
-    Ok(())
+    Ok(read(bytes))
 }
 
 fn decode_sock(raw: abi::sock_event, clock: BootClock) -> Result<SockEvent, DecodeError> {
@@ -210,6 +227,7 @@ fn decode_sock(raw: abi::sock_event, clock: BootClock) -> Result<SockEvent, Deco
         dst,
         verdict,
         audit: u32::from(raw.flags) & abi::EVENT_F_AUDIT != 0,
+        inbound: u32::from(raw.flags) & abi::EVENT_F_INBOUND != 0,
         comm: comm(&raw.comm),
         proc: proc_ident(&raw.process),
     })
@@ -293,6 +311,7 @@ pub fn decode_flow(
         syn_sent: u32::from(value.flags) & abi::FLOW_F_SYN_SENT != 0,
         audit: u32::from(value.flags) & abi::FLOW_F_AUDIT != 0,
         policy_end: u32::from(value.flags) & abi::FLOW_F_POLICY_END != 0,
+        inbound: u32::from(value.flags) & abi::FLOW_F_INBOUND != 0,
         counters: Counters {
             bytes_out: value.bytes_out,
             bytes_in: value.bytes_in,
@@ -325,12 +344,25 @@ mod tests {
         .to_vec()
     }
 
+    /// The header of a `T` record of `kind` from `hook`.
+    fn header<T>(kind: u32, hook: u32) -> abi::event_header {
+        abi::event_header {
+            kind: kind as u16,
+            size: std::mem::size_of::<T>() as u16,
+            version: abi::EGRESS_ABI_VERSION as u8,
+            hook: hook as u8,
+            ..Default::default()
+        }
+    }
+
     fn sample() -> abi::sock_event {
-        let mut ev = abi::sock_event::default();
-        ev.hdr.kind = abi::event_kind::EVENT_KIND_SOCK as u16;
-        ev.hdr.size = std::mem::size_of::<abi::sock_event>() as u16;
-        ev.hdr.version = abi::EGRESS_ABI_VERSION as u8;
-        ev.hdr.hook = abi::egress_hook::HOOK_CONNECT4 as u8;
+        let mut ev = abi::sock_event {
+            hdr: header::<abi::sock_event>(
+                abi::event_kind::EVENT_KIND_SOCK,
+                abi::egress_hook::HOOK_CONNECT4,
+            ),
+            ..Default::default()
+        };
         ev.family = AF_INET;
         ev.dst_ip[..4].copy_from_slice(&[127, 0, 0, 1]);
         ev.dst_port = 8080;
@@ -395,11 +427,13 @@ mod tests {
 
     #[test]
     fn decodes_a_flow_end_record() {
-        let mut ev = abi::flow_end_event::default();
-        ev.hdr.kind = abi::event_kind::EVENT_KIND_FLOW_END as u16;
-        ev.hdr.size = std::mem::size_of::<abi::flow_end_event>() as u16;
-        ev.hdr.version = abi::EGRESS_ABI_VERSION as u8;
-        ev.hdr.hook = abi::egress_hook::HOOK_SOCK_OPS as u8;
+        let mut ev = abi::flow_end_event {
+            hdr: header::<abi::flow_end_event>(
+                abi::event_kind::EVENT_KIND_FLOW_END,
+                abi::egress_hook::HOOK_SOCK_OPS,
+            ),
+            ..Default::default()
+        };
         ev.key.family = AF_INET as u8;
         ev.key.protocol = libc::IPPROTO_TCP as u8;
         ev.key.remote_ip[..4].copy_from_slice(&[10, 0, 0, 1]);

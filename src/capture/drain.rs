@@ -105,9 +105,10 @@ fn drain_loop(
                 ring.consume()?;
             }
         }
-        // A batch is bounded by what one ring buffer holds.
+        // A batch is bounded by what one ring buffer holds, and handed on
+        // in chunks to a queue bounded in events (crate::stage_queue).
         let full = std::mem::replace(&mut *batch.borrow_mut(), Vec::with_capacity(BATCH));
-        if !full.is_empty() && tx.blocking_send(full).is_err() {
+        if crate::stage_queue::blocking_send(tx, full).is_err() {
             return Ok(()); // pipeline gone: shutting down
         }
         if stopping {

@@ -26,6 +26,10 @@ pub struct SockEvent {
     pub verdict: Verdict,
     /// A DENY decided in audit mode: recorded, not enforced.
     pub audit: bool,
+    /// Inbound (issue 15): a listen (`Hook::Listen`, `dst` = the listening
+    /// address) or a connection attempt to a listener (`src` = the peer,
+    /// `dst` = the container's address).
+    pub inbound: bool,
     pub comm: String,
     /// The process's start time and parent.
     pub proc: ProcIdent,
@@ -75,6 +79,8 @@ pub struct FlowSnapshot {
     pub audit: bool,
     /// A policy change ended its socket (iter.bpf.c): close_reason=policy.
     pub policy_end: bool,
+    /// Accepted by a listener in scope: `remote` connected to `local`.
+    pub inbound: bool,
     pub counters: Counters,
     /// The process's start time and parent.
     pub proc: ProcIdent,
@@ -119,7 +125,8 @@ pub struct DnsMessage {
     pub txid: u16,
     /// Answers only.
     pub rcode: u8,
-    /// Answers only: why it changed nothing (`None`: it counted).
+    /// Why it did not count (`None`: it counted): an answer that changed
+    /// nothing, or a query the kernel dropped (`Segmented`).
     pub rejected: Option<DnsReject>,
     /// The server, as the socket addressed it.
     pub resolver: (IpAddr, u16),

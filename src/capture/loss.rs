@@ -79,12 +79,21 @@ impl LossReporter {
                 continue;
             }
             for loss in &losses {
-                tracing::warn!(
-                    event = "container_records_lost",
-                    scope_cgroup_id = loss.scope_cgroup_id,
-                    lost = loss.lost.records.iter().sum::<u64>(),
-                    "a container lost records (records_lost record follows)"
-                );
+                let lost = loss.lost.records.iter().sum::<u64>();
+                if lost > 0 {
+                    tracing::warn!(
+                        event = "container_records_lost",
+                        scope_cgroup_id = loss.scope_cgroup_id,
+                        lost,
+                        "a container lost records (records_lost record follows)"
+                    );
+                } else {
+                    tracing::info!(
+                        event = "container_map_full",
+                        scope_cgroup_id = loss.scope_cgroup_id,
+                        "a container found kernel tables full, no record lost (records_lost record follows)"
+                    );
+                }
             }
             if out
                 .send(losses.into_iter().map(T::from).collect())

@@ -12,6 +12,9 @@ pub struct ProcIdent {
     pub start_ns: u64,
     /// The real parent's tgid.
     pub ppid: u32,
+    /// Which program image the process ran (raised by every execve(),
+    /// copied by fork): the exec record with the same id names it.
+    pub exec_id: u32,
 }
 
 /// A process in scope ran execve(). `args` are already masked: no
@@ -36,6 +39,9 @@ pub struct ExecEvent {
     pub exe: String,
     /// The path execve() was given (a symlink, `/proc/self/exe`, ...).
     pub filename: String,
+    /// The working directory in the container, walked like `exe`; `None`
+    /// when the walk did not reach the root (a deleted directory, ...).
+    pub cwd: Option<String>,
     /// argv, masked, as far as the kernel read it.
     pub args: Vec<String>,
     /// argv was longer than the kernel reads (or could not be read).
@@ -97,12 +103,30 @@ pub fn boot_id() -> &'static str {
 /// The stable key of a process (Tetragon's exec_id idea): boot id, tgid
 /// and start time. Flows, exec and exit records of one process share it.
 pub fn process_key(tgid: u32, start_ns: u64) -> String {
-    format!("{}:{start_ns}:{tgid}", boot_id())
+    // `{boot_id}:{start_ns}:{tgid}`, without a formatter (once per record).
+    let boot = boot_id();
+    let mut out = String::with_capacity(boot.len() + 32);
+    out.push_str(boot);
+    out.push(':');
+    out.push_str(itoa::Buffer::new().format(start_ns));
+    out.push(':');
+    out.push_str(itoa::Buffer::new().format(tgid));
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_key_is_boot_start_and_tgid() {
+        for (tgid, start) in [(0u32, 0u64), (1, 12_345), (u32::MAX, u64::MAX)] {
+            assert_eq!(
+                process_key(tgid, start),
+                format!("{}:{start}:{tgid}", boot_id())
+            );
+        }
+    }
 
     #[test]
     fn exit_status_splits_code_and_signal() {

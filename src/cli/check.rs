@@ -68,7 +68,7 @@ pub fn preflight(config: &Config) -> Vec<Finding> {
         ),
         Err(why) => finding(
             true,
-            format!("BPF LSM unavailable: {why}; fallback: packet sockets are recorded at their first send and a denied sender is killed (docs/SECURITY.md)"),
+            format!("BPF LSM unavailable: {why}; fallback: packet sockets are recorded at their first send and a denied sender is killed, AF_XDP sockets are decided at their setup (setsockopt; 32-bit syscalls skip it); run agent containers with `--cap-drop NET_RAW` to close AF_PACKET and AF_XDP at the source (docs/SECURITY.md)"),
         ),
     });
     if let Some(f) = otlp_transport(config) {

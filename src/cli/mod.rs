@@ -122,12 +122,18 @@ pub struct RunArgs {
     /// Compress OTLP requests.
     #[arg(long, value_enum)]
     pub otlp_compression: Option<crate::config::Compression>,
+    /// Also push the self-metrics over OTLP this often (0s: off).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub otlp_metrics_interval: Option<std::time::Duration>,
     /// Prometheus endpoint address (default 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Ring buffer size in bytes (power of two, >= 4096).
     #[arg(long, value_name = "BYTES")]
     pub ringbuf_bytes: Option<u32>,
+    /// Entries of the kernel flow table (default 131072; preallocated).
+    #[arg(long, value_name = "N")]
+    pub flow_table_size: Option<u32>,
     #[arg(long, value_enum)]
     pub scope: Option<Scope>,
     /// Egress policy file (YAML); reloaded on SIGHUP and on change.
@@ -139,10 +145,12 @@ pub struct RunArgs {
     /// Interim `active` record interval for open flows (e.g. 5m).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub flow_active_interval: Option<std::time::Duration>,
-    /// Records per second one container may write (0: no limit).
+    /// Record units per second one container may write (0: no limit); a
+    /// record costs one unit per 256 bytes it takes on the ring (a flow
+    /// record 1, an exec record 9).
     #[arg(long, value_name = "N")]
     pub container_record_rate: Option<u32>,
-    /// Records one container may write in a burst above its rate.
+    /// Record units one container may write in a burst above its rate.
     #[arg(long, value_name = "N")]
     pub container_record_burst: Option<u32>,
     /// How often per-container losses are reported (`records_lost`).
@@ -176,8 +184,10 @@ impl RunArgs {
             otlp_headers_file: self.otlp_headers_file.clone(),
             otlp_tls_server_name: self.otlp_tls_server_name.clone(),
             otlp_compression: self.otlp_compression,
+            otlp_metrics_interval: self.otlp_metrics_interval,
             metrics_listen: self.metrics_listen,
             ringbuf_bytes: self.ringbuf_bytes,
+            flow_table_size: self.flow_table_size,
             scope: self.scope,
             policy_file: self.policy_file.clone(),
             flow_idle_timeout: self.flow_idle_timeout,

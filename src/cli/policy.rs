@@ -199,7 +199,13 @@ fn set_summary(set: &RuleSet) -> String {
     let default = set
         .default_action
         .map_or("inherited".to_string(), |a| a.to_string());
-    format!("{} rule(s), default_action {default}", set.rules.len())
+    let inbound = set
+        .inbound
+        .map_or(String::new(), |a| format!(", inbound {a}"));
+    format!(
+        "{} rule(s), default_action {default}{inbound}",
+        set.rules.len()
+    )
 }
 
 fn explain(a: &ExplainArgs) -> Result<()> {
@@ -225,6 +231,11 @@ fn print_explanation(r: &Resolved, t: &Target, dst: &str) {
         None => println!("rule:     none ({})", r.default_from),
     }
     println!("reason:   {}", d.reason);
+    if r.inbound == crate::policy::Action::Deny {
+        println!(
+            "inbound:  deny (connections from outside the container to its listeners are dropped)"
+        );
+    }
     if r.mode == Mode::Audit {
         println!("note:     audit mode: a deny is recorded (enforced=false), never blocked");
     }

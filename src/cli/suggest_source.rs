@@ -22,6 +22,8 @@ const FIELDS: &[&str] = &[
     key::DST_HOST,
     key::DST_IP,
     key::DST_PORT,
+    // inbound records (listens, accepted connections) are no egress to allow
+    key::DIRECTION,
 ];
 
 /// Combinations per page.

@@ -54,11 +54,14 @@ const RCODES: [&str; 5] = ["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "other"
 const SUSPICIONS: [Suspicion; 2] = [Suspicion::Long, Suspicion::Encoded];
 
 fn fold<'a>(value: Option<&str>, known: &[&'a str]) -> &'a str {
-    let last = known[known.len() - 1];
+    known[fold_index(value, known)]
+}
+
+/// Where `value` is in `known`; the last entry (`other`) if nowhere.
+fn fold_index(value: Option<&str>, known: &[&str]) -> usize {
     value
-        .and_then(|v| known.iter().find(|k| **k == v))
-        .copied()
-        .unwrap_or(last)
+        .and_then(|v| known.iter().position(|k| *k == v))
+        .unwrap_or(known.len() - 1)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,6 +115,12 @@ struct Slot {
     /// Containers of this pair started and not yet dead.
     live: HashSet<String>,
     destinations: Destinations,
+    /// The pair's busiest series, looked up once: a record then costs no
+    /// label copy and no family lookup. They leave with the slot (the
+    /// sweep removes a slot and its series together).
+    flows: [[Option<Counter>; L4.len()]; VERDICTS.len()],
+    /// bytes_out, bytes_in, packets_out, packets_in, bypassed, by l4_proto.
+    proto: [[Option<Counter>; L4.len()]; 5],
 }
 
 impl Slot {
@@ -120,6 +129,8 @@ impl Slot {
             last_seen: now,
             live: HashSet::new(),
             destinations: Destinations::default(),
+            flows: Default::default(),
+            proto: Default::default(),
         }
     }
 }
@@ -129,6 +140,10 @@ struct Table {
     /// Pairs whose resource gauges are set.
     with_resources: HashSet<Pair>,
     last_sweep: Option<Instant>,
+    /// The last record's (agent, project) and the pair it was counted
+    /// under: consecutive records of one pair skip `pair_for`. Cleared
+    /// when slots are removed (the cap may then let a pair in).
+    last: Option<(Pair, Pair)>,
 }
 
 pub struct AgentMetrics {
@@ -189,6 +204,7 @@ impl AgentMetrics {
                 slots: HashMap::new(),
                 with_resources: HashSet::new(),
                 last_sweep: None,
+                last: None,
             }),
         };
         let cap = limits.max_pairs;
@@ -252,7 +268,7 @@ impl AgentMetrics {
         );
         registry.register(
             "container_records_lost",
-            per_agent("Records a container lost in the kernel, by agent, project and reason (rate_limited, ringbuf_full, flow_not_tracked, dns_not_cached)"),
+            per_agent("Records a container lost, by agent, project and reason (in the kernel: rate_limited, ringbuf_full, flow_not_tracked: a datagram flow its full flow share could not hold; in the OTLP sink's buffer during a collector outage: spool_full)"),
             m.records_lost.clone(),
         );
         for (name, help, family) in [
@@ -297,38 +313,46 @@ impl AgentMetrics {
 
     pub fn observe_at(&self, r: &Record, now: Instant) {
         self.enforcement.observe(r);
-        let Ok(mut table) = self.table.lock() else {
+        let Ok(mut guard) = self.table.lock() else {
             return;
         };
-        let (agent, project, slot) = self.slot(&mut table, r, now);
-        match r.source {
-            Source::Overseer => self.overseer(r, &agent, &project, slot),
-            Source::Egress => self.egress(r, &agent, &project, slot),
-            Source::ControlPlane | Source::Exec => {}
+        let table = &mut *guard;
+        self.resolve(table, r, now);
+        if let Some((_, pair)) = &table.last {
+            if let Some(slot) = table.slots.get_mut(pair) {
+                match r.source {
+                    Source::Overseer => self.overseer(r, &pair.0, &pair.1, slot),
+                    Source::Egress => self.egress(r, &pair.0, &pair.1, slot),
+                    Source::ControlPlane | Source::Exec => {}
+                }
+            }
         }
-        self.sweep_if_due(&mut table, now);
+        self.sweep_if_due(table, now);
     }
 
-    /// The record's pair's slot, taking a free one if needed; past the
-    /// cap, `_other`.
-    fn slot<'t>(
-        &self,
-        table: &'t mut Table,
-        r: &Record,
-        now: Instant,
-    ) -> (String, String, &'t mut Slot) {
-        let pair = self.pair_for(
-            table,
-            r.get_str(key::AGENT),
-            r.get_str(key::PROJECT),
-            now,
-            true,
-        );
-        let slot = table
+    /// The record's pair (its own slot, taken if free, touched; past the
+    /// cap, `_other`), left in `table.last`.
+    fn resolve(&self, table: &mut Table, r: &Record, now: Instant) {
+        let (agent, project) = (r.get_str(key::AGENT), r.get_str(key::PROJECT));
+        let input = (agent.unwrap_or(OTHER), project.unwrap_or(OTHER));
+        if let Some((last, pair)) = &table.last {
+            if (last.0.as_str(), last.1.as_str()) == input {
+                if let Some(slot) = table.slots.get_mut(pair) {
+                    slot.last_seen = now;
+                    let other = (OTHER, OTHER);
+                    if (pair.0.as_str(), pair.1.as_str()) == other && input != other {
+                        self.overflow.inc();
+                    }
+                    return;
+                }
+            }
+        }
+        let pair = self.pair_for(table, agent, project, now, true);
+        table
             .slots
             .entry(pair.clone())
             .or_insert_with(|| Slot::new(now));
-        (pair.0, pair.1, slot)
+        table.last = Some(((input.0.to_owned(), input.1.to_owned()), pair));
     }
 
     /// The pair's own slot (taken if free, touched), or `_other` (counted
@@ -470,10 +494,12 @@ impl AgentMetrics {
     }
 
     fn egress(&self, r: &Record, agent: &str, project: &str, slot: &mut Slot) {
-        let agent = agent.to_owned();
-        let project = project.to_owned();
-        let l4_proto = fold(r.get_str(key::L4_PROTO), &L4);
+        let a = || agent.to_owned();
+        let p = || project.to_owned();
+        let l4 = fold_index(r.get_str(key::L4_PROTO), &L4);
+        let l4_proto = L4[l4];
         if r.get_str(key::L7_PROTO) == Some("dns") && r.get_str(key::QNAME).is_some() {
+            let (agent, project) = (a(), p());
             let qname = r.get_str(key::QNAME).unwrap_or("");
             self.dns_queries
                 .get_or_create(&RcodeLabels {
@@ -507,33 +533,47 @@ impl AgentMetrics {
             }
             return;
         }
-        let proto = ProtoLabels {
-            agent: agent.clone(),
-            project: project.clone(),
-            l4_proto,
+        let proto = |family: &Family<ProtoLabels, Counter>| {
+            family
+                .get_or_create(&ProtoLabels {
+                    agent: a(),
+                    project: p(),
+                    l4_proto,
+                })
+                .clone()
         };
-        for (family, field) in [
+        for (i, (family, field)) in [
             (&self.bytes_out, key::BYTES_OUT),
             (&self.bytes_in, key::BYTES_IN),
             (&self.packets_out, key::PACKETS_OUT),
             (&self.packets_in, key::PACKETS_IN),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let n = r.get_int(field).unwrap_or(0);
             if n > 0 {
-                family.get_or_create(&proto).inc_by(n.unsigned_abs());
+                slot.proto[i][l4]
+                    .get_or_insert_with(|| proto(family))
+                    .inc_by(n.unsigned_abs());
             }
         }
         // An interim report is the same flow again: bytes only.
         if r.get_str(key::FLOW_STATE) == Some("active") {
             return;
         }
-        let verdict = fold(r.get_str(key::VERDICT), &VERDICTS);
-        self.flows
-            .get_or_create(&FlowLabels {
-                agent: agent.clone(),
-                project: project.clone(),
-                verdict,
-                l4_proto,
+        let v = fold_index(r.get_str(key::VERDICT), &VERDICTS);
+        let verdict = VERDICTS[v];
+        slot.flows[v][l4]
+            .get_or_insert_with(|| {
+                self.flows
+                    .get_or_create(&FlowLabels {
+                        agent: a(),
+                        project: p(),
+                        verdict,
+                        l4_proto,
+                    })
+                    .clone()
             })
             .inc();
         match verdict {
@@ -544,26 +584,33 @@ impl AgentMetrics {
                 };
                 self.denials
                     .get_or_create(&DenialLabels {
-                        agent: agent.clone(),
-                        project: project.clone(),
+                        agent: a(),
+                        project: p(),
                         l4_proto,
                         enforced,
                     })
                     .inc();
             }
             "BYPASSED" => {
-                self.bypassed.get_or_create(&proto).inc();
+                slot.proto[4][l4]
+                    .get_or_insert_with(|| proto(&self.bypassed))
+                    .inc();
             }
             _ => {}
         }
+        // An inbound record's dst is the container itself: no destination.
         let dest = match r.get_str(key::DST_HOST) {
+            _ if r.get_str(key::DIRECTION) == Some(crate::record::INBOUND) => None,
             Some(h) if !h.is_empty() => Some(h),
             _ => r.get_str(key::DST_IP),
         };
         if let Some(dest) = dest {
             if slot.destinations.first_seen(&self.hasher, dest) {
                 self.new_destinations
-                    .get_or_create(&AgentLabels { agent, project })
+                    .get_or_create(&AgentLabels {
+                        agent: a(),
+                        project: p(),
+                    })
                     .inc();
             }
         }
@@ -604,6 +651,9 @@ impl AgentMetrics {
             })
             .map(|(pair, _)| pair.clone())
             .collect();
+        if !gone.is_empty() {
+            table.last = None;
+        }
         for pair in gone {
             table.slots.remove(&pair);
             self.remove_series(&pair.0, &pair.1);

@@ -103,6 +103,7 @@ pub fn compile(resolved: &Resolved) -> Result<(KernelRuleSet, CompileNotes), Too
         audit: resolved.mode == Mode::Audit,
         default_allow: resolved.default_action == Action::Allow,
         raw_allow: resolved.raw_sockets == Action::Allow,
+        inbound_deny: resolved.inbound == Action::Deny,
         rules,
         domains,
     };
@@ -196,7 +197,15 @@ mod tests {
         let p = Policy::parse_str("default:\n  default_action: deny\n", "p.yaml").unwrap();
         let (set, notes) = compile(&p.rules_for(None, None)).unwrap();
         assert!(!set.audit && !set.default_allow && !set.raw_allow);
+        assert!(!set.inbound_deny, "inbound unsaid: allowed");
         assert!(set.rules.is_empty() && set.domains.is_empty());
+        let p = Policy::parse_str("default:\n  inbound: deny\n", "p.yaml").unwrap();
+        let (set, _) = compile(&p.rules_for(None, None)).unwrap();
+        assert!(set.inbound_deny);
+        assert!(
+            set.content().is_empty(),
+            "inbound lives in the header, not a slot"
+        );
         assert_eq!(notes, CompileNotes::default());
         assert!(set.content().is_empty(), "an empty set needs no slot");
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::Signal;
 use tokio::sync::{mpsc, watch};
 
 use super::compile::{compile, load_policy};
@@ -84,11 +84,9 @@ impl PolicyController {
     }
 
     /// Follow SIGHUP, file changes and container changes until shutdown.
-    pub async fn run(mut self, mut containers_changed: watch::Receiver<u64>) {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::error!(event = "policy_reload_unavailable", "cannot watch SIGHUP");
-            return;
-        };
+    /// `hup`: the daemon's SIGHUP stream, installed at start (a SIGHUP
+    /// before its handler would kill the daemon).
+    pub async fn run(mut self, mut hup: Signal, mut containers_changed: watch::Receiver<u64>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut watching = true;
         loop {

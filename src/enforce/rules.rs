@@ -12,6 +12,9 @@ pub struct KernelRuleSet {
     pub audit: bool,
     pub default_allow: bool,
     pub raw_allow: bool,
+    /// `inbound: deny`: connections from outside the container to its
+    /// listeners are dropped (the default, false, lets them in).
+    pub inbound_deny: bool,
     /// First match wins; at most EGRESS_MAX_RULES.
     pub rules: Vec<abi::policy_rule>,
     /// The names domain rules match, with the rules (bits) each matches.
@@ -95,7 +98,7 @@ impl KernelRuleSet {
             }) as u8,
             default_action: action(self.default_allow),
             raw_action: action(self.raw_allow),
-            _pad: 0,
+            inbound_action: action(!self.inbound_deny),
         }
     }
 }
@@ -248,7 +251,7 @@ impl<S: RuleStore> RuleSetWriter<S> {
         out
     }
 
-    /// Deny everything for this cgroup: no rules, default and raw deny,
+    /// Deny everything for this cgroup: no rules, default, raw and inbound deny,
     /// enforced. Needs no slot.
     pub fn fail_closed(&mut self, scope_cgroup_id: u64) -> Result<(), KernelError> {
         let deny = abi::container_policy {
@@ -256,7 +259,7 @@ impl<S: RuleStore> RuleSetWriter<S> {
             mode: abi::policy_mode::POLICY_ENFORCE as u8,
             default_action: abi::egress_verdict::VERDICT_DENY as u8,
             raw_action: abi::egress_verdict::VERDICT_DENY as u8,
-            _pad: 0,
+            inbound_action: abi::egress_verdict::VERDICT_DENY as u8,
         };
         self.maps.assign(scope_cgroup_id, &deny)?;
         self.slots.point(scope_cgroup_id, NO_RULES);

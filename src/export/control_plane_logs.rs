@@ -1,31 +1,40 @@
-//! The daemon's own logs as records (`clawker.source`=`cp`): a tracing
-//! [`Layer`] turns every info+ event of this crate into a [`Record`] and
-//! hands it to a second [`OtlpSink`](super::OtlpSink) instance through a
-//! bounded channel, so degraded paths (`event=collector_unavailable`,
+//! The daemon's own logs as records (`clawker.source`=`cp`), through the
+//! OpenTelemetry SDK's tracing appender: `opentelemetry-appender-tracing`
+//! turns every tracing event into an SDK `LogRecord` (body = the message,
+//! severity, target, one attribute per field), an `SdkLoggerProvider`
+//! hands it to [`ToRecords`], our `LogProcessor`, which makes it a
+//! [`Record`] and passes it through a bounded channel to a second
+//! [`OtlpSink`](super::OtlpSink) instance (`cp_logs`: own queue, retry,
+//! disk spool, `record_id`), so degraded paths (`event=collector_unavailable`,
 //! `event=docker_unavailable`, …) reach the operator's UI.
+//!
+//! Why not the SDK's `BatchLogProcessor` + OTLP log exporter: its queue
+//! drops silently when full (its count is private), it does not retry
+//! an outage, has no disk spool and no per-record id (docs/ARCHITECTURE.md
+//! "The OpenTelemetry SDK"). Every loss here is ours and counted:
 //!
 //! - Never blocks the caller: `try_send`; a full channel is counted
 //!   (`sink_failure{sink="cp_logs",cause="queue_full"}`) once the
 //!   forwarder runs (the layer starts before the metrics registry exists).
-//! - Body = the event's message, severity = its level, attributes = its
-//!   fields plus `target`. Keys are flat: a `.` in a field name becomes `_`,
-//!   so no key can be both a leaf and the prefix of another (`event` beside
-//!   `event.x` would break the OpenSearch mapping).
+//! - Keys are flat: a `.` in a field name becomes `_`, so no key can be
+//!   both a leaf and the prefix of another (`event` beside `event.x`
+//!   would break the OpenSearch mapping).
 //! - No feedback loop: events of the cp sink itself (field `sink` =
-//!   [`CONTROL_PLANE_SINK`]) and of other crates (tonic, h2, hyper: the export path)
-//!   are not turned into records.
+//!   [`CONTROL_PLANE_SINK`]) and of other crates (tonic, h2, hyper, the
+//!   SDK: the export path) are not turned into records (`event_enabled`).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::logs::{AnyValue, Severity as OtelSeverity};
+use opentelemetry::InstrumentationScope;
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
 
 use super::Sink;
 use crate::metrics::Metrics;
@@ -48,10 +57,10 @@ const RESERVED: &[&str] = &[
     crate::record::key::RECORD_ID,
 ];
 
-/// The tracing side: install with the subscriber.
+/// The tracing side: the SDK logger provider whose one processor is
+/// [`ToRecords`]; [`ControlPlaneLogLayer::bridge`] is the tracing layer.
 pub struct ControlPlaneLogLayer {
-    tx: mpsc::Sender<Record>,
-    dropped: Arc<AtomicU64>,
+    provider: SdkLoggerProvider,
 }
 
 /// The sink side: feed it to [`spawn`] once the runtime and metrics exist.
@@ -63,18 +72,37 @@ pub struct ControlPlaneLogReceiver {
 pub fn channel(capacity: usize) -> (ControlPlaneLogLayer, ControlPlaneLogReceiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
-    (
-        ControlPlaneLogLayer {
+    let provider = SdkLoggerProvider::builder()
+        .with_log_processor(ToRecords {
             tx,
             dropped: dropped.clone(),
-        },
+        })
+        .build();
+    (
+        ControlPlaneLogLayer { provider },
         ControlPlaneLogReceiver { rx, dropped },
     )
 }
 
-impl<S: Subscriber> Layer<S> for ControlPlaneLogLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let Some(record) = to_record(event, SystemTime::now()) else {
+impl ControlPlaneLogLayer {
+    /// The tracing layer (the SDK's appender) to install with the subscriber.
+    pub fn bridge(&self) -> OpenTelemetryTracingBridge<SdkLoggerProvider, SdkLogger> {
+        OpenTelemetryTracingBridge::new(&self.provider)
+    }
+}
+
+/// Our `LogProcessor`: an SDK log record -> a [`Record`] -> the bounded
+/// channel. The SDK itself queues nothing on this path, so it cannot lose
+/// a record we do not count.
+#[derive(Debug)]
+pub struct ToRecords {
+    tx: mpsc::Sender<Record>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogProcessor for ToRecords {
+    fn emit(&self, data: &mut SdkLogRecord, _scope: &InstrumentationScope) {
+        let Some(record) = to_record(data) else {
             return;
         };
         if self.tx.try_send(record).is_err() {
@@ -82,104 +110,98 @@ impl<S: Subscriber> Layer<S> for ControlPlaneLogLayer {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    /// Info and above, of this crate only: the SDK does not even build a
+    /// log record for the rest (tonic, h2, hyper: the export path itself).
+    fn event_enabled(&self, level: OtelSeverity, target: &str, _name: Option<&str>) -> bool {
+        level >= OtelSeverity::Info
+            && (target == OWN_TARGET || target.starts_with("clawker_egress::"))
+    }
 }
 
-/// One tracing event as a cp record; `None` for events that are not
+/// One SDK log record as a cp record; `None` for records that are not
 /// shipped (below info, another crate's, the cp sink's own).
-pub fn to_record(event: &Event<'_>, time: SystemTime) -> Option<Record> {
-    let meta = event.metadata();
-    // tracing orders levels by verbosity: DEBUG and TRACE are "greater".
-    if *meta.level() > Level::INFO {
+pub fn to_record(log: &SdkLogRecord) -> Option<Record> {
+    let target = log.target().map(|t| t.as_ref()).unwrap_or_default();
+    let level = log.severity_number()?;
+    // The provider asks `event_enabled` first; a record emitted around it
+    // (another appender) is filtered here alike.
+    let enabled = level >= OtelSeverity::Info
+        && (target == OWN_TARGET || target.starts_with("clawker_egress::"));
+    if !enabled {
         return None;
     }
-    let target = meta.target();
-    if target != OWN_TARGET && !target.starts_with("clawker_egress::") {
-        return None;
+    let mut fields = Vec::new();
+    for (k, v) in log.attributes_iter() {
+        let value = value_of(v);
+        if k.as_str() == "sink" && matches!(&value, Value::Str(s) if s == CONTROL_PLANE_SINK) {
+            return None;
+        }
+        fields.push((flat_key(k.as_str()), value));
     }
-    let mut v = Fields::default();
-    event.record(&mut v);
-    if v.from_cp_sink {
-        return None;
-    }
-    let severity = match *meta.level() {
-        Level::ERROR => Severity::Error,
-        Level::WARN => Severity::Warn,
+    let severity = match level {
+        l if l >= OtelSeverity::Error => Severity::Error,
+        l if l >= OtelSeverity::Warn => Severity::Warn,
         _ => Severity::Info,
     };
+    let body = match log.body() {
+        Some(AnyValue::String(s)) => s.as_str().to_owned(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    let time = log
+        .timestamp()
+        .or_else(|| log.observed_timestamp())
+        .unwrap_or_else(SystemTime::now);
     let mut r = Record::new(time, Source::ControlPlane)
         .with_severity(severity)
-        .with_body(v.message.unwrap_or_default());
+        .with_body(body);
     r.set("target", target);
-    for (k, value) in v.fields {
+    for (k, value) in fields {
         r.set(k, value);
     }
     Some(r)
 }
 
-#[derive(Default)]
-struct Fields {
-    message: Option<String>,
-    fields: Vec<(&'static str, Value)>,
-    from_cp_sink: bool,
-}
-
-impl Fields {
-    fn put(&mut self, field: &Field, value: Value) {
-        let name = field.name();
-        if name == "message" {
-            if let Value::Str(s) = value {
-                self.message = Some(s.into_string());
-            }
-            return;
-        }
-        if name == "sink" && matches!(&value, Value::Str(s) if s == CONTROL_PLANE_SINK) {
-            self.from_cp_sink = true;
-        }
-        self.fields.push((flat_key(name), value));
-    }
-}
-
-impl Visit for Fields {
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::Int(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, value.into());
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::Bool(value));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, value.into());
-    }
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, value.to_string().into());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        // `%x` fields and the message arrive here with Debug = Display.
-        self.put(field, format!("{value:?}").into());
+/// An SDK attribute value as a record value (the appender makes strings,
+/// i64, bools and f64; a u64 past i64 arrives as a string).
+fn value_of(v: &AnyValue) -> Value {
+    match v {
+        AnyValue::Int(i) => Value::Int(*i),
+        AnyValue::Boolean(b) => Value::Bool(*b),
+        AnyValue::String(s) => s.as_str().into(),
+        AnyValue::Double(d) => d.to_string().as_str().into(),
+        other => format!("{other:?}").as_str().into(),
     }
 }
 
 /// A field name as a flat attribute key: `.` -> `_`, reserved names get a
-/// `_field` suffix. Field names are static (callsite metadata), so the
-/// few rewritten ones are interned once and live for the process.
-fn flat_key(name: &'static str) -> &'static str {
-    if !name.contains('.') && !RESERVED.contains(&name) {
-        return name;
-    }
-    static INTERNED: OnceLock<Mutex<HashMap<&'static str, &'static str>>> = OnceLock::new();
+/// `_field` suffix. Field names come from callsite metadata (a bounded
+/// set), so each is interned once and lives for the process.
+fn flat_key(name: &str) -> &'static str {
+    static INTERNED: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
     let map = INTERNED.get_or_init(|| Mutex::new(HashMap::new()));
     let Ok(mut map) = map.lock() else {
         return "field";
     };
-    map.entry(name).or_insert_with(|| {
-        let mut flat = name.replace('.', "_");
-        if RESERVED.contains(&flat.as_str()) {
-            flat.push_str("_field");
-        }
-        Box::leak(flat.into_boxed_str())
-    })
+    if let Some(k) = map.get(name) {
+        return k;
+    }
+    let mut flat = name.replace('.', "_");
+    if RESERVED.contains(&flat.as_str()) {
+        flat.push_str("_field");
+    }
+    let interned: &'static str = Box::leak(flat.into_boxed_str());
+    map.insert(name.to_owned(), interned);
+    interned
 }
 
 /// The running forwarder: channel -> sink.
@@ -259,7 +281,7 @@ mod tests {
     /// Events logged inside `f`, as the layer would ship them.
     fn capture(f: impl FnOnce()) -> (Vec<Record>, u64) {
         let (layer, mut rx) = channel(16);
-        let subscriber = tracing_subscriber::registry().with(layer);
+        let subscriber = tracing_subscriber::registry().with(layer.bridge());
         tracing::subscriber::with_default(subscriber, f);
         let mut out = Vec::new();
         while let Ok(r) = rx.rx.try_recv() {
@@ -390,7 +412,7 @@ mod tests {
             }
         }
         let (layer, rx) = channel(4);
-        let subscriber = tracing_subscriber::registry().with(layer);
+        let subscriber = tracing_subscriber::registry().with(layer.bridge());
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..6 {
                 tracing::info!(event = "x", "x");

@@ -56,10 +56,7 @@ impl FileSink {
         let mut n = 0;
         for record in batch.iter() {
             self.line.clear();
-            if serde_json::to_writer(&mut self.line, record).is_err() {
-                self.metrics.sink_failure(self.name, "serialize", 1);
-                continue;
-            }
+            record.write_json(&mut self.line);
             self.line.push(b'\n');
             let out = self.out.as_mut().expect("opened above");
             out.write_all(&self.line).await?;

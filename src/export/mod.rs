@@ -2,7 +2,9 @@
 //! writes what the record holds, and counts what it loses.
 
 pub mod control_plane_logs;
+mod fair;
 mod file;
+mod metrics_push;
 mod otlp;
 mod otlp_wire;
 mod spool;
@@ -15,7 +17,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use file::{FileOptions, FileSink};
+pub use metrics_push::MetricsPush;
 pub use otlp::{OtlpOptions, OtlpSink};
+/// The OTLP `LogRecord` encoder (public for bench/record_cost.rs).
+pub use otlp_wire::RecordEncoder;
 pub use spool::{Spool, SpoolOptions};
 pub use stdout::StdoutSink;
 pub use transport::{Compression, OtlpTransport, TransportError, TransportSettings};

@@ -15,6 +15,13 @@
 //! the spool), replayed when the collector is back, kept across restarts
 //! (the memory queue is written in front of the spool at shutdown). A
 //! record the spool cannot hold is counted (`spool_full`).
+//!
+//! With a spool, the buffer is shared fairly between containers
+//! ([`super::fair`]): a container holding more than its fair share of a
+//! filling spool has its new records refused (`spool_full`), attributed to
+//! it in-band (a `records_lost` record with `lost_spool_full`, one per
+//! container per loss interval) and in `container_records_lost_total`;
+//! the daemon's own records are never starved by a flooding container.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -29,11 +36,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
+use super::fair::{Ledger, Pending, Tenant};
 use super::otlp_wire::{RecordEncoder, RequestFrame};
-use super::spool::{Position, Spool};
+use super::spool::{frame_bytes, Position, Spool};
 use super::transport::{safe_message, OtlpClient, OtlpTransport, TransportError};
 use super::{Batch, Sink};
 use crate::metrics::Metrics;
+use crate::record::Record;
 
 /// The default instance's name (metrics `sink` label, log field `sink`).
 const SINK: &str = "otlp";
@@ -52,6 +61,9 @@ pub struct OtlpOptions {
     pub batch_records: usize,
     /// How long a shutdown may spend delivering what is queued.
     pub shutdown_grace: Duration,
+    /// How often what the buffer refused of each container is reported
+    /// in-band (`records_lost`, `lost_spool_full`).
+    pub loss_interval: Duration,
 }
 
 impl OtlpOptions {
@@ -63,6 +75,7 @@ impl OtlpOptions {
             queue_records: 100_000,
             batch_records: 1_000,
             shutdown_grace: Duration::from_secs(5),
+            loss_interval: Duration::from_secs(10),
         }
     }
 }
@@ -71,16 +84,34 @@ impl OtlpOptions {
 /// limit is 4 MiB).
 const MAX_REQUEST_BYTES: usize = 3 << 20;
 
-/// One encoded OTLP `LogRecord`.
-type Encoded = Vec<u8>;
+/// One encoded OTLP `LogRecord` and who its buffer space is charged to.
+struct Queued {
+    tenant: Tenant,
+    bytes: Vec<u8>,
+}
+
+impl AsRef<[u8]> for Queued {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The disk spool and the fair-share accounting of the whole buffer.
+struct Spooled {
+    spool: Spool,
+    /// Bytes each tenant holds in the memory queue + spool.
+    ledger: Ledger,
+    /// Records refused per container, not reported yet.
+    pending: Pending,
+}
 
 struct Shared {
     /// Records waiting, encoded, oldest first; all older than the spool's.
-    queue: Mutex<VecDeque<Encoded>>,
+    queue: Mutex<VecDeque<Queued>>,
     /// The batch being exported when it came from `queue` (put back in
     /// front of the queue, or spooled, if the export does not complete).
-    inflight: Mutex<Vec<Encoded>>,
-    spool: Mutex<Option<Spool>>,
+    inflight: Mutex<Vec<Queued>>,
+    spool: Mutex<Option<Spooled>>,
     wake: Notify,
     closing: std::sync::atomic::AtomicBool,
 }
@@ -90,6 +121,8 @@ pub struct OtlpSink {
     opts: OtlpOptions,
     metrics: Arc<Metrics>,
     exporter: Option<JoinHandle<()>>,
+    /// Reports what the spool refused, per container, every loss interval.
+    reporter: Option<JoinHandle<()>>,
     encoder: RecordEncoder,
 }
 
@@ -122,6 +155,7 @@ impl OtlpSink {
             opts,
             metrics,
             exporter: Some(exporter),
+            reporter: None,
             encoder: RecordEncoder::default(),
         })
     }
@@ -129,44 +163,201 @@ impl OtlpSink {
 
 impl OtlpSink {
     /// Spill to (and first replay) this disk spool. Records already in it
-    /// (a previous run's) go out before anything new.
-    pub fn with_spool(self, spool: Spool) -> Self {
+    /// (a previous run's) go out before anything new; what each container
+    /// holds in it is counted again from its records (one read of the
+    /// spool), so fairness holds across a restart.
+    pub fn with_spool(mut self, spool: Spool) -> Self {
+        let mut ledger = Ledger::new(spool.max_bytes());
+        let t0 = std::time::Instant::now();
+        if let Err(e) = spool
+            .for_each_pending(|r| ledger.add(Tenant::of_encoded(r), frame_bytes(r.len()), false))
+        {
+            // Approximate then: the unread part is charged to nobody; the
+            // ledger restarts from zero once the spool is drained.
+            tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool read failed while counting what each container holds");
+        }
         if let Ok(mut s) = self.shared.spool.lock() {
             self.metrics.spool_bytes(self.opts.name, spool.bytes());
             if !spool.is_empty() {
-                tracing::info!(event = "spool_replay", sink = self.opts.name, dir = %spool.dir().display(), bytes = spool.bytes(), "records spooled by an earlier run will be sent first");
+                tracing::info!(event = "spool_replay", sink = self.opts.name, dir = %spool.dir().display(), bytes = spool.bytes(), containers = ledger.holders(), counted_ms = t0.elapsed().as_millis() as u64, "records spooled by an earlier run will be sent first");
             }
-            *s = Some(spool);
+            *s = Some(Spooled {
+                spool,
+                ledger,
+                pending: Pending::default(),
+            });
         }
+        self.reporter = Some(tokio::spawn(loss_reports(
+            self.shared.clone(),
+            self.opts.clone(),
+            self.metrics.clone(),
+        )));
         self.shared.wake.notify_one();
         self
     }
+}
 
-    /// Records the memory queue cannot take: to the spool, else lost.
-    fn spill(&self, records: Vec<Encoded>) {
-        let n = records.len() as u64;
-        let Ok(mut guard) = self.shared.spool.lock() else {
-            self.metrics.sink_failure(self.opts.name, "queue_full", n);
+/// Every loss interval: report what the spool refused, per container.
+async fn loss_reports(shared: Arc<Shared>, opts: OtlpOptions, metrics: Arc<Metrics>) {
+    let mut encoder = RecordEncoder::default();
+    let mut tick = tokio::time::interval(opts.loss_interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            // flush() sends the last reports.
             return;
-        };
-        let Some(spool) = guard.as_mut() else {
-            self.metrics.sink_failure(self.opts.name, "queue_full", n);
-            return;
-        };
-        match spool.append(&records) {
+        }
+        report_losses(&shared, &mut encoder, &opts, &metrics);
+    }
+}
+
+/// Each container the spool refused records of since the last report gets
+/// one `records_lost` record (`lost_spool_full`), counted in the
+/// per-container metric as the kernel's loss reports are, and queued as
+/// the daemon's own record (never refused for a container's flood).
+fn report_losses(
+    shared: &Shared,
+    encoder: &mut RecordEncoder,
+    opts: &OtlpOptions,
+    metrics: &Metrics,
+) {
+    let taken = match shared.spool.lock() {
+        Ok(mut g) => match g.as_mut() {
+            Some(st) if !st.pending.is_empty() => st.pending.take(),
+            _ => return,
+        },
+        Err(_) => return,
+    };
+    let now = SystemTime::now();
+    let reports: Vec<Record> = taken
+        .into_iter()
+        .map(|(_, lost, identity)| {
+            let r = Record::from_sink_loss(now, &identity, lost, opts.loss_interval);
+            tracing::warn!(
+                event = "container_records_lost",
+                sink = opts.name,
+                reason = "spool_full",
+                lost,
+                cgroup_id = r.get_int(crate::record::key::CGROUP_ID).unwrap_or(0),
+                container_id = r.get_str(crate::record::key::CONTAINER_ID).unwrap_or(""),
+                "the OTLP sink's buffer refused a container's records (collector away; spool full or over the container's fair share)"
+            );
+            metrics.agents().observe(&r);
+            r
+        })
+        .collect();
+    enqueue(shared, encoder, opts, metrics, &reports);
+    shared.wake.notify_one();
+}
+
+/// Queue records: memory first; while the spool holds anything (or the
+/// memory queue is full) to the spool, admitted by the fair-share ledger;
+/// what is refused is lost, counted and attributed to its container.
+fn enqueue(
+    shared: &Shared,
+    encoder: &mut RecordEncoder,
+    opts: &OtlpOptions,
+    metrics: &Metrics,
+    records: &[Record],
+) {
+    let Ok(mut q) = shared.queue.lock() else {
+        metrics.sink_failure(opts.name, "queue_full", records.len() as u64);
+        return;
+    };
+    let mut guard = match shared.spool.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let observed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let Some(st) = guard.as_mut() else {
+        // No spool: the memory queue alone, first come first served.
+        let mut lost = 0;
+        for r in records {
+            if q.len() < opts.queue_records {
+                let bytes = encoder.log_record(r, observed).to_vec();
+                q.push_back(Queued {
+                    tenant: Tenant::Daemon,
+                    bytes,
+                });
+            } else {
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            metrics.sink_failure(opts.name, "queue_full", lost);
+        }
+        return;
+    };
+    // While the spool holds anything, new records queue behind it.
+    let mut spooling = !st.spool.is_empty();
+    let mut spill: Vec<Queued> = Vec::new();
+    let mut from: Vec<usize> = Vec::new();
+    let mut refused = 0u64;
+    let mut refused_daemon = 0u64;
+    for (i, r) in records.iter().enumerate() {
+        let tenant = Tenant::of(r);
+        let bytes = encoder.log_record(r, observed).to_vec();
+        let cost = frame_bytes(bytes.len());
+        if !spooling && q.len() < opts.queue_records {
+            st.ledger.add(tenant, cost, true);
+            q.push_back(Queued { tenant, bytes });
+            continue;
+        }
+        spooling = true;
+        match st.ledger.admit(tenant, cost) {
+            Ok(()) => {
+                st.ledger.add(tenant, cost, false);
+                spill.push(Queued { tenant, bytes });
+                from.push(i);
+            }
+            Err(_) => {
+                refused += 1;
+                match tenant {
+                    Tenant::Daemon => refused_daemon += 1,
+                    _ => st.pending.refused(tenant, r),
+                }
+            }
+        }
+    }
+    drop(q);
+    if !spill.is_empty() {
+        match st.spool.append(&spill) {
             Ok(k) => {
-                self.metrics.spool_bytes(self.opts.name, spool.bytes());
-                let lost = n - k as u64;
-                if lost > 0 {
-                    self.metrics.spool_full(self.opts.name, lost);
-                    tracing::warn!(event = "spool_full", sink = self.opts.name, records = lost, dir = %spool.dir().display(), "disk spool full; records lost");
+                // What the spool's own bound refused: lost, each to its
+                // container.
+                for (q, i) in spill[k..].iter().zip(&from[k..]) {
+                    st.ledger
+                        .release(q.tenant, frame_bytes(q.bytes.len()), false);
+                    refused += 1;
+                    match q.tenant {
+                        Tenant::Daemon => refused_daemon += 1,
+                        t => st.pending.refused(t, &records[*i]),
+                    }
                 }
             }
             Err(e) => {
-                self.metrics.sink_failure(self.opts.name, "spool_write", n);
-                tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool write failed; records lost");
+                metrics.sink_failure(opts.name, "spool_write", spill.len() as u64);
+                tracing::warn!(event = "sink_failure", sink = opts.name, error = %e, "disk spool write failed; records lost");
+                for q in &spill {
+                    st.ledger
+                        .release(q.tenant, frame_bytes(q.bytes.len()), false);
+                }
             }
         }
+        metrics.spool_bytes(opts.name, st.spool.bytes());
+    }
+    if refused > 0 {
+        metrics.spool_full(opts.name, refused);
+    }
+    if refused_daemon > 0 {
+        // The daemon's own records (few: loss reports, audit): the spool
+        // is really full. Containers' losses are logged per container with
+        // their loss report.
+        tracing::warn!(event = "spool_full", sink = opts.name, records = refused_daemon, dir = %st.spool.dir().display(), "disk spool full; the daemon's own records lost");
     }
 }
 
@@ -176,31 +367,13 @@ impl Sink for OtlpSink {
     }
 
     async fn send(&mut self, batch: Batch) {
-        let mut overflow = Vec::new();
-        if let Ok(mut q) = self.shared.queue.lock() {
-            // While the spool holds anything, new records queue behind it.
-            let spooling = self
-                .shared
-                .spool
-                .lock()
-                .map(|s| s.as_ref().is_some_and(|s| !s.is_empty()))
-                .unwrap_or(false);
-            let observed = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            for r in batch.iter() {
-                let enc = self.encoder.log_record(r, observed).to_vec();
-                if !spooling && q.len() < self.opts.queue_records {
-                    q.push_back(enc);
-                } else {
-                    overflow.push(enc);
-                }
-            }
-        }
-        if !overflow.is_empty() {
-            self.spill(overflow);
-        }
+        enqueue(
+            &self.shared,
+            &mut self.encoder,
+            &self.opts,
+            &self.metrics,
+            &batch,
+        );
         self.shared.wake.notify_one();
     }
 
@@ -218,8 +391,13 @@ impl Sink for OtlpSink {
                 abort.abort();
             }
         }
+        // The last loss reports go into the buffer with everything else.
+        if let Some(task) = self.reporter.take() {
+            task.abort();
+            report_losses(&self.shared, &mut self.encoder, &self.opts, &self.metrics);
+        }
         // What was not delivered: the batch in flight, then the queue.
-        let mut left: Vec<Encoded> = self
+        let mut left: Vec<Queued> = self
             .shared
             .inflight
             .lock()
@@ -230,7 +408,7 @@ impl Sink for OtlpSink {
         }
         let mut lost = left.len() as u64;
         if let Ok(mut guard) = self.shared.spool.lock() {
-            if let Some(spool) = guard.as_mut() {
+            if let Some(Spooled { spool, .. }) = guard.as_mut() {
                 match spool.prepend(&left) {
                     Ok(k) => {
                         lost -= k as u64;
@@ -252,6 +430,9 @@ impl Sink for OtlpSink {
                 }
                 self.metrics.spool_bytes(self.opts.name, spool.bytes());
             }
+            // The sink is done: the spool (and its lock) is released now,
+            // not when the last task holding the shared state goes.
+            guard.take();
         }
         if lost > 0 {
             self.metrics.sink_failure(self.opts.name, "shutdown", lost);
@@ -274,6 +455,9 @@ struct Next {
     /// Where it came from in the spool (committed once delivered); `None`:
     /// from the memory queue (held in `inflight` until delivered).
     spooled: Option<Position>,
+    /// The spooled records' tenants and frame sizes (released from the
+    /// ledger once delivered).
+    charged: Vec<(Tenant, u64)>,
 }
 
 /// The next request: from the memory queue (older), else from the spool.
@@ -290,7 +474,7 @@ fn next_request(
             let mut n = 0;
             let mut bytes = 0;
             for r in q.iter().take(opts.batch_records.max(1)) {
-                bytes += r.len() + 8;
+                bytes += r.bytes.len() + 8;
                 if n > 0 && bytes > MAX_REQUEST_BYTES {
                     break;
                 }
@@ -304,11 +488,13 @@ fn next_request(
                 records: n as u64,
                 request: frame.request(&f),
                 spooled: None,
+                charged: Vec::new(),
             });
         }
     }
     let mut guard = shared.spool.lock().ok()?;
-    let spool = guard.as_mut()?;
+    let st = guard.as_mut()?;
+    let spool = &mut st.spool;
     if spool.is_empty() {
         return None;
     }
@@ -322,6 +508,9 @@ fn next_request(
                 // Only a corrupt tail was left: step over it.
                 let _ = spool.commit(pos);
                 metrics.spool_bytes(opts.name, spool.bytes());
+                if spool.is_empty() && st.ledger.mem() == 0 {
+                    st.ledger.clear();
+                }
                 return None;
             }
             // The spool's records come from disk: checked before they go.
@@ -332,10 +521,15 @@ fn next_request(
                     Err(_) => metrics.sink_failure(opts.name, "spool_corrupt", 1),
                 }
             }
+            let charged = batch
+                .iter()
+                .map(|b| (Tenant::of_encoded(b), frame_bytes(b.len())))
+                .collect();
             Some(Next {
                 records: valid.len() as u64,
                 request: frame.request(&valid),
                 spooled: Some(pos),
+                charged,
             })
         }
         Err(e) => {
@@ -345,20 +539,43 @@ fn next_request(
     }
 }
 
-fn delivered(shared: &Shared, metrics: &Metrics, name: &'static str, spooled: Option<Position>) {
+/// The request went out (or was refused for good): its records leave the
+/// buffer, and their tenants' share of it.
+fn delivered(
+    shared: &Shared,
+    metrics: &Metrics,
+    name: &'static str,
+    spooled: Option<Position>,
+    charged: &[(Tenant, u64)],
+) {
     match spooled {
         None => {
             if let Ok(mut f) = shared.inflight.lock() {
+                if let Ok(mut guard) = shared.spool.lock() {
+                    if let Some(st) = guard.as_mut() {
+                        for q in f.iter() {
+                            st.ledger
+                                .release(q.tenant, frame_bytes(q.bytes.len()), true);
+                        }
+                    }
+                }
                 f.clear();
             }
         }
         Some(pos) => {
             if let Ok(mut guard) = shared.spool.lock() {
-                if let Some(spool) = guard.as_mut() {
-                    if let Err(e) = spool.commit(pos) {
+                if let Some(st) = guard.as_mut() {
+                    if let Err(e) = st.spool.commit(pos) {
                         tracing::warn!(event = "sink_failure", sink = name, error = %e, "disk spool cursor write failed (records may be sent again)");
                     }
-                    metrics.spool_bytes(name, spool.bytes());
+                    for (t, bytes) in charged {
+                        st.ledger.release(*t, *bytes, false);
+                    }
+                    if st.spool.is_empty() && st.ledger.mem() == 0 {
+                        // Nothing held: start the accounting from zero.
+                        st.ledger.clear();
+                    }
+                    metrics.spool_bytes(name, st.spool.bytes());
                 }
             }
         }
@@ -378,6 +595,7 @@ async fn export_loop(
             records: n,
             request,
             spooled,
+            charged,
         }) = next_request(&shared, &opts, &metrics, &mut frame)
         else {
             if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -408,7 +626,7 @@ async fn export_loop(
                     if rejected > 0 {
                         metrics.sink_failure(opts.name, "rejected", rejected);
                     }
-                    delivered(&shared, &metrics, opts.name, spooled);
+                    delivered(&shared, &metrics, opts.name, spooled, &charged);
                     break;
                 }
                 Err(status) if retryable(status.code()) => {
@@ -427,7 +645,7 @@ async fn export_loop(
                 Err(status) => {
                     tracing::warn!(event = "sink_failure", sink = opts.name, code = ?status.code(), error = %safe_message(&status), "collector rejected a batch");
                     metrics.sink_failure(opts.name, "rejected", n);
-                    delivered(&shared, &metrics, opts.name, spooled);
+                    delivered(&shared, &metrics, opts.name, spooled, &charged);
                     break;
                 }
             }
@@ -484,5 +702,148 @@ fn scope() -> InstrumentationScope {
         name: "clawker-egress".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::SpoolOptions;
+    use crate::record::{key, Source};
+
+    fn flow(cgroup: u64, i: usize) -> Record {
+        let mut r = Record::new(SystemTime::now(), Source::Egress)
+            .with_body(format!("ALLOWED tcp python3 -> 127.0.0.1:{i}"));
+        r.set(key::CGROUP_ID, cgroup);
+        r.set(key::DST_PORT, (1024 + i) as u64);
+        r.set(key::COMM, "python3");
+        r
+    }
+
+    /// A sink whose collector is down (a port nobody listens on).
+    fn sink(dir: &std::path::Path, metrics: Arc<Metrics>) -> OtlpSink {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut opts = OtlpOptions::new(format!("http://{dead}"));
+        opts.queue_records = 20;
+        opts.shutdown_grace = Duration::from_millis(100);
+        opts.loss_interval = Duration::from_secs(3600);
+        let spool = Spool::open(SpoolOptions {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 20,
+            segment_bytes: 64 << 10,
+        })
+        .unwrap();
+        OtlpSink::new(opts, metrics).unwrap().with_spool(spool)
+    }
+
+    fn held(s: &OtlpSink, t: Tenant) -> u64 {
+        s.shared
+            .spool
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .ledger
+            .held(t)
+    }
+
+    async fn send(s: &mut OtlpSink, cgroup: u64, n: usize) {
+        let batch: Vec<Record> = (0..n).map(|i| flow(cgroup, i)).collect();
+        s.send(Arc::new(batch)).await;
+    }
+
+    #[tokio::test]
+    async fn a_flooder_is_held_to_its_share_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (flood, quiet) = (Tenant::Cgroup(1), Tenant::Cgroup(2));
+        let mut s = sink(dir.path(), metrics.clone());
+        for _ in 0..40 {
+            send(&mut s, 1, 100).await;
+        }
+        let refused = |m: &Metrics| {
+            sample(
+                m,
+                "clawker_egress_events_dropped_total{reason=\"spool_full\"}",
+            )
+        };
+        let before = held(&s, flood);
+        assert!(before > 400 << 10 && before < 600 << 10, "{before}");
+        assert_eq!(held(&s, quiet), 0);
+        // The refusals are reported at shutdown (queued before the
+        // memory queue is written in front of the spool).
+        let run1 = refused(&metrics);
+        assert!(run1 > 0.0);
+        s.flush().await;
+        drop(s);
+
+        // A new daemon on the same spool: the flooder's bytes are counted
+        // again from the spool (its memory queue was written in front).
+        let mut s = sink(dir.path(), metrics.clone());
+        let rebuilt = held(&s, flood);
+        assert_eq!(rebuilt, before, "rebuilt on open");
+        // The flooder is still refused; the quiet cgroup is admitted.
+        let r0 = refused(&metrics);
+        send(&mut s, 1, 50).await;
+        assert_eq!(held(&s, flood), rebuilt);
+        assert_eq!(refused(&metrics) - r0, 50.0);
+        send(&mut s, 2, 50).await;
+        assert!(held(&s, quiet) > 0);
+        assert_eq!(refused(&metrics) - r0, 50.0, "a quiet record was refused");
+        // What was refused is reported for the flooder (its cgroup; no
+        // container here: agent and project `_other`), queued as the
+        // daemon's own record.
+        report_losses(&s.shared, &mut RecordEncoder::default(), &s.opts, &metrics);
+        assert_eq!(
+            sample(
+                &metrics,
+                "clawker_egress_container_records_lost_total{agent=\"_other\",project=\"_other\",reason=\"spool_full\"}"
+            ),
+            run1 + 50.0
+        );
+        assert!(
+            held(&s, Tenant::Daemon) > 0,
+            "the loss report was not queued"
+        );
+        let mut found = Vec::new();
+        {
+            let st = s.shared.spool.lock().unwrap();
+            st.as_ref()
+                .unwrap()
+                .spool
+                .for_each_pending(|r| {
+                    let lr = LogRecord::decode(r).unwrap();
+                    let get = |k: &str| lr.attributes.iter().find(|kv| kv.key == k).cloned();
+                    if get("lost_spool_full").is_some() {
+                        found.push((get("cgroup_id"), get("lost_spool_full")));
+                    }
+                })
+                .unwrap();
+        }
+        let int = |n: i64| {
+            Some(AnyValue {
+                value: Some(any_value::Value::IntValue(n)),
+            })
+        };
+        let found: Vec<_> = found
+            .into_iter()
+            .map(|(c, n)| (c.unwrap().value, n.unwrap().value))
+            .collect();
+        assert_eq!(
+            found,
+            [(int(1), int(run1 as i64)), (int(1), int(50))],
+            "one report per run, the flooder's"
+        );
+        s.flush().await;
+    }
+
+    fn sample(m: &Metrics, name: &str) -> f64 {
+        m.encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 }

@@ -130,6 +130,40 @@ impl Spool {
         self.total_bytes
     }
 
+    /// The bound of [`Spool::bytes`].
+    pub fn max_bytes(&self) -> u64 {
+        self.opts.max_bytes
+    }
+
+    /// Calls `f` with each undelivered record, oldest first: one read of
+    /// each segment, for the OTLP sink to rebuild what each container holds
+    /// after a restart. Stops a segment at a frame that does not fit (its
+    /// replay reports it).
+    pub fn for_each_pending(&self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        for seg in &self.segments {
+            let from = match seg.id.cmp(&self.read.segment) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => self.read.offset,
+                std::cmp::Ordering::Greater => 0,
+            };
+            let bytes = std::fs::read(seg_path(&self.opts.dir, seg.id))?;
+            let end = bytes
+                .len()
+                .min(usize::try_from(seg.len).unwrap_or(usize::MAX));
+            let mut at = usize::try_from(from).unwrap_or(usize::MAX);
+            while at + HEADER as usize <= end {
+                let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+                let body = at + HEADER as usize;
+                if len > MAX_FRAME || body + len as usize > end {
+                    break;
+                }
+                f(&bytes[body..body + len as usize]);
+                at = body + len as usize;
+            }
+        }
+        Ok(())
+    }
+
     /// Nothing left to deliver.
     pub fn is_empty(&self) -> bool {
         !self.segments.iter().any(|s| {
@@ -140,10 +174,11 @@ impl Spool {
 
     /// Append records in order; returns how many fit (the rest would pass
     /// `max_bytes`: the caller counts them as lost, `spool_full`).
-    pub fn append(&mut self, records: &[Vec<u8>]) -> io::Result<usize> {
+    pub fn append<R: AsRef<[u8]>>(&mut self, records: &[R]) -> io::Result<usize> {
         let mut n = 0;
         for r in records {
-            let frame = HEADER + r.len() as u64;
+            let r = r.as_ref();
+            let frame = frame_bytes(r.len());
             if r.len() as u64 > u64::from(MAX_FRAME)
                 || self.total_bytes + frame > self.opts.max_bytes
             {
@@ -175,11 +210,11 @@ impl Spool {
 
     /// Put records IN FRONT of everything spooled (the memory queue's
     /// records at shutdown are older than the spool's); returns how many fit.
-    pub fn prepend(&mut self, records: &[Vec<u8>]) -> io::Result<usize> {
+    pub fn prepend<R: AsRef<[u8]>>(&mut self, records: &[R]) -> io::Result<usize> {
         let mut fit = 0;
         let mut bytes = 0;
         for r in records {
-            let frame = HEADER + r.len() as u64;
+            let frame = frame_bytes(r.as_ref().len());
             if self.total_bytes + bytes + frame > self.opts.max_bytes {
                 break;
             }
@@ -200,6 +235,7 @@ impl Spool {
         let path = seg_path(&self.opts.dir, id);
         let mut w = BufWriter::new(File::create(&path)?);
         for r in &records[..fit] {
+            let r = r.as_ref();
             w.write_all(&(r.len() as u32).to_le_bytes())?;
             w.write_all(&crc32fast::hash(r).to_le_bytes())?;
             w.write_all(r)?;
@@ -376,6 +412,11 @@ impl Spool {
         }
         self.write_cursor(true)
     }
+}
+
+/// What a record of `payload` bytes takes in the spool (its frame).
+pub fn frame_bytes(payload: usize) -> u64 {
+    HEADER + payload as u64
 }
 
 fn seg_path(dir: &Path, id: u64) -> PathBuf {

@@ -8,10 +8,14 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use super::{Batch, Sink};
 use crate::metrics::Metrics;
 
+/// The line buffer's capacity kept between batches.
+const LINES_KEPT: usize = 1 << 20;
+
 pub struct StdoutSink<W: AsyncWrite + Unpin + Send + 'static = tokio::io::Stdout> {
     out: BufWriter<W>,
     metrics: Arc<Metrics>,
-    line: Vec<u8>,
+    /// The current batch's lines (reused).
+    lines: Vec<u8>,
 }
 
 impl StdoutSink {
@@ -25,21 +29,22 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StdoutSink<W> {
         StdoutSink {
             out: BufWriter::with_capacity(256 * 1024, out),
             metrics,
-            line: Vec::with_capacity(1024),
+            lines: Vec::with_capacity(64 * 1024),
         }
     }
 
     async fn write_batch(&mut self, batch: &Batch) -> std::io::Result<()> {
+        // The whole batch as one buffer (`Record::write_json`: the bytes
+        // serde_json would write), then one write.
+        self.lines.clear();
         for record in batch.iter() {
-            self.line.clear();
-            // Serializing our own Record cannot fail; if it ever did, the
-            // record is lost and counted, not the daemon.
-            if serde_json::to_writer(&mut self.line, record).is_err() {
-                self.metrics.sink_failure("stdout", "serialize", 1);
-                continue;
-            }
-            self.line.push(b'\n');
-            self.out.write_all(&self.line).await?;
+            record.write_json(&mut self.lines);
+            self.lines.push(b'\n');
+        }
+        self.out.write_all(&self.lines).await?;
+        if self.lines.capacity() > LINES_KEPT {
+            // One huge batch does not keep its buffer for good.
+            self.lines = Vec::with_capacity(LINES_KEPT / 16);
         }
         // Flush per batch: a reader (jq, a test) sees records promptly.
         self.out.flush().await

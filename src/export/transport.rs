@@ -474,6 +474,22 @@ impl OtlpTransport {
         })
     }
 
+    /// A lazily connecting channel to `endpoint` (TLS as [`Self::endpoint`]),
+    /// for a client other than the logs one (the SDK's metric exporter).
+    pub fn channel(&self, endpoint: &str) -> Result<Channel, TransportError> {
+        Ok(self.endpoint(endpoint)?.connect_lazy())
+    }
+
+    /// The headers and bearer token every request carries.
+    pub fn headers(&self) -> Headers {
+        self.headers.clone()
+    }
+
+    /// Whether requests are gzip-compressed.
+    pub fn gzip(&self) -> bool {
+        self.compression == Compression::Gzip
+    }
+
     /// A lazily connecting client (a collector that is down at start-up is
     /// a degraded sink, not a failed daemon); needs a Tokio runtime.
     pub fn client(&self, endpoint: Endpoint) -> OtlpClient {

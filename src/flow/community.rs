@@ -49,6 +49,7 @@ mod tests {
             verdict: Verdict::Allowed,
             syn_sent: false,
             policy_end: false,
+            inbound: false,
             audit: false,
             counters: Counters::default(),
         }
@@ -76,6 +77,47 @@ mod tests {
         );
         let v6 = flow("::1", 40000, "::1", 8080, libc::IPPROTO_TCP);
         assert_eq!(community_id(&v6).unwrap(), "1:L5IA2hF0v0/k9gpmt0QLdE5kiAI=");
+    }
+
+    /// An accepted connection (the server's side: local = the listener,
+    /// remote = the client) has the client's Community ID: both records of
+    /// one connection join.
+    #[test]
+    fn an_inbound_flow_joins_the_peers_record() {
+        let mut served = flow(
+            "66.35.250.204",
+            80,
+            "128.232.110.120",
+            34855,
+            libc::IPPROTO_TCP,
+        );
+        served.inbound = true;
+        assert_eq!(
+            community_id(&served).unwrap(),
+            "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+        );
+        let r = crate::record::Record::from_flow(&crate::flow::FlowRecord {
+            flow: served,
+            state: crate::flow::FlowState::Ended,
+            time: std::time::SystemTime::UNIX_EPOCH,
+            duration: std::time::Duration::ZERO,
+            delta: Counters::default(),
+            close_reason: None,
+            errno: 0,
+            dst_host: Some("client.example".into()),
+            exe: None,
+        });
+        use crate::record::key;
+        assert_eq!(r.get_str(key::DIRECTION), Some("inbound"));
+        assert_eq!(r.get_str(key::SRC_IP), Some("128.232.110.120"));
+        assert_eq!(r.get_int(key::SRC_PORT), Some(34855));
+        assert_eq!(r.get_str(key::DST_IP), Some("66.35.250.204"));
+        assert_eq!(r.get_int(key::DST_PORT), Some(80));
+        assert_eq!(
+            r.get_str(key::DST_HOST),
+            Some(""),
+            "no name for the container itself"
+        );
     }
 
     #[test]

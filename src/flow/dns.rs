@@ -55,7 +55,8 @@ impl Exchanges {
     pub fn on_message(&mut self, m: DnsMessage, out: &mut Vec<DnsExchange>) {
         match m.kind {
             DnsKind::Query => {
-                if self.waiting.len() >= MAX_WAITING {
+                // Dropped by the kernel (segmented): no answer will come.
+                if m.rejected.is_some() || self.waiting.len() >= MAX_WAITING {
                     out.push(alone(Some(m), None));
                     return;
                 }
@@ -165,5 +166,17 @@ mod tests {
         x.expire(Instant::now() + ANSWER_WAIT, &mut out);
         assert_eq!(out.len(), 4);
         assert_eq!(out[3].first().sock_cookie, 3);
+    }
+
+    #[test]
+    fn a_dropped_query_is_recorded_at_once() {
+        let mut x = Exchanges::default();
+        let mut out = Vec::new();
+        let mut q = msg(DnsKind::Query, 1, 7);
+        q.rejected = Some(DnsReject::Segmented);
+        x.on_message(q, &mut out);
+        assert_eq!(out.len(), 1, "no answer will come: not kept waiting");
+        assert!(out[0].answer.is_none());
+        assert!(x.waiting.is_empty());
     }
 }

@@ -20,7 +20,10 @@ const PER_CONTAINER: usize = 8_192;
 
 #[derive(Default)]
 pub struct Names {
-    by_scope: HashMap<u64, ScopeNames>,
+    /// By scope cgroup id: foldhash; the addresses inside come from DNS
+    /// answers an agent controls and keep SipHash (docs/ARCHITECTURE.md
+    /// "Hash maps").
+    by_scope: crate::fast_hash::HashMap<u64, ScopeNames>,
 }
 
 #[derive(Default)]

@@ -1,6 +1,5 @@
 //! The flow stage task: between capture and the record stage.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +43,9 @@ pub struct FlowStage {
     opts: FlowOptions,
     metrics: Arc<Metrics>,
     /// Sockets released since the last sweep: their datagram flows end.
-    released: HashSet<u64>,
+    /// Socket cookies (kernel-assigned): foldhash (docs/ARCHITECTURE.md
+    /// "Hash maps").
+    released: crate::fast_hash::HashSet<u64>,
     names: Names,
     dns: Exchanges,
     procs: Processes,
@@ -58,7 +59,7 @@ impl FlowStage {
             clock,
             opts,
             metrics,
-            released: HashSet::new(),
+            released: Default::default(),
             names: Names::default(),
             dns: Exchanges::default(),
             procs: Processes::default(),
@@ -83,7 +84,8 @@ impl FlowStage {
                 },
                 _ = tick.tick() => self.maybe_sweep(),
             };
-            if !out.is_empty() && tx.send(out).await.is_err() {
+            // In chunks (a sweep can end a whole table of datagram flows).
+            if crate::stage_queue::send(&tx, out).await.is_err() {
                 return;
             }
         }
@@ -97,7 +99,10 @@ impl FlowStage {
                     let host = ev
                         .dst
                         .and_then(|(ip, _)| self.names.name_of(ev.scope_cgroup_id, ip));
-                    out.push(Observation::Attempt(ev, host, None));
+                    // Named now, in ring order: a later exec record of the
+                    // same batch must not rename it.
+                    let exe = self.procs.exe_for(ev.tgid, &ev.proc);
+                    out.push(Observation::Attempt(ev, host, exe));
                 }
                 Event::Dns(message) => {
                     self.names.learn(&message);
@@ -114,7 +119,9 @@ impl FlowStage {
                     self.released.insert(sock_cookie);
                 }
                 Event::Exec(exec) => {
-                    let parent_exe = self.procs.exe(exec.proc.ppid, exec.parent_start_ns);
+                    let parent_exe =
+                        self.procs
+                            .exe_at(exec.proc.ppid, exec.parent_start_ns, exec.ts_ns);
                     self.procs.exec(&exec);
                     out.push(Observation::Exec(ExecRecord { exec, parent_exe }));
                 }
@@ -135,19 +142,26 @@ impl FlowStage {
         out
     }
 
-    /// Every egress observation gets its process's program (process cache).
+    /// Every flow and DNS observation gets the program its process ran
+    /// when the flow started or the message was sent: the one whose exec
+    /// record carries the image id the record carries (process cache), so
+    /// an exec after that does not rename it. Attempts are named as they
+    /// are read.
     fn name_programs(&mut self, out: &mut [Observation]) {
         for o in out {
             match o {
-                Observation::Attempt(ev, _, exe) => {
-                    *exe = self.procs.exe(ev.tgid, ev.proc.start_ns)
+                Observation::Flow(f) => {
+                    let flow = &f.flow;
+                    f.exe = self.procs.exe_for(flow.tgid, &flow.proc)
                 }
-                Observation::Flow(f) => f.exe = self.procs.exe(f.flow.tgid, f.flow.proc.start_ns),
                 Observation::Dns(d, exe) => {
                     let m = d.first();
-                    *exe = self.procs.exe(m.pid, m.proc.start_ns);
+                    *exe = self.procs.exe_for(m.pid, &m.proc);
                 }
-                Observation::Exec(_) | Observation::Exit(_) | Observation::Lost(_) => {}
+                Observation::Attempt(..)
+                | Observation::Exec(_)
+                | Observation::Exit(_)
+                | Observation::Lost(_) => {}
             }
         }
     }
@@ -178,7 +192,9 @@ impl FlowStage {
         let now = BootClock::now_boot_ns();
         let released = std::mem::take(&mut self.released);
         let mut out = Vec::new();
-        for (key, value) in self.maps.open_flows() {
+        // Streamed batch by batch: the table is not copied (it can hold
+        // 100,000 open flows, ~26 MiB).
+        for (key, value) in self.maps.each_open_flow() {
             let Ok(flow) = decode_flow(&key, &value) else {
                 self.metrics.dropped(DropReason::ParseFailure, 1);
                 continue;

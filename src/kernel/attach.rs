@@ -32,6 +32,7 @@ use super::flow_skel::FlowSkelBuilder;
 use super::lsm_skel::LsmSkelBuilder;
 use super::packet_skel::PacketSkelBuilder;
 use super::skel::EgressSkelBuilder;
+use super::sockopt_skel::SockoptSkelBuilder;
 use super::{
     DnsCache, EventSource, FlowMaps, KernelCounters, PolicyMaps, ScopeUsage, ScopedCgroups,
 };
@@ -64,9 +65,16 @@ pub struct AttachOptions {
     pub cgroup: PathBuf,
     pub pin_root: PathBuf,
     pub ringbuf_bytes: u32,
+    /// Entries of the `flows` table (and of `flow_reported` beside it):
+    /// set at load, preallocated by the kernel ([`FLOW_TABLE_SIZES`]).
+    pub flow_table_size: u32,
     pub scope_mode: u32,
     pub fairness: Fairness,
 }
+
+/// Bounds of `flow_table_size`; the default is the map definition's
+/// `EGRESS_MAX_FLOWS`. Memory per entry: docs/SCALE.md "Flow table".
+pub const FLOW_TABLE_SIZES: std::ops::RangeInclusive<u32> = 1024..=4 * 1024 * 1024;
 
 /// Per-container limits in the kernel (P14): a record budget and shares of
 /// the shared tables, so one flooding container cannot starve the others.
@@ -90,7 +98,8 @@ impl Default for Fairness {
         Fairness {
             records_per_sec: 10_000,
             record_burst: 20_000,
-            max_flows_per_container: abi::EGRESS_MAX_FLOWS / 8,
+            // 8,192 whatever the table size (flow_table_size).
+            max_flows_per_container: 8192,
             max_dns_per_container: abi::EGRESS_MAX_DNS_ENTRIES / 8,
             max_dns_pending_per_container: abi::EGRESS_MAX_DNS_PENDING / 8,
         }
@@ -124,6 +133,8 @@ pub struct Attached {
     pub links_created: usize,
     ringbuf_bytes: u32,
     maps: AttachedMaps,
+    /// Loaded with the programs: a daemon that is up can read open flows.
+    promoter: Arc<super::promote::Promoter>,
 }
 
 #[derive(Debug)]
@@ -152,7 +163,12 @@ impl Attached {
 
     /// Open flows and their reported baselines.
     pub fn flow_maps(&self, usage: Arc<ScopeUsage>) -> Result<FlowMaps, KernelError> {
-        FlowMaps::new(&self.maps.flows, &self.maps.flow_reported, usage)
+        FlowMaps::new(
+            &self.maps.flows,
+            &self.maps.flow_reported,
+            self.promoter.clone(),
+            usage,
+        )
     }
 
     /// The kernel's DNS answers and pending queries.
@@ -209,6 +225,9 @@ impl Attached {
 /// the pins: the first creates them, the others reuse them.
 pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     validate_ringbuf_size(opts.ringbuf_bytes)?;
+    if !FLOW_TABLE_SIZES.contains(&opts.flow_table_size) {
+        return Err(KernelError::FlowTableSize(opts.flow_table_size));
+    }
     let cgroup = File::open(&opts.cgroup).map_err(|source| KernelError::Cgroup {
         path: opts.cgroup.clone(),
         source,
@@ -243,6 +262,10 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     load_object!(flow = FlowSkelBuilder);
     load_object!(dns = DnsSkelBuilder);
     load_object!(packet = PacketSkelBuilder);
+    // AF_XDP sockets at their setup (setsockopt SOL_XDP): an XSK sends
+    // without sendmsg, unseen by the packet tracepoint. Attached with or
+    // without BPF LSM (a socket made before a reload to deny stays closed).
+    load_object!(sockopt = SockoptSkelBuilder);
     // Process context (exec, fork, exit): global tracepoints.
     load_object!(exec = ExecSkelBuilder);
     // Every socket family at creation: only where BPF LSM programs load
@@ -259,14 +282,14 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         ) {
             Ok(skel) => Some(skel),
             Err(e) => {
-                tracing::warn!(event = "lsm_unavailable", error = %e, "BPF LSM programs cannot load here: packet sockets are stopped at their first send instead of at creation");
+                tracing::warn!(event = "lsm_unavailable", error = %e, "BPF LSM programs cannot load here: packet sockets are stopped at their first send instead of at creation, AF_XDP sockets at their setup (not for 32-bit syscalls); `--cap-drop NET_RAW` on agent containers closes AF_PACKET and AF_XDP at the source");
                 None
             }
         }
     } else {
         tracing::warn!(
             event = "lsm_unavailable",
-            "BPF LSM is not active: packet sockets are stopped at their first send instead of at creation"
+            "BPF LSM is not active: packet sockets are stopped at their first send instead of at creation, AF_XDP sockets at their setup (not for 32-bit syscalls); `--cap-drop NET_RAW` on agent containers closes AF_PACKET and AF_XDP at the source"
         );
         None
     };
@@ -289,7 +312,12 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
     // Decisions first: flow accounting only follows sockets they admitted.
     remove_stale_versions(&opts.pin_root, cgroup_id)?;
     remove_retired_links(&pins)?;
-    let mut objects = vec![egress.object(), flow.object(), dns.object()];
+    let mut objects = vec![
+        egress.object(),
+        flow.object(),
+        dns.object(),
+        sockopt.object(),
+    ];
     if let Some(lsm) = &lsm {
         objects.push(lsm.object());
     }
@@ -324,7 +352,9 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         scope_usage: handle(&egress.maps.scope_usage, "scope_usage")?,
         scope_released: handle(&egress.maps.scope_released, "scope_released")?,
     };
+    let promoter = Arc::new(super::promote::Promoter::load(&pins)?);
     Ok(Attached {
+        promoter,
         cgroup_id,
         ringbuf_bytes: opts.ringbuf_bytes,
         lsm: lsm.is_some(),
@@ -467,6 +497,10 @@ fn prepare(
             map.set_max_entries(opts.ringbuf_bytes)
                 .map_err(bpf_err("size ring buffer"))?;
         }
+        if name == "flows" || name == "flow_reported" {
+            map.set_max_entries(opts.flow_table_size)
+                .map_err(bpf_err(format!("size {name}")))?;
+        }
         let path = pins.maps().join(&name);
         unpin_if_incompatible(&path, &map)?;
         map.set_pin_path(&path)
@@ -475,8 +509,8 @@ fn prepare(
     Ok(())
 }
 
-/// A pinned map whose definition differs from ours (another ring buffer size,
-/// say) cannot be reused: unpin it so a fresh one is created. The programs
+/// A pinned map whose definition differs from ours (another ring buffer or
+/// flow table size, other flags: libbpf compares them all) cannot be reused: unpin it so a fresh one is created. The programs
 /// still attached keep the old map until their links are updated.
 fn unpin_if_incompatible(path: &Path, ours: &libbpf_rs::OpenMapMut) -> Result<(), KernelError> {
     let Ok(pinned) = MapHandle::from_pinned_path(path) else {
@@ -488,7 +522,8 @@ fn unpin_if_incompatible(path: &Path, ours: &libbpf_rs::OpenMapMut) -> Result<()
     let same = info.info.type_ == ours.map_type() as u32
         && info.info.key_size == ours.key_size()
         && info.info.value_size == ours.value_size()
-        && info.info.max_entries == ours.max_entries();
+        && info.info.max_entries == ours.max_entries()
+        && info.info.map_flags == ours.map_flags();
     if !same {
         tracing::warn!(event = "pinned_map_replaced", path = %path.display(), "pinned map differs from this build; replacing it");
         fs::remove_file(path).map_err(|source| KernelError::PinDir {

@@ -15,6 +15,8 @@ pub enum KernelError {
     PinDir { path: PathBuf, source: io::Error },
     #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]
     RingbufSize(u32),
+    #[error("flow table size {0} is outside 1024..=4194304 entries")]
+    FlowTableSize(u32),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("{what}: {source}")]

@@ -12,6 +12,7 @@ mod flows;
 mod mounts;
 pub mod pod;
 mod policy;
+mod promote;
 mod ring;
 mod scope;
 mod sweep;
@@ -19,7 +20,7 @@ mod usage;
 
 pub use attach::{
     detach, load_and_attach, lsm_programs_load, lsm_supported, AttachOptions, Attached, Fairness,
-    PinLayout,
+    PinLayout, FLOW_TABLE_SIZES,
 };
 pub use dns::DnsCache;
 pub use error::KernelError;
@@ -54,6 +55,11 @@ mod packet_skel {
 }
 
 #[allow(clippy::all, clippy::pedantic, dead_code)]
+mod sockopt_skel {
+    include!(concat!(env!("OUT_DIR"), "/sockopt.skel.rs"));
+}
+
+#[allow(clippy::all, clippy::pedantic, dead_code)]
 mod lsm_skel {
     include!(concat!(env!("OUT_DIR"), "/lsm.skel.rs"));
 }
@@ -61,6 +67,11 @@ mod lsm_skel {
 #[allow(clippy::all, clippy::pedantic, dead_code)]
 mod iter_skel {
     include!(concat!(env!("OUT_DIR"), "/iter.skel.rs"));
+}
+
+#[allow(clippy::all, clippy::pedantic, dead_code)]
+mod promote_skel {
+    include!(concat!(env!("OUT_DIR"), "/promote.skel.rs"));
 }
 
 #[allow(clippy::all, clippy::pedantic, dead_code)]

@@ -18,12 +18,12 @@ pub fn from_bytes<T: Copy>(b: &[u8]) -> Option<T> {
 /// A NUL-terminated C string (comm, user name, reason), not guaranteed
 /// to be UTF-8.
 pub fn c_str(raw: &[libc::c_char]) -> String {
-    let bytes: Vec<u8> = raw
-        .iter()
-        .map(|&c| c as u8)
-        .take_while(|&b| b != 0)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    let len = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    // SAFETY: c_char is one byte (i8 or u8), so the first `len` of them
+    // are `len` bytes of the same memory. (No copy before the UTF-8 check:
+    // once per event.)
+    let bytes = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), len) };
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `s` as a C string of N bytes: cut at a char boundary, NUL-terminated.

@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Iter, IterOpts, Link, MapCore, MapHandle, MapType};
+use libbpf_rs::{Iter, IterOpts, Link, MapCore, MapHandle};
 
 use super::abi;
 use super::attach::PinLayout;
@@ -86,29 +86,11 @@ pub struct SocketSweeper {
 impl SocketSweeper {
     /// Load the iterator programs against `pins`' maps (blocking, slow).
     pub fn load(pins: &PinLayout) -> Result<Self, KernelError> {
-        let maps_dir = pins.maps();
         let mut storage = MaybeUninit::uninit();
         let mut open = IterSkelBuilder::default()
             .open(&mut storage)
             .map_err(bpf_err("open iter BPF object"))?;
-        for mut map in open.open_object_mut().maps_mut() {
-            let name = map.name().to_string_lossy().into_owned();
-            let path = maps_dir.join(&name);
-            if map.map_type() == MapType::RingBuf {
-                // Reuse the pinned ring buffer whatever size it was given.
-                let pinned = MapHandle::from_pinned_path(&path)
-                    .map_err(bpf_err(format!("open pinned map {name}")))?;
-                let size = pinned
-                    .info()
-                    .map_err(bpf_err(format!("info of pinned map {name}")))?
-                    .info
-                    .max_entries;
-                map.set_max_entries(size)
-                    .map_err(bpf_err("size ring buffer"))?;
-            }
-            map.set_pin_path(&path)
-                .map_err(bpf_err(format!("pin path for map {name}")))?;
-        }
+        reuse_pinned_maps(open.open_object_mut(), pins)?;
         let skel = open.load().map_err(bpf_err(
             "load socket iterators (bpf_sock_destroy needs kernel >= 6.5)",
         ))?;
@@ -163,6 +145,36 @@ impl SocketSweeper {
         }
         Ok(report)
     }
+}
+
+/// Point every map of an opened (not yet loaded) BPF object at the
+/// daemon's pinned map of the same name, so a program loaded after the
+/// attachment shares its maps.
+pub(super) fn reuse_pinned_maps(
+    object: &mut libbpf_rs::OpenObject,
+    pins: &PinLayout,
+) -> Result<(), KernelError> {
+    let maps_dir = pins.maps();
+    for mut map in object.maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        let path = maps_dir.join(&name);
+        // Reuse the pinned maps whatever size the daemon gave them
+        // (ring buffer: ringbuf_bytes; flows: flow_table_size).
+        if path.exists() {
+            let pinned = MapHandle::from_pinned_path(&path)
+                .map_err(bpf_err(format!("open pinned map {name}")))?;
+            let size = pinned
+                .info()
+                .map_err(bpf_err(format!("info of pinned map {name}")))?
+                .info
+                .max_entries;
+            map.set_max_entries(size)
+                .map_err(bpf_err(format!("size {name} as pinned")))?;
+        }
+        map.set_pin_path(&path)
+            .map_err(bpf_err(format!("pin path for map {name}")))?;
+    }
+    Ok(())
 }
 
 /// Passes over one namespace at most: see `walk`.

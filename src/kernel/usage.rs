@@ -23,6 +23,9 @@ pub struct Losses {
     /// Payload bytes of the TCP flow ends among them.
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// Full tables, by table (`abi::scope_full` index): no record lost,
+    /// detail missing (a TCP flow's interim records, a domain verdict).
+    pub full: [u64; abi::scope_full::SCOPE_FULL_MAX as usize],
 }
 
 impl Losses {
@@ -37,6 +40,11 @@ impl Losses {
             .records
             .iter_mut()
             .zip(self.records.iter().zip(earlier.records.iter()))
+            .chain(
+                d.full
+                    .iter_mut()
+                    .zip(self.full.iter().zip(earlier.full.iter())),
+            )
         {
             *d = now.saturating_sub(*was);
         }
@@ -44,7 +52,9 @@ impl Losses {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.iter().all(|n| *n == 0) && self.bytes_out == 0 && self.bytes_in == 0
+        self.records.iter().chain(self.full.iter()).all(|n| *n == 0)
+            && self.bytes_out == 0
+            && self.bytes_in == 0
     }
 }
 
@@ -121,6 +131,7 @@ impl ScopeUsage {
                         records: v.lost,
                         bytes_out: v.lost_bytes_out,
                         bytes_in: v.lost_bytes_in,
+                        full: v.full,
                     },
                 ))
             })

@@ -97,6 +97,7 @@ impl Policy {
         let rules = RuleSet {
             default_action: None,
             rules,
+            inbound: None,
         };
         policy.projects.insert(
             project.to_string(),

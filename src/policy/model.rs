@@ -84,6 +84,12 @@ pub struct RuleSet {
     /// `None`: inherit (agent -> project -> default section -> deny).
     pub default_action: Option<Action>,
     pub rules: Vec<Rule>,
+    /// `inbound`: may connections from outside the container reach its
+    /// listening sockets, and datagrams that are no reply its UDP
+    /// sockets? `None`: inherit (agent -> project -> default section ->
+    /// allow). Listens, UDP binds, accepted connections and inbound UDP
+    /// flows are recorded either way.
+    pub inbound: Option<Action>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,6 +133,8 @@ pub struct Resolved {
     /// Agent rules first, then project rules; first match wins.
     pub rules: Vec<Rule>,
     pub default_action: Action,
+    /// Connections from outside the container to its listeners.
+    pub inbound: Action,
     /// Which section `default_action` came from, e.g. "project web" or
     /// "built-in (no default_action anywhere)".
     pub default_from: String,

@@ -16,9 +16,10 @@ use super::yaml::{get, Src};
 use super::PolicyError;
 
 const TOP_KEYS: &[&str] = &["mode", "raw_sockets", "default", "projects"];
-const RULESET_KEYS: &[&str] = &["default_action", "rules"];
+const RULESET_KEYS: &[&str] = &["default_action", "rules", "inbound"];
 const PROJECT_KEYS: &[&str] = &[
     "default_action",
+    "inbound",
     "rules",
     "agents",
     "clawker",
@@ -73,7 +74,7 @@ struct Ctx<'a> {
     base_dir: &'a Path,
 }
 
-/// `default_action` and `rules` of any section.
+/// `default_action`, `rules` and `inbound` of any section.
 fn rule_set(
     src: &Src,
     map: &MarkedMappingNode,
@@ -88,9 +89,14 @@ fn rule_set(
         Some((_, v)) => parse_rule_list(src, v, scope, "rule", OWN_DEFAULTS, warnings)?,
         None => Vec::new(),
     };
+    let inbound = match get(map, "inbound") {
+        Some((_, v)) => Some(src.value(v, "inbound", parse_action)?),
+        None => None,
+    };
     Ok(RuleSet {
         default_action,
         rules,
+        inbound,
     })
 }
 

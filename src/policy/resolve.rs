@@ -16,12 +16,14 @@ impl Policy {
     pub fn rules_for(&self, agent: Option<&str>, project: Option<&str>) -> Resolved {
         let listed = project.and_then(|p| self.projects.get(p).map(|pp| (p, pp)));
         let Some((pname, pp)) = listed else {
-            return self.resolved(
+            let mut r = self.resolved(
                 self.default.rules.clone(),
                 self.default.default_action,
                 "default section",
                 "default section".into(),
             );
+            r.inbound = self.default.inbound.unwrap_or(Action::Allow);
+            return r;
         };
         let agent_set = agent.and_then(|a| pp.agents.get(a).map(|s| (a, s)));
         let mut rules = Vec::new();
@@ -38,10 +40,19 @@ impl Policy {
         rules.extend(pp.rules.rules.iter().cloned());
         chain.push((pp.rules.default_action, format!("project {pname}")));
         chain.push((self.default.default_action, "default section".into()));
-        match chain.into_iter().find_map(|(a, from)| a.map(|a| (a, from))) {
+        // `inbound` inherits like default_action: agent, project, default
+        // section; nowhere said: allow (recorded, as before the switch).
+        let inbound = agent_set
+            .and_then(|(_, s)| s.inbound)
+            .or(pp.rules.inbound)
+            .or(self.default.inbound)
+            .unwrap_or(Action::Allow);
+        let mut r = match chain.into_iter().find_map(|(a, from)| a.map(|a| (a, from))) {
             Some((action, from)) => self.resolved(rules, Some(action), &from, scope),
             None => self.resolved(rules, None, "", scope),
-        }
+        };
+        r.inbound = inbound;
+        r
     }
 
     fn resolved(
@@ -63,6 +74,7 @@ impl Policy {
             raw_sockets: self.raw_sockets,
             rules,
             default_action,
+            inbound: Action::Allow,
             default_from,
             scope,
         }
@@ -92,7 +104,7 @@ impl Resolved {
 
 impl RuleSet {
     pub fn is_empty(&self) -> bool {
-        self.default_action.is_none() && self.rules.is_empty()
+        self.default_action.is_none() && self.rules.is_empty() && self.inbound.is_none()
     }
 }
 
@@ -127,7 +139,9 @@ fn dst_matches(dst: &Dst, host: Option<&str>, t: &Target) -> Option<String> {
             (h == suffix || under).then(|| format!("host {h} is {suffix} or under it"))
         }
         Dst::Cidr(net) => {
-            let ip = t.ip?;
+            // An IPv4-mapped destination is decided as IPv4, as the
+            // kernel decides it (see values::v4_mapped_as_v4).
+            let ip = t.ip?.to_canonical();
             net.contains(&ip)
                 .then(|| format!("address {ip} is in {net}"))
         }

@@ -124,7 +124,11 @@ enum Skip {
 
 fn one(v: &Value, sel: &Selection) -> Result<Observed, Skip> {
     let s = |k: &str| v.get(k).and_then(Value::as_str);
-    if s(key::SOURCE) != Some(Source::Egress.name()) || s(key::L7_PROTO) == Some("dns") {
+    if s(key::SOURCE) != Some(Source::Egress.name())
+        || s(key::L7_PROTO) == Some("dns")
+        || s(key::DIRECTION) == Some(crate::record::INBOUND)
+    {
+        // a listen or an accepted connection is nothing an egress rule allows
         return Err(Skip::NotAFlow);
     }
     let label_ok = |want: &Option<String>, k| want.as_deref().is_none_or(|w| s(k) == Some(w));
@@ -294,12 +298,18 @@ mod tests {
         ]
         .join("\n");
         text.push_str("\nnot json\n");
+        // an inbound flow (a peer connected to the agent's listener)
+        let mut inbound: Value =
+            serde_json::from_str(&line("a", "ALLOWED", "tcp", "172.18.0.2", 4444, "")).unwrap();
+        inbound["direction"] = "inbound".into();
+        text.push_str(&format!("{inbound}\n"));
         let sel = Selection {
             agent: Some("a".into()),
             ..Selection::default()
         };
         let (seen, tally) = observe(&text, &sel);
         assert_eq!(tally.used, 8, "{tally:?}");
+        assert_eq!(tally.not_a_flow, 1, "inbound is no egress to allow");
         assert_eq!(tally.enforced_denials, 1);
         assert_eq!(tally.raw_or_packet, 1);
         assert_eq!(tally.not_selected, 1);

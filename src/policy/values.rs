@@ -103,10 +103,10 @@ pub fn parse_dst(text: &str) -> Result<Dst, String> {
         return Ok(Dst::Any);
     }
     if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok(Dst::Cidr(IpNet::from(ip)));
+        return Ok(Dst::Cidr(v4_mapped_as_v4(IpNet::from(ip))));
     }
     if text.contains('/') {
-        return parse_cidr(text).map(Dst::Cidr);
+        return parse_cidr(text).map(v4_mapped_as_v4).map(Dst::Cidr);
     }
     if let Some(suffix) = text.strip_prefix("*.").or_else(|| text.strip_prefix('.')) {
         return normalize_domain(suffix)
@@ -116,6 +116,23 @@ pub fn parse_dst(text: &str) -> Result<Dst, String> {
     normalize_domain(text)
         .map(Dst::Domain)
         .map_err(|e| format!("dst {text:?}: {e}"))
+}
+
+/// The kernel decides a connect to an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, a dual-stack socket reaching IPv4) as the IPv4
+/// address it carries, so a rule inside `::ffff:0:0/96` is that IPv4
+/// rule (`::ffff:127.0.0.0/104` is `127.0.0.0/8`). A shorter IPv6 prefix
+/// (`::/0`) stays IPv6 and never matches such a destination; so says
+/// `policy explain`, which maps its target the same way.
+pub fn v4_mapped_as_v4(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
+                .expect("a prefix of 96..=128 less 96 is a valid IPv4 prefix"),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 /// Host bits set (`10.0.0.1/8`) are an error rather than silently

@@ -3,11 +3,15 @@
 
 use std::net::IpAddr;
 
-use compact_str::ToCompactString;
+use compact_str::{CompactString, ToCompactString};
 
 use super::{key, printable, Record, Source};
 use crate::capture::{CloseReason, Counters, Hook, SockEvent, Verdict};
 use crate::flow::{community_id, DnsExchange, FlowRecord, FlowState};
+
+/// `direction` of a listen and of an accepted connection. Outbound records
+/// carry no `direction` (it would cost every record a field for nothing).
+pub const INBOUND: &str = "inbound";
 
 /// The fields every egress record starts with, in wire order. Optional
 /// parts are left out of the record when `None`.
@@ -18,7 +22,7 @@ struct Header<'a> {
     hook: Option<Hook>,
     /// Only on a denied flow (audit mode let it through).
     enforced: Option<bool>,
-    l4_proto: String,
+    l4_proto: CompactString,
     l7_proto: &'static str,
     ip_version: Option<u32>,
     src_ip: Option<IpAddr>,
@@ -33,36 +37,38 @@ struct Header<'a> {
 }
 
 impl Header<'_> {
+    /// Every shape below adds each of its fields once, to a record that
+    /// holds only its id: `push`, not `set` (no search per field).
     fn record(self) -> Record {
         let mut r = Record::new(self.time, Source::Egress);
-        r.set(key::VERDICT, self.verdict.name());
+        r.push(key::VERDICT, self.verdict.name());
         if let Some(hook) = self.hook {
-            r.set(key::HOOK, hook.name());
+            r.push(key::HOOK, hook.name());
         }
         if let Some(enforced) = self.enforced {
-            r.set(key::ENFORCED, enforced);
+            r.push(key::ENFORCED, enforced);
         }
-        r.set(key::L4_PROTO, self.l4_proto);
-        r.set(key::L7_PROTO, self.l7_proto);
+        r.push(key::L4_PROTO, self.l4_proto);
+        r.push(key::L7_PROTO, self.l7_proto);
         if let Some(v) = self.ip_version {
-            r.set(key::IP_VERSION, v);
+            r.push(key::IP_VERSION, v);
         }
         if let Some(ip) = self.src_ip {
-            r.set(key::SRC_IP, ip.to_compact_string());
+            r.push(key::SRC_IP, ip_text(ip));
         }
         if let Some(port) = self.src_port {
-            r.set(key::SRC_PORT, port);
+            r.push(key::SRC_PORT, port);
         }
         if let Some(ip) = self.dst_ip {
-            r.set(key::DST_IP, ip.to_compact_string());
+            r.push(key::DST_IP, ip_text(ip));
         }
         if let Some(port) = self.dst_port {
-            r.set(key::DST_PORT, port);
+            r.push(key::DST_PORT, port);
         }
-        r.set(key::DST_HOST, self.dst_host);
-        r.set(key::CGROUP_ID, self.cgroup_id);
-        r.set(key::PID, self.pid);
-        r.set(key::COMM, self.comm);
+        r.push(key::DST_HOST, self.dst_host);
+        r.push(key::CGROUP_ID, self.cgroup_id);
+        r.push(key::PID, self.pid);
+        r.push(key::COMM, self.comm);
         r
     }
 }
@@ -93,21 +99,31 @@ impl Record {
             comm: &ev.comm,
         }
         .record();
+        if ev.inbound {
+            r.set(key::DIRECTION, INBOUND);
+        }
         if ev.verdict == Verdict::Denied {
-            r.set(key::ENFORCED, !ev.audit);
+            r.push(key::ENFORCED, !ev.audit);
             r.set_counters(Counters::default());
-            r.set(key::DURATION_MS, 0u64);
-            r.set(key::FLOW_STATE, FlowState::Ended.name());
-            r.set(key::CLOSE_REASON, CloseReason::Denied.name());
+            r.push(key::DURATION_MS, 0u64);
+            r.push(key::FLOW_STATE, FlowState::Ended.name());
+            r.push(key::CLOSE_REASON, CloseReason::Denied.name());
         }
         r
     }
 
-    /// One flow: at its end, or an interim report of a long one.
+    /// One flow: at its end, or an interim report of a long one. An
+    /// inbound flow names the peer that connected as its source.
     pub fn from_flow(f: &FlowRecord) -> Self {
         let flow = &f.flow;
         let v4 = flow.remote.0.is_ipv4();
         let family = if v4 { libc::AF_INET } else { libc::AF_INET6 };
+        let remote = Some(flow.remote);
+        let (src, dst) = if flow.inbound {
+            (remote, flow.local)
+        } else {
+            (flow.local, remote)
+        };
         let mut r = Header {
             time: f.time,
             verdict: flow.verdict,
@@ -117,30 +133,37 @@ impl Record {
             l4_proto: l4_proto(family as u16, 0, u16::from(flow.protocol)),
             l7_proto: "unknown",
             ip_version: Some(if v4 { 4 } else { 6 }),
-            src_ip: flow.local.map(|(ip, _)| ip),
-            src_port: flow.local.map(|(_, port)| port).filter(|&port| port != 0),
-            dst_ip: Some(flow.remote.0),
-            dst_port: Some(flow.remote.1).filter(|&port| port != 0),
-            dst_host: f.dst_host.clone().unwrap_or_default(),
+            src_ip: src.map(|(ip, _)| ip),
+            src_port: src.map(|(_, port)| port).filter(|&port| port != 0),
+            dst_ip: dst.map(|(ip, _)| ip),
+            dst_port: dst.map(|(_, port)| port).filter(|&port| port != 0),
+            // a name the container resolved names a remote end it called
+            dst_host: match flow.inbound {
+                true => String::new(),
+                false => f.dst_host.clone().unwrap_or_default(),
+            },
             cgroup_id: flow.cgroup_id,
             pid: flow.tgid,
             comm: &flow.comm,
         }
         .record();
+        if flow.inbound {
+            r.set(key::DIRECTION, INBOUND);
+        }
         r.set_counters(f.delta);
-        r.set(
+        r.push(
             key::DURATION_MS,
             u64::try_from(f.duration.as_millis()).unwrap_or(u64::MAX),
         );
-        r.set(key::FLOW_STATE, f.state.name());
+        r.push(key::FLOW_STATE, f.state.name());
         if let Some(reason) = f.close_reason {
-            r.set(key::CLOSE_REASON, reason.name());
+            r.push(key::CLOSE_REASON, reason.name());
         }
         if f.errno != 0 {
-            r.set(key::ERRNO, i64::from(f.errno));
+            r.push(key::ERRNO, i64::from(f.errno));
         }
         if let Some(id) = community_id(flow) {
-            r.set(key::COMMUNITY_ID, id);
+            r.push(key::COMMUNITY_ID, id);
         }
         r
     }
@@ -151,12 +174,18 @@ impl Record {
     pub fn from_dns(x: &DnsExchange) -> Self {
         let d = x.first();
         let tcp = i32::from(d.protocol) == libc::IPPROTO_TCP;
+        // A query the kernel dropped (segmented): the only denied DNS record.
+        let dropped = x.query.as_ref().and_then(|q| q.rejected);
         let mut r = Header {
             time: d.time,
-            verdict: Verdict::Allowed,
+            verdict: if dropped.is_some() {
+                Verdict::Denied
+            } else {
+                Verdict::Allowed
+            },
             hook: None,
-            enforced: None,
-            l4_proto: if tcp { "tcp" } else { "udp" }.into(),
+            enforced: dropped.map(|_| true),
+            l4_proto: CompactString::const_new(if tcp { "tcp" } else { "udp" }),
             l7_proto: "dns",
             ip_version: Some(if d.resolver.0.is_ipv4() { 4 } else { 6 }),
             src_ip: None,
@@ -169,29 +198,36 @@ impl Record {
             comm: &d.comm,
         }
         .record();
-        r.set(key::QNAME, d.qname.as_str());
-        r.set(key::QTYPE, qtype_name(d.qtype));
-        r.set(key::DNS_ANSWERED, x.answer.is_some());
+        r.push(key::QNAME, d.qname.as_str());
+        r.push(key::QTYPE, qtype_name(d.qtype));
+        r.push(key::DNS_ANSWERED, x.answer.is_some());
         let Some(a) = &x.answer else {
+            let outcome = match dropped {
+                Some(why) => {
+                    r.push(key::DNS_REJECTED, why.name());
+                    format!("(dropped: {})", why.name())
+                }
+                None => "(no answer)".into(),
+            };
             return r.with_body(format!(
-                "DNS {} {} -> (no answer)",
+                "DNS {} {} -> {outcome}",
                 qtype_name(d.qtype),
                 printable(&d.qname)
             ));
         };
         if let Some(q) = &x.query {
             let ms = a.ts_ns.saturating_sub(q.ts_ns) / 1_000_000;
-            r.set(key::DURATION_MS, ms);
+            r.push(key::DURATION_MS, ms);
         }
-        r.set(key::RCODE, rcode_name(a.rcode));
+        r.push(key::RCODE, rcode_name(a.rcode));
         let answers: Vec<String> = a.answers.iter().map(|(ip, _)| ip.to_string()).collect();
-        r.set(key::ANSWERS, answers.join(","));
+        r.push(key::ANSWERS, answers.join(","));
         if let Some(ttl) = a.answers.iter().map(|(_, t)| *t).min() {
-            r.set(key::TTL, ttl);
+            r.push(key::TTL, ttl);
         }
         let rejected = match a.rejected {
             Some(why) => {
-                r.set(key::DNS_REJECTED, why.name());
+                r.push(key::DNS_REJECTED, why.name());
                 format!(" (rejected: {})", why.name())
             }
             None => String::new(),
@@ -205,10 +241,10 @@ impl Record {
     }
 
     fn set_counters(&mut self, c: Counters) {
-        self.set(key::BYTES_OUT, c.bytes_out);
-        self.set(key::BYTES_IN, c.bytes_in);
-        self.set(key::PACKETS_OUT, c.packets_out);
-        self.set(key::PACKETS_IN, c.packets_in);
+        self.push(key::BYTES_OUT, c.bytes_out);
+        self.push(key::BYTES_IN, c.bytes_in);
+        self.push(key::PACKETS_OUT, c.packets_out);
+        self.push(key::PACKETS_IN, c.packets_in);
     }
 }
 
@@ -252,21 +288,39 @@ fn ip_version(family: u16) -> Option<u32> {
 /// socket is `raw` (its packets' flows carry the protocol on the wire), an
 /// AF_PACKET socket `packet`, any other non-inet family `family:<n>`;
 /// `sock_type` 0 means "a flow".
-pub fn l4_proto(family: u16, sock_type: u16, protocol: u16) -> String {
+pub fn l4_proto(family: u16, sock_type: u16, protocol: u16) -> CompactString {
+    let name = |s: &'static str| CompactString::const_new(s);
     match i32::from(family) {
-        libc::AF_PACKET => return "packet".into(),
+        libc::AF_PACKET => return name("packet"),
         0 | libc::AF_INET | libc::AF_INET6 => {}
-        f => return format!("family:{f}"),
+        f => return compact_str::format_compact!("family:{f}"),
     }
     if i32::from(sock_type) == libc::SOCK_RAW {
-        return "raw".into();
+        return name("raw");
     }
     match i32::from(protocol) {
-        libc::IPPROTO_TCP => "tcp".into(),
-        libc::IPPROTO_UDP => "udp".into(),
-        libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "icmp".into(),
-        n => format!("other:{n}"),
+        libc::IPPROTO_TCP => name("tcp"),
+        libc::IPPROTO_UDP => name("udp"),
+        libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => name("icmp"),
+        n => compact_str::format_compact!("other:{n}"),
     }
+}
+
+/// An address as `Display` writes it; IPv4 (most records) without the
+/// formatter.
+fn ip_text(ip: IpAddr) -> CompactString {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_compact_string();
+    };
+    let mut out = CompactString::const_new("");
+    let mut num = itoa::Buffer::new();
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(num.format(octet));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -291,6 +345,7 @@ mod tests {
             dst: Some(("::1".parse().unwrap(), 443)),
             verdict: Verdict::Allowed,
             audit: false,
+            inbound: false,
             comm: "curl\nx".into(),
             proc: Default::default(),
         }
@@ -317,6 +372,26 @@ mod tests {
         assert_eq!(json["pid"], 9);
         assert_eq!(json["cgroup_id"], 7);
         assert!(json.get("src_port").is_none());
+    }
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.3.40",
+            "::1",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for n in (0..=u32::MAX).step_by(65_521) {
+            let ip = IpAddr::from(n.to_be_bytes());
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

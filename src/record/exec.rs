@@ -21,6 +21,9 @@ impl Record {
         if e.filename != e.exe {
             r.set(key::EXEC_FILENAME, e.filename.as_str());
         }
+        if let Some(cwd) = &e.cwd {
+            r.set(key::CWD, cwd.as_str());
+        }
         r.set(key::ARGS, join_args(&e.args));
         r.set(key::ARGS_TRUNCATED, e.args_truncated);
         r.set(key::UID, e.uid);
@@ -137,6 +140,7 @@ mod tests {
                 proc: ProcIdent {
                     start_ns: 1000,
                     ppid: 7,
+                    exec_id: 1,
                 },
                 started: SystemTime::now(),
                 parent_start_ns: 500,
@@ -145,6 +149,7 @@ mod tests {
                 euid: 0,
                 exe: "/bin/busybox".into(),
                 filename: "/bin/nc".into(),
+                cwd: Some("/work".into()),
                 args: vec!["nc".into(), "--token=********".into()],
                 args_truncated: false,
                 comm: "nc".into(),
@@ -156,6 +161,7 @@ mod tests {
         assert_eq!(r.source, Source::Exec);
         assert_eq!(r.get_str(key::EXE), Some("/bin/busybox"));
         assert_eq!(r.get_str(key::EXEC_FILENAME), Some("/bin/nc"));
+        assert_eq!(r.get_str(key::CWD), Some("/work"));
         assert_eq!(r.get_str(key::PARENT_EXE), Some("/bin/sh"));
         assert_eq!(r.get_int(key::PID), Some(42));
         assert_eq!(r.get_int(key::PPID), Some(7));

@@ -44,8 +44,28 @@ fn prefix() -> &'static str {
 
 /// The next id of this run (22 bytes until 2^20 records, held inline).
 pub fn next() -> CompactString {
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    compact_str::format_compact!("{}-{seq:x}", prefix())
+    format_id(prefix(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `{prefix}-{seq:x}`, written by hand (no formatter per record).
+fn format_id(prefix: &str, seq: u64) -> CompactString {
+    let mut hex = [0u8; 16];
+    let mut i = hex.len();
+    let mut n = seq;
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut id = CompactString::with_capacity(prefix.len() + 1 + hex.len() - i);
+    id.push_str(prefix);
+    id.push('-');
+    // ASCII hex digits.
+    id.push_str(std::str::from_utf8(&hex[i..]).unwrap_or_default());
+    id
 }
 
 #[cfg(test)]
@@ -65,5 +85,13 @@ mod tests {
         assert_eq!(parts.len(), 2, "{a}");
         assert_eq!(parts[0].len(), 16, "{a}");
         assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{a}");
+    }
+
+    #[test]
+    fn the_sequence_is_lowercase_hex_without_padding() {
+        for seq in [0u64, 1, 0xf, 0x10, 0xdead_beef, u64::MAX] {
+            let id = format_id(prefix(), seq);
+            assert_eq!(id, format!("{}-{seq:x}", prefix()));
+        }
     }
 }

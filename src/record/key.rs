@@ -64,7 +64,12 @@ keys! {
     LOST_RATE_LIMITED = "lost_rate_limited";
     LOST_RINGBUF_FULL = "lost_ringbuf_full";
     LOST_FLOW_NOT_TRACKED = "lost_flow_not_tracked";
-    LOST_DNS_NOT_CACHED = "lost_dns_not_cached";
+    /// Records of the container the OTLP sink's buffer (memory queue +
+    /// disk spool) refused during a collector outage: over its fair share
+    /// of a filling spool, or the spool full (`spool_full`).
+    LOST_SPOOL_FULL = "lost_spool_full";
+    MAP_FULL_FLOWS = "map_full_flows";
+    MAP_FULL_DNS = "map_full_dns";
     INTERVAL_MS = "interval_ms";
     /// `policy_reapplied`: open sockets decided again after a policy change.
     SOCKETS_DECIDED = "sockets_decided";
@@ -79,12 +84,18 @@ keys! {
     /// The path execve() was given, when it is not `exe` (a symlink, ...).
     EXEC_FILENAME = "exec_filename";
     PPID = "ppid";
+    /// `inbound` on listens and accepted connections (issue 15): then
+    /// `src_*` is the peer that connected and `dst_*` the container's
+    /// address. Absent on outbound records (every other egress record).
+    DIRECTION = "direction";
     PROCESS_KEY = "process_key";
     PARENT_PROCESS_KEY = "parent_process_key";
     PARENT_EXE = "parent_exe";
     PARENT_COMM = "parent_comm";
     PROCESS_START = "process_start";
     ARGS = "args";
+    /// The working directory an exec started in.
+    CWD = "cwd";
     ARGS_TRUNCATED = "args_truncated";
     UID = "uid";
     GID = "gid";

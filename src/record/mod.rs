@@ -6,13 +6,13 @@
 mod egress;
 mod exec;
 pub mod id;
+mod json;
 pub mod key;
 mod loss;
 
-pub use egress::l4_proto;
+pub use egress::{l4_proto, INBOUND};
 pub use loss::{LOSS_FIELDS, RECORDS_LOST};
 
-use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
@@ -132,6 +132,27 @@ pub struct Record {
     severity: Severity,
     body: Option<String>,
     fields: Vec<(&'static str, Value)>,
+    /// Which [`key_bit`]s the keys of `fields` set: a key whose bit is
+    /// clear is absent without a search (most lookups of the stages and
+    /// sinks downstream ask for keys a record does not hold).
+    present: u128,
+}
+
+/// A key's bit in [`Record::present`], from its text (a caller's own copy
+/// of a name gets the same bit as the constant). Keys may share a bit: a
+/// set bit only means "search".
+fn key_bit(key: &str) -> u128 {
+    let b = key.as_bytes();
+    let (Some(&first), Some(&last)) = (b.first(), b.last()) else {
+        return 1;
+    };
+    let mid = b[b.len() / 2];
+    let h = (b.len() as u32)
+        .wrapping_mul(0x9e37_79b9)
+        .wrapping_add(u32::from(first).wrapping_mul(0x85eb_ca6b))
+        .wrapping_add(u32::from(mid).wrapping_mul(0xc2b2_ae35))
+        .wrapping_add(u32::from(last).wrapping_mul(0x27d4_eb2f));
+    1u128 << (h >> 25)
 }
 
 impl Record {
@@ -147,23 +168,50 @@ impl Record {
             severity: Severity::Info,
             body: None,
             fields,
+            present: key_bit(key::RECORD_ID),
         }
     }
 
     /// Set a field, replacing an earlier value of the same key.
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         let value = value.into();
-        // Keys are the constants of `key`: the same address is the same
-        // key; text is compared only when addresses differ.
-        let same = |k: &str| std::ptr::eq(k, key) || k == key;
-        match self.fields.iter_mut().find(|(k, _)| same(k)) {
-            Some(slot) => slot.1 = value,
-            None => self.fields.push((key, value)),
+        match self.position(key) {
+            Some(i) => self.fields[i].1 = value,
+            None => {
+                self.present |= key_bit(key);
+                self.fields.push((key, value));
+            }
         }
     }
 
+    /// Add a field the record does not hold yet (the record shapes, which
+    /// add each of their fields once): no search. Debug builds check it.
+    fn push(&mut self, key: &'static str, value: impl Into<Value>) {
+        debug_assert!(self.position(key).is_none(), "{key} pushed twice");
+        self.present |= key_bit(key);
+        self.fields.push((key, value.into()));
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        self.position(key).map(|i| &self.fields[i].1)
+    }
+
+    /// Where `key` is among the fields. Keys are the constants of `key`:
+    /// the same address is the same key, found without reading text; text
+    /// is compared only when no address matches (an absent key, a caller's
+    /// own copy of a name), inline and from the first byte (most keys of
+    /// one length differ there), not through a `memcmp` call per field.
+    fn position(&self, key: &str) -> Option<usize> {
+        if self.present & key_bit(key) == 0 {
+            return None;
+        }
+        let same_address = |k: &str| k.as_ptr() == key.as_ptr() && k.len() == key.len();
+        if let Some(i) = self.fields.iter().position(|(k, _)| same_address(k)) {
+            return Some(i);
+        }
+        let same_text =
+            |k: &str| k.len() == key.len() && k.bytes().zip(key.bytes()).all(|(a, b)| a == b);
+        self.fields.iter().position(|(k, _)| same_text(k))
     }
 
     pub fn get_str(&self, key: &str) -> Option<&str> {
@@ -222,27 +270,50 @@ impl Record {
         }
     }
 
+    /// `<verdict> <l4_proto> <comm>[<pid>] -> <ip>:<port> agent=<agent>`,
+    /// written piece by piece (no formatter per record).
     fn egress_summary(&self, out: &mut String) {
         let s = |k| self.get_str(k).unwrap_or("");
-        let _ = write!(
-            out,
-            "{} {} {}",
-            s(key::VERDICT),
-            s(key::L4_PROTO),
-            s(key::COMM)
-        );
+        let mut num = itoa::Buffer::new();
+        out.push_str(s(key::VERDICT));
+        out.push(' ');
+        out.push_str(s(key::L4_PROTO));
+        out.push(' ');
+        out.push_str(s(key::COMM));
         if let Some(pid) = self.get_int(key::PID) {
-            let _ = write!(out, "[{pid}]");
+            out.push('[');
+            out.push_str(num.format(pid));
+            out.push(']');
         }
-        if let (Some(ip), Some(port)) = (self.get_str(key::DST_IP), self.get_int(key::DST_PORT)) {
-            if ip.contains(':') {
-                let _ = write!(out, " -> [{ip}]:{port}");
-            } else {
-                let _ = write!(out, " -> {ip}:{port}");
+        let inbound = self.get_str(key::DIRECTION) == Some(INBOUND);
+        if inbound {
+            match (self.get_str(key::HOOK), self.get_str(key::SRC_IP)) {
+                (Some("listen"), _) => out.push_str(" listens"),
+                (_, Some(ip)) => {
+                    let v6 = ip.contains(':');
+                    out.push_str(if v6 { " <- [" } else { " <- " });
+                    out.push_str(ip);
+                    out.push_str(if v6 { "]:" } else { ":" });
+                    out.push_str(num.format(self.get_int(key::SRC_PORT).unwrap_or(0)));
+                }
+                _ => out.push_str(" <-"),
             }
         }
+        if let (Some(ip), Some(port)) = (self.get_str(key::DST_IP), self.get_int(key::DST_PORT)) {
+            let v6 = ip.contains(':');
+            out.push_str(match (inbound, v6) {
+                (true, true) => " on [",
+                (true, false) => " on ",
+                (false, true) => " -> [",
+                (false, false) => " -> ",
+            });
+            out.push_str(ip);
+            out.push_str(if v6 { "]:" } else { ":" });
+            out.push_str(num.format(port));
+        }
         if let Some(agent) = self.get_str(key::AGENT) {
-            let _ = write!(out, " agent={agent}");
+            out.push_str(" agent=");
+            out.push_str(agent);
         }
     }
 
@@ -255,22 +326,97 @@ impl Record {
 
     /// RFC 3339 UTC with nanoseconds.
     pub fn timestamp(&self) -> String {
-        let mut buf = [0u8; 40];
-        self.timestamp_in(&mut buf).to_owned()
+        timestamp(self.time)
     }
 
     /// [`Record::timestamp`] written into `buf` (no allocation); empty if
     /// the time cannot be written (a year past 9999).
     fn timestamp_in<'b>(&self, buf: &'b mut [u8; 40]) -> &'b str {
-        let mut out: &mut [u8] = &mut buf[..];
-        let ok = time::OffsetDateTime::from(self.time)
-            .format_into(&mut out, &time::format_description::well_known::Rfc3339)
-            .is_ok();
-        // What was written, by what is left (format_into's count leaves
-        // out the fraction of a second in time 0.3.55).
-        let n = if ok { 40 - out.len() } else { 0 };
-        std::str::from_utf8(&buf[..n]).unwrap_or_default()
+        timestamp_in(self.time, buf)
     }
+}
+
+/// [`Record::timestamp`] of any time.
+pub fn timestamp(time: SystemTime) -> String {
+    let mut buf = [0u8; 40];
+    timestamp_in(time, &mut buf).to_owned()
+}
+
+fn timestamp_in(time: SystemTime, buf: &mut [u8; 40]) -> &str {
+    // 1970-01-01 up to 9999-12-31: written by hand (once per record, the
+    // time crate's formatter cost ~0.3 us); before 1970 by the time crate.
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if let Ok(d) = time.duration_since(UNIX_EPOCH) {
+        if d.as_secs() > LAST {
+            // Not RFC 3339 (and the time crate's conversion would panic).
+            return "";
+        }
+        let n = rfc3339_utc(d.as_secs(), d.subsec_nanos(), buf);
+        return std::str::from_utf8(&buf[..n]).unwrap_or_default();
+    }
+    let mut out: &mut [u8] = &mut buf[..];
+    let ok = time::OffsetDateTime::from(time)
+        .format_into(&mut out, &time::format_description::well_known::Rfc3339)
+        .is_ok();
+    // What was written, by what is left (format_into's count leaves
+    // out the fraction of a second in time 0.3.55).
+    let n = if ok { 40 - out.len() } else { 0 };
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
+}
+
+/// `YYYY-MM-DDThh:mm:ss[.fraction]Z` of `secs` since the epoch (year at
+/// most 9999) into `buf`, as the time crate writes RFC 3339: the fraction
+/// only when not zero, without its trailing zeros. Returns the length.
+fn rfc3339_utc(secs: u64, nanos: u32, buf: &mut [u8; 40]) -> usize {
+    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-compatible
+    // low-level date algorithms"), for days >= 0.
+    let days = secs / 86_400;
+    let sod = secs % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let mut put = |at: usize, n: u64, width: usize| {
+        let mut n = n;
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, sod / 3600, 2);
+    put(14, sod / 60 % 60, 2);
+    put(17, sod % 60, 2);
+    buf[4] = b'-';
+    buf[7] = b'-';
+    buf[10] = b'T';
+    buf[13] = b':';
+    buf[16] = b':';
+    let mut n = 19;
+    if nanos != 0 {
+        let mut digits = 9;
+        let mut frac = nanos;
+        while frac.is_multiple_of(10) {
+            frac /= 10;
+            digits -= 1;
+        }
+        buf[n] = b'.';
+        let mut f = u64::from(frac);
+        for i in (0..digits).rev() {
+            buf[n + 1 + i] = b'0' + (f % 10) as u8;
+            f /= 10;
+        }
+        n += 1 + digits;
+    }
+    buf[n] = b'Z';
+    n + 1
 }
 
 /// `@timestamp`, `clawker.source`, then every field: the stdout JSON line.
@@ -303,6 +449,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_egress_summary_reads_as_before() {
+        let mut r = Record::new(UNIX_EPOCH, Source::Egress);
+        assert_eq!(r.body(), "  ");
+        r.set(key::VERDICT, "ALLOWED");
+        r.set(key::L4_PROTO, "tcp");
+        r.set(key::COMM, "curl");
+        r.set(key::PID, -7i64);
+        r.set(key::DST_IP, "10.0.0.1");
+        r.set(key::DST_PORT, 443u16);
+        assert_eq!(r.body(), "ALLOWED tcp curl[-7] -> 10.0.0.1:443");
+        r.set(key::DST_IP, "2001:db8::1");
+        r.set(key::AGENT, "a\u{7}");
+        assert_eq!(
+            r.body(),
+            "ALLOWED tcp curl[-7] -> [2001:db8::1]:443 agent=a\u{fffd}"
+        );
+    }
+
+    #[test]
     fn a_field_stays_small() {
         // The history ring and every batch hold ~30 of these per record.
         assert!(std::mem::size_of::<Value>() <= 24);
@@ -325,6 +490,77 @@ mod tests {
                 .unwrap();
             assert_eq!(r.timestamp(), want);
         }
+    }
+
+    /// The hand-written date and time against the time crate: every day
+    /// boundary around leap years and centuries, the last second it
+    /// writes, and a spread of times with every fraction length.
+    #[test]
+    fn the_hand_written_timestamp_is_the_time_crates() {
+        use std::time::Duration;
+        let reference = |t: SystemTime| {
+            time::OffsetDateTime::from(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let mut secs: Vec<u64> = (0..3_000_000u64).step_by(86_400).collect(); // 1970..
+        for year_start in [
+            951_782_400u64,
+            4_107_542_400,
+            253_402_300_800 - 86_400 * 800,
+        ] {
+            secs.extend((0..800).map(|d| year_start + d * 86_400 - 1));
+            secs.extend((0..800).map(|d| year_start + d * 86_400));
+        }
+        secs.push(253_402_300_799);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            secs.push(x % 253_402_300_800);
+        }
+        let nanos = [
+            0u32,
+            1,
+            10,
+            120_000_000,
+            999_999_999,
+            500_000_000,
+            123_456_780,
+        ];
+        for (i, s) in secs.iter().enumerate() {
+            let t = UNIX_EPOCH + Duration::new(*s, nanos[i % nanos.len()]);
+            assert_eq!(timestamp(t), reference(t), "{s}");
+        }
+        // Past 9999: empty (the time crate's conversion panics there).
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+            ""
+        );
+    }
+
+    #[test]
+    fn a_key_is_found_by_any_copy_of_its_name_and_an_absent_one_is_not() {
+        let mut r = Record::new(UNIX_EPOCH, Source::Egress);
+        for (i, k) in key::ALL.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            // A copy at another address: found by its text.
+            let copy: &'static str = Box::leak(k.to_string().into_boxed_str());
+            r.set(copy, i as i64);
+        }
+        for (i, k) in key::ALL.iter().enumerate() {
+            let want = (i % 2 == 0).then_some(i as i64);
+            assert_eq!(r.get_int(k), want, "{k}");
+            let copy = k.to_string();
+            assert_eq!(r.get_int(&copy), want, "{k}");
+        }
+        assert_eq!(r.get(""), None);
+        // The bits spread the schema's keys (a shared bit only costs a search).
+        let bits: std::collections::HashSet<u32> = key::ALL
+            .iter()
+            .map(|k| key_bit(k).trailing_zeros())
+            .collect();
+        assert!(bits.len() * 2 > key::ALL.len(), "{} bits", bits.len());
     }
 
     #[test]

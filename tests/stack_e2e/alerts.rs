@@ -21,16 +21,7 @@ fn stack_exfiltration_alert_fires_for_a_real_upload() {
     // Not Stack::new: its reaping stops the servers of every other test
     // process (it takes them for stale), and its "clawker-stack-" prefix
     // would make this Prometheus theirs to stop.
-    let mut stack = Stack {
-        dir: Some(
-            tempfile::Builder::new()
-                .prefix(&format!("clawker-alerts-{}-", std::process::id()))
-                .tempdir()
-                .expect("tempdir"),
-        ),
-        children: vec![],
-        stops: vec![],
-    };
+    let mut stack = Stack::unreaped("alerts");
     let daemon_port = port("CLAWKER_STACK_ALERTS_DAEMON_PORT", 19474);
     let daemon = support::Daemon::start_on_port(support::DaemonOptions::host_root(), daemon_port);
     support::docker::wait_attribution_ready(&daemon);

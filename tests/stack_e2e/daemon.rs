@@ -68,11 +68,18 @@ pub(crate) fn nanos_of(t: SystemTime) -> u128 {
 
 /// Proof (1): known flows from a test cgroup, through the real daemon and
 /// the real collector, searchable in `clawker-egress` with exact values and
-/// types; the daemon's `event=attached` log searchable in `clawker-cp`.
-pub(crate) fn real_daemon_flows_reach_opensearch(os: &str, door: &DaemonDoor) {
+/// types; the daemon's `event=attached` log (through the OpenTelemetry
+/// SDK's tracing appender) searchable in `clawker-cp`; its self-metrics
+/// pushed over OTLP (the SDK's metric exporter) at the collector.
+pub(crate) fn real_daemon_flows_reach_opensearch(os: &str, door: &DaemonDoor, exporter_port: u16) {
     let t0 = Instant::now();
     let cg = support::TestCgroup::new("ce-stack");
-    let daemon = otlp_daemon(support::DaemonOptions::for_cgroup(&cg), door);
+    let daemon = otlp_daemon(
+        support::DaemonOptions::for_cgroup(&cg)
+            .arg("--otlp-metrics-interval")
+            .arg("1s"),
+        door,
+    );
     // (bytes the client sends, bytes the server answers) per TCP flow.
     let tcp: [(usize, usize); 3] = [(1_000, 3_000), (70_000, 10), (5, 200_000)];
     let servers: Vec<support::TcpServer> = tcp
@@ -258,6 +265,29 @@ pub(crate) fn real_daemon_flows_reach_opensearch(os: &str, door: &DaemonDoor) {
     assert!(daemon.metric("clawker_egress_records_exported_total{sink=\"cp_logs\"}") >= 1.0);
     assert_eq!(
         daemon.metric("clawker_egress_events_dropped_total{reason=\"sink_failure\"}"),
+        0.0
+    );
+    // Self-metrics over OTLP, through the daemon door to the collector's
+    // Prometheus exporter: the same counter as /metrics, under this host.
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let pushed = wait_until(
+        "records_exported_total{sink=otlp} >= 4 pushed over OTLP",
+        Duration::from_secs(30),
+        || {
+            let text = support::http_get(&format!("http://127.0.0.1:{exporter_port}/metrics"))?;
+            text.lines()
+                .filter(|l| l.starts_with("clawker_egress_records_exported_total{"))
+                .filter(|l| {
+                    l.contains("sink=\"otlp\"") && l.contains(&format!("host_name=\"{host}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .find(|v| *v >= 4.0)
+        },
+    );
+    let scraped = daemon.metric("clawker_egress_records_exported_total{sink=\"otlp\"}");
+    assert!(pushed <= scraped, "pushed {pushed} > scraped {scraped}");
+    assert_eq!(
+        daemon.metric("clawker_egress_metrics_push_failures_total"),
         0.0
     );
     let (status, _) = daemon.stop();

@@ -568,7 +568,7 @@ fn stack_routes_records_into_data_streams() {
     });
     // ... while the real daemon's records, through the daemon door, land.
     phase("real daemon", || {
-        real_daemon_flows_reach_opensearch(&os, &door)
+        real_daemon_flows_reach_opensearch(&os, &door, ports.exporter)
     });
     if preconditions(&format!("{test} (labelled containers)"), true, &["docker"]) {
         phase("labelled containers", || {
@@ -726,8 +726,9 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
     };
     assert_eq!(job("otel-collector"), Some(json!("1")), "{up:?}");
     assert_eq!(job("otel-collector-exporter"), Some(json!("1")), "{up:?}");
-    // The real daemon is scraped: its drop counter is queryable (every
-    // reason, from the first scrape) and a flow it made is counted.
+    // The real daemon is scraped: its drop and map-full counters are
+    // queryable (every reason and map, from the first scrape) and a flow it
+    // made is counted.
     assert_eq!(job("clawker-egress"), Some(json!("1")), "{up:?}");
     let server = support::TcpServer::spawn("127.0.0.1:0", Some(3), 0);
     cg.python(&format!(
@@ -747,8 +748,6 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
     assert_eq!(
         reasons,
         [
-            "dns_cache_full",
-            "dns_pending_full",
             "flow_table_full",
             "parse_failure",
             "rate_limited",
@@ -758,6 +757,13 @@ fn stack_prometheus_scrapes_the_collector_and_the_daemon() {
         ],
         "{dropped:?}"
     );
+    let full = prom_query(&prom, "clawker_egress_kernel_map_full_total");
+    let mut maps: Vec<&str> = full
+        .iter()
+        .map(|s| s["metric"]["map"].as_str().unwrap())
+        .collect();
+    maps.sort();
+    assert_eq!(maps, ["dns_cache", "dns_pending", "flows"], "{full:?}");
     let flows = wait_until(
         "the daemon's flow counter in Prometheus",
         Duration::from_secs(30),

@@ -148,19 +148,7 @@ pub(crate) fn get_json(url: &str) -> Value {
     v
 }
 
-pub(crate) fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+pub(crate) use crate::support::wait_until;
 
 pub(crate) fn unique() -> String {
     let ns = SystemTime::now()
@@ -187,8 +175,17 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
+    /// Stale servers reaped first (`reap_stale_servers`): for `stack-*`
+    /// names, which that reaper owns.
     pub(crate) fn new(name: &str) -> Stack {
         reap_stale_servers();
+        Self::unreaped(name)
+    }
+
+    /// A stack in `clawker-<name>-<pid>-*` that reaps no one. With a name
+    /// outside `stack-*` no other test process takes its servers for stale
+    /// (delivery, fleet, alerts, dashboards, report).
+    pub(crate) fn unreaped(name: &str) -> Stack {
         let dir = tempfile::Builder::new()
             .prefix(&format!("clawker-{name}-{}-", std::process::id()))
             .tempdir()
@@ -280,6 +277,115 @@ pub(crate) fn reap_stale_servers() {
             }
         }
     }
+}
+
+/// The sum of a collector self-metric over its series.
+pub(crate) fn collector_metric(telemetry: u16, name: &str) -> f64 {
+    let text = crate::support::http_get(&format!("http://127.0.0.1:{telemetry}/metrics"))
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Make every write to the record data streams (clawker-egress,
+/// clawker-exec) visible to the next search.
+pub(crate) fn refresh_records(os: &str) {
+    let _ = http(
+        "POST",
+        &format!("{os}/clawker-egress,clawker-exec/_refresh?ignore_unavailable=true"),
+        None,
+    );
+}
+
+/// The delivery proof (tests/delivery.rs, tests/fleet.rs): the record_ids
+/// the daemons emitted against those stored, as a set comparison.
+pub(crate) struct ExactlyOnce {
+    /// Emitted, not stored.
+    pub(crate) missing: Vec<String>,
+    /// Stored, never emitted.
+    pub(crate) extra: Vec<String>,
+    /// Stored more than once: (record_id, documents).
+    pub(crate) duplicated: Vec<(String, usize)>,
+}
+
+impl ExactlyOnce {
+    /// `stored`: (record_id, documents carrying it).
+    pub(crate) fn compare<'a>(
+        emitted: impl IntoIterator<Item = &'a str>,
+        stored: impl IntoIterator<Item = (&'a str, usize)>,
+    ) -> ExactlyOnce {
+        let emitted: std::collections::BTreeSet<&str> = emitted.into_iter().collect();
+        let stored: BTreeMap<&str, usize> = stored.into_iter().collect();
+        ExactlyOnce {
+            missing: emitted
+                .iter()
+                .filter(|id| !stored.contains_key(*id))
+                .map(|id| id.to_string())
+                .collect(),
+            extra: stored
+                .keys()
+                .filter(|id| !emitted.contains(*id))
+                .map(|id| id.to_string())
+                .collect(),
+            duplicated: stored
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(id, n)| (id.to_string(), *n))
+                .collect(),
+        }
+    }
+
+    /// For the figures line.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "missing {}, extra {}, duplicated {}",
+            self.missing.len(),
+            self.extra.len(),
+            self.duplicated.len()
+        )
+    }
+
+    /// Every emitted record stored once, nothing else.
+    pub(crate) fn assert(&self) {
+        assert!(
+            self.missing.is_empty(),
+            "{} records lost, e.g. {:?}",
+            self.missing.len(),
+            &self.missing[..self.missing.len().min(5)]
+        );
+        assert!(
+            self.extra.is_empty(),
+            "records nobody emitted: {:?}",
+            self.extra
+        );
+        assert!(
+            self.duplicated.is_empty(),
+            "stored more than once: {:?}",
+            self.duplicated
+        );
+    }
+}
+
+/// Nobody counted a loss: not the daemons (sink_failure, spool_full), not
+/// the collector (send_failed).
+pub(crate) fn assert_no_loss_counted(daemons: &[&crate::support::Daemon], telemetry: u16) {
+    for d in daemons {
+        for reason in ["sink_failure", "spool_full"] {
+            assert_eq!(
+                d.metric(&format!(
+                    "clawker_egress_events_dropped_total{{reason=\"{reason}\"}}"
+                )),
+                0.0,
+                "{reason}"
+            );
+        }
+    }
+    assert_eq!(
+        collector_metric(telemetry, "otelcol_exporter_send_failed_log_records"),
+        0.0
+    );
 }
 
 pub(crate) struct CollectorPorts {

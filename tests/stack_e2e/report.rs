@@ -29,16 +29,7 @@ fn stack_report_summarises_each_agent_from_opensearch() {
     }
     let _engine = support::docker::engine();
     // Not Stack::new (see alerts.rs): other test processes reap its prefix.
-    let mut stack = Stack {
-        dir: Some(
-            tempfile::Builder::new()
-                .prefix(&format!("clawker-report-{}-", std::process::id()))
-                .tempdir()
-                .expect("tempdir"),
-        ),
-        children: vec![],
-        stops: vec![],
-    };
+    let mut stack = Stack::unreaped("report");
     let os = start_opensearch(
         &mut stack,
         port("CLAWKER_STACK_REPORT_OPENSEARCH_PORT", 19210),

@@ -95,6 +95,27 @@ impl Container {
         let _ = docker(&["rm", "-f", &self.id]);
     }
 
+    /// Let a [`Spec::gated`] container's script go on.
+    pub fn release(&self) {
+        docker_ok(&["exec", &self.id, "touch", "/tmp/clawker-test-go"]);
+    }
+
+    /// Once `daemon` knows this container (its `container_start` record is
+    /// out: labels cached, policy installed), let its script go on. What a
+    /// fixed `sleep` at the top of a script only hoped for on a loaded host.
+    pub fn release_when_known(&self, daemon: &super::Daemon) {
+        daemon.wait_for(
+            &format!("container_start of {}", self.name),
+            Duration::from_secs(30),
+            |r| {
+                r.iter().any(|x| {
+                    x["event"] == "container_start" && x["container_id"] == self.id.as_str()
+                })
+            },
+        );
+        self.release();
+    }
+
     /// Block until it exits; its exit code.
     pub fn wait(&self) -> i64 {
         docker_ok(&["wait", &self.id]).parse().unwrap_or(-1)
@@ -136,6 +157,15 @@ impl<'a> Spec<'a> {
 
     pub fn cgroup_parent(mut self, p: &str) -> Self {
         self.cgroup_parent = Some(p.into());
+        self
+    }
+
+    /// The script waits for [`Container::release`] before it starts.
+    pub fn gated(mut self) -> Self {
+        self.script = format!(
+            "until [ -e /tmp/clawker-test-go ]; do sleep 0.1; done; {}",
+            self.script
+        );
         self
     }
 
@@ -222,7 +252,9 @@ pub fn start_dockerd() {
 /// Wait until a daemon follows Docker (its first resync is logged): from
 /// then on every new container is enrolled as its cgroup appears.
 pub fn wait_attribution_ready(daemon: &super::Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first resync lists and inspects every container on the engine:
+    // a busy engine (hundreds of containers, a loaded host) took over 20 s.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !daemon
         .stderr_lines()
         .iter()

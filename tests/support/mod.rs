@@ -138,17 +138,72 @@ impl TestCgroup {
         })
     }
 
-    pub fn python(&self, script: &str) -> String {
-        let out = self
-            .command("python3", &["-c", script])
+    /// `clawker-egress bypass` on this cgroup (as its own cgroup root) for
+    /// the daemon pinned at `pin_root`: its stdout; a failure fails the test.
+    pub fn bypass(&self, pin_root: &Path, extra: &[&str]) -> String {
+        let out = Command::new(bin())
+            .arg("bypass")
+            .arg("--cgroup-root")
+            .arg(&self.path)
+            .arg("--pin-root")
+            .arg(pin_root)
+            .arg("--cgroup")
+            .arg(&self.path)
+            .args(extra)
             .output()
-            .expect("run python3");
+            .unwrap();
         assert!(
             out.status.success(),
-            "python failed: {}",
+            "bypass {extra:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A script that hangs (a datagram that never comes) is killed after
+    /// 10 minutes and fails its test, rather than holding CI.
+    pub fn python(&self, script: &str) -> String {
+        use std::io::Read;
+        let mut child = self
+            .command("python3", &["-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = out.read_to_end(&mut b);
+            b
+        });
+        let err = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = err.read_to_end(&mut b);
+            b
+        });
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for python3") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = out.join().unwrap_or_default();
+        let err = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+        match status {
+            Some(s) if s.success() => String::from_utf8_lossy(&out).into_owned(),
+            Some(_) => panic!("python failed: {err}"),
+            None => panic!(
+                "python ran over 600 s and was killed; stdout: {}; stderr: {err}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
     }
 }
 
@@ -199,6 +254,19 @@ pub struct Daemon {
     pub pin_root: PathBuf,
     records: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    own_spool: Option<PathBuf>,
+    /// Set by the stdout reader once it reached the end of the stream.
+    stdout_done: Arc<std::sync::atomic::AtomicBool>,
+    stderr_done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets its flag when dropped: a reader thread's "I have read it all".
+struct Done(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 pub struct DaemonOptions {
@@ -211,6 +279,9 @@ pub struct DaemonOptions {
     /// Run the daemon in its own UTS namespace with this host name: its
     /// `host.name` as another host's daemon would have it (tests/fleet.rs).
     pub hostname: Option<String>,
+    /// The spool directory made up for it, removed with the daemon (a
+    /// full suite left hundreds in /tmp).
+    pub own_spool: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -239,6 +310,7 @@ impl DaemonOptions {
             )],
             run_inside: None,
             hostname: None,
+            own_spool: Some(spool),
         }
     }
 
@@ -254,8 +326,12 @@ impl DaemonOptions {
 }
 
 impl Daemon {
+    /// On a metrics port the daemon picks itself (port 0; read back from
+    /// its `metrics_listening` log line). A port picked by the test and
+    /// bound later by the daemon raced: two tests' daemons got the same one,
+    /// and the loser's /healthz check was answered by the winner.
     pub fn start(opts: DaemonOptions) -> Daemon {
-        Self::start_on_port(opts, free_port())
+        Self::start_on_port(opts, 0)
     }
 
     pub fn start_on_port(opts: DaemonOptions, metrics_port: u16) -> Daemon {
@@ -303,15 +379,32 @@ impl Daemon {
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
         let r = records.clone();
+        let stdout_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stdout_done.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
+            // Whichever way the loop ends (EOF, a cut line, a panic on a
+            // line that is not JSON), stop() must not wait for more.
+            let _done = Done(done);
+            let mut out = BufReader::new(out);
+            let mut line = String::new();
+            while out.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if !line.ends_with('\n') {
+                    // The daemon was killed in the middle of a line (a test
+                    // ending with SIGKILL): the rest will never come.
+                    eprintln!("[daemon] stdout ended inside a line: {line}");
+                    break;
+                }
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
                 r.lock().unwrap().push(v);
+                line.clear();
             }
         });
         let e = stderr.clone();
+        let stderr_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stderr_done.clone();
         std::thread::spawn(move || {
+            let _done = Done(done);
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 eprintln!("[daemon] {line}");
                 e.lock().unwrap().push(line);
@@ -323,23 +416,53 @@ impl Daemon {
             pin_root: opts.pin_root,
             records,
             stderr,
+            // Decided under the lock, copied once: copying every record
+            // at every poll starves the reader thread behind a flood.
+            own_spool: opts.own_spool,
+            stdout_done,
+            stderr_done,
         };
         d.wait_ready();
         d
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Loading and verifying the programs is CPU work in the kernel: on
+        // a loaded host, with other tests' daemons starting, it took more
+        // than 30 s.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // The stderr reader may not have read the last lines yet.
+                let until = Instant::now() + Duration::from_secs(10);
+                while !self.stderr_done.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 panic!("daemon exited early ({status}): {:?}", self.stderr_lines());
             }
-            if http_get(&format!("http://127.0.0.1:{}/healthz", self.metrics_port)).is_some() {
+            if self.metrics_port == 0 {
+                self.metrics_port = self.listening_port().unwrap_or(0);
+            }
+            if self.metrics_port != 0
+                && http_get(&format!("http://127.0.0.1:{}/healthz", self.metrics_port)).is_some()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("daemon not ready after 30 s: {:?}", self.stderr_lines());
+        panic!("daemon not ready after 120 s: {:?}", self.stderr_lines());
+    }
+
+    /// The port of its `event="metrics_listening" addr=127.0.0.1:PORT` line.
+    fn listening_port(&self) -> Option<u16> {
+        self.stderr_lines().iter().find_map(|l| {
+            if !l.contains("metrics_listening") {
+                return None;
+            }
+            let rest = &l[l.find("addr=")? + "addr=".len()..];
+            let addr = rest.split_whitespace().next()?.trim_matches('"');
+            addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+        })
     }
 
     pub fn records(&self) -> Vec<Value> {
@@ -348,6 +471,24 @@ impl Daemon {
 
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait until a stderr line for which `pred` holds has been read (the
+    /// reader thread may lag a loaded host by seconds); fails after 30 s or
+    /// when the daemon exits first.
+    pub fn wait_stderr(&self, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.stderr_lines().iter().any(|l| pred(l)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for a log line: {what}; stderr: {:?}",
+                self.stderr_lines()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Wait until `pred` holds for the records seen so far.
@@ -359,15 +500,24 @@ impl Daemon {
     ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let recs = self.records();
-            if pred(&recs) {
-                return recs;
-            }
-            if Instant::now() > deadline {
+            let timed_out = {
+                let recs = self.records.lock().unwrap();
+                if pred(&recs) {
+                    return recs.clone();
+                }
+                (Instant::now() > deadline).then(|| {
+                    format!(
+                        "{} records: {:#?}",
+                        recs.len(),
+                        &recs[recs.len().saturating_sub(10)..]
+                    )
+                })
+            };
+            if let Some(seen) = timed_out {
                 panic!(
-                    "timed out waiting for {what}; {} records: {:#?}",
-                    recs.len(),
-                    &recs[recs.len().saturating_sub(10)..]
+                    "timed out waiting for {what}; {seen}\n\
+                     the daemon's non-zero loss counters: {:#?}",
+                    self.loss_counters()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -386,12 +536,37 @@ impl Daemon {
     ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let found: Vec<Value> = self.records().into_iter().filter(|r| pred(r)).collect();
+            // Only the matching records are copied (see wait_for).
+            let found: Vec<Value> = self
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| pred(r))
+                .cloned()
+                .collect();
             if found.len() >= min || Instant::now() > deadline {
                 return found;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its non-zero drop, loss and unattributed counters: what a test that
+    /// timed out waiting for a record prints, to tell a lost record (a flood
+    /// elsewhere on the host, a full ring) from one never made.
+    pub fn loss_counters(&self) -> Vec<String> {
+        self.metrics()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                ["drop", "lost", "unattributed", "full"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .filter(|l| !l.ends_with(" 0"))
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn metrics(&self) -> String {
@@ -408,7 +583,18 @@ impl Daemon {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100)); // reader thread catches up
+        // The reader thread catches up: every line the daemon wrote before
+        // it exited, up to the end of its stdout (a fixed sleep here lost
+        // the last records on a loaded host).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.stdout_done.load(Ordering::SeqCst) {
+            if Instant::now() > deadline {
+                // Something else holds the pipe open: go on with what came.
+                eprintln!("[daemon] exited, but its stdout did not end within 30 s");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let recs = self.records();
         (status, recs)
     }
@@ -433,6 +619,9 @@ impl Drop for Daemon {
         let _ = self.child.wait();
         if !self.pin_root.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.pin_root);
+        }
+        if let Some(spool) = &self.own_spool {
+            let _ = std::fs::remove_dir_all(spool);
         }
     }
 }
@@ -637,4 +826,20 @@ pub fn py_resolver(server: std::net::SocketAddr) -> String {
         ip = server.ip(),
         port = server.port()
     )
+}
+
+/// Poll `f` (every 250 ms) until it gives a value; fail the test after
+/// `timeout`, naming `what` it waited for.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -79,7 +79,9 @@ impl Receiver {
         what: &str,
         pred: impl Fn(&[(LogRecord, Vec<KeyValue>)]) -> bool,
     ) -> Vec<(LogRecord, Vec<KeyValue>)> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: the daemon's export retries back off, and a loaded
+        // host stretches every step.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let recs = self.records();
             if pred(&recs) {

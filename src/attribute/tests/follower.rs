@@ -141,7 +141,7 @@ fn start(fake: Fake) -> Harness {
 }
 
 async fn until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -233,7 +233,7 @@ async fn lifecycle_records_are_ordered_and_replays_are_not_repeated() {
     let mut h = start(fake);
     let mut got = Vec::new();
     while got.len() < 3 {
-        let r = tokio::time::timeout(Duration::from_secs(5), h.lifecycle.recv())
+        let r = tokio::time::timeout(Duration::from_secs(30), h.lifecycle.recv())
             .await
             .unwrap()
             .unwrap();

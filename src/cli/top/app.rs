@@ -135,6 +135,7 @@ fn sanitize(state: &mut State) {
             &mut f.l4_proto,
             &mut f.dst_ip,
             &mut f.comm,
+            &mut f.exe,
         ] {
             *s = clean(s);
         }
@@ -325,6 +326,7 @@ mod tests {
                 open_flows: vec![OpenFlow {
                     key: "k".into(),
                     comm: evil.into(),
+                    exe: evil.into(),
                     ..Default::default()
                 }],
                 ..Default::default()

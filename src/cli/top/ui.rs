@@ -58,19 +58,6 @@ fn rate(bps: f64) -> String {
 fn agents(frame: &mut Frame, area: Rect, app: &App) {
     let [table_area, denials_area] =
         Layout::vertical([Constraint::Min(4), Constraint::Length(7)]).areas(area);
-    let header = TableRow::new([
-        "AGENT",
-        "PROJECT",
-        "CONTAINER",
-        "OPEN",
-        "OUT/s",
-        "IN/s",
-        "FL/s",
-        "DENY",
-        "LAST DENIED",
-        "DNS",
-    ])
-    .style(Style::new().bold());
     let rows = app.rows.iter().map(|r| {
         let a = &r.agent;
         let name = if a.agent.is_empty() {
@@ -114,30 +101,57 @@ fn agents(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Min(15),
         Constraint::Fill(1),
     ];
-    let table = Table::new(rows, widths)
-        .header(header)
-        .row_highlight_style(Style::new().reversed())
-        .block(Block::new().borders(Borders::TOP).title(" agents "));
+    let header = [
+        "AGENT",
+        "PROJECT",
+        "CONTAINER",
+        "OPEN",
+        "OUT/s",
+        "IN/s",
+        "FL/s",
+        "DENY",
+        "LAST DENIED",
+        "DNS",
+    ];
+    let table =
+        titled_table(rows, widths, header, " agents ").row_highlight_style(Style::new().reversed());
     let mut state = TableState::default().with_selected(Some(app.selected));
     frame.render_stateful_widget(table, table_area, &mut state);
 
-    let lines: Vec<Line> = app
-        .state
-        .denials
+    newest_first(
+        frame,
+        denials_area,
+        &app.state.denials,
+        pane(" denials (newest first) ").title_style(Style::new().fg(Color::Red)),
+    );
+}
+
+/// A pane under a titled rule.
+fn pane(title: &str) -> Block<'_> {
+    Block::new().borders(Borders::TOP).title(title)
+}
+
+/// A table in a `pane`, its header in bold.
+fn titled_table<'a, const N: usize>(
+    rows: impl IntoIterator<Item = TableRow<'a>>,
+    widths: [Constraint; N],
+    header: [&'a str; N],
+    title: &'a str,
+) -> Table<'a> {
+    Table::new(rows, widths)
+        .header(TableRow::new(header).bold())
+        .block(pane(title))
+}
+
+/// Records, newest first, as many as fit below the block's rule.
+fn newest_first(frame: &mut Frame, area: Rect, records: &[serde_json::Value], block: Block) {
+    let lines: Vec<Line> = records
         .iter()
         .rev()
-        .take(usize::from(denials_area.height.saturating_sub(1)))
+        .take(usize::from(area.height.saturating_sub(1)))
         .map(|r| Line::raw(render::line(r, false)))
         .collect();
-    frame.render_widget(
-        Paragraph::new(lines).block(
-            Block::new()
-                .borders(Borders::TOP)
-                .title(" denials (newest first) ")
-                .title_style(Style::new().fg(Color::Red)),
-        ),
-        denials_area,
-    );
+    frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
 fn detail(frame: &mut Frame, area: Rect, app: &App) {
@@ -202,44 +216,130 @@ fn detail(frame: &mut Frame, area: Rect, app: &App) {
             } else {
                 format!("{}:{}", f.dst_ip, f.dst_port)
             };
+            // an accepted connection: the peer connected to the container
+            let dst = if f.inbound { format!("← {dst}") } else { dst };
             TableRow::new([
                 f.l4_proto.clone(),
                 dst,
                 format!("{}[{}]", f.comm, f.pid),
+                f.exe.clone(),
                 render::bytes(f.bytes_out),
                 render::bytes(f.bytes_in),
                 format!("{}s", f.age_ms / 1000),
             ])
         });
-    let table = Table::new(
-        flows,
-        [
-            Constraint::Length(5),
-            Constraint::Min(20),
-            Constraint::Length(18),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(7),
-        ],
-    )
-    .header(TableRow::new(["PROTO", "DESTINATION", "PROCESS", "OUT", "IN", "AGE"]).bold())
-    .block(Block::new().borders(Borders::TOP).title(" open flows "));
-    frame.render_widget(table, flows_area);
-
-    let lines: Vec<Line> = app
-        .state
-        .recent
-        .iter()
-        .rev()
-        .take(usize::from(recent_area.height.saturating_sub(1)))
-        .map(|r| Line::raw(render::line(r, false)))
-        .collect();
+    let widths = [
+        Constraint::Length(5),
+        Constraint::Min(20),
+        Constraint::Length(18),
+        Constraint::Min(12),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(7),
+    ];
+    let header = ["PROTO", "DESTINATION", "PROCESS", "EXE", "OUT", "IN", "AGE"];
     frame.render_widget(
-        Paragraph::new(lines).block(
-            Block::new()
-                .borders(Borders::TOP)
-                .title(" last records (newest first) "),
-        ),
-        recent_area,
+        titled_table(flows, widths, header, " open flows "),
+        flows_area,
     );
+
+    newest_first(
+        frame,
+        recent_area,
+        &app.state.recent,
+        pane(" last records (newest first) "),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::wire::{AgentState, OpenFlow, State};
+    use ratatui::backend::TestBackend;
+    use serde_json::json;
+
+    /// Both screens of an agent with open flows, denials and recent records.
+    fn screens() -> Vec<String> {
+        let record = |dst: &str, verdict: &str| {
+            json!({"@timestamp": "2026-11-30T12:00:00Z", "clawker.source": "egress",
+                   "verdict": verdict, "l4_proto": "tcp", "dst_ip": dst, "dst_port": 443,
+                   "agent": "ralph", "comm": "curl", "pid": 7})
+        };
+        let mut app = App::default();
+        app.update(
+            State {
+                agents: vec![AgentState {
+                    key: "k".into(),
+                    agent: "ralph".into(),
+                    project: "web".into(),
+                    container_name: "clawker.web.ralph".into(),
+                    open_flows: 1,
+                    denials: 2,
+                    last_denied: "10.0.0.9:443".into(),
+                    dns_names: vec!["github.com".into()],
+                    ..Default::default()
+                }],
+                open_flows: vec![OpenFlow {
+                    key: "k".into(),
+                    l4_proto: "tcp".into(),
+                    dst_ip: "::1".into(),
+                    dst_port: 8443,
+                    comm: "git".into(),
+                    pid: 42,
+                    bytes_out: 3 << 20,
+                    age_ms: 5_000,
+                    ..Default::default()
+                }],
+                denials: vec![record("10.0.0.9", "DENIED"), record("10.0.0.8", "DENIED")],
+                recent: vec![record("140.82.112.3", "ALLOWED")],
+                ..Default::default()
+            },
+            std::time::Instant::now(),
+        );
+        [View::Agents, View::Detail("k".into())]
+            .into_iter()
+            .map(|view| {
+                app.view = view;
+                let mut term = ratatui::Terminal::new(TestBackend::new(80, 24)).unwrap();
+                term.draw(|f| draw(f, &app)).unwrap();
+                let buf = term.backend().buffer();
+                (0..buf.area.height)
+                    .map(|y| {
+                        (0..buf.area.width)
+                            .map(|x| buf[(x, y)].symbol())
+                            .collect::<String>()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_screens_show_their_tables_and_records_newest_first() {
+        let [agents, detail] = <[String; 2]>::try_from(screens()).unwrap();
+        for want in [
+            " agents ─",
+            "AGENT     PROJECT  CONTAINER OPEN",
+            "ralph     web      clawker.w 1",
+            " denials (newest first) ─",
+        ] {
+            assert!(agents.contains(want), "{want:?} in\n{agents}");
+        }
+        let newer = agents.find("10.0.0.8:443").unwrap();
+        let older = agents.rfind("→ 10.0.0.9:443").unwrap();
+        assert!(newer < older, "newest first:\n{agents}");
+        for want in [
+            " open flows ─",
+            "PROTO DESTINATION",
+            "tcp   [::1]:8443",
+            "git[42]",
+            "3.0MiB",
+            "5s",
+            " last records (newest first) ─",
+            "→ 140.82.112.3:443",
+        ] {
+            assert!(detail.contains(want), "{want:?} in\n{detail}");
+        }
+    }
 }

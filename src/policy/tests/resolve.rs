@@ -1,6 +1,6 @@
 //! Resolution (agent refines project, fallbacks) and first-match decisions.
 
-use super::{host, ip, ok};
+use super::{err, host, ip, ok};
 use crate::policy::{Action, Proto, Target};
 
 const POLICY: &str = r#"
@@ -180,10 +180,15 @@ fn cidr_v4_and_v6_ports_and_protocols() {
         r.decide(&ip("2001:db9::1", 8080, Proto::Tcp)).action,
         Action::Deny
     );
-    // v4-mapped v6 is not silently the v4 address.
+    // A v4-mapped destination is the v4 address, as the kernel decides it
+    // (see `ipv4_mapped_rules_and_destinations_are_ipv4`).
     assert_eq!(
         r.decide(&ip("::ffff:10.0.0.1", 5432, Proto::Tcp)).action,
-        Action::Deny
+        r.decide(&ip("10.0.0.1", 5432, Proto::Tcp)).action,
+    );
+    assert_eq!(
+        r.decide(&ip("::ffff:10.0.0.1", 5432, Proto::Tcp)).action,
+        Action::Allow
     );
 }
 
@@ -219,4 +224,65 @@ fn decision_reason_names_the_rule() {
         d.reason
     );
     assert_eq!(d.rule.unwrap().line, 11);
+}
+
+#[test]
+fn inbound_inherits_agent_project_default_and_else_allows() {
+    let p = ok("default:\n  inbound: deny\n\
+         projects:\n  web:\n    inbound: allow\n    agents:\n      locked:\n        inbound: deny\n      free: {}\n\
+         \x20 ops:\n    default_action: allow\n");
+    assert_eq!(
+        p.rules_for(Some("locked"), Some("web")).inbound,
+        Action::Deny
+    );
+    assert_eq!(
+        p.rules_for(Some("free"), Some("web")).inbound,
+        Action::Allow,
+        "the project's"
+    );
+    assert_eq!(
+        p.rules_for(None, Some("ops")).inbound,
+        Action::Deny,
+        "the default section's"
+    );
+    assert_eq!(p.rules_for(None, None).inbound, Action::Deny);
+    let nothing = ok("default:\n  default_action: deny\n");
+    assert_eq!(
+        nothing.rules_for(None, None).inbound,
+        Action::Allow,
+        "unsaid: allow"
+    );
+    let (line, _, reason) = err("default:\n  inbound: maybe\n");
+    assert_eq!(line, 2, "{reason}");
+}
+
+/// The kernel decides a connect to `::ffff:a.b.c.d` as IPv4: a rule written
+/// in the mapped range is the IPv4 rule, and an IPv4 rule covers the mapped
+/// destination, in `explain` exactly as in the kernel (review finding: a
+/// `::ffff:127.0.0.0/104` deny never matched in the kernel while explain
+/// said it did).
+#[test]
+fn ipv4_mapped_rules_and_destinations_are_ipv4() {
+    let p = ok(r#"
+default:
+  default_action: allow
+  rules:
+    - {dst: "::ffff:127.0.0.0/104", action: deny}
+    - {dst: "::ffff:10.1.2.3", action: deny}
+    - {dst: 192.168.0.0/16, action: deny}
+    - {dst: "::/0", proto: udp, action: deny}
+"#);
+    let r = p.rules_for(None, None);
+    let rule = |i: usize| format!("{}", r.rules[i].dst);
+    assert_eq!(rule(0), "127.0.0.0/8");
+    assert_eq!(rule(1), "10.1.2.3/32");
+    let deny = |a: &str, proto| r.decide(&ip(a, 80, proto)).action == Action::Deny;
+    assert!(deny("127.0.0.1", Proto::Tcp));
+    assert!(deny("::ffff:127.0.0.1", Proto::Tcp));
+    assert!(deny("10.1.2.3", Proto::Tcp));
+    assert!(deny("::ffff:192.168.1.1", Proto::Tcp));
+    // `::/0` is all of IPv6: an IPv4 destination, mapped or not, is not in it.
+    assert!(deny("2001:db8::1", Proto::Udp));
+    assert!(!deny("::ffff:8.8.8.8", Proto::Udp));
+    assert!(!deny("8.8.8.8", Proto::Udp));
 }

@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define EGRESS_ABI_VERSION 8
+#define EGRESS_ABI_VERSION 9
 
 #define EGRESS_COMM_LEN 16
 #define EGRESS_ADDR_LEN 16 /* IPv4 uses the first 4 bytes, network order */
@@ -185,6 +185,11 @@ struct egress_config {
 	__u32 attach_level;
 	/* Per-container share of `dns_pending` (0: no quota). */
 	__u32 max_dns_pending_per_scope;
+	/* 1: a TCP flow gets its `flows` entry when its SYN goes out (or its
+	 * handshake completes), not from the promoter a second later: set
+	 * where the kernel refuses map iterators (promote.bpf.c, lib/tcp.h). */
+	__u32 tcp_table_at_connect;
+	__u32 _pad;
 };
 
 /* Why an answer changed nothing (dns_event.rejected; 0: it counted). */

@@ -56,6 +56,25 @@ static __always_inline __u8 close_reason(__u32 old_state, int err)
 	return CLOSE_FIN;
 }
 
+/*
+ * Where the kernel refuses the promoter (map iterators), a TCP flow gets
+ * its `flows` entry here, when its SYN goes out or its handshake completes
+ * (the local end is known then): the open-flow views and interim records
+ * see every flow, at the cost of a table insert per connection.
+ */
+static __always_inline void table_at_connect(struct bpf_sock_ops *ctx, struct sock_owner *o)
+{
+	struct egress_config *cfg = config();
+	__u32 l6[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+			ctx->local_ip6[3] };
+	__u8 local_ip[EGRESS_ADDR_LEN], fam;
+
+	if (!cfg || !cfg->tcp_table_at_connect)
+		return;
+	set_addr(local_ip, &fam, ctx->family, l6, ctx->local_ip4);
+	table_tcp_flow(o, o->tcp_start_ns, local_ip, ctx->local_port, NULL);
+}
+
 static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
@@ -71,6 +90,7 @@ static __always_inline void on_tcp_connect(struct bpf_sock_ops *ctx)
 	if (!(owner->flags & SOCK_F_TCP_FLOW))
 		return;
 	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	table_at_connect(ctx, owner);
 }
 
 /*
@@ -301,6 +321,7 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *ctx)
 			    SOCK_F_INBOUND | SOCK_F_TCP_FLOW |
 				    ((flags & EVENT_F_AUDIT) ? SOCK_F_AUDIT : 0),
 			    __ATOMIC_SEQ_CST);
+	table_at_connect(ctx, owner);
 }
 
 SEC("sockops")
@@ -340,7 +361,12 @@ static __always_inline void refresh_tcp(struct bpf_sock *sk, struct sock_owner *
 	if ((owner->flags & tabled) != tabled)
 		return; /* no `flows` entry (yet): nothing to refresh */
 	now = bpf_ktime_get_boot_ns();
-	if (now - owner->tcp_refreshed_ns < NSEC_PER_SEC)
+	/* In its first second a tabled flow is refreshed on every packet: a
+	 * flow tabled at connect (tcp_table_at_connect) that sends everything
+	 * at once and then idles still shows those bytes while open, as the
+	 * promoter's copy a second in would. */
+	if (now - owner->tcp_refreshed_ns < NSEC_PER_SEC &&
+	    now - owner->tcp_start_ns >= NSEC_PER_SEC)
 		return;
 	owner->tcp_refreshed_ns = now;
 	v = bpf_map_lookup_elem(&flows, &owner->tcp_key);

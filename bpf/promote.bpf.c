@@ -51,27 +51,16 @@ struct bpf_iter__bpf_sk_storage_map {
 	void *value;
 } __attribute__((preserve_access_index));
 
-/* Over quota or no room: counted once; its end comes from the storage. */
-static __always_inline void untracked(struct sock_owner *o, struct scope_usage *u)
-{
-	__sync_fetch_and_or(&o->flags, SOCK_F_TCP_UNTRACKED);
-	count_full(u, MAP_FULL_FLOWS_TCP, SCOPE_FULL_FLOWS);
-}
-
 SEC("iter/bpf_sk_storage_map")
 int promote_tcp(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
 	struct sock___pr *sk = ctx->sk;
 	struct sock_owner *o = ctx->value;
-	struct flow_value val = {};
 	struct tcp_counters c = {};
-	struct scope_released *r;
-	struct egress_config *cfg;
-	struct scope_usage *u;
-	struct flow_key key;
-	__u64 start, scope;
-	__u32 old;
-	long err;
+	struct sock_common___pr *skc;
+	__u8 local_ip[EGRESS_ADDR_LEN], fam;
+	__u32 l6[4];
+	__u64 start;
 
 	/*
 	 * A byte of output every 1,024 sockets: one read() of an iterator
@@ -92,60 +81,12 @@ int promote_tcp(struct bpf_iter__bpf_sk_storage_map *ctx)
 	start = o->tcp_start_ns;
 	if (bpf_ktime_get_boot_ns() - start < NSEC_PER_SEC)
 		return 0;
-	key = o->tcp_key;
-	scope = o->scope_cgroup_id;
-	u = usage_of(scope);
-	r = bpf_map_lookup_elem(&scope_released, &scope);
-	cfg = config();
-	if (u && cfg && !within_quota(u->flows, r ? r->flows : 0, cfg->max_flows_per_scope)) {
-		untracked(o, u);
-		return 0;
-	}
-	/* Marked first: from now on its end looks for the entry (lib/tcp.h). */
-	old = __sync_fetch_and_or(&o->flags, SOCK_F_TCP_TABLED);
-	if ((old & SOCK_F_TCP_TABLED) || !(old & SOCK_F_TCP_FLOW))
-		return 0;
-	if (o->tcp_start_ns != start) {
-		/* a new flow on the socket: the next run sees it whole */
-		__sync_fetch_and_and(&o->flags, ~SOCK_F_TCP_TABLED);
-		return 0;
-	}
-	stored_flow(o, &val);
-	{
-		struct sock_common___pr *skc = &sk->__sk_common;
-		__u32 l6[4] = { skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0],
-				skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1],
-				skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2],
-				skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3] };
-		__u8 fam;
-
-		set_addr(val.local_ip, &fam, skc->skc_family, l6, skc->skc_rcv_saddr);
-		val.local_port = skc->skc_num;
-	}
-	if (read_tcp(sk, &c)) {
-		val.bytes_out = c.bytes_out;
-		val.bytes_in = c.bytes_in;
-		val.packets_out = c.packets_out;
-		val.packets_in = c.packets_in;
-	}
-	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
-	if (err) {
-		if (err != -EEXIST)
-			untracked(o, u);
-		return 0;
-	}
-	if (u)
-		__sync_fetch_and_add(&u->flows, 1);
-	/*
-	 * Did the flow end meanwhile (lib/tcp.h)? A full barrier after the
-	 * insert, then the flag: if its end did not find this entry, nothing
-	 * else would ever remove it. A new flow on the same socket has
-	 * another start time.
-	 */
-	old = __sync_fetch_and_or(&o->flags, 0);
-	if ((old & SOCK_F_TCP_FLOW) && o->tcp_start_ns == start)
-		return 0;
-	if (bpf_map_delete_elem(&flows, &key) == 0 && u)
-		__sync_fetch_and_add(&u->flows, -1);
+	skc = &sk->__sk_common;
+	l6[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+	l6[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+	l6[2] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+	l6[3] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+	set_addr(local_ip, &fam, skc->skc_family, l6, skc->skc_rcv_saddr);
+	table_tcp_flow(o, start, local_ip, skc->skc_num, read_tcp(sk, &c) ? &c : NULL);
 	return 0;
 }

@@ -53,6 +53,18 @@ fn lifecycle<'a>(recs: &'a [Value], container_id: &str, event: &str) -> Option<&
     })
 }
 
+/// Nothing this daemon saw went out without identity; if something did,
+/// the daemon's `record_unattributed` warnings say whose and why.
+fn assert_none_unattributed(daemon: &Daemon) {
+    let n = daemon.metric("clawker_egress_unattributed_total");
+    let said: Vec<String> = daemon
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("record_unattributed"))
+        .collect();
+    assert_eq!(n, 0.0, "unattributed records: {said:#?}");
+}
+
 fn to_port(recs: &[Value], port: u16) -> Vec<&Value> {
     recs.iter()
         .filter(|r| r["clawker.source"] == "egress" && r["dst_port"] == port)
@@ -125,7 +137,7 @@ fn labelled_and_unlabelled_containers_are_attributed_exactly() {
         .is_none());
     let start = lifecycle(&recs, &plain.id, "container_start").expect("plain start");
     assert!(start.get("agent").is_none());
-    assert_eq!(daemon.metric("clawker_egress_unattributed_total"), 0.0);
+    assert_none_unattributed(&daemon);
 }
 
 #[test]
@@ -168,7 +180,7 @@ fn a_new_container_never_inherits_old_labels() {
             Some(expected[id].clone())
         );
     }
-    assert_eq!(daemon.metric("clawker_egress_unattributed_total"), 0.0);
+    assert_none_unattributed(&daemon);
 }
 
 #[test]
@@ -218,7 +230,7 @@ fn a_burst_of_twenty_new_containers_is_fully_attributed() {
         assert_eq!(r["container_name"].as_str(), Some(expected[id].as_str()));
         assert_eq!(r["project"], "burst");
     }
-    assert_eq!(daemon.metric("clawker_egress_unattributed_total"), 0.0);
+    assert_none_unattributed(&daemon);
 }
 
 #[test]
@@ -461,7 +473,7 @@ fn custom_label_keys_resolve_through_lookups() {
         );
         assert_eq!(r[0]["project"], "team");
     }
-    assert_eq!(daemon.metric("clawker_egress_unattributed_total"), 0.0);
+    assert_none_unattributed(&daemon);
 }
 
 /// `--cgroup-parent`: the first container there is found from its init

@@ -441,10 +441,15 @@ fn check_reports_a_ready_host() {
     assert!(out.status.success(), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok")).count(),
-        7,
+        8,
         "{text}"
     );
     assert!(text.contains("bpf_loop helper: supported"), "{text}");
+    // How TCP flows reach the flow table on this host, said in one line.
+    assert!(
+        text.lines().any(|l| l.contains("BPF map iterators")),
+        "{text}"
+    );
     // Which path stops packet sockets on this host, said in one line.
     assert!(text.lines().any(|l| l.contains("BPF LSM")), "{text}");
 }

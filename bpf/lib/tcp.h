@@ -89,6 +89,75 @@ static __always_inline void stored_flow(const struct sock_owner *o, struct flow_
 	v->process = o->process;
 }
 
+/* Over quota or no room: counted once; its end comes from the storage. */
+static __always_inline void untracked(struct sock_owner *o, struct scope_usage *u)
+{
+	__sync_fetch_and_or(&o->flags, SOCK_F_TCP_UNTRACKED);
+	count_full(u, MAP_FULL_FLOWS_TCP, SCOPE_FULL_FLOWS);
+}
+
+/*
+ * Give the open TCP flow that started at `start` its `flows` entry: the
+ * promoter for a flow a second old, or the sock_ops program at once where
+ * the kernel refuses the promoter (egress_config.tcp_table_at_connect).
+ * The container's flow quota applies; `c` (may be NULL) are its counters
+ * now. The race with the flow's end is settled as the header says.
+ */
+static __always_inline void table_tcp_flow(struct sock_owner *o, __u64 start,
+					   const __u8 *local_ip, __u16 local_port,
+					   const struct tcp_counters *c)
+{
+	struct flow_value val = {};
+	struct flow_key key = o->tcp_key;
+	__u64 scope = o->scope_cgroup_id;
+	struct scope_usage *u = usage_of(scope);
+	struct scope_released *r = bpf_map_lookup_elem(&scope_released, &scope);
+	struct egress_config *cfg = config();
+	__u32 old;
+	long err;
+
+	if (u && cfg && !within_quota(u->flows, r ? r->flows : 0, cfg->max_flows_per_scope)) {
+		untracked(o, u);
+		return;
+	}
+	/* Marked first: from now on its end looks for the entry. */
+	old = __sync_fetch_and_or(&o->flags, SOCK_F_TCP_TABLED);
+	if ((old & SOCK_F_TCP_TABLED) || !(old & SOCK_F_TCP_FLOW))
+		return;
+	if (o->tcp_start_ns != start) {
+		/* a new flow on the socket: the next run sees it whole */
+		__sync_fetch_and_and(&o->flags, ~SOCK_F_TCP_TABLED);
+		return;
+	}
+	stored_flow(o, &val);
+	__builtin_memcpy(val.local_ip, local_ip, EGRESS_ADDR_LEN);
+	val.local_port = local_port;
+	if (c) {
+		val.bytes_out = c->bytes_out;
+		val.bytes_in = c->bytes_in;
+		val.packets_out = c->packets_out;
+		val.packets_in = c->packets_in;
+	}
+	err = bpf_map_update_elem(&flows, &key, &val, BPF_NOEXIST);
+	if (err) {
+		if (err != -EEXIST)
+			untracked(o, u);
+		return;
+	}
+	if (u)
+		__sync_fetch_and_add(&u->flows, 1);
+	/*
+	 * Did the flow end meanwhile? A full barrier after the insert, then
+	 * the flag: if its end did not find this entry, nothing else would
+	 * ever remove it. A new flow on the same socket has another start.
+	 */
+	old = __sync_fetch_and_or(&o->flags, 0);
+	if ((old & SOCK_F_TCP_FLOW) && o->tcp_start_ns == start)
+		return;
+	if (bpf_map_delete_elem(&flows, &key) == 0 && u)
+		__sync_fetch_and_add(&u->flows, -1);
+}
+
 /* A flow end record from the storage, identity filled in; NULL if lost. */
 static __always_inline struct flow_end_event *stored_end(const struct sock_owner *o,
 							 const struct flow_key *key,

@@ -20,6 +20,9 @@ const MAX_HELD: usize = 8192;
 const ASK_AGAIN: Duration = Duration::from_secs(1);
 /// Bound on the memory of what was asked.
 const MAX_ASKED: usize = 65_536;
+/// Cgroups whose unattributed records were already logged (the count goes
+/// on; the warning is once per cgroup, bounded).
+const MAX_WARNED: usize = 4096;
 
 struct Held {
     since: Instant,
@@ -37,6 +40,29 @@ pub struct Attributor {
     held: crate::fast_hash::HashMap<u64, Held>,
     held_records: usize,
     asked: crate::fast_hash::HashMap<u64, Instant>,
+    warned: crate::fast_hash::HashSet<u64>,
+}
+
+/// Why a record went out without its container's identity.
+#[derive(Clone, Copy)]
+enum Unattributed {
+    /// The runtime could not say whose container this is (gone, or inspect
+    /// failed).
+    Unresolvable,
+    /// The side queue was full: records go out at once.
+    QueueFull,
+    /// The runtime did not answer within `attribution_wait`.
+    WaitExpired,
+}
+
+impl Unattributed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unattributed::Unresolvable => "unresolvable",
+            Unattributed::QueueFull => "queue_full",
+            Unattributed::WaitExpired => "wait_expired",
+        }
+    }
 }
 
 impl Attributor {
@@ -55,7 +81,25 @@ impl Attributor {
             held: Default::default(),
             held_records: 0,
             asked: Default::default(),
+            warned: Default::default(),
         }
+    }
+
+    /// Count a record that goes out without identity; say so once per
+    /// cgroup (which container, why), so the count has a name in the log.
+    fn unattributed(&mut self, cgroup_id: u64, record: &Record, why: Unattributed) {
+        self.metrics.unattributed();
+        if self.warned.len() >= MAX_WARNED || !self.warned.insert(cgroup_id) {
+            return;
+        }
+        tracing::warn!(
+            event = "record_unattributed",
+            cgroup_id,
+            container = record.get_str(key::CONTAINER_ID).unwrap_or(""),
+            source = record.source.name(),
+            reason = why.as_str(),
+            "a record went out without its container's identity (counted in clawker_egress_unattributed_total; once per cgroup)"
+        );
     }
 
     /// Ticks when identities land: time to call [`Attributor::release`].
@@ -93,7 +137,7 @@ impl Attributor {
             }
             Lookup::Unresolvable(container) => {
                 record.set(key::CONTAINER_ID, &*container);
-                self.metrics.unattributed();
+                self.unattributed(key, &record, Unattributed::Unresolvable);
                 out.push(record);
             }
             Lookup::Pending(container) => {
@@ -116,7 +160,7 @@ impl Attributor {
 
     fn hold(&mut self, key: u64, record: Record, ask: Request, out: &mut Vec<Record>) {
         if self.held_records >= MAX_HELD {
-            self.metrics.unattributed();
+            self.unattributed(key, &record, Unattributed::QueueFull);
             out.push(record);
             return;
         }
@@ -174,11 +218,15 @@ impl Attributor {
             for mut record in held.records {
                 match &lookup {
                     Lookup::Known(identity) => identity.apply(&mut record),
-                    Lookup::Pending(c) | Lookup::Unresolvable(c) => {
+                    Lookup::Pending(c) => {
                         record.set(key::CONTAINER_ID, &**c);
-                        self.metrics.unattributed();
+                        self.unattributed(key, &record, Unattributed::WaitExpired);
                     }
-                    Lookup::Unknown => self.metrics.unattributed(),
+                    Lookup::Unresolvable(c) => {
+                        record.set(key::CONTAINER_ID, &**c);
+                        self.unattributed(key, &record, Unattributed::Unresolvable);
+                    }
+                    Lookup::Unknown => self.unattributed(key, &record, Unattributed::WaitExpired),
                 }
                 out.push(record);
             }

@@ -71,6 +71,17 @@ pub fn preflight(config: &Config) -> Vec<Finding> {
             format!("BPF LSM unavailable: {why}; fallback: packet sockets are recorded at their first send and a denied sender is killed, AF_XDP sockets are decided at their setup (setsockopt; 32-bit syscalls skip it); run agent containers with `--cap-drop NET_RAW` to close AF_PACKET and AF_XDP at the source (docs/SECURITY.md)"),
         ),
     });
+    // Informational: TCP flows are tabled a second late or at connect.
+    out.push(match kernel::promoter_loads() {
+        Ok(()) => finding(
+            true,
+            "BPF map iterators: supported (short TCP connections never touch the flow table)",
+        ),
+        Err(why) => finding(
+            true,
+            format!("BPF map iterators refused ({why}); fallback: every TCP flow gets its flow-table entry at connect (same records, ~1 map insert more per connection)"),
+        ),
+    });
     if let Some(f) = otlp_transport(config) {
         out.push(f);
     }

@@ -134,7 +134,9 @@ pub struct Attached {
     ringbuf_bytes: u32,
     maps: AttachedMaps,
     /// Loaded with the programs: a daemon that is up can read open flows.
-    promoter: Arc<super::promote::Promoter>,
+    /// `None` where the kernel refuses map iterators: TCP flows are then
+    /// tabled at connect (`tcp_table_at_connect`).
+    promoter: Option<Arc<super::promote::Promoter>>,
 }
 
 #[derive(Debug)]
@@ -293,6 +295,16 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         );
         None
     };
+    // Young TCP flows live in their socket's storage until the promoter (a
+    // map iterator) tables them; a kernel that refuses map iterators gets
+    // them tabled at connect instead (one insert per connection more).
+    let promoter = match super::promote::Promoter::load(&pins) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(e) => {
+            tracing::warn!(event = "tcp_promoter_unavailable", error = %e, "this kernel refuses BPF map iterators: TCP flows get their flow-table entry at connect (same records, one map insert more per connection; docs/ARCHITECTURE.md)");
+            None
+        }
+    };
     // The daemon's own traffic is exempt: written before any program runs
     // for it, matched by tgid and start time.
     let config = abi::egress_config {
@@ -306,6 +318,8 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         attach_cgroup_id: cgroup_id,
         attach_level: cgroup_level(&opts.cgroup),
         max_dns_pending_per_scope: opts.fairness.max_dns_pending_per_container,
+        tcp_table_at_connect: u32::from(promoter.is_none()),
+        _pad: 0,
     };
     write_config(&egress.maps.egress_config, &config)?;
 
@@ -352,7 +366,6 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         scope_usage: handle(&egress.maps.scope_usage, "scope_usage")?,
         scope_released: handle(&egress.maps.scope_released, "scope_released")?,
     };
-    let promoter = Arc::new(super::promote::Promoter::load(&pins)?);
     Ok(Attached {
         promoter,
         cgroup_id,

@@ -19,8 +19,10 @@ const OPEN_FLOWS_BATCH: u32 = 4096;
 
 pub struct FlowMaps {
     flows: MapHandle,
-    /// Gives TCP flows older than a second their `flows` entry.
-    promoter: Arc<Promoter>,
+    /// Gives TCP flows older than a second their `flows` entry; `None`
+    /// where the kernel refuses it (the programs then table TCP flows at
+    /// connect, `egress_config.tcp_table_at_connect`).
+    promoter: Option<Arc<Promoter>>,
     reported: MapHandle,
     /// Keys that have a baseline in `reported` (only this daemon writes
     /// it): most flows never get an interim record, and this saves them two
@@ -35,7 +37,7 @@ impl FlowMaps {
     pub(super) fn new(
         flows: &MapHandle,
         reported: &MapHandle,
-        promoter: Arc<Promoter>,
+        promoter: Option<Arc<Promoter>>,
         usage: Arc<ScopeUsage>,
     ) -> Result<Self, KernelError> {
         let reported = dup_handle(reported, "flow_reported")?;
@@ -70,7 +72,7 @@ impl FlowMaps {
     pub fn each_open_flow(
         &self,
     ) -> Box<dyn Iterator<Item = (abi::flow_key, abi::flow_value)> + '_> {
-        if let Err(e) = self.promoter.run() {
+        if let Some(Err(e)) = self.promoter.as_ref().map(|p| p.run()) {
             tracing::warn!(event = "flow_promote_failed", error = %e, "young TCP flows not read");
         }
         match self

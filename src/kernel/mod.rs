@@ -26,6 +26,11 @@ pub use dns::DnsCache;
 pub use error::KernelError;
 use fill::RingbufFill;
 pub use flows::FlowMaps;
+
+/// Can this kernel run the TCP flow promoter (a map iterator)? `Err`: why not.
+pub fn promoter_loads() -> Result<(), String> {
+    promote::Promoter::probe()
+}
 pub use mounts::{bpffs_root, cgroup2_root, ensure_bpffs, MountError};
 pub use policy::PolicyMaps;
 pub use ring::{EventRing, EventSource, KernelCounters};

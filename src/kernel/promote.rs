@@ -40,6 +40,16 @@ impl Promoter {
         Ok(Promoter { link })
     }
 
+    /// Can this kernel load the promoter (a BPF map-element iterator)?
+    /// `Err` says why not. Loads it against maps of its own, keeps nothing.
+    pub fn probe() -> Result<(), String> {
+        let mut storage = MaybeUninit::uninit();
+        let open = PromoteSkelBuilder::default()
+            .open(&mut storage)
+            .map_err(|e| format!("open: {e}"))?;
+        open.load().map(drop).map_err(|e| e.to_string())
+    }
+
     /// Promote every TCP flow older than a second (one pass; blocking).
     pub fn run(&self) -> Result<(), KernelError> {
         let mut iter = Iter::new(&self.link).map_err(bpf_err("create the promoter iterator"))?;

@@ -189,7 +189,11 @@ struct egress_config {
 	 * handshake completes), not from the promoter a second later: set
 	 * where the kernel refuses map iterators (promote.bpf.c, lib/tcp.h). */
 	__u32 tcp_table_at_connect;
-	__u32 _pad;
+	/* 1: every child of the attach cgroup is a container (Docker's own
+	 * cgroupfs parent, `docker/`): a child not enrolled yet is in scope
+	 * as itself, so a container that connects before user space enrolled
+	 * it is still recorded and decided (lib/scope.h). */
+	__u32 children_in_scope;
 };
 
 /* Why an answer changed nothing (dns_event.rejected; 0: it counted). */

@@ -216,7 +216,9 @@ pub struct Config {
     /// Docker label whose value is a record's `project`.
     pub project_label: String,
     /// Longest a record of a just-started container waits for its
-    /// identity before it goes out unattributed ("1s"). Docker answers an
+    /// identity before it goes out unattributed ("5s": a loaded dockerd took
+    /// over a second to start a container, and its records then went out
+    /// unattributed). Docker answers an
     /// inspect of a starting container only once it has started.
     #[serde(with = "humantime_serde")]
     pub attribution_wait: Duration,
@@ -291,7 +293,7 @@ impl Default for Config {
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             agent_label: "dev.clawker.agent".into(),
             project_label: "dev.clawker.project".into(),
-            attribution_wait: Duration::from_secs(1),
+            attribution_wait: Duration::from_secs(5),
             container_record_rate: crate::kernel::Fairness::default().records_per_sec,
             container_record_burst: crate::kernel::Fairness::default().record_burst,
             container_max_flows: crate::kernel::Fairness::default().max_flows_per_container,

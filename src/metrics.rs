@@ -105,8 +105,9 @@ pub struct KernelReading {
 }
 
 /// Seconds; a new container is usually known within milliseconds.
-const ATTRIBUTION_WAIT_BUCKETS: [f64; 10] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const ATTRIBUTION_WAIT_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 pub struct Metrics {
     registry: Registry,

@@ -392,9 +392,11 @@ fn a_lost_exec_record_does_not_make_a_flow_carry_the_previous_program() {
         flow["exe"].is_null() || flow["exe"] == bash.as_str(),
         "the flow names bash or nothing, never the program before the exec: {flow:#}"
     );
-    assert_eq!(
-        flow["exe"] == bash.as_str(),
-        exec_seen,
-        "the flow names bash exactly when bash's exec record came: {flow:#}"
+    // With bash's exec record the flow names bash; without it, the
+    // daemon's /proc fallback (checked against the process's start time)
+    // may still find bash while the process lives, or name nothing.
+    assert!(
+        !exec_seen || flow["exe"] == bash.as_str(),
+        "bash's exec record came, so the flow names bash: {flow:#}"
     );
 }

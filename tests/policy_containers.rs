@@ -172,3 +172,89 @@ fn a_dns_answer_only_opens_the_door_for_the_container_that_asked() {
         && r["qname"] == "iso.test"
         && r["container_id"] == asker.id.as_str()));
 }
+
+/// Continues a stopped daemon when dropped (also when the test fails).
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(daemon: &Daemon) -> Stopped {
+        let pid = daemon.child.id() as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Review finding (session 6): user space enrols a container when inotify
+/// says its cgroup was made, and a loaded host can run the container
+/// first: its first connections went out unrecorded and undecided. Here
+/// the daemon is stopped (SIGSTOP: no watcher, no enrolment, no reader)
+/// while a container starts and connects at once. The kernel puts Docker's
+/// children in scope by themselves: both connects are decided by the
+/// default section (one denied) and recorded, and attributed once the
+/// daemon runs again.
+#[test]
+fn a_container_that_connects_before_it_is_enrolled_is_recorded_and_decided() {
+    require_root!();
+    let _engine = engine();
+    let open = TcpServer::spawn("127.0.0.1:0", Some(3), 0);
+    let closed = TcpServer::spawn("127.0.0.1:0", Some(3), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    // Other tests' containers fall under this default too: they never
+    // connect to `closed`'s port.
+    std::fs::write(
+        &policy,
+        format!(
+            "default:\n  default_action: allow\n  rules:\n\
+             \x20   - {{dst: 127.0.0.1, proto: tcp, port: \"{pc}\", action: deny}}\n",
+            pc = closed.port
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(DaemonOptions::host_root().policy(&policy));
+    wait_attribution_ready(&daemon);
+    // The container stays: its cgroup must still exist when the daemon
+    // comes back and binds it (a container gone by then is recorded and
+    // decided, but unattributed: docs/SECURITY.md).
+    let script = format!(
+        "echo hi | nc -w 2 127.0.0.1 {po} && A=0 || A=1; \
+         echo hi | nc -w 2 127.0.0.1 {pc} && B=0 || B=1; \
+         echo $((A * 10 + B)) > /tmp/code; sleep 60",
+        po = open.port,
+        pc = closed.port
+    );
+    let (c, code) = {
+        let _stopped = Stopped::stop(&daemon);
+        let c = Spec::new("ce-early", script.as_str())
+            .label("dev.clawker.agent", "early")
+            .run();
+        let code = support::wait_until("the container's two connects", WAIT, || {
+            let out = support::docker::docker(&["exec", &c.id, "cat", "/tmp/code"]);
+            let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (out.status.success() && !code.is_empty()).then_some(code)
+        });
+        (c, code)
+    };
+    assert_eq!(
+        code, "1",
+        "allowed to the open port, denied to the closed one while not enrolled"
+    );
+    let recs = daemon.wait_for("both attempts, attributed", WAIT, |r| {
+        egress_of(r, &c.id)
+            .iter()
+            .filter(|x| x["agent"] == "early")
+            .count()
+            >= 2
+    });
+    let mine = egress_of(&recs, &c.id);
+    assert_eq!(verdict_to(&mine, open.port), "ALLOWED");
+    assert_eq!(verdict_to(&mine, closed.port), "DENIED");
+}

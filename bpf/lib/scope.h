@@ -55,6 +55,22 @@ static __always_inline bool in_scope(__u64 *scope_id)
 			return true;
 		}
 	}
+	/*
+	 * Not enrolled (yet): user space enrols a container when it sees its
+	 * cgroup made, and a loaded host can run the container first. Where
+	 * every child of the attach cgroup is a container, that child is the
+	 * scope from the first instruction on (its policy: the default
+	 * section until its labels are known; attributed by its id).
+	 */
+	if (cfg->children_in_scope &&
+	    bpf_get_current_ancestor_cgroup_id(cfg->attach_level) == cfg->attach_cgroup_id) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(cfg->attach_level + 1);
+
+		if (id) {
+			*scope_id = id;
+			return true;
+		}
+	}
 	return false;
 }
 

@@ -12,8 +12,10 @@ use crate::detect::resources::Usage;
 use crate::record::{key, l4_proto, Record, Source};
 
 pub const MAX_AGENTS: usize = 1000;
-/// Records kept per agent for the drill-down.
-const RECENT_PER_AGENT: usize = 20;
+/// Records shown in an agent's drill-down: its newest in the local API's
+/// history ring (`Hub::state`), not a copy per agent (1,000 agents x 20
+/// copies were ~25 MiB in a burst; issue 11).
+pub const RECENT_PER_AGENT: usize = 20;
 /// Denied records kept for the denials pane.
 const RECENT_DENIALS: usize = 50;
 /// Distinct names kept per agent.
@@ -26,7 +28,6 @@ struct Agent {
     state: AgentState,
     /// When `state.cpu_usec` was read.
     cpu_read_at: Option<Instant>,
-    recent: VecDeque<Record>,
     seq: u64,
     /// The time of its latest record (`state.last_seen`, written when
     /// read).
@@ -74,48 +75,21 @@ fn nonneg(n: Option<i64>) -> u64 {
 
 impl Agents {
     /// Fold one record in.
+    #[cfg(test)]
     pub fn ingest(&mut self, r: &Record) {
         self.ingest_batch(std::slice::from_ref(r));
     }
 
-    /// Fold a batch in. The same as one `ingest` per record, but each
-    /// agent's drill-down (`recent`) copies only the batch's last
-    /// [`RECENT_PER_AGENT`] records of that agent: the others would be
-    /// pushed out within the batch anyway.
+    /// Fold a batch in.
     pub fn ingest_batch(&mut self, batch: &[Record]) {
-        // Pass 1: aggregates; per record its key, per key its count.
-        let mut keys: Vec<Option<Cow<'_, str>>> = Vec::with_capacity(batch.len());
         for r in batch {
-            let k = agent_key(r);
-            if let Some(k) = &k {
-                self.aggregate(r, k);
-            }
-            keys.push(k);
-        }
-        // Pass 2: the records that stay in `recent`.
-        let mut left: crate::fast_hash::HashMap<&str, usize> = Default::default();
-        for k in keys.iter().flatten() {
-            *left.entry(k.as_ref()).or_default() += 1;
-        }
-        for (r, k) in batch.iter().zip(&keys) {
-            let Some(k) = k else { continue };
-            let Some(n) = left.get_mut(k.as_ref()) else {
-                continue;
-            };
-            *n -= 1;
-            if *n >= RECENT_PER_AGENT {
-                continue;
-            }
-            if let Some(agent) = self.by_key.get_mut(k.as_ref()) {
-                if agent.recent.len() == RECENT_PER_AGENT {
-                    agent.recent.pop_front();
-                }
-                agent.recent.push_back(r.clone());
+            if let Some(k) = agent_key(r) {
+                self.aggregate(r, &k);
             }
         }
     }
 
-    /// Everything `ingest` does but the drill-down copy.
+    /// Fold one record into its agent's aggregates.
     fn aggregate(&mut self, r: &Record, k: &str) {
         self.seq += 1;
         if !self.by_key.contains_key(k) && self.by_key.len() >= MAX_AGENTS {
@@ -243,8 +217,9 @@ impl Agents {
     }
 
     /// A reading: the aggregates joined with the open flows (`now_ns`:
-    /// boot-clock nanoseconds, for their age).
-    pub fn state(&self, open: &[FlowSnapshot], now_ns: u64, detail: Option<&str>) -> State {
+    /// boot-clock nanoseconds, for their age). `recent` is left empty: the
+    /// hub fills it from its history.
+    pub fn state(&self, open: &[FlowSnapshot], now_ns: u64) -> State {
         let mut agents: HashMap<&str, AgentState> = self
             .by_key
             .iter()
@@ -311,10 +286,7 @@ impl Agents {
             agents,
             open_flows: flows,
             denials: self.denials.iter().map(json).collect(),
-            recent: detail
-                .and_then(|k| self.by_key.get(k))
-                .map(|a| a.recent.iter().map(json).collect())
-                .unwrap_or_default(),
+            recent: Vec::new(),
         }
     }
 }
@@ -374,7 +346,7 @@ mod tests {
         };
         let t0 = Instant::now();
         agents.resources(&reading(1_000_000), t0);
-        let state = |agents: &Agents| agents.state(&[], 0, None).agents[0].clone();
+        let state = |agents: &Agents| agents.state(&[], 0).agents[0].clone();
         let s = state(&agents);
         assert_eq!((s.memory_bytes, s.pids, s.cpu_millicores), (4 << 20, 3, 0));
         // 0.5 s of CPU over 2 s: a quarter of a core.
@@ -464,7 +436,7 @@ mod tests {
             &with(&[(key::FLOW_STATE, "active"), (key::COMMUNITY_ID, "1:x")]),
             &[(key::BYTES_OUT, 40)],
         ));
-        let s = a.state(&[flow(7, 50)], 2_000_000, Some("c1"));
+        let s = a.state(&[flow(7, 50)], 2_000_000);
         assert_eq!(s.agents.len(), 1);
         let dev = &s.agents[0];
         assert_eq!((dev.agent.as_str(), dev.project.as_str()), ("dev", "web"));
@@ -479,8 +451,6 @@ mod tests {
         assert_eq!(s.open_flows[0].age_ms, 1);
         assert_eq!(s.open_flows[0].exe, "/usr/bin/curl");
         assert_eq!(s.denials.len(), 1);
-        assert_eq!(s.recent.len(), 4);
-        assert!(a.state(&[], 0, None).recent.is_empty());
     }
 
     #[test]
@@ -489,7 +459,7 @@ mod tests {
         for i in 0..(MAX_AGENTS + 10) {
             a.ingest(&rec(&[(key::CONTAINER_ID, &format!("c{i}"))], &[]));
         }
-        let s = a.state(&[], 0, None);
+        let s = a.state(&[], 0);
         assert_eq!(s.agents.len(), MAX_AGENTS);
         assert!(s.agents.iter().all(|x| x.key != "c0"));
     }

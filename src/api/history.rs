@@ -53,6 +53,20 @@ impl History {
         self.records
     }
 
+    /// The newest `n` records `pick` accepts, oldest first.
+    pub fn newest(&self, n: usize, pick: impl Fn(&Record) -> bool) -> Vec<&Record> {
+        let mut out: Vec<&Record> = self
+            .batches
+            .iter()
+            .rev()
+            .flat_map(|(_, b)| b.iter().rev())
+            .filter(|r| pick(r))
+            .take(n)
+            .collect();
+        out.reverse();
+        out
+    }
+
     /// Every batch held, oldest first (cheap: shared batches).
     pub fn snapshot(&mut self, now: Instant) -> Vec<Batch> {
         self.trim(now);

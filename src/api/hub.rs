@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::agents::Agents;
+use super::agents::{agent_key, RECENT_PER_AGENT};
 use super::filter::Filter;
 use super::history::History;
+use super::wire::State;
+use crate::capture::FlowSnapshot;
 use crate::detect::resources::Usage;
 use crate::export::{Batch, Sink};
 use crate::metrics::Metrics;
@@ -152,9 +155,20 @@ impl Hub {
         self.lock().agents.resources(by_container, Instant::now());
     }
 
-    /// Run `f` on the aggregates.
-    pub fn with_agents<T>(&self, f: impl FnOnce(&Agents) -> T) -> T {
-        f(&self.lock().agents)
+    /// A reading for `top`: the aggregates joined with the open flows and,
+    /// for `detail` (an agent key), its newest records in the history.
+    pub fn state(&self, open: &[FlowSnapshot], now_ns: u64, detail: Option<&str>) -> State {
+        let inner = self.lock();
+        let mut state = inner.agents.state(open, now_ns);
+        if let Some(k) = detail {
+            state.recent = inner
+                .history
+                .newest(RECENT_PER_AGENT, |r| agent_key(r).as_deref() == Some(k))
+                .into_iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
+                .collect();
+        }
+        state
     }
 }
 
@@ -243,5 +257,25 @@ mod tests {
         let (history, none) = hub.subscribe(Filter::default(), false);
         assert!(none.is_none());
         assert_eq!(history.iter().map(|b| b.len()).sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn the_drill_down_shows_the_agents_newest_records_from_the_history() {
+        let hub = Hub::new(&HubOptions::default(), Arc::new(Metrics::new()));
+        hub.publish(&batch("a", RECENT_PER_AGENT + 5));
+        hub.publish(&batch("b", 3));
+        let newest_a = hub
+            .lock()
+            .history
+            .newest(1, |r| r.get_str(key::AGENT) == Some("a"))[0]
+            .get_str(key::RECORD_ID)
+            .unwrap()
+            .to_owned();
+        let s = hub.state(&[], 0, Some("a/"));
+        assert_eq!(s.recent.len(), RECENT_PER_AGENT);
+        assert_eq!(s.recent.last().unwrap()["record_id"], newest_a.as_str());
+        assert_eq!(hub.state(&[], 0, Some("b/")).recent.len(), 3);
+        assert!(hub.state(&[], 0, None).recent.is_empty());
+        assert!(hub.state(&[], 0, Some("nobody")).recent.is_empty());
     }
 }

@@ -199,7 +199,7 @@ async fn handle(stream: UnixStream, hub: &Hub, flows: Option<&OpenFlows>) -> Res
                 None => Vec::new(),
             };
             let now_ns = BootClock::now_boot_ns();
-            let state = hub.with_agents(|a| a.state(&open, now_ns, detail.as_deref()));
+            let state = hub.state(&open, now_ns, detail.as_deref());
             write_control(&mut out, &Control::State(state)).await?;
         }
         Request::Subscribe {

@@ -227,6 +227,13 @@ pub fn containers_parent(setting: &str, root: &Path) -> PathBuf {
     }
 }
 
+/// Is every child of `dir` a container? Docker's cgroupfs parent
+/// (`docker/` under the v2 `root`) holds only containers' cgroups; the
+/// systemd driver's `system.slice` and the v2 root hold services too.
+pub fn every_child_is_a_container(dir: &Path, root: &Path) -> bool {
+    dir == root.join("docker")
+}
+
 pub fn check(args: &CommonArgs) -> Result<()> {
     let config = Config::load(args.config.as_deref(), &args.overrides())?;
     let findings = preflight(&config);

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::check::{cgroup_dir, require_privileges};
+use super::check::{cgroup_dir, every_child_is_a_container, require_privileges};
 use super::RunArgs;
 use crate::api;
 use crate::attribute::{Attribution, AttributionOptions, ContainerCache, DockerSource, Enroller};
@@ -75,6 +75,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             Scope::Containers => abi::egress_scope_mode::SCOPE_ENROLLED,
             _ => abi::egress_scope_mode::SCOPE_ALL,
         },
+        children_in_scope: scope == Scope::Containers
+            && every_child_is_a_container(&cgroup, &cgroup2_root),
         fairness: config.fairness(),
     })
     .with_context(|| format!("attach to {}", cgroup.display()))?;

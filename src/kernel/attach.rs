@@ -69,6 +69,9 @@ pub struct AttachOptions {
     /// set at load, preallocated by the kernel ([`FLOW_TABLE_SIZES`]).
     pub flow_table_size: u32,
     pub scope_mode: u32,
+    /// Every child of `cgroup` is a container (Docker's cgroupfs parent):
+    /// the kernel puts one that is not enrolled yet in scope by itself.
+    pub children_in_scope: bool,
     pub fairness: Fairness,
 }
 
@@ -319,7 +322,7 @@ pub fn load_and_attach(opts: &AttachOptions) -> Result<Attached, KernelError> {
         attach_level: cgroup_level(&opts.cgroup),
         max_dns_pending_per_scope: opts.fairness.max_dns_pending_per_container,
         tcp_table_at_connect: u32::from(promoter.is_none()),
-        _pad: 0,
+        children_in_scope: u32::from(opts.children_in_scope),
     };
     write_config(&egress.maps.egress_config, &config)?;
 

@@ -370,7 +370,9 @@ static __always_inline void refresh_tcp(struct bpf_sock *sk, struct sock_owner *
 		return;
 	owner->tcp_refreshed_ns = now;
 	v = bpf_map_lookup_elem(&flows, &owner->tcp_key);
-	if (!v)
+	/* Its own entry: one its end removed on another CPU meanwhile may
+	 * already hold another flow (a preallocated element is reused). */
+	if (!v || v->start_ns != owner->tcp_start_ns)
 		return;
 	v->last_seen_ns = now;
 	if (!v->local_port) {
@@ -597,30 +599,6 @@ static __always_inline bool raw_send_denied(struct __sk_buff *skb, struct bpf_so
 		submit_event(ev, sizeof(*ev));
 	}
 	return true;
-}
-
-/* The container a socket belongs to, by the cgroup that made it (as
- * in_scope() decides for a task; sk_in_scope() of lib/dns.h, with the id). */
-static __always_inline bool sk_scope(struct bpf_sock *sk, __u64 *scope_id)
-{
-	struct egress_config *cfg = config();
-
-	*scope_id = 0;
-	if (!cfg || bpf_sk_ancestor_cgroup_id(sk, cfg->attach_level) != cfg->attach_cgroup_id)
-		return false;
-	if (cfg->scope_mode == SCOPE_ALL)
-		return true;
-	for (int level = 1; level <= EGRESS_SCOPE_MAX_DEPTH; level++) {
-		__u64 id = bpf_sk_ancestor_cgroup_id(sk, level);
-
-		if (id == 0)
-			break;
-		if (bpf_map_lookup_elem(&scoped_cgroups, &id)) {
-			*scope_id = id;
-			return true;
-		}
-	}
-	return false;
 }
 
 /*

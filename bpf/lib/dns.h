@@ -49,6 +49,7 @@
 #include "maps.h"
 #include "events.h"
 #include "addr.h"
+#include "scope.h"
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/udp.h>
@@ -657,30 +658,6 @@ static __always_inline bool dns_query(struct __sk_buff *skb, struct bpf_sock *sk
 }
 
 /*
- * Is this socket a container's (in scope)? By the cgroup that created it,
- * as in_scope() decides for the current task: under the attach cgroup, and
- * in SCOPE_ENROLLED mode under an enrolled container cgroup.
- */
-static __always_inline bool sk_in_scope(struct bpf_sock *sk)
-{
-	struct egress_config *cfg = config();
-
-	if (!cfg || bpf_sk_ancestor_cgroup_id(sk, cfg->attach_level) != cfg->attach_cgroup_id)
-		return false;
-	if (cfg->scope_mode == SCOPE_ALL)
-		return true;
-	for (int level = 1; level <= EGRESS_SCOPE_MAX_DEPTH; level++) {
-		__u64 id = bpf_sk_ancestor_cgroup_id(sk, level);
-
-		if (id == 0)
-			break;
-		if (bpf_map_lookup_elem(&scoped_cgroups, &id))
-			return true;
-	}
-	return false;
-}
-
-/*
  * Was this answer sent by a socket in scope? The socket that owns the
  * server's address and port here (the one a datagram or segment to the
  * server would reach). On the same host a container can bind the server's
@@ -708,7 +685,11 @@ static __always_inline bool from_scope(struct __sk_buff *skb, struct scratch *s,
 		peer = bpf_skc_lookup_tcp(skb, tuple, size, BPF_F_CURRENT_NETNS, 0);
 	if (!peer)
 		return false;
-	ours = sk_in_scope(peer);
+	{
+		__u64 peer_scope;
+
+		ours = sk_scope(peer, &peer_scope);
+	}
 	bpf_sk_release(peer);
 	return ours;
 }

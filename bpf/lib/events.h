@@ -199,7 +199,9 @@ static __always_inline void fill_header(struct event_header *h, __u16 kind, __u1
  */
 static __always_inline bool within_quota(__u64 made, __u64 released, __u32 quota)
 {
-	return quota == 0 || made - released < quota;
+	/* released > made (counters restarted for a scope): within, never a
+	 * wrapped difference that locks the container out. */
+	return quota == 0 || made <= released || made - released < quota;
 }
 
 #endif /* CLAWKER_LIB_EVENTS_H */

@@ -88,4 +88,40 @@ static __always_inline bool in_scope_global(__u64 *scope_id)
 	return in_scope(scope_id);
 }
 
+/*
+ * in_scope() for a socket, by the cgroup that made it (the one definition
+ * for programs that run where the current task is not the socket's owner:
+ * softirq, another socket's lookup). *scope_id as in_scope() sets it.
+ */
+static __always_inline bool sk_scope(struct bpf_sock *sk, __u64 *scope_id)
+{
+	struct egress_config *cfg = config();
+
+	*scope_id = 0;
+	if (!cfg || bpf_sk_ancestor_cgroup_id(sk, cfg->attach_level) != cfg->attach_cgroup_id)
+		return false;
+	if (cfg->scope_mode == SCOPE_ALL)
+		return true;
+	for (int level = 1; level <= EGRESS_SCOPE_MAX_DEPTH; level++) {
+		__u64 id = bpf_sk_ancestor_cgroup_id(sk, level);
+
+		if (id == 0)
+			break;
+		if (bpf_map_lookup_elem(&scoped_cgroups, &id)) {
+			*scope_id = id;
+			return true;
+		}
+	}
+	/* A container not enrolled yet, as in in_scope(). */
+	if (cfg->children_in_scope) {
+		__u64 id = bpf_sk_ancestor_cgroup_id(sk, cfg->attach_level + 1);
+
+		if (id) {
+			*scope_id = id;
+			return true;
+		}
+	}
+	return false;
+}
+
 #endif /* CLAWKER_LIB_SCOPE_H */

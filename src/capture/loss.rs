@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
-use crate::kernel::{Losses, ScopeUsage, ScopedCgroups};
+use std::path::PathBuf;
+
+use crate::kernel::{cgroup_alive, Losses, ScopeUsage, ScopedCgroups};
 
 /// One container's losses over one interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub struct LossReporter {
     usage: Arc<ScopeUsage>,
     /// Enrolled containers (None in SCOPE_ALL mode: key 0 only).
     scoped: Option<ScopedCgroups>,
+    /// The cgroup2 mount: a scope's counters are forgotten only once its
+    /// cgroup is gone (a container the kernel put in scope before user
+    /// space enrolled it is not enrolled, and lives).
+    cgroup_root: Option<PathBuf>,
     seen: HashMap<u64, Losses>,
     interval: Duration,
 }
@@ -37,13 +43,17 @@ impl LossReporter {
         LossReporter {
             usage,
             scoped,
+            cgroup_root: crate::kernel::cgroup2_root().ok(),
             seen: HashMap::new(),
             interval,
         }
     }
 
     /// One reading: the losses that grew since the last one. Containers no
-    /// longer enrolled are forgotten after this, their last report.
+    /// longer enrolled and whose cgroup is gone are forgotten after this,
+    /// their last report. Forgetting a live scope would restart its usage
+    /// at 0 while its table entries stay (a quota escape) and then let the
+    /// releases of those entries run past what it made.
     pub fn poll(&mut self) -> Vec<ContainerLoss> {
         let time = SystemTime::now();
         let enrolled: Option<std::collections::HashSet<u64>> =
@@ -60,7 +70,12 @@ impl LossReporter {
                     interval: self.interval,
                 });
             }
-            if scope != 0 && enrolled.as_ref().is_some_and(|e| !e.contains(&scope)) {
+            let gone = || {
+                self.cgroup_root
+                    .as_deref()
+                    .is_none_or(|root| !cgroup_alive(root, scope))
+            };
+            if scope != 0 && enrolled.as_ref().is_some_and(|e| !e.contains(&scope)) && gone() {
                 self.usage.forget(scope);
                 self.seen.remove(&scope);
             }

@@ -31,7 +31,7 @@ pub use flows::FlowMaps;
 pub fn promoter_loads() -> Result<(), String> {
     promote::Promoter::probe()
 }
-pub use mounts::{bpffs_root, cgroup2_root, ensure_bpffs, MountError};
+pub use mounts::{bpffs_root, cgroup2_root, cgroup_alive, ensure_bpffs, MountError};
 pub use policy::PolicyMaps;
 pub use ring::{EventRing, EventSource, KernelCounters};
 pub use scope::ScopedCgroups;

@@ -21,6 +21,48 @@ pub enum MountError {
     },
 }
 
+/// Does the cgroup whose id the kernel reports (its kernfs node id, the
+/// directory's inode) still exist under the cgroup2 mount `root`? Asked by
+/// handle (`open_by_handle_at` with a kernfs file handle, as systemd does):
+/// no directory walk. Only a stale handle (no such cgroup) says no: any
+/// other failure counts as alive.
+pub fn cgroup_alive(root: &Path, id: u64) -> bool {
+    use std::os::fd::AsRawFd;
+
+    /// `struct file_handle` with its 8-byte kernfs id.
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: libc::c_uint,
+        handle_type: libc::c_int,
+        id: u64,
+    }
+    const FILEID_KERNFS: libc::c_int = 0xfe;
+    let Ok(dir) = fs::File::open(root) else {
+        return true;
+    };
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: `handle` is a valid `struct file_handle` whose f_handle holds
+    // `handle_bytes` (8) bytes; `dir` is an open descriptor for the mount.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            dir.as_raw_fd(),
+            (&mut handle as *mut KernfsHandle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor this function owns.
+        unsafe { libc::close(fd) };
+        return true;
+    }
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    !matches!(errno, Some(libc::ESTALE) | Some(libc::ENOENT))
+}
+
 /// The mount point of the cgroup v2 hierarchy, read from /proc/mounts (it is
 /// `/sys/fs/cgroup` on unified hosts and `/sys/fs/cgroup/unified` on hybrid
 /// ones; never hard-coded).
@@ -98,6 +140,21 @@ pub fn active_lsms() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_cgroup_is_not_alive() {
+        // Root only (making a cgroup); CI runs as root.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let root = cgroup2_root().expect("cgroup2");
+        let dir = root.join(format!("clawker-alive-test-{}", std::process::id()));
+        fs::create_dir(&dir).expect("mkdir cgroup");
+        let id = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&dir).unwrap());
+        assert!(cgroup_alive(&root, id));
+        fs::remove_dir(&dir).expect("rmdir cgroup");
+        assert!(!cgroup_alive(&root, id));
+    }
 
     const HYBRID: &str = "\
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0

@@ -921,3 +921,49 @@ fn a_forged_answer_flood_cannot_spend_another_cgroups_records() {
         "the forged answers past the interval are counted ({unrecorded} of {sent} sent, {forged} recorded)"
     );
 }
+
+/// Review finding (session 6): a container the kernel puts in scope before
+/// user space enrolled it (a child of `docker/`) ran its own resolver, and
+/// that resolver's answers counted as a real server's: the check of the
+/// answering socket knew enrolled cgroups only. Here a cgroup of this test
+/// under `docker/` stands for such a container, and the daemon is stopped
+/// (no enrolment) while it asks itself for github.com.
+#[test]
+fn an_unenrolled_containers_own_resolver_cannot_forge_answers() {
+    require_root!();
+    let server = TcpServer::spawn("0.0.0.0:0", None, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    // Applies to this daemon's scope only; no container of this test
+    // binary runs under docker/.
+    write_atomic(
+        &policy,
+        "default:\n  default_action: deny\n  rules:\n\
+         \x20   - {dst: 127.0.0.0/8, proto: udp, action: allow}\n\
+         \x20   - {dst: github.com, proto: tcp, action: allow}\n",
+    );
+    let daemon = Daemon::start(DaemonOptions::host_root().policy(&policy));
+    let cg = TestCgroup::under(&support::cgroup2_root().join("docker"), "ce-dns-early");
+    let out = {
+        let _paused = daemon.pause();
+        cg.python(&format!(
+            "{PY_DNS}V = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             V.bind(('127.0.0.1', 0))\n\
+             V.settimeout(30)\n\
+             G = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             G.bind(('127.0.9.57', 53))\n\
+             V.sendto(query(0x4545, 'github.com'), ('127.0.9.57', 53))\n\
+             q, peer = G.recvfrom(512)\n\
+             G.sendto(answer(0x4545, 'github.com', '127.0.4.13'), peer)\n\
+             V.recv(512)\n\
+             s = socket.socket()\n\
+             print(s.connect_ex(('127.0.4.13', {port})), flush=True)\n",
+            port = server.port
+        ))
+    };
+    assert_eq!(
+        out.trim(),
+        "1",
+        "errno 1 (EPERM): its own answer must not make 127.0.4.13 github.com"
+    );
+}

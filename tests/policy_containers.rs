@@ -173,25 +173,6 @@ fn a_dns_answer_only_opens_the_door_for_the_container_that_asked() {
         && r["container_id"] == asker.id.as_str()));
 }
 
-/// Continues a stopped daemon when dropped (also when the test fails).
-struct Stopped(i32);
-
-impl Stopped {
-    fn stop(daemon: &Daemon) -> Stopped {
-        let pid = daemon.child.id() as i32;
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
-
 /// Review finding (session 6): user space enrols a container when inotify
 /// says its cgroup was made, and a loaded host can run the container
 /// first: its first connections went out unrecorded and undecided. Here
@@ -232,7 +213,7 @@ fn a_container_that_connects_before_it_is_enrolled_is_recorded_and_decided() {
         pc = closed.port
     );
     let (c, code) = {
-        let _stopped = Stopped::stop(&daemon);
+        let _paused = daemon.pause();
         let c = Spec::new("ce-early", script.as_str())
             .label("dev.clawker.agent", "early")
             .run();

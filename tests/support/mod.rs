@@ -325,7 +325,27 @@ impl DaemonOptions {
     }
 }
 
+/// A daemon stopped with SIGSTOP (no watcher, no enrolment, no reader),
+/// continued when dropped, also when the test fails.
+pub struct Paused(i32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 impl Daemon {
+    /// Stop the daemon until the guard is dropped.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn pause(&self) -> Paused {
+        let pid = self.child.id() as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Paused(pid)
+    }
+
     /// On a metrics port the daemon picks itself (port 0; read back from
     /// its `metrics_listening` log line). A port picked by the test and
     /// bound later by the daemon raced: two tests' daemons got the same one,

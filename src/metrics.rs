@@ -557,16 +557,42 @@ pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 struct ServerState {
     metrics: Arc<Metrics>,
     refresh: Refresh,
+    ready: Ready,
 }
 
-/// Serve `/metrics` and `/healthz` on an already bound listener.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, refresh: Refresh) {
+/// Set once the whole pipeline runs (drain, stages, sinks, local API):
+/// `/readyz` answers 200 from then on, 503 before. `/healthz` only says
+/// the process is alive; the metrics endpoint comes up first so a bad
+/// address fails the start.
+pub type Ready = Arc<std::sync::atomic::AtomicBool>;
+
+/// Serve `/metrics`, `/healthz` (alive) and `/readyz` (pipeline running)
+/// on an already bound listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    refresh: Refresh,
+    ready: Ready,
+) {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(ServerState { metrics, refresh });
+        .route("/readyz", get(readyz))
+        .with_state(ServerState {
+            metrics,
+            refresh,
+            ready,
+        });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(event = "metrics_unavailable", error = %e, "metrics endpoint stopped");
+    }
+}
+
+async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
+    if state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        (axum::http::StatusCode::OK, "ready\n")
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
 }
 
@@ -589,6 +615,35 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Until the pipeline runs, `/readyz` says 503 and `/healthz` 200: a
+    /// client that waits on readiness (tests, a health check) does not
+    /// talk to an API socket that is not there yet.
+    #[tokio::test]
+    async fn readyz_waits_for_the_pipeline() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ready = Ready::default();
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::new()),
+            Arc::new(|| {}),
+            ready.clone(),
+        ));
+        let status = move |path: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                match ureq::get(&format!("http://{addr}{path}")).call() {
+                    Ok(r) => r.status().as_u16(),
+                    Err(ureq::Error::StatusCode(code)) => code,
+                    Err(e) => panic!("{path}: {e}"),
+                }
+            })
+        };
+        assert_eq!(status("/healthz").await.unwrap(), 200);
+        assert_eq!(status("/readyz").await.unwrap(), 503);
+        ready.store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(status("/readyz").await.unwrap(), 200);
+    }
 
     #[test]
     fn kernel_drops_fold_in_as_deltas() {

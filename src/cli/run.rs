@@ -35,7 +35,7 @@ use crate::stage_queue::{EVENT_BATCHES, OBSERVATION_BATCHES, RECORD_BATCHES};
 
 pub async fn run(args: &RunArgs) -> Result<()> {
     // First: a SIGTERM, SIGINT or SIGHUP that comes before its handler would
-    // kill the daemon (the default action), also once healthz says ready.
+    // kill the daemon (the default action), also once /readyz says ready.
     let signals = Signals::install()?;
     let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
     // With OTLP output the daemon's own logs also go out, as `cp` records.
@@ -97,7 +97,13 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("metrics endpoint {}", config.metrics_listen))?;
     tracing::info!(event = "metrics_listening", addr = %listener.local_addr()?, "Prometheus endpoint up");
-    tokio::spawn(metrics::serve(listener, metrics.clone(), refresh.clone()));
+    let ready = metrics::Ready::default();
+    tokio::spawn(metrics::serve(
+        listener,
+        metrics.clone(),
+        refresh.clone(),
+        ready.clone(),
+    ));
     tokio::spawn(refresh_periodically(refresh.clone()));
     tokio::spawn(return_freed_memory());
     // Self-metrics also over OTLP (off by default: a Prometheus that
@@ -210,6 +216,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     }
     let pipeline =
         tokio::spawn(Pipeline::new(attributor, metrics.clone(), sink_tx).run(flow_rx, control_rx));
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(event = "ready", "pipeline running (/readyz answers 200)");
 
     wait_for_shutdown(signals.term, signals.int).await;
     tracing::info!(

@@ -464,7 +464,7 @@ impl Daemon {
                 self.metrics_port = self.listening_port().unwrap_or(0);
             }
             if self.metrics_port != 0
-                && http_get(&format!("http://127.0.0.1:{}/healthz", self.metrics_port)).is_some()
+                && http_get(&format!("http://127.0.0.1:{}/readyz", self.metrics_port)).is_some()
             {
                 return;
             }

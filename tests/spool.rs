@@ -263,18 +263,41 @@ fn a_full_spool_counts_every_record_it_loses() {
 #[test]
 fn a_flooding_cgroup_cannot_starve_a_quiet_one_out_of_the_spool() {
     require_root!();
-    let parent = TestCgroup::new("ce-spoolfair");
+    // 1 MiB (the smallest spool): ~1,700 flow records.
+    flooder_cannot_starve_a_quiet_cgroup("ce-spoolfair", 1 << 20, 200, "spool_full");
+}
+
+/// The same attack with the spool turned off (`spool_bytes = 0`): the
+/// memory queue (2,000 records here) is the whole buffer and is shared the
+/// same way. On a first-come queue the flooder took all of it and every
+/// record of the quiet cgroup was refused.
+#[test]
+fn without_a_spool_a_flooding_cgroup_cannot_starve_a_quiet_one_out_of_the_memory_queue() {
+    require_root!();
+    flooder_cannot_starve_a_quiet_cgroup("ce-queuefair", 0, 2000, "queue_full");
+}
+
+/// A flooding cgroup fills the OTLP sink's buffer while the collector is
+/// away; a quiet one speaks afterwards. Every quiet record arrives; what
+/// the flooder lost is reported for it (in-band `records_lost` with
+/// `lost_spool_full`, and the per-container metric), exactly: delivered +
+/// refused == emitted. `cause`: the `sink_failures_total` cause it counts
+/// under (`spool_full`, or `queue_full` without a spool).
+fn flooder_cannot_starve_a_quiet_cgroup(name: &str, spool_bytes: u64, queue: usize, cause: &str) {
+    let parent = TestCgroup::new(name);
     let flood = TestCgroup::under(&parent.path, "flood");
     let quiet = TestCgroup::under(&parent.path, "quiet");
     let spool = tempfile::tempdir().unwrap();
     let otlp_port = support::free_port(); // the collector is down
     let server = TcpServer::spawn("127.0.0.1:0", Some(0), 0);
-    // 1 MiB (the smallest spool): ~1,700 flow records.
-    let d = Daemon::start(
-        options(&parent, otlp_port, spool.path(), 1 << 20)
-            .arg("--loss-report-interval")
-            .arg("1s"),
-    );
+    let mut opts = options(&parent, otlp_port, spool.path(), spool_bytes);
+    // (the last value of a variable wins)
+    opts.env.push((
+        "CLAWKER_EGRESS_OTLP_QUEUE_RECORDS".into(),
+        queue.to_string(),
+    ));
+    let d = Daemon::start(opts.arg("--loss-report-interval").arg("1s"));
+    let failures = format!("clawker_egress_sink_failures_total{{sink=\"otlp\",cause=\"{cause}\"}}");
 
     // The flood: far more than the memory queue and the spool hold.
     const FLOOD: usize = 4000;
@@ -283,10 +306,7 @@ fn a_flooding_cgroup_cannot_starve_a_quiet_one_out_of_the_spool() {
     support::wait_until(
         "the flooder's records refused",
         Duration::from_secs(30),
-        || {
-            (d.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}") > 0.0)
-                .then_some(())
-        },
+        || (d.metric(&failures) > 0.0).then_some(()),
     );
     // Then the quiet cgroup speaks, the collector still away.
     const QUIET: usize = 150;
@@ -309,10 +329,10 @@ fn a_flooding_cgroup_cannot_starve_a_quiet_one_out_of_the_spool() {
         quiet_arrived,
         quiet_ids.len(),
         "{} of the quiet cgroup's {} records never arrived: the flooder starved it \
-         (spool_full: {})",
+         ({cause}: {})",
         quiet_ids.len() - quiet_arrived,
         quiet_ids.len(),
-        d.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}")
+        d.metric(&failures)
     );
 
     // What the flooder lost is reported for the flooder, in-band, and adds
@@ -344,11 +364,8 @@ fn a_flooding_cgroup_cannot_starve_a_quiet_one_out_of_the_spool() {
         0,
         "the quiet cgroup was reported as losing records"
     );
-    let full = d.metric("clawker_egress_events_dropped_total{reason=\"spool_full\"}");
-    assert_eq!(
-        full, refused as f64,
-        "every spool_full loss is the flooder's"
-    );
+    let full = d.metric(&failures);
+    assert_eq!(full, refused as f64, "every {cause} loss is the flooder's");
     assert_eq!(
         d.metric(
             "clawker_egress_container_records_lost_total{agent=\"_other\",project=\"_other\",reason=\"spool_full\"}"
@@ -358,7 +375,7 @@ fn a_flooding_cgroup_cannot_starve_a_quiet_one_out_of_the_spool() {
         d.metrics()
     );
     eprintln!(
-        "spool fairness: flooder emitted {}, delivered {delivered}, refused {refused} (spool_full); \
+        "buffer fairness: flooder emitted {}, delivered {delivered}, refused {refused} ({cause}); \
          quiet emitted {} and delivered {quiet_arrived}",
         flood_ids.len(),
         quiet_ids.len()

@@ -170,11 +170,18 @@ pub enum Refusal {
     Full,
 }
 
-/// Bytes held per tenant, and the decision to admit more.
+/// Without a spool, a container's share of the memory queue never falls
+/// below this many records.
+pub const FLOOR_RECORDS: u64 = 128;
+
+/// What each tenant holds (spool frame bytes, or records of a memory queue
+/// that is the whole buffer), and the decision to admit more.
 #[derive(Debug)]
 pub struct Ledger {
-    /// The spool's bound.
+    /// The spool's bound (or the memory queue's, in records).
     spool_capacity: u64,
+    /// A container's share never falls below this.
+    floor: u64,
     /// Bytes held in the memory queue (counted in `held` too); they add to
     /// the capacity: the memory queue is bounded on its own, in records.
     mem: u64,
@@ -185,9 +192,23 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Shares of a disk spool of `spool_capacity` bytes (and of the memory
+    /// queue in front of it), in frame bytes.
     pub fn new(spool_capacity: u64) -> Self {
+        Self::with_floor(spool_capacity, FLOOR_BYTES)
+    }
+
+    /// Shares of a memory queue of `queue_records` records that is the
+    /// whole buffer (no spool), in records: each record costs 1, added
+    /// with `mem = false` (the queue's bound is the capacity).
+    pub fn records(queue_records: u64) -> Self {
+        Self::with_floor(queue_records, FLOOR_RECORDS)
+    }
+
+    fn with_floor(spool_capacity: u64, floor: u64) -> Self {
         Ledger {
             spool_capacity,
+            floor,
             mem: 0,
             total: 0,
             held: HashMap::default(),
@@ -243,7 +264,7 @@ impl Ledger {
         }
         let mine = self.held(t);
         let holders = self.holders + u64::from(mine == 0);
-        let share = (limit / (holders + 1)).max(FLOOR_BYTES.min(limit));
+        let share = (limit / (holders + 1)).max(self.floor.min(limit));
         if mine + bytes > share {
             return Err(Refusal::OverShare);
         }
@@ -412,6 +433,45 @@ mod tests {
         l.release(Tenant::Cgroup(1), 100_000, true);
         l.clear();
         assert_eq!((l.total(), l.holders()), (0, 0));
+    }
+
+    #[test]
+    fn a_memory_queue_without_a_spool_is_shared_in_records() {
+        // The default queue (100,000 records): same rule, counted in records.
+        let q = 100_000;
+        let mut l = Ledger::records(q);
+        let (flood, quiet) = (Tenant::Cgroup(1), Tenant::Cgroup(2));
+        assert_eq!(
+            fill(&mut l, flood, 1),
+            q / 2,
+            "a lone flooder stops at half"
+        );
+        let limit = q - q / RESERVE_DIVISOR;
+        assert_eq!(
+            fill(&mut l, quiet, 1),
+            limit / 3,
+            "the quiet one: its share"
+        );
+        assert!(
+            l.admit(Tenant::Cgroup(3), 1).is_ok(),
+            "a third still gets in"
+        );
+        for i in 3..1000 {
+            fill(&mut l, Tenant::Cgroup(i), 1);
+        }
+        assert_eq!(l.total(), limit, "containers stop at the reserve");
+        assert_eq!(fill(&mut l, Tenant::Daemon, 1), q - limit, "the reserve");
+        // A small queue: a share never falls below FLOOR_RECORDS.
+        let mut l = Ledger::records(1000);
+        for i in 0..6 {
+            l.add(Tenant::Cgroup(i), 100, false);
+        }
+        // (938 / 8 = 117 records each, but the floor is 128)
+        assert!(l.admit(Tenant::Cgroup(9), FLOOR_RECORDS).is_ok());
+        assert_eq!(
+            l.admit(Tenant::Cgroup(9), FLOOR_RECORDS + 1),
+            Err(Refusal::OverShare)
+        );
     }
 
     fn record(source: Source, container: Option<&str>, cgroup: u64) -> Record {

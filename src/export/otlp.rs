@@ -16,9 +16,10 @@
 //! (the memory queue is written in front of the spool at shutdown). A
 //! record the spool cannot hold is counted (`spool_full`).
 //!
-//! With a spool, the buffer is shared fairly between containers
-//! ([`super::fair`]): a container holding more than its fair share of a
-//! filling spool has its new records refused (`spool_full`), attributed to
+//! The buffer is shared fairly between containers ([`super::fair`]): with
+//! a spool in spool bytes, without one in records of the memory queue. A
+//! container holding more than its fair share of a filling buffer has its
+//! new records refused (`spool_full`, or `queue_full` without a spool), attributed to
 //! it in-band (a `records_lost` record with `lost_spool_full`, one per
 //! container per loss interval) and in `container_records_lost_total`;
 //! the daemon's own records are never starved by a flooding container.
@@ -96,13 +97,34 @@ impl AsRef<[u8]> for Queued {
     }
 }
 
-/// The disk spool and the fair-share accounting of the whole buffer.
-struct Spooled {
-    spool: Spool,
-    /// Bytes each tenant holds in the memory queue + spool.
+/// The sink's buffer: the fair-share accounting of what each tenant holds
+/// (memory queue + disk spool), what was refused per container, and the
+/// disk spool when one is configured.
+struct Buffer {
+    /// `None`: the memory queue is the whole buffer, and the shares are
+    /// counted in records of it; else in spool frame bytes.
+    spool: Option<Spool>,
     ledger: Ledger,
     /// Records refused per container, not reported yet.
     pending: Pending,
+}
+
+impl Buffer {
+    /// What a record of `len` encoded bytes costs in the ledger.
+    fn cost(&self, len: usize) -> u64 {
+        match self.spool {
+            Some(_) => frame_bytes(len),
+            None => 1,
+        }
+    }
+
+    /// A record of the memory queue left the buffer. (With a spool, the
+    /// memory queue adds to the capacity: it is bounded on its own, in
+    /// records; without one, it is the capacity.)
+    fn release_mem(&mut self, q: &Queued) {
+        let cost = self.cost(q.bytes.len());
+        self.ledger.release(q.tenant, cost, self.spool.is_some());
+    }
 }
 
 struct Shared {
@@ -111,7 +133,7 @@ struct Shared {
     /// The batch being exported when it came from `queue` (put back in
     /// front of the queue, or spooled, if the export does not complete).
     inflight: Mutex<Vec<Queued>>,
-    spool: Mutex<Option<Spooled>>,
+    buffer: Mutex<Buffer>,
     wake: Notify,
     closing: std::sync::atomic::AtomicBool,
 }
@@ -140,7 +162,11 @@ impl OtlpSink {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             inflight: Mutex::new(Vec::new()),
-            spool: Mutex::new(None),
+            buffer: Mutex::new(Buffer {
+                spool: None,
+                ledger: Ledger::records(opts.queue_records as u64),
+                pending: Pending::default(),
+            }),
             wake: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
         });
@@ -150,12 +176,13 @@ impl OtlpSink {
             opts.clone(),
             metrics.clone(),
         ));
+        let reporter = tokio::spawn(loss_reports(shared.clone(), opts.clone(), metrics.clone()));
         Ok(OtlpSink {
             shared,
             opts,
             metrics,
             exporter: Some(exporter),
-            reporter: None,
+            reporter: Some(reporter),
             encoder: RecordEncoder::default(),
         })
     }
@@ -166,7 +193,7 @@ impl OtlpSink {
     /// (a previous run's) go out before anything new; what each container
     /// holds in it is counted again from its records (one read of the
     /// spool), so fairness holds across a restart.
-    pub fn with_spool(mut self, spool: Spool) -> Self {
+    pub fn with_spool(self, spool: Spool) -> Self {
         let mut ledger = Ledger::new(spool.max_bytes());
         let t0 = std::time::Instant::now();
         if let Err(e) = spool
@@ -176,22 +203,15 @@ impl OtlpSink {
             // ledger restarts from zero once the spool is drained.
             tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool read failed while counting what each container holds");
         }
-        if let Ok(mut s) = self.shared.spool.lock() {
+        if let Ok(mut b) = self.shared.buffer.lock() {
             self.metrics.spool_bytes(self.opts.name, spool.bytes());
             if !spool.is_empty() {
                 tracing::info!(event = "spool_replay", sink = self.opts.name, dir = %spool.dir().display(), bytes = spool.bytes(), containers = ledger.holders(), counted_ms = t0.elapsed().as_millis() as u64, "records spooled by an earlier run will be sent first");
             }
-            *s = Some(Spooled {
-                spool,
-                ledger,
-                pending: Pending::default(),
-            });
+            // Called before any record is queued: nothing to carry over.
+            b.spool = Some(spool);
+            b.ledger = ledger;
         }
-        self.reporter = Some(tokio::spawn(loss_reports(
-            self.shared.clone(),
-            self.opts.clone(),
-            self.metrics.clone(),
-        )));
         self.shared.wake.notify_one();
         self
     }
@@ -222,12 +242,9 @@ fn report_losses(
     opts: &OtlpOptions,
     metrics: &Metrics,
 ) {
-    let taken = match shared.spool.lock() {
-        Ok(mut g) => match g.as_mut() {
-            Some(st) if !st.pending.is_empty() => st.pending.take(),
-            _ => return,
-        },
-        Err(_) => return,
+    let (taken, spooled) = match shared.buffer.lock() {
+        Ok(mut b) if !b.pending.is_empty() => (b.pending.take(), b.spool.is_some()),
+        _ => return,
     };
     let now = SystemTime::now();
     let reports: Vec<Record> = taken
@@ -237,7 +254,7 @@ fn report_losses(
             tracing::warn!(
                 event = "container_records_lost",
                 sink = opts.name,
-                reason = "spool_full",
+                reason = if spooled { "spool_full" } else { "queue_full" },
                 lost,
                 cgroup_id = r.get_int(crate::record::key::CGROUP_ID).unwrap_or(0),
                 container_id = r.get_str(crate::record::key::CONTAINER_ID).unwrap_or(""),
@@ -265,7 +282,7 @@ fn enqueue(
         metrics.sink_failure(opts.name, "queue_full", records.len() as u64);
         return;
     };
-    let mut guard = match shared.spool.lock() {
+    let mut guard = match shared.buffer.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
@@ -273,27 +290,40 @@ fn enqueue(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let Some(st) = guard.as_mut() else {
-        // No spool: the memory queue alone, first come first served.
-        let mut lost = 0;
+    let st = &mut *guard;
+    let Some(spool) = st.spool.as_mut() else {
+        // No spool: the memory queue is the whole buffer, shared between
+        // containers by the same rule, counted in records.
+        let (mut refused, mut refused_daemon) = (0u64, 0u64);
         for r in records {
-            if q.len() < opts.queue_records {
+            let tenant = Tenant::of(r);
+            if q.len() < opts.queue_records && st.ledger.admit(tenant, 1).is_ok() {
+                st.ledger.add(tenant, 1, false);
                 let bytes = encoder.log_record(r, observed).to_vec();
-                q.push_back(Queued {
-                    tenant: Tenant::Daemon,
-                    bytes,
-                });
-            } else {
-                lost += 1;
+                q.push_back(Queued { tenant, bytes });
+                continue;
+            }
+            refused += 1;
+            match tenant {
+                Tenant::Daemon => refused_daemon += 1,
+                t => st.pending.refused(t, r),
             }
         }
-        if lost > 0 {
-            metrics.sink_failure(opts.name, "queue_full", lost);
+        if refused > 0 {
+            metrics.sink_failure(opts.name, "queue_full", refused);
+        }
+        if refused_daemon > 0 {
+            tracing::warn!(
+                event = "queue_full",
+                sink = opts.name,
+                records = refused_daemon,
+                "memory queue full (no disk spool); the daemon's own records lost"
+            );
         }
         return;
     };
     // While the spool holds anything, new records queue behind it.
-    let mut spooling = !st.spool.is_empty();
+    let mut spooling = !spool.is_empty();
     let mut spill: Vec<Queued> = Vec::new();
     let mut from: Vec<usize> = Vec::new();
     let mut refused = 0u64;
@@ -325,7 +355,7 @@ fn enqueue(
     }
     drop(q);
     if !spill.is_empty() {
-        match st.spool.append(&spill) {
+        match spool.append(&spill) {
             Ok(k) => {
                 // What the spool's own bound refused: lost, each to its
                 // container.
@@ -348,7 +378,7 @@ fn enqueue(
                 }
             }
         }
-        metrics.spool_bytes(opts.name, st.spool.bytes());
+        metrics.spool_bytes(opts.name, spool.bytes());
     }
     if refused > 0 {
         metrics.spool_full(opts.name, refused);
@@ -357,7 +387,7 @@ fn enqueue(
         // The daemon's own records (few: loss reports, audit): the spool
         // is really full. Containers' losses are logged per container with
         // their loss report.
-        tracing::warn!(event = "spool_full", sink = opts.name, records = refused_daemon, dir = %st.spool.dir().display(), "disk spool full; the daemon's own records lost");
+        tracing::warn!(event = "spool_full", sink = opts.name, records = refused_daemon, dir = %spool.dir().display(), "disk spool full; the daemon's own records lost");
     }
 }
 
@@ -407,8 +437,8 @@ impl Sink for OtlpSink {
             left.extend(q.drain(..));
         }
         let mut lost = left.len() as u64;
-        if let Ok(mut guard) = self.shared.spool.lock() {
-            if let Some(Spooled { spool, .. }) = guard.as_mut() {
+        if let Ok(mut guard) = self.shared.buffer.lock() {
+            if let Some(spool) = guard.spool.as_mut() {
                 match spool.prepend(&left) {
                     Ok(k) => {
                         lost -= k as u64;
@@ -432,7 +462,7 @@ impl Sink for OtlpSink {
             }
             // The sink is done: the spool (and its lock) is released now,
             // not when the last task holding the shared state goes.
-            guard.take();
+            guard.spool.take();
         }
         if lost > 0 {
             self.metrics.sink_failure(self.opts.name, "shutdown", lost);
@@ -492,9 +522,9 @@ fn next_request(
             });
         }
     }
-    let mut guard = shared.spool.lock().ok()?;
-    let st = guard.as_mut()?;
-    let spool = &mut st.spool;
+    let mut guard = shared.buffer.lock().ok()?;
+    let Buffer { spool, ledger, .. } = &mut *guard;
+    let spool = spool.as_mut()?;
     if spool.is_empty() {
         return None;
     }
@@ -508,8 +538,8 @@ fn next_request(
                 // Only a corrupt tail was left: step over it.
                 let _ = spool.commit(pos);
                 metrics.spool_bytes(opts.name, spool.bytes());
-                if spool.is_empty() && st.ledger.mem() == 0 {
-                    st.ledger.clear();
+                if spool.is_empty() && ledger.mem() == 0 {
+                    ledger.clear();
                 }
                 return None;
             }
@@ -551,31 +581,29 @@ fn delivered(
     match spooled {
         None => {
             if let Ok(mut f) = shared.inflight.lock() {
-                if let Ok(mut guard) = shared.spool.lock() {
-                    if let Some(st) = guard.as_mut() {
-                        for q in f.iter() {
-                            st.ledger
-                                .release(q.tenant, frame_bytes(q.bytes.len()), true);
-                        }
+                if let Ok(mut b) = shared.buffer.lock() {
+                    for q in f.iter() {
+                        b.release_mem(q);
                     }
                 }
                 f.clear();
             }
         }
         Some(pos) => {
-            if let Ok(mut guard) = shared.spool.lock() {
-                if let Some(st) = guard.as_mut() {
-                    if let Err(e) = st.spool.commit(pos) {
+            if let Ok(mut guard) = shared.buffer.lock() {
+                let Buffer { spool, ledger, .. } = &mut *guard;
+                if let Some(spool) = spool.as_mut() {
+                    if let Err(e) = spool.commit(pos) {
                         tracing::warn!(event = "sink_failure", sink = name, error = %e, "disk spool cursor write failed (records may be sent again)");
                     }
                     for (t, bytes) in charged {
-                        st.ledger.release(*t, *bytes, false);
+                        ledger.release(*t, *bytes, false);
                     }
-                    if st.spool.is_empty() && st.ledger.mem() == 0 {
+                    if spool.is_empty() && ledger.mem() == 0 {
                         // Nothing held: start the accounting from zero.
-                        st.ledger.clear();
+                        ledger.clear();
                     }
-                    metrics.spool_bytes(name, st.spool.bytes());
+                    metrics.spool_bytes(name, spool.bytes());
                 }
             }
         }
@@ -740,14 +768,7 @@ mod tests {
     }
 
     fn held(s: &OtlpSink, t: Tenant) -> u64 {
-        s.shared
-            .spool
-            .lock()
-            .unwrap()
-            .as_ref()
-            .unwrap()
-            .ledger
-            .held(t)
+        s.shared.buffer.lock().unwrap().ledger.held(t)
     }
 
     async fn send(s: &mut OtlpSink, cgroup: u64, n: usize) {
@@ -810,10 +831,10 @@ mod tests {
         );
         let mut found = Vec::new();
         {
-            let st = s.shared.spool.lock().unwrap();
-            st.as_ref()
+            let st = s.shared.buffer.lock().unwrap();
+            st.spool
+                .as_ref()
                 .unwrap()
-                .spool
                 .for_each_pending(|r| {
                     let lr = LogRecord::decode(r).unwrap();
                     let get = |k: &str| lr.attributes.iter().find(|kv| kv.key == k).cloned();

@@ -43,11 +43,14 @@ pub struct Agents {
     cgroups: crate::fast_hash::HashMap<u64, String>,
     /// community id -> (agent key, bytes out, bytes in) already reported
     /// by interim records of flows still open: the kernel's live counters
-    /// include them.
+    /// include them. (Addresses and ports are the container's choice:
+    /// std's keyed SipHash.)
     interim: HashMap<String, (String, u64, u64)>,
     /// process_key -> exe, from the records that carried both: names the
-    /// program of each open flow (cleared past MAX_TRACKED).
-    programs: HashMap<String, String>,
+    /// program of each open flow (cleared past MAX_TRACKED). Process keys
+    /// are the kernel's (boot id, start time, pid): foldhash, looked up
+    /// once per record.
+    programs: crate::fast_hash::HashMap<String, String>,
     denials: VecDeque<Record>,
     seq: u64,
 }

@@ -80,11 +80,13 @@ impl Record {
     /// The process identity: `pid` (tgid), `ppid`, `process_key` and, when
     /// known, `exe`.
     pub fn set_process(&mut self, tgid: u32, proc: ProcIdent, exe: Option<&str>) {
+        // `pid` may be there already (the egress shapes' header); the
+        // others never are: no search for them.
         self.set(key::PID, tgid);
-        self.set(key::PPID, proc.ppid);
-        self.set(key::PROCESS_KEY, process_key(tgid, proc.start_ns));
+        self.push(key::PPID, proc.ppid);
+        self.push(key::PROCESS_KEY, process_key(tgid, proc.start_ns));
         if let Some(exe) = exe {
-            self.set(key::EXE, exe);
+            self.push(key::EXE, exe);
         }
     }
 }

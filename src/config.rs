@@ -169,8 +169,11 @@ pub struct Config {
     /// OTLP disk spool directory (one subdirectory per OTLP sink, locked:
     /// one daemon per directory).
     pub spool_dir: PathBuf,
-    /// Bound of the disk spool in bytes; 0 disables it (a full memory
-    /// queue then loses records, counted as `queue_full`).
+    /// Bound of the disk spool in bytes; 0 disables it: the memory queue
+    /// is then the whole buffer, shared fairly between containers (a lone
+    /// busy container gets about half of it during an outage), and what
+    /// it refuses is lost, counted as `queue_full` and reported per
+    /// container (docs/SECURITY.md "The OTLP sink's buffer is shared fairly").
     pub spool_bytes: u64,
     /// PEM CA bundle that verifies the collector (https:// only); none:
     /// the system's roots. docs/SECURITY.md "Credentials and transport".

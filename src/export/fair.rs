@@ -221,7 +221,7 @@ impl Ledger {
     }
 
     fn reserve(&self) -> u64 {
-        self.spool_capacity / RESERVE_DIVISOR
+        (self.spool_capacity / RESERVE_DIVISOR).max(1)
     }
 
     /// Bytes held in the memory queue.

@@ -130,8 +130,9 @@ impl Buffer {
 struct Shared {
     /// Records waiting, encoded, oldest first; all older than the spool's.
     queue: Mutex<VecDeque<Queued>>,
-    /// The batch being exported when it came from `queue` (put back in
-    /// front of the queue, or spooled, if the export does not complete).
+    /// The batch being exported when it came from `queue` (retried until
+    /// delivered; at shutdown spooled in front of the queue, or lost and
+    /// counted).
     inflight: Mutex<Vec<Queued>>,
     buffer: Mutex<Buffer>,
     wake: Notify,
@@ -242,9 +243,12 @@ fn report_losses(
     opts: &OtlpOptions,
     metrics: &Metrics,
 ) {
-    let (taken, spooled) = match shared.buffer.lock() {
-        Ok(mut b) if !b.pending.is_empty() => (b.pending.take(), b.spool.is_some()),
-        _ => return,
+    let (taken, spooled) = {
+        let mut b = shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        if b.pending.is_empty() {
+            return;
+        }
+        (b.pending.take(), b.spool.is_some())
     };
     let now = SystemTime::now();
     let reports: Vec<Record> = taken
@@ -411,6 +415,13 @@ impl Sink for OtlpSink {
         self.shared
             .closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // The last loss reports go into the buffer first, so the exporter
+        // delivers them with everything else (without a spool, a report
+        // queued after it stopped would be lost).
+        if let Some(task) = self.reporter.take() {
+            task.abort();
+            report_losses(&self.shared, &mut self.encoder, &self.opts, &self.metrics);
+        }
         self.shared.wake.notify_one();
         if let Some(task) = self.exporter.take() {
             let abort = task.abort_handle();
@@ -420,11 +431,6 @@ impl Sink for OtlpSink {
             {
                 abort.abort();
             }
-        }
-        // The last loss reports go into the buffer with everything else.
-        if let Some(task) = self.reporter.take() {
-            task.abort();
-            report_losses(&self.shared, &mut self.encoder, &self.opts, &self.metrics);
         }
         // What was not delivered: the batch in flight, then the queue.
         let mut left: Vec<Queued> = self
@@ -521,6 +527,16 @@ fn next_request(
                 charged: Vec::new(),
             });
         }
+        // Nothing queued and nothing in flight (a batch is delivered
+        // before the next is asked for): without a spool the buffer is
+        // empty, and its accounting starts from zero (heals any drift).
+        let f = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_empty() {
+            let mut b = shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
+            if b.spool.is_none() {
+                b.ledger.clear();
+            }
+        }
     }
     let mut guard = shared.buffer.lock().ok()?;
     let Buffer { spool, ledger, .. } = &mut *guard;
@@ -580,14 +596,12 @@ fn delivered(
 ) {
     match spooled {
         None => {
-            if let Ok(mut f) = shared.inflight.lock() {
-                if let Ok(mut b) = shared.buffer.lock() {
-                    for q in f.iter() {
-                        b.release_mem(q);
-                    }
-                }
-                f.clear();
+            let mut f = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut b = shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
+            for q in f.iter() {
+                b.release_mem(q);
             }
+            f.clear();
         }
         Some(pos) => {
             if let Ok(mut guard) = shared.buffer.lock() {
@@ -774,6 +788,102 @@ mod tests {
     async fn send(s: &mut OtlpSink, cgroup: u64, n: usize) {
         let batch: Vec<Record> = (0..n).map(|i| flow(cgroup, i)).collect();
         s.send(Arc::new(batch)).await;
+    }
+
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+        LogsService, LogsServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+    };
+
+    /// A receiver that keeps every LogRecord.
+    #[derive(Clone, Default)]
+    struct Rx(Arc<Mutex<Vec<LogRecord>>>);
+
+    #[tonic::async_trait]
+    impl LogsService for Rx {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportLogsServiceRequest>,
+        ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+            let mut kept = self.0.lock().unwrap();
+            for rl in request.into_inner().resource_logs {
+                for sl in rl.scope_logs {
+                    kept.extend(sl.log_records);
+                }
+            }
+            Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+        }
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> Rx {
+        let rx = Rx::default();
+        let svc = LogsServiceServer::new(rx.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        rx
+    }
+
+    /// Without a spool the memory queue is the buffer: a flooder is held
+    /// to its share while the collector is away, delivery gives the share
+    /// back (else the flooder, then everyone, would be refused for good),
+    /// and the last loss report is delivered at shutdown, not dropped.
+    #[tokio::test]
+    async fn without_a_spool_delivery_frees_the_share_and_the_last_report_arrives() {
+        let metrics = Arc::new(Metrics::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener); // the collector is away
+        let mut opts = OtlpOptions::new(format!("http://{addr}"));
+        opts.queue_records = 1000;
+        opts.shutdown_grace = Duration::from_secs(10);
+        opts.loss_interval = Duration::from_secs(3600);
+        let mut s = OtlpSink::new(opts, metrics.clone()).unwrap();
+        let flood = Tenant::Cgroup(1);
+        for _ in 0..40 {
+            send(&mut s, 1, 100).await;
+        }
+        assert_eq!(held(&s, flood), 500, "a lone flooder stops at half");
+        let refused = sample(
+            &metrics,
+            "clawker_egress_sink_failures_total{sink=\"otlp\",cause=\"queue_full\"}",
+        );
+        assert_eq!(refused, 3500.0);
+        // The collector comes back: what was held is delivered and released.
+        let rx = serve(tokio::net::TcpListener::bind(addr).await.unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while held(&s, flood) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(held(&s, flood), 0, "delivery did not free the share");
+        // The flooder may send again (held at its share, it could not).
+        send(&mut s, 1, 400).await;
+        assert_eq!(
+            sample(
+                &metrics,
+                "clawker_egress_sink_failures_total{sink=\"otlp\",cause=\"queue_full\"}"
+            ),
+            3500.0
+        );
+        s.flush().await;
+        let got = rx.0.lock().unwrap().clone();
+        let attr = |lr: &LogRecord, k: &str| {
+            lr.attributes
+                .iter()
+                .find(|kv| kv.key == k)
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+        };
+        let lost: Vec<_> = got
+            .iter()
+            .filter_map(|lr| attr(lr, "lost_spool_full"))
+            .collect();
+        assert_eq!(lost, [any_value::Value::IntValue(3500)], "the last report");
+        assert_eq!(got.len(), 500 + 400 + 1);
     }
 
     #[tokio::test]

@@ -132,19 +132,26 @@ pub struct Record {
     severity: Severity,
     body: Option<String>,
     fields: Vec<(&'static str, Value)>,
-    /// Which [`key_bit`]s the keys of `fields` set: a key whose bit is
+    /// Which [`key_slot`]s the keys of `fields` take: a key whose bit is
     /// clear is absent without a search (most lookups of the stages and
     /// sinks downstream ask for keys a record does not hold).
     present: u128,
+    /// Per slot, where in `fields` the one key of that slot is, or
+    /// [`SHARED`] when several keys of this record share the slot (then a
+    /// search). A lookup is one comparison in nearly every case.
+    slots: [u8; 128],
 }
 
-/// A key's bit in [`Record::present`], from its text (a caller's own copy
-/// of a name gets the same bit as the constant). Keys may share a bit: a
-/// set bit only means "search".
-fn key_bit(key: &str) -> u128 {
+/// In [`Record::slots`]: several present keys share the slot.
+const SHARED: u8 = u8::MAX;
+
+/// A key's slot (0..128) in [`Record::present`] and [`Record::slots`], from
+/// its text (a caller's own copy of a name gets the same slot as the
+/// constant). Keys may share a slot.
+fn key_slot(key: &str) -> usize {
     let b = key.as_bytes();
     let (Some(&first), Some(&last)) = (b.first(), b.last()) else {
-        return 1;
+        return 0;
     };
     let mid = b[b.len() / 2];
     let h = (b.len() as u32)
@@ -152,7 +159,7 @@ fn key_bit(key: &str) -> u128 {
         .wrapping_add(u32::from(first).wrapping_mul(0x85eb_ca6b))
         .wrapping_add(u32::from(mid).wrapping_mul(0xc2b2_ae35))
         .wrapping_add(u32::from(last).wrapping_mul(0x27d4_eb2f));
-    1u128 << (h >> 25)
+    (h >> 25) as usize
 }
 
 impl Record {
@@ -160,16 +167,31 @@ impl Record {
     /// copy, retry and replay of it carries the same id.
     pub fn new(time: SystemTime, source: Source) -> Self {
         // A flow record has ~22 fields and attribution adds up to ~10.
-        let mut fields = Vec::with_capacity(32);
-        fields.push((key::RECORD_ID, Value::Str(id::next())));
-        Record {
+        let mut r = Record {
             time,
             source,
             severity: Severity::Info,
             body: None,
-            fields,
-            present: key_bit(key::RECORD_ID),
-        }
+            fields: Vec::with_capacity(32),
+            present: 0,
+            slots: [0; 128],
+        };
+        r.push(key::RECORD_ID, Value::Str(id::next()));
+        r
+    }
+
+    /// Append a field whose key the record does not hold.
+    fn append(&mut self, key: &'static str, value: Value) {
+        let slot = key_slot(key);
+        let bit = 1u128 << slot;
+        let at = self.fields.len();
+        self.slots[slot] = if self.present & bit != 0 || at >= usize::from(SHARED) {
+            SHARED
+        } else {
+            at as u8
+        };
+        self.present |= bit;
+        self.fields.push((key, value));
     }
 
     /// Set a field, replacing an earlier value of the same key.
@@ -177,10 +199,7 @@ impl Record {
         let value = value.into();
         match self.position(key) {
             Some(i) => self.fields[i].1 = value,
-            None => {
-                self.present |= key_bit(key);
-                self.fields.push((key, value));
-            }
+            None => self.append(key, value),
         }
     }
 
@@ -188,29 +207,34 @@ impl Record {
     /// add each of their fields once): no search. Debug builds check it.
     fn push(&mut self, key: &'static str, value: impl Into<Value>) {
         debug_assert!(self.position(key).is_none(), "{key} pushed twice");
-        self.present |= key_bit(key);
-        self.fields.push((key, value.into()));
+        self.append(key, value.into());
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.position(key).map(|i| &self.fields[i].1)
     }
 
-    /// Where `key` is among the fields. Keys are the constants of `key`:
-    /// the same address is the same key, found without reading text; text
-    /// is compared only when no address matches (an absent key, a caller's
-    /// own copy of a name), inline and from the first byte (most keys of
-    /// one length differ there), not through a `memcmp` call per field.
+    /// Where `key` is among the fields: its slot names the one field that
+    /// can be it, checked by address (keys are the constants of `key`)
+    /// or, for a caller's own copy of a name, by text. Only when several
+    /// of this record's keys share the slot is there a search: by address
+    /// first, then by text, inline (not through a `memcmp` call per field).
     fn position(&self, key: &str) -> Option<usize> {
-        if self.present & key_bit(key) == 0 {
+        let slot = key_slot(key);
+        if self.present & (1u128 << slot) == 0 {
             return None;
         }
         let same_address = |k: &str| k.as_ptr() == key.as_ptr() && k.len() == key.len();
+        let same_text =
+            |k: &str| k.len() == key.len() && k.bytes().zip(key.bytes()).all(|(a, b)| a == b);
+        let at = self.slots[slot];
+        if at != SHARED {
+            let k = self.fields[usize::from(at)].0;
+            return (same_address(k) || same_text(k)).then_some(usize::from(at));
+        }
         if let Some(i) = self.fields.iter().position(|(k, _)| same_address(k)) {
             return Some(i);
         }
-        let same_text =
-            |k: &str| k.len() == key.len() && k.bytes().zip(key.bytes()).all(|(a, b)| a == b);
         self.fields.iter().position(|(k, _)| same_text(k))
     }
 
@@ -555,12 +579,20 @@ mod tests {
             assert_eq!(r.get_int(&copy), want, "{k}");
         }
         assert_eq!(r.get(""), None);
-        // The bits spread the schema's keys (a shared bit only costs a search).
-        let bits: std::collections::HashSet<u32> = key::ALL
-            .iter()
-            .map(|k| key_bit(k).trailing_zeros())
-            .collect();
-        assert!(bits.len() * 2 > key::ALL.len(), "{} bits", bits.len());
+        // Every key: slots shared by several present keys are searched.
+        for (i, k) in key::ALL.iter().enumerate() {
+            r.set(k, -(i as i64));
+        }
+        for (i, k) in key::ALL.iter().enumerate() {
+            assert_eq!(r.get_int(k), Some(-(i as i64)), "{k}");
+            let copy = k.to_string();
+            assert_eq!(r.get_int(&copy), Some(-(i as i64)), "{k}");
+        }
+        assert_eq!(r.fields().count(), key::ALL.len());
+        // The slots spread the schema's keys (a shared slot only costs a search).
+        let slots: std::collections::HashSet<usize> =
+            key::ALL.iter().map(|k| key_slot(k)).collect();
+        assert!(slots.len() * 2 > key::ALL.len(), "{} slots", slots.len());
     }
 
     #[test]

@@ -53,16 +53,29 @@ fn lifecycle<'a>(recs: &'a [Value], container_id: &str, event: &str) -> Option<&
     })
 }
 
-/// Nothing this daemon saw went out without identity; if something did,
-/// the daemon's `record_unattributed` warnings say whose and why.
-fn assert_none_unattributed(daemon: &Daemon) {
-    let n = daemon.metric("clawker_egress_unattributed_total");
+/// No record of this test's containers went out without identity: the
+/// daemon names each container whose record did (`record_unattributed`,
+/// once per cgroup, with its id and why). The daemon-wide count is not
+/// asserted: a host-root daemon also sees other suites' containers, and
+/// one that is removed before Docker answers for it is rightly
+/// `unresolvable` (seen in CI: another suite's short-lived container).
+fn assert_none_unattributed(daemon: &Daemon, ours: &[&str]) {
     let said: Vec<String> = daemon
         .stderr_lines()
         .into_iter()
         .filter(|l| l.contains("record_unattributed"))
         .collect();
-    assert_eq!(n, 0.0, "unattributed records: {said:#?}");
+    let mine: Vec<&String> = said
+        .iter()
+        .filter(|l| ours.iter().any(|id| l.contains(id)))
+        .collect();
+    assert!(
+        mine.is_empty(),
+        "records of this test's containers went out unattributed: {mine:#?}"
+    );
+    if !said.is_empty() {
+        eprintln!("unattributed records of other containers (not this test's): {said:#?}");
+    }
 }
 
 fn to_port(recs: &[Value], port: u16) -> Vec<&Value> {
@@ -137,7 +150,7 @@ fn labelled_and_unlabelled_containers_are_attributed_exactly() {
         .is_none());
     let start = lifecycle(&recs, &plain.id, "container_start").expect("plain start");
     assert!(start.get("agent").is_none());
-    assert_none_unattributed(&daemon);
+    assert_none_unattributed(&daemon, &[&labelled.id, &plain.id]);
 }
 
 #[test]
@@ -180,7 +193,8 @@ fn a_new_container_never_inherits_old_labels() {
             Some(expected[id].clone())
         );
     }
-    assert_none_unattributed(&daemon);
+    let ours: Vec<&str> = expected.keys().map(String::as_str).collect();
+    assert_none_unattributed(&daemon, &ours);
 }
 
 #[test]
@@ -230,7 +244,8 @@ fn a_burst_of_twenty_new_containers_is_fully_attributed() {
         assert_eq!(r["container_name"].as_str(), Some(expected[id].as_str()));
         assert_eq!(r["project"], "burst");
     }
-    assert_none_unattributed(&daemon);
+    let ours: Vec<&str> = expected.keys().copied().collect();
+    assert_none_unattributed(&daemon, &ours);
 }
 
 #[test]
@@ -473,7 +488,8 @@ fn custom_label_keys_resolve_through_lookups() {
         );
         assert_eq!(r[0]["project"], "team");
     }
-    assert_none_unattributed(&daemon);
+    let ours: Vec<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+    assert_none_unattributed(&daemon, &ours);
 }
 
 /// `--cgroup-parent`: the first container there is found from its init

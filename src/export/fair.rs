@@ -313,6 +313,24 @@ impl Ledger {
     }
 }
 
+/// What one enqueue refused: every record, and the daemon's own among
+/// them; a container's go to [`Pending`], to be reported for it.
+#[derive(Debug, Default)]
+pub struct Refused {
+    pub total: u64,
+    pub daemon: u64,
+}
+
+impl Refused {
+    pub fn note(&mut self, pending: &mut Pending, t: Tenant, r: &Record) {
+        self.total += 1;
+        match t {
+            Tenant::Daemon => self.daemon += 1,
+            t => pending.refused(t, r),
+        }
+    }
+}
+
 /// The fields that name a container, as its records carry them.
 pub type Identity = Vec<(&'static str, Value)>;
 

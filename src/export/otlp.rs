@@ -37,7 +37,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-use super::fair::{Ledger, Pending, Tenant};
+use super::fair::{Ledger, Pending, Refused, Tenant};
 use super::otlp_wire::{RecordEncoder, RequestFrame};
 use super::spool::{frame_bytes, Position, Spool};
 use super::transport::{safe_message, OtlpClient, OtlpTransport, TransportError};
@@ -298,7 +298,7 @@ fn enqueue(
     let Some(spool) = st.spool.as_mut() else {
         // No spool: the memory queue is the whole buffer, shared between
         // containers by the same rule, counted in records.
-        let (mut refused, mut refused_daemon) = (0u64, 0u64);
+        let mut refused = Refused::default();
         for r in records {
             let tenant = Tenant::of(r);
             if q.len() < opts.queue_records && st.ledger.admit(tenant, 1).is_ok() {
@@ -307,20 +307,16 @@ fn enqueue(
                 q.push_back(Queued { tenant, bytes });
                 continue;
             }
-            refused += 1;
-            match tenant {
-                Tenant::Daemon => refused_daemon += 1,
-                t => st.pending.refused(t, r),
-            }
+            refused.note(&mut st.pending, tenant, r);
         }
-        if refused > 0 {
-            metrics.sink_failure(opts.name, "queue_full", refused);
+        if refused.total > 0 {
+            metrics.sink_failure(opts.name, "queue_full", refused.total);
         }
-        if refused_daemon > 0 {
+        if refused.daemon > 0 {
             tracing::warn!(
                 event = "queue_full",
                 sink = opts.name,
-                records = refused_daemon,
+                records = refused.daemon,
                 "memory queue full (no disk spool); the daemon's own records lost"
             );
         }
@@ -330,8 +326,7 @@ fn enqueue(
     let mut spooling = !spool.is_empty();
     let mut spill: Vec<Queued> = Vec::new();
     let mut from: Vec<usize> = Vec::new();
-    let mut refused = 0u64;
-    let mut refused_daemon = 0u64;
+    let mut refused = Refused::default();
     for (i, r) in records.iter().enumerate() {
         let tenant = Tenant::of(r);
         let bytes = encoder.log_record(r, observed).to_vec();
@@ -348,13 +343,7 @@ fn enqueue(
                 spill.push(Queued { tenant, bytes });
                 from.push(i);
             }
-            Err(_) => {
-                refused += 1;
-                match tenant {
-                    Tenant::Daemon => refused_daemon += 1,
-                    _ => st.pending.refused(tenant, r),
-                }
-            }
+            Err(_) => refused.note(&mut st.pending, tenant, r),
         }
     }
     drop(q);
@@ -366,11 +355,7 @@ fn enqueue(
                 for (q, i) in spill[k..].iter().zip(&from[k..]) {
                     st.ledger
                         .release(q.tenant, frame_bytes(q.bytes.len()), false);
-                    refused += 1;
-                    match q.tenant {
-                        Tenant::Daemon => refused_daemon += 1,
-                        t => st.pending.refused(t, &records[*i]),
-                    }
+                    refused.note(&mut st.pending, q.tenant, &records[*i]);
                 }
             }
             Err(e) => {
@@ -384,14 +369,14 @@ fn enqueue(
         }
         metrics.spool_bytes(opts.name, spool.bytes());
     }
-    if refused > 0 {
-        metrics.spool_full(opts.name, refused);
+    if refused.total > 0 {
+        metrics.spool_full(opts.name, refused.total);
     }
-    if refused_daemon > 0 {
+    if refused.daemon > 0 {
         // The daemon's own records (few: loss reports, audit): the spool
         // is really full. Containers' losses are logged per container with
         // their loss report.
-        tracing::warn!(event = "spool_full", sink = opts.name, records = refused_daemon, dir = %spool.dir().display(), "disk spool full; the daemon's own records lost");
+        tracing::warn!(event = "spool_full", sink = opts.name, records = refused.daemon, dir = %spool.dir().display(), "disk spool full; the daemon's own records lost");
     }
 }
 

@@ -306,7 +306,7 @@ impl Default for Config {
             loss_report_interval: Duration::from_secs(10),
             api_socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
             api_group: None,
-            api_history_records: 10_000,
+            api_history_records: 4_096,
             api_history_age: Duration::from_secs(300),
             api_queue_records: 10_000,
             agent_series_max: crate::detect::AgentLimits::default().max_pairs,

@@ -34,7 +34,7 @@ pub struct HubOptions {
 impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
-            history_records: 10_000,
+            history_records: 4_096,
             history_age: Duration::from_secs(300),
             queue_records: 10_000,
         }

@@ -45,7 +45,7 @@ pub struct ObserveArgs {
     #[arg(long)]
     pub source: Vec<String>,
     /// First the records of this recent past (e.g. 5m), from the daemon's
-    /// history (the last 10,000 records / 5 minutes).
+    /// history (by default the last 4,096 records / 5 minutes).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub since: Option<Duration>,
     /// First the last N matching records from the daemon's history.

@@ -304,10 +304,17 @@ impl DaemonOptions {
             cgroup_root: None,
             pin_root: PathBuf::from("/sys/fs/bpf").join(unique("clawker-egress-test")),
             extra: Vec::new(),
-            env: vec![(
-                "CLAWKER_EGRESS_SPOOL_DIR".into(),
-                spool.to_string_lossy().into_owned(),
-            )],
+            env: vec![
+                (
+                    "CLAWKER_EGRESS_SPOOL_DIR".into(),
+                    spool.to_string_lossy().into_owned(),
+                ),
+                // A host-root test daemon also sees the other suites'
+                // containers: its history must reach back past their
+                // floods to the test's own records (the default, 4,096, is
+                // an operator's memory bound).
+                ("CLAWKER_EGRESS_API_HISTORY_RECORDS".into(), "100000".into()),
+            ],
             run_inside: None,
             hostname: None,
             own_spool: Some(spool),

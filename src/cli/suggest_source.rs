@@ -68,7 +68,7 @@ pub fn record(bucket: &Value) -> (Value, usize) {
         let v = match (*k, v) {
             (_, Value::Null) => continue,
             // A boolean's terms key may come back as 1/0.
-            (key::ENFORCED, Value::Number(n)) => Value::Bool(n.as_i64() != Some(0)),
+            (k, Value::Number(n)) if k == key::ENFORCED => Value::Bool(n.as_i64() != Some(0)),
             _ => v.clone(),
         };
         r.insert((*k).to_owned(), v);

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::bytes::{BufMut, Bytes};
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::encoding::{encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -52,9 +52,29 @@ fn severity_number(s: Severity) -> u64 {
     }
 }
 
+/// A field's key: one byte, every field number here being below 16
+/// (`encode_key` would loop for it).
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    debug_assert!(tag < 16, "field {tag} takes more than one key byte");
+    buf.push(((tag << 3) | wire_type as u32) as u8);
+}
+
+/// A varint; the common one-byte case (lengths of keys, short strings,
+/// small numbers) without a call.
+#[inline]
+fn put_varint(n: u64, buf: &mut Vec<u8>) {
+    if n < 0x80 {
+        buf.push(n as u8);
+    } else {
+        encode_varint(n, buf);
+    }
+}
+
+#[inline]
 fn len_delimited(tag: u32, len: usize, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_varint(len as u64, buf);
 }
 
 fn put_str(tag: u32, s: &str, buf: &mut Vec<u8>) {
@@ -75,12 +95,12 @@ fn put_any_value(v: &Value, buf: &mut Vec<u8>) {
     match v {
         Value::Str(s) => put_str(AV_STRING, s, buf),
         Value::Int(n) => {
-            encode_key(AV_INT, WireType::Varint, buf);
-            encode_varint(*n as u64, buf);
+            put_key(AV_INT, WireType::Varint, buf);
+            put_varint(*n as u64, buf);
         }
         Value::Bool(b) => {
-            encode_key(AV_BOOL, WireType::Varint, buf);
-            encode_varint(u64::from(*b), buf);
+            put_key(AV_BOOL, WireType::Varint, buf);
+            buf.push(u8::from(*b));
         }
     }
 }
@@ -113,11 +133,11 @@ impl RecordEncoder {
         };
         let buf = &mut self.buf;
         buf.clear();
-        encode_key(LR_TIME, WireType::SixtyFourBit, buf);
+        put_key(LR_TIME, WireType::SixtyFourBit, buf);
         buf.put_u64_le(event_time);
         let sev = r.severity();
-        encode_key(LR_SEVERITY_NUMBER, WireType::Varint, buf);
-        encode_varint(severity_number(sev), buf);
+        put_key(LR_SEVERITY_NUMBER, WireType::Varint, buf);
+        put_varint(severity_number(sev), buf);
         put_str(LR_SEVERITY_TEXT, sev.name(), buf);
         self.body.clear();
         r.write_body(&mut self.body);
@@ -128,7 +148,7 @@ impl RecordEncoder {
         for (k, v) in r.fields() {
             put_attribute(k, v, buf);
         }
-        encode_key(LR_OBSERVED_TIME, WireType::SixtyFourBit, buf);
+        put_key(LR_OBSERVED_TIME, WireType::SixtyFourBit, buf);
         buf.put_u64_le(observed);
         &self.buf
     }

@@ -2,10 +2,13 @@
 //! No key may be both a leaf and the prefix of another (`a` beside `a.b`
 //! breaks the OpenSearch mapping); a unit test enforces it.
 
-/// Each key once: its constant and its place in [`ALL`].
+/// Each key once: its static and its place in [`ALL`]. Statics, not
+/// constants: each key then has one address in the whole program, and a
+/// record's lookup recognises it by that address (a `const` string may be
+/// one copy per codegen unit, then every lookup compares text).
 macro_rules! keys {
     ($($(#[$doc:meta])* $name:ident = $value:literal;)*) => {
-        $($(#[$doc])* pub const $name: &str = $value;)*
+        $($(#[$doc])* pub static $name: &str = $value;)*
 
         /// Every key, for the prefix-conflict check.
         pub const ALL: &[&str] = &[$($name),*];

@@ -215,7 +215,7 @@ impl Record {
     }
 
     /// Where `key` is among the fields: its slot names the one field that
-    /// can be it, checked by address (keys are the constants of `key`)
+    /// can be it, checked by address (keys are the statics of `key`)
     /// or, for a caller's own copy of a name, by text. Only when several
     /// of this record's keys share the slot is there a search: by address
     /// first, then by text, inline (not through a `memcmp` call per field).

@@ -1,8 +1,9 @@
 //! The OTLP sink's spool write path during a collector outage: records/s
 //! and ns/record through `OtlpSink::send` into the disk spool (the memory
 //! queue holds 1 record, so everything is spooled), with 100 containers
-//! taking turns; then how long a new sink takes to open that spool (the
-//! per-container fair-share counters are rebuilt from it on open). Prints
+//! taking turns; then how long a new sink takes to open that spool, after
+//! a clean stop (the per-container fair-share counters come from the
+//! summary the stop left) and after a crash (rebuilt by reading the spool). Prints
 //! figures; asserts only that the records were spooled.
 //!
 //! `cargo bench --bench spool_write` (no root; writes ~130 MB under the
@@ -106,13 +107,20 @@ fn main() {
             took.as_secs_f64() * 1e6 / RECORDS as f64,
             bytes as f64 / took.as_secs_f64() / 1e6,
         );
-        let t0 = Instant::now();
-        let mut s = sink(dir.path(), metrics.clone());
-        let open = t0.elapsed();
-        println!(
-            "spool open (a restarted daemon): {:.1} ms for {bytes} bytes",
-            open.as_secs_f64() * 1e3
-        );
-        s.flush().await;
+        // A restarted daemon: after a clean stop (it takes the counts the
+        // stop left) and after a crash (it reads the spool to count).
+        for case in ["clean stop: from its summary", "crash: reading the spool"] {
+            if case.starts_with("crash") {
+                std::fs::remove_file(dir.path().join("summary")).unwrap();
+            }
+            let t0 = Instant::now();
+            let mut s = sink(dir.path(), metrics.clone());
+            let open = t0.elapsed();
+            println!(
+                "spool open (a restarted daemon, {case}): {:.1} ms for {bytes} bytes",
+                open.as_secs_f64() * 1e3
+            );
+            s.flush().await;
+        }
     });
 }

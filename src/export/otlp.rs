@@ -194,20 +194,28 @@ impl OtlpSink {
     /// (a previous run's) go out before anything new; what each container
     /// holds in it is counted again from its records (one read of the
     /// spool), so fairness holds across a restart.
-    pub fn with_spool(self, spool: Spool) -> Self {
-        let mut ledger = Ledger::new(spool.max_bytes());
+    pub fn with_spool(self, mut spool: Spool) -> Self {
         let t0 = std::time::Instant::now();
-        if let Err(e) = spool
-            .for_each_pending(|r| ledger.add(Tenant::of_encoded(r), frame_bytes(r.len()), false))
-        {
-            // Approximate then: the unread part is charged to nobody; the
-            // ledger restarts from zero once the spool is drained.
-            tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool read failed while counting what each container holds");
-        }
+        // After a clean shutdown, what it counted; else one read of the spool.
+        let kept = spool
+            .take_summary()
+            .and_then(|text| Ledger::restore(spool.max_bytes(), &text));
+        let counted_from = if kept.is_some() { "summary" } else { "spool" };
+        let ledger = kept.unwrap_or_else(|| {
+            let mut ledger = Ledger::new(spool.max_bytes());
+            if let Err(e) = spool.for_each_pending(|r| {
+                ledger.add(Tenant::of_encoded(r), frame_bytes(r.len()), false)
+            }) {
+                // Approximate then: the unread part is charged to nobody;
+                // the ledger restarts from zero once the spool is drained.
+                tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool read failed while counting what each container holds");
+            }
+            ledger
+        });
         if let Ok(mut b) = self.shared.buffer.lock() {
             self.metrics.spool_bytes(self.opts.name, spool.bytes());
             if !spool.is_empty() {
-                tracing::info!(event = "spool_replay", sink = self.opts.name, dir = %spool.dir().display(), bytes = spool.bytes(), containers = ledger.holders(), counted_ms = t0.elapsed().as_millis() as u64, "records spooled by an earlier run will be sent first");
+                tracing::info!(event = "spool_replay", sink = self.opts.name, dir = %spool.dir().display(), bytes = spool.bytes(), containers = ledger.holders(), counted_from, counted_ms = t0.elapsed().as_millis() as u64, "records spooled by an earlier run will be sent first");
             }
             // Called before any record is queued: nothing to carry over.
             b.spool = Some(spool);
@@ -429,7 +437,8 @@ impl Sink for OtlpSink {
         }
         let mut lost = left.len() as u64;
         if let Ok(mut guard) = self.shared.buffer.lock() {
-            if let Some(spool) = guard.spool.as_mut() {
+            let Buffer { spool, ledger, .. } = &mut *guard;
+            if let Some(spool) = spool.as_mut() {
                 match spool.prepend(&left) {
                     Ok(k) => {
                         lost -= k as u64;
@@ -446,8 +455,19 @@ impl Sink for OtlpSink {
                         tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool write failed at shutdown");
                     }
                 }
-                if let Err(e) = spool.sync() {
-                    tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool sync failed at shutdown");
+                match spool.sync() {
+                    // Everything the ledger holds is in the spool now: the
+                    // next run takes its counts instead of reading the
+                    // spool (only when they add up to what is there).
+                    Ok(()) if lost == 0 && ledger.total() == spool.pending_bytes() => {
+                        if let Err(e) = spool.save_summary(&ledger.snapshot()) {
+                            tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool summary not written: the next start reads the spool");
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(event = "sink_failure", sink = self.opts.name, error = %e, "disk spool sync failed at shutdown");
+                    }
                 }
                 self.metrics.spool_bytes(self.opts.name, spool.bytes());
             }
@@ -897,10 +917,22 @@ mod tests {
         drop(s);
 
         // A new daemon on the same spool: the flooder's bytes are counted
-        // again from the spool (its memory queue was written in front).
+        // again (its memory queue was written in front of the spool). As
+        // after a crash first: no summary, one read of the spool...
+        let summary = dir.path().join("summary");
+        assert!(summary.exists(), "a clean shutdown leaves its counts");
+        std::fs::remove_file(&summary).unwrap();
         let mut s = sink(dir.path(), metrics.clone());
+        assert_eq!(held(&s, flood), before, "counted by reading the spool");
+        s.flush().await;
+        drop(s);
+        // ...then as after a clean shutdown: from the summary, used once.
+        assert!(summary.exists());
+        let mut s = sink(dir.path(), metrics.clone());
+        assert!(!summary.exists(), "a summary is used once");
         let rebuilt = held(&s, flood);
-        assert_eq!(rebuilt, before, "rebuilt on open");
+        assert_eq!(rebuilt, before, "rebuilt on open from the summary");
+        assert_eq!(s.shared.buffer.lock().unwrap().ledger.holders(), 1);
         // The flooder is still refused; the quiet cgroup is admitted.
         let r0 = refused(&metrics);
         send(&mut s, 1, 50).await;

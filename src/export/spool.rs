@@ -19,6 +19,12 @@
 //!
 //! Bounds: the sum of the segment files never exceeds `max_bytes`; a record
 //! that does not fit is refused (the caller counts it as `spool_full`).
+//!
+//! A clean shutdown may leave `summary`: what the caller counted in the
+//! spool (its per-container ledger), under a fingerprint of the segments
+//! and the cursor. The next `open` removes it and hands it back only if
+//! nothing changed since ([`Spool::take_summary`]); otherwise, after a
+//! crash, the caller counts by reading the spool.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -33,6 +39,8 @@ const HEADER: u64 = 8;
 const MAX_FRAME: u32 = 4 << 20;
 /// Ids start high so records can be put in front of the oldest segment.
 const FIRST_ID: u64 = 1 << 40;
+/// The caller's summary of a cleanly closed spool.
+const SUMMARY: &str = "summary";
 
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
@@ -62,6 +70,8 @@ pub struct Spool {
     writer: Option<(u64, BufWriter<File>)>,
     read: Position,
     total_bytes: u64,
+    /// The summary a clean shutdown left, if nothing changed since.
+    summary: Option<String>,
     /// Held for the spool's lifetime (flock).
     _lock: File,
 }
@@ -114,11 +124,63 @@ impl Spool {
             writer: None,
             read,
             total_bytes,
+            summary: None,
             _lock: lock,
         };
         // Segments wholly before the cursor were delivered.
         spool.drop_consumed()?;
+        let path = spool.opts.dir.join(SUMMARY);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                // Used at most once: any later change makes it stale.
+                std::fs::remove_file(&path)?;
+                if let Some((fingerprint, rest)) = text.split_once('\n') {
+                    if fingerprint == spool.fingerprint() {
+                        spool.summary = Some(rest.to_owned());
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => std::fs::remove_file(&path)?,
+        }
         Ok(spool)
+    }
+
+    /// The segments (id and length) and the cursor: what a summary is of.
+    fn fingerprint(&self) -> String {
+        let mut out = format!("v1 {:x} {}", self.read.segment, self.read.offset);
+        for seg in &self.segments {
+            // Writing to a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!(" {:x}:{}", seg.id, seg.len));
+        }
+        out
+    }
+
+    /// The caller's summary of this spool from the last clean shutdown,
+    /// once; `None` after a crash or any change since.
+    pub fn take_summary(&mut self) -> Option<String> {
+        self.summary.take()
+    }
+
+    /// At shutdown, after [`Spool::sync`]: keep `summary` for the next
+    /// `open`, valid while the segments and the cursor stay as they are.
+    pub fn save_summary(&self, summary: &str) -> io::Result<()> {
+        let tmp = self.opts.dir.join("summary.tmp");
+        let mut f = File::create(&tmp)?;
+        writeln!(f, "{}", self.fingerprint())?;
+        f.write_all(summary.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.opts.dir.join(SUMMARY))
+    }
+
+    /// Frame bytes not yet delivered: the segments without the part of
+    /// the first one before the cursor.
+    pub fn pending_bytes(&self) -> u64 {
+        let before = match self.segments.front() {
+            Some(s) if s.id == self.read.segment => self.read.offset.min(s.len),
+            _ => 0,
+        };
+        self.total_bytes - before
     }
 
     pub fn dir(&self) -> &Path {
@@ -545,6 +607,39 @@ mod tests {
         let (got, _, corrupt) = s.peek(10).unwrap();
         assert_eq!(got, recs(0, 2));
         assert!(corrupt);
+    }
+
+    #[test]
+    fn a_summary_comes_back_once_and_only_while_nothing_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 200)).unwrap();
+        s.append(&recs(0, 30)).unwrap();
+        let (got, pos, _) = s.peek(10).unwrap();
+        s.commit(pos).unwrap();
+        let pending: u64 = recs(10, 20).iter().map(|r| frame_bytes(r.len())).sum();
+        assert_eq!(s.pending_bytes(), pending);
+        assert_eq!(got.len(), 10);
+        s.sync().unwrap();
+        s.save_summary("c 7 123\n").unwrap();
+        drop(s);
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 200)).unwrap();
+        assert_eq!(s.take_summary().as_deref(), Some("c 7 123\n"));
+        assert_eq!(s.take_summary(), None);
+        assert_eq!(s.pending_bytes(), pending);
+        drop(s);
+        // Used once: not there on the next open.
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 200)).unwrap();
+        assert_eq!(s.take_summary(), None);
+        // Stale: the spool changed after it was written (as when a crash
+        // came after an earlier clean stop's summary was put back).
+        s.sync().unwrap();
+        s.save_summary("c 7 1\n").unwrap();
+        s.append(&recs(30, 1)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 200)).unwrap();
+        assert_eq!(s.take_summary(), None, "a stale summary was used");
+        assert_eq!(drain(&mut s), recs(10, 21));
     }
 
     #[test]

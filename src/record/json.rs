@@ -45,6 +45,21 @@ fn put_str(s: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// `,"key":` of a field. Keys are the schema's (and the daemon's own log
+/// field names): they need no escaping, but that is checked, not assumed.
+fn put_key(k: &str, out: &mut Vec<u8>) {
+    if needs_escape(k.as_bytes()) {
+        out.push(b',');
+        put_str(k, out);
+        out.push(b':');
+        return;
+    }
+    out.reserve(k.len() + 4);
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(k.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
 impl Record {
     /// Append the record as one compact JSON object (no newline): the
     /// bytes `serde_json::to_writer(out, self)` writes.
@@ -60,9 +75,7 @@ impl Record {
         put_str(self.source.name(), out);
         let mut num = itoa::Buffer::new();
         for (k, v) in &self.fields {
-            out.push(b',');
-            put_str(k, out);
-            out.push(b':');
+            put_key(k, out);
             match v {
                 Value::Str(s) => put_str(s, out),
                 Value::Int(n) => out.extend_from_slice(num.format(*n).as_bytes()),

@@ -181,6 +181,7 @@ impl Record {
     }
 
     /// Append a field whose key the record does not hold.
+    #[inline]
     fn append(&mut self, key: &'static str, value: Value) {
         let slot = key_slot(key);
         let bit = 1u128 << slot;
@@ -219,6 +220,7 @@ impl Record {
     /// or, for a caller's own copy of a name, by text. Only when several
     /// of this record's keys share the slot is there a search: by address
     /// first, then by text, inline (not through a `memcmp` call per field).
+    #[inline]
     fn position(&self, key: &str) -> Option<usize> {
         let slot = key_slot(key);
         if self.present & (1u128 << slot) == 0 {

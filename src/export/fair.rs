@@ -46,6 +46,9 @@ pub enum Tenant {
     Cgroup(u64),
 }
 
+/// The id [`Ledger::snapshot`] hashes to tell its build's hashes apart.
+const HASH_PROBE: &[u8] = b"clawker-egress ledger probe";
+
 fn container_hash(id: &[u8]) -> u64 {
     // Fixed seed: the same id is the same tenant in every run (the ledger
     // is rebuilt from the spool's bytes on open).
@@ -237,9 +240,11 @@ impl Ledger {
 
     /// What each tenant holds, as text for [`Ledger::restore`]: kept beside
     /// a cleanly closed spool, so that the next run need not read the whole
-    /// spool to count it. One line per tenant: `d|c|g <id> <bytes>`.
+    /// spool to count it. First `h <probe>`: what this build's container
+    /// hash makes of a fixed id (another build's hashes name other
+    /// tenants); then one line per tenant: `d|c|g <id> <bytes>`.
     pub fn snapshot(&self) -> String {
-        let mut out = String::new();
+        let mut out = format!("h {}\n", container_hash(HASH_PROBE));
         for (t, bytes) in &self.held {
             let (kind, id) = match t {
                 Tenant::Daemon => ('d', 0),
@@ -253,10 +258,16 @@ impl Ledger {
     }
 
     /// A ledger of a spool of `spool_capacity` bytes holding what
-    /// [`Ledger::snapshot`] wrote; `None` for text it did not write.
+    /// [`Ledger::snapshot`] of this build wrote; `None` for any other text
+    /// (another build's hashes, an entry of 0 bytes, a repeated tenant, a
+    /// total past `u64`).
     pub fn restore(spool_capacity: u64, text: &str) -> Option<Ledger> {
         let mut ledger = Ledger::new(spool_capacity);
-        for line in text.lines() {
+        let mut lines = text.lines();
+        if lines.next()? != format!("h {}", container_hash(HASH_PROBE)) {
+            return None;
+        }
+        for line in lines {
             let mut parts = line.split(' ');
             let (kind, id, bytes) = (parts.next()?, parts.next()?, parts.next()?);
             let (id, bytes) = (id.parse::<u64>().ok()?, bytes.parse::<u64>().ok()?);
@@ -266,9 +277,10 @@ impl Ledger {
                 "g" => Tenant::Cgroup(id),
                 _ => return None,
             };
-            if parts.next().is_some() || ledger.held(t) != 0 {
+            if parts.next().is_some() || bytes == 0 || ledger.held(t) != 0 {
                 return None;
             }
+            ledger.total.checked_add(bytes)?;
             ledger.add(t, bytes, false);
         }
         Some(ledger)
@@ -382,7 +394,7 @@ pub struct Pending {
 }
 
 /// The fields of a refused record that name its container.
-const IDENTITY: [&str; 6] = [
+static IDENTITY: [&str; 6] = [
     key::CGROUP_ID,
     key::CONTAINER_ID,
     key::CONTAINER_NAME,
@@ -417,33 +429,6 @@ impl Pending {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_snapshot_restores_the_same_shares_and_odd_text_is_refused() {
-        let mut l = Ledger::new(1 << 20);
-        l.add(Tenant::Daemon, 10, false);
-        l.add(Tenant::Container(u64::MAX), 700, false);
-        l.add(Tenant::Cgroup(42), 30, false);
-        let back = Ledger::restore(1 << 20, &l.snapshot()).unwrap();
-        for t in [
-            Tenant::Daemon,
-            Tenant::Container(u64::MAX),
-            Tenant::Cgroup(42),
-        ] {
-            assert_eq!(back.held(t), l.held(t));
-        }
-        assert_eq!((back.total(), back.holders()), (740, 2));
-        assert_eq!(Ledger::restore(1 << 20, "").unwrap().total(), 0);
-        for odd in [
-            "x 1 2",
-            "c 1",
-            "c 1 2 3",
-            "c -1 2",
-            "c 1 2\nc 1 3",
-            "g 1 two",
-        ] {
-            assert!(Ledger::restore(1 << 20, odd).is_none(), "{odd:?}");
-        }
-    }
     use std::time::SystemTime;
 
     const C: u64 = 1 << 20;
@@ -618,5 +603,41 @@ mod tests {
             .iter()
             .any(|(k, v)| *k == key::AGENT && *v == Value::from("ralph")));
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_shares_and_odd_text_is_refused() {
+        let mut l = Ledger::new(1 << 20);
+        l.add(Tenant::Daemon, 10, false);
+        l.add(Tenant::Container(u64::MAX), 700, false);
+        l.add(Tenant::Cgroup(42), 30, false);
+        let back = Ledger::restore(1 << 20, &l.snapshot()).unwrap();
+        for t in [
+            Tenant::Daemon,
+            Tenant::Container(u64::MAX),
+            Tenant::Cgroup(42),
+        ] {
+            assert_eq!(back.held(t), l.held(t));
+        }
+        assert_eq!((back.total(), back.holders()), (740, 2));
+        let probe = Ledger::new(1).snapshot();
+        assert_eq!(Ledger::restore(1 << 20, &probe).unwrap().total(), 0);
+        assert!(Ledger::restore(1 << 20, "").is_none());
+        // Another build's hashes: its container ids name other tenants.
+        assert!(Ledger::restore(1 << 20, "h 1\nc 1 2\n").is_none());
+        let max = u64::MAX;
+        for odd in [
+            "x 1 2",
+            "c 1",
+            "c 1 2 3",
+            "c -1 2",
+            "c 1 2\nc 1 3",
+            "c 1 0\nc 1 5",
+            "g 1 two",
+            &format!("c 1 {max}\nc 2 1"),
+        ] {
+            let text = format!("{probe}{odd}\n");
+            assert!(Ledger::restore(1 << 20, &text).is_none(), "{odd:?}");
+        }
     }
 }

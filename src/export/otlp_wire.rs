@@ -40,6 +40,32 @@ const RL_RESOURCE: u32 = 1;
 const RL_SCOPE_LOGS: u32 = 2;
 const SL_SCOPE: u32 = 1;
 const SL_LOG_RECORDS: u32 = 2;
+// Every field number here takes one key byte ([`put_key`]).
+const _: () = {
+    let tags = [
+        LR_TIME,
+        LR_SEVERITY_NUMBER,
+        LR_SEVERITY_TEXT,
+        LR_BODY,
+        LR_ATTRIBUTES,
+        LR_OBSERVED_TIME,
+        KV_KEY,
+        KV_VALUE,
+        AV_STRING,
+        AV_BOOL,
+        AV_INT,
+        REQ_RESOURCE_LOGS,
+        RL_RESOURCE,
+        RL_SCOPE_LOGS,
+        SL_SCOPE,
+        SL_LOG_RECORDS,
+    ];
+    let mut i = 0;
+    while i < tags.len() {
+        assert!(tags[i] < 16, "a field number past one key byte");
+        i += 1;
+    }
+};
 
 /// The OTLP severity number of a severity (SeverityNumber enum values).
 fn severity_number(s: Severity) -> u64 {
@@ -52,8 +78,8 @@ fn severity_number(s: Severity) -> u64 {
     }
 }
 
-/// A field's key: one byte, every field number here being below 16
-/// (`encode_key` would loop for it).
+/// A field's key: one byte, every field number here being below 16 (a
+/// const assertion above checks them; `encode_key` would loop for it).
 #[inline]
 fn put_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
     debug_assert!(tag < 16, "field {tag} takes more than one key byte");

@@ -129,21 +129,26 @@ impl Spool {
         };
         // Segments wholly before the cursor were delivered.
         spool.drop_consumed()?;
-        let path = spool.opts.dir.join(SUMMARY);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                // Used at most once: any later change makes it stale.
-                std::fs::remove_file(&path)?;
-                if let Some((fingerprint, rest)) = text.split_once('\n') {
-                    if fingerprint == spool.fingerprint() {
-                        spool.summary = Some(rest.to_owned());
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(_) => std::fs::remove_file(&path)?,
-        }
+        spool.summary = spool.take_summary_file();
         Ok(spool)
+    }
+
+    /// The summary a clean shutdown left, removed (used at most once: any
+    /// later change makes it stale) and returned if it is of the spool as
+    /// it is. A summary that cannot be read or removed is not used: the
+    /// caller then reads the spool, as after a crash.
+    fn take_summary_file(&self) -> Option<String> {
+        let path = self.opts.dir.join(SUMMARY);
+        let text = std::fs::read_to_string(&path);
+        if matches!(&text, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            return None;
+        }
+        let removed = std::fs::remove_file(&path).is_ok()
+            // The removal on disk before anything changes the spool.
+            && File::open(&self.opts.dir).and_then(|d| d.sync_all()).is_ok();
+        let text = text.ok()?;
+        let (fingerprint, rest) = text.split_once('\n')?;
+        (removed && fingerprint == self.fingerprint()).then(|| rest.to_owned())
     }
 
     /// The segments (id and length) and the cursor: what a summary is of.
@@ -640,6 +645,32 @@ mod tests {
         let mut s = Spool::open(opts(dir.path(), 1 << 20, 200)).unwrap();
         assert_eq!(s.take_summary(), None, "a stale summary was used");
         assert_eq!(drain(&mut s), recs(10, 21));
+        drop(s);
+
+        // Stale too: one more record in the segment being written (its
+        // length changed, not the segments), or only the cursor moved.
+        for change in ["append", "commit"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = Spool::open(opts(dir.path(), 1 << 20, 1 << 20)).unwrap();
+            s.append(&recs(0, 5)).unwrap();
+            s.sync().unwrap();
+            s.save_summary("c 7 1\n").unwrap();
+            if change == "append" {
+                s.append(&recs(5, 1)).unwrap();
+            } else {
+                let (_, pos, _) = s.peek(1).unwrap();
+                s.commit(pos).unwrap();
+            }
+            s.sync().unwrap();
+            drop(s);
+            let mut s = Spool::open(opts(dir.path(), 1 << 20, 1 << 20)).unwrap();
+            assert_eq!(s.take_summary(), None, "used after {change}");
+        }
+        // A summary that is not a file is not used, and the spool opens.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(SUMMARY)).unwrap();
+        let mut s = Spool::open(opts(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        assert_eq!(s.take_summary(), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ macro_rules! keys {
         $($(#[$doc])* pub static $name: &str = $value;)*
 
         /// Every key, for the prefix-conflict check.
-        pub const ALL: &[&str] = &[$($name),*];
+        pub static ALL: &[&str] = &[$($name),*];
     };
 }
 

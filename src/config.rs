@@ -306,9 +306,9 @@ impl Default for Config {
             loss_report_interval: Duration::from_secs(10),
             api_socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
             api_group: None,
-            api_history_records: 4_096,
-            api_history_age: Duration::from_secs(300),
-            api_queue_records: 10_000,
+            api_history_records: crate::api::HubOptions::default().history_records,
+            api_history_age: crate::api::HubOptions::default().history_age,
+            api_queue_records: crate::api::HubOptions::default().queue_records,
             agent_series_max: crate::detect::AgentLimits::default().max_pairs,
             agent_series_retention: crate::detect::AgentLimits::default().retention,
         }

@@ -192,8 +192,9 @@ impl OtlpSink {
 impl OtlpSink {
     /// Spill to (and first replay) this disk spool. Records already in it
     /// (a previous run's) go out before anything new; what each container
-    /// holds in it is counted again from its records (one read of the
-    /// spool), so fairness holds across a restart.
+    /// holds in it is what the last clean shutdown counted (the spool's
+    /// summary) or, failing that, counted again from its records (one read
+    /// of the spool), so fairness holds across a restart.
     pub fn with_spool(self, mut spool: Spool) -> Self {
         let t0 = std::time::Instant::now();
         // After a clean shutdown, what it counted; else one read of the spool.

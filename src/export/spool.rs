@@ -27,6 +27,7 @@
 //! crash, the caller counts by reading the spool.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -156,7 +157,7 @@ impl Spool {
         let mut out = format!("v1 {:x} {}", self.read.segment, self.read.offset);
         for seg in &self.segments {
             // Writing to a String cannot fail.
-            let _ = std::fmt::Write::write_fmt(&mut out, format_args!(" {:x}:{}", seg.id, seg.len));
+            let _ = write!(out, " {:x}:{}", seg.id, seg.len);
         }
         out
     }
